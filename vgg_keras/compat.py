@@ -1,0 +1,69 @@
+"""The one place that imports TensorFlow and Keras and decides what is version- or backend-specific.
+
+Every other module does ``from vgg_keras.compat import tf, v1, keras``.  Keras 3 cannot live
+inside a ``tf.compat.v1.Session``; the Keras 2 package ``tf_keras`` can, so on TF >= 2.16 we ask
+TensorFlow for it through ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported.  Graphs are
+built explicitly (``with tf.Graph().as_default()``) so eager mode stays available for host-side
+utilities such as counting records or locating a corrupt one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+# Must be set before TensorFlow is imported anywhere in the process.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+TF_VERSION = tuple(int(p) for p in tf.__version__.split(".")[:2])
+
+if TF_VERSION >= (2, 16):
+    import tf_keras as keras  # noqa: E402
+else:  # TF 1.15 / older TF 2 (the Ascend stack): tf.keras is Keras 2 already.
+    keras = tf.keras
+
+v1 = tf.compat.v1
+
+
+def npu_available() -> bool:
+    """True where Huawei's ``npu_bridge`` can be imported (Ascend hosts)."""
+    return importlib.util.find_spec("npu_bridge") is not None
+
+
+def gpu_count() -> int:
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def platform() -> str:
+    """'npu', 'gpu' or 'cpu': the accelerator the training graph will be placed on."""
+    if npu_available():
+        return "npu"
+    return "gpu" if gpu_count() else "cpu"
+
+
+def session_config(
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    xla: bool = False,
+    log_device_placement: bool = False,
+) -> v1.ConfigProto:
+    """A ConfigProto for CPU/GPU sessions: soft placement, GPU memory growth, optional XLA."""
+    config = v1.ConfigProto(
+        allow_soft_placement=True,
+        log_device_placement=log_device_placement,
+        intra_op_parallelism_threads=intra_op_threads,
+        inter_op_parallelism_threads=inter_op_threads,
+    )
+    config.gpu_options.allow_growth = True
+    if xla:
+        config.graph_options.optimizer_options.global_jit_level = v1.OptimizerOptions.ON_1
+    return config
+
+
+def set_precision_policy(precision: str) -> None:
+    """Apply the Keras dtype policy for 'fp32', 'bf16' or 'fp16' (variables stay float32)."""
+    name = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
+    keras.mixed_precision.set_global_policy(name)

@@ -1,0 +1,1 @@
+"""TFRecord schema, preprocessing, input pipelines, the converter and the demo dataset."""

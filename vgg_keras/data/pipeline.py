@@ -1,0 +1,220 @@
+"""Input pipelines: TFRecord shards -> (images, labels) batches; synthetic data; exact sizes.
+
+The training stream is a deterministic function of (files, seed, worker): epoch ``e`` shuffles
+the files and the records with seeds derived from ``e``, and every record carries its own
+augmentation seed.  A run resumed at global step ``s`` therefore starts the stream at epoch
+``s * batch // epoch_size`` and skips only the remainder of that epoch, and sees exactly the
+batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+
+from vgg_keras.compat import tf
+from vgg_keras.data import info, preprocess, schema
+from vgg_keras.errors import UsageError
+
+AUTOTUNE = tf.data.AUTOTUNE
+COUNTS_CACHE = "record_counts.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The shards of one split and their exact record counts."""
+
+    name: str
+    files: tuple[str, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.counts)
+
+    def for_worker(self, num_workers: int, worker_index: int) -> tuple[tuple[str, ...], bool, int]:
+        """(files this worker reads, whether it shards by record, its records per epoch).
+
+        Files are divided among workers when there are at least as many files as workers;
+        otherwise every worker reads all files and keeps every ``num_workers``-th record.
+        """
+        if num_workers == 1:
+            return self.files, False, self.num_examples
+        if len(self.files) >= num_workers:
+            idx = range(worker_index, len(self.files), num_workers)
+            return tuple(self.files[i] for i in idx), False, sum(self.counts[i] for i in idx)
+        return self.files, True, len(range(worker_index, self.num_examples, num_workers))
+
+
+def list_files(data_dir: str, split: str) -> list[str]:
+    """Sorted shard paths of ``split`` ('train' or 'validation') in ``data_dir``."""
+    if not os.path.isdir(data_dir):
+        raise UsageError(f"data folder not found: {data_dir}")
+    pattern = os.path.join(data_dir, f"{schema.SPLIT_PREFIXES[split]}-*")
+    files = sorted(f for f in glob.glob(pattern) if not f.endswith((".tmp", ".json")))
+    if not files:
+        raise UsageError(f"no {schema.SPLIT_PREFIXES[split]}-* TFRecord files in {data_dir}")
+    return files
+
+
+def count_records(path: str) -> int:
+    """Exact number of records in one TFRecord file (a truncated file is a UsageError)."""
+    try:
+        return int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+        raise UsageError(f"{path}: truncated or corrupt TFRecord file") from err
+
+
+def load_split(data_dir: str, split: str) -> Split:
+    """The files of ``split`` with exact counts: from dataset_info.json, else counted once.
+
+    Counting reads every record once; the result is cached beside the data when the folder is
+    writable, keyed by file size so a changed shard is counted again.
+    """
+    files = list_files(data_dir, split)
+    known = info.read_info(data_dir).get("files", {})
+    cache_path = os.path.join(data_dir, COUNTS_CACHE)
+    cache = {}
+    if os.path.exists(cache_path):
+        try:
+            with open(cache_path) as f:
+                cache = json.load(f)
+        except (OSError, ValueError):
+            cache = {}
+    counts, changed = [], False
+    for path in files:
+        name, size = os.path.basename(path), os.path.getsize(path)
+        if name in known:
+            counts.append(int(known[name]))
+            continue
+        entry = cache.get(name)
+        if not entry or entry.get("bytes") != size:
+            entry = {"bytes": size, "records": count_records(path)}
+            cache[name], changed = entry, True
+        counts.append(int(entry["records"]))
+    if changed:
+        try:
+            with open(cache_path + ".tmp", "w") as f:
+                json.dump(cache, f, indent=1, sort_keys=True)
+            os.replace(cache_path + ".tmp", cache_path)
+        except OSError:
+            pass  # a read-only data folder: count again next time
+    return Split(split, tuple(files), tuple(counts))
+
+
+def _check_label(label, num_classes: int):
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_greater_equal(label, 0, message="label below range"),
+            tf.debugging.assert_less(label, num_classes, message="label above range"),
+        ]
+    ):
+        return tf.identity(label)
+
+
+def train_dataset(
+    split: Split,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    *,
+    seed: int = 0,
+    start_step: int = 0,
+    label_offset: int = 1,
+    shuffle_buffer: int = 10000,
+    min_object_covered: float = 0.1,
+    area_range=(0.08, 1.0),
+    aspect_ratio_range=(0.75, 1.33),
+    skip_corrupt: bool = False,
+    num_workers: int = 1,
+    worker_index: int = 0,
+) -> tf.data.Dataset:
+    """Endless shuffled, augmented training batches of (float32 images, int32 labels).
+
+    ``start_step`` resumes the stream after ``start_step`` batches of ``batch_size``.
+    """
+    files, by_record, epoch_size = split.for_worker(num_workers, worker_index)
+    if epoch_size < batch_size:
+        raise UsageError(
+            f"{os.path.dirname(files[0])}: {epoch_size} training records per worker, "
+            f"fewer than one batch of {batch_size}"
+        )
+    consumed = start_step * batch_size
+    first_epoch, offset = divmod(consumed, epoch_size)
+    files_tensor = tf.constant(list(files))
+
+    def one_epoch(epoch):
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(files_tensor, seed=epoch_seed)
+        records = tf.data.Dataset.from_tensor_slices(order).interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(8, len(files)),
+            block_length=1,
+            num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
+            deterministic=True,
+        )
+        if by_record:
+            records = records.shard(num_workers, worker_index)
+        records = records.shuffle(shuffle_buffer, seed=epoch * 7919 + seed + 1)
+        return records.enumerate().map(
+            lambda i, r: (r, tf.stack([epoch * 1_000_003 + seed, i])),
+            num_parallel_calls=None,
+        )
+
+    def preprocess_record(serialized, record_seed):
+        jpeg, label, bboxes = schema.parse(serialized, label_offset)
+        image = preprocess.train_image(
+            jpeg,
+            bboxes,
+            record_seed,
+            image_size,
+            min_object_covered=min_object_covered,
+            area_range=area_range,
+            aspect_ratio_range=aspect_ratio_range,
+        )
+        return image, _check_label(label, num_classes)
+
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).skip(offset)
+    ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if skip_corrupt:
+        ds = ds.ignore_errors()
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_dataset(
+    split: Split,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    *,
+    label_offset: int = 1,
+    skip_corrupt: bool = False,
+    num_workers: int = 1,
+    worker_index: int = 0,
+) -> tf.data.Dataset:
+    """Every validation image exactly once, in file order, the last batch possibly smaller."""
+    files, by_record, _ = split.for_worker(num_workers, worker_index)
+    ds = tf.data.TFRecordDataset(list(files))
+    if by_record:
+        ds = ds.shard(num_workers, worker_index)
+
+    def preprocess_record(serialized):
+        jpeg, label, _ = schema.parse(serialized, label_offset)
+        return preprocess.eval_image(jpeg, image_size), _check_label(label, num_classes)
+
+    ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if skip_corrupt:
+        ds = ds.ignore_errors()
+    return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
+
+
+def synthetic_dataset(batch_size: int, image_size: int, num_classes: int, seed: int = 0):
+    """One fixed random batch repeated forever: no input cost, the throughput upper bound."""
+    images = tf.random.stateless_normal([batch_size, image_size, image_size, 3], seed=[seed, 1])
+    labels = tf.random.stateless_uniform(
+        [batch_size], seed=[seed, 2], minval=0, maxval=num_classes, dtype=tf.int32
+    )
+    return tf.data.Dataset.from_tensors((images, labels)).cache().repeat()

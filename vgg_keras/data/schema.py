@@ -1,0 +1,93 @@
+"""The TF-slim ImageNet ``tf.train.Example`` schema, as written by ``build_imagenet_data.py``.
+
+Labels are stored 1..num_classes (0 is the background class of TF-slim); readers subtract
+``label_offset`` (default 1).  Bounding-box features may be empty or absent.
+"""
+
+from __future__ import annotations
+
+from vgg_keras.compat import tf
+
+TRAIN_PREFIX = "train"
+EVAL_PREFIX = "validation"
+SPLIT_PREFIXES = {"train": TRAIN_PREFIX, "validation": EVAL_PREFIX}
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    """``train-00000-of-01024`` style shard names."""
+    return f"{SPLIT_PREFIXES[split]}-{index:05d}-of-{num_shards:05d}"
+
+
+def _bytes(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _ints(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+
+def _floats(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
+
+
+def to_example(
+    encoded: bytes,
+    label: int,
+    height: int,
+    width: int,
+    *,
+    synset: str = "",
+    text: str = "",
+    filename: str = "",
+    channels: int = 3,
+    colorspace: str = "RGB",
+    image_format: str = "JPEG",
+    bboxes: list[tuple[float, float, float, float]] | None = None,
+) -> tf.train.Example:
+    """One record; ``bboxes`` are (xmin, ymin, xmax, ymax) fractions of the image."""
+    bboxes = bboxes or []
+    feature = {
+        "image/encoded": _bytes([encoded]),
+        "image/format": _bytes([image_format.encode()]),
+        "image/class/label": _ints([label]),
+        "image/class/synset": _bytes([synset.encode()]),
+        "image/class/text": _bytes([text.encode()]),
+        "image/height": _ints([height]),
+        "image/width": _ints([width]),
+        "image/channels": _ints([channels]),
+        "image/colorspace": _bytes([colorspace.encode()]),
+        "image/filename": _bytes([filename.encode()]),
+        "image/object/bbox/xmin": _floats([b[0] for b in bboxes]),
+        "image/object/bbox/ymin": _floats([b[1] for b in bboxes]),
+        "image/object/bbox/xmax": _floats([b[2] for b in bboxes]),
+        "image/object/bbox/ymax": _floats([b[3] for b in bboxes]),
+        "image/object/bbox/label": _ints([label] * len(bboxes)),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
+}
+
+
+def parse(serialized, label_offset: int = 1):
+    """Parse one serialized Example into (jpeg_bytes, label, bboxes).
+
+    ``label`` is int32 in 0..num_classes-1 (stored label minus ``label_offset``); ``bboxes`` is
+    float32 (1, n, 4) as (ymin, xmin, ymax, xmax), the layout
+    ``sample_distorted_bounding_box`` takes; n may be 0.
+    """
+    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    label = tf.cast(parsed["image/class/label"], tf.int32) - label_offset
+    coords = [
+        tf.sparse.to_dense(parsed[f"image/object/bbox/{k}"])
+        for k in ("ymin", "xmin", "ymax", "xmax")
+    ]
+    bboxes = tf.expand_dims(tf.stack(coords, axis=-1), 0)
+    return parsed["image/encoded"], label, bboxes

@@ -1,0 +1,85 @@
+"""VGG16 and VGG19 as tf.keras functional-API models.
+
+Layer names match ``keras.applications.VGG16/VGG19`` (``block1_conv1`` ... ``fc1``, ``fc2``,
+``predictions``) so the published weight files load by name.  ``width_multiplier`` scales every
+layer (convolutions and the two 4096-wide dense layers) to make the small networks that tests and
+the demo use; 1.0 is the published network.
+"""
+
+from __future__ import annotations
+
+from vgg_keras.compat import keras, tf
+
+BLOCKS = {
+    "vgg16": (2, 2, 3, 3, 3),
+    "vgg19": (2, 2, 4, 4, 4),
+}
+BLOCK_FILTERS = (64, 128, 256, 512, 512)
+FC_UNITS = 4096
+
+
+def _scaled(units: int, width_multiplier: float) -> int:
+    return max(1, int(round(units * width_multiplier)))
+
+
+def build_vgg(
+    arch: str = "vgg16",
+    num_classes: int = 1000,
+    image_size: int = 224,
+    width_multiplier: float = 1.0,
+    dropout: float = 0.5,
+    weight_seed: int | None = None,
+) -> keras.Model:
+    """The VGG network of ``arch`` taking (N, image_size, image_size, 3) float images to logits.
+
+    Convolutions are 3x3 SAME with bias and ReLU, initialised He-normal on fan-out; dense kernels
+    are N(0, 0.01).  The logits are float32 even under a mixed-precision policy, so the softmax
+    and the loss are computed in float32.
+    """
+    if arch not in BLOCKS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(BLOCKS)}")
+
+    def seed(i: int) -> int | None:
+        return None if weight_seed is None else weight_seed + i
+
+    layer_index = 0
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="input")
+    x = inputs
+    for block, (repeats, filters) in enumerate(zip(BLOCKS[arch], BLOCK_FILTERS), start=1):
+        for conv in range(1, repeats + 1):
+            layer_index += 1
+            x = keras.layers.Conv2D(
+                _scaled(filters, width_multiplier),
+                3,
+                padding="same",
+                activation="relu",
+                kernel_initializer=keras.initializers.VarianceScaling(
+                    2.0, mode="fan_out", distribution="untruncated_normal", seed=seed(layer_index)
+                ),
+                name=f"block{block}_conv{conv}",
+            )(x)
+        x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i in (1, 2):
+        layer_index += 1
+        x = keras.layers.Dense(
+            _scaled(FC_UNITS, width_multiplier),
+            activation="relu",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01, seed=seed(layer_index)),
+            name=f"fc{i}",
+        )(x)
+        if dropout > 0:
+            x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
+    layer_index += 1
+    logits = keras.layers.Dense(
+        num_classes,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01, seed=seed(layer_index)),
+        dtype=tf.float32,
+        name="predictions",
+    )(x)
+    return keras.Model(inputs, logits, name=arch)
+
+
+def kernel_variables(model: keras.Model) -> list:
+    """The weight matrices (conv and dense kernels), the variables weight decay applies to."""
+    return [w for w in model.trainable_weights if "kernel" in w.name]
