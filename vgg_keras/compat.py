@@ -26,6 +26,7 @@ else:  # TF 1.15 / older TF 2 (the Ascend stack): tf.keras is Keras 2 already.
     keras = tf.keras
 
 v1 = tf.compat.v1
+tf.get_logger().setLevel("ERROR")  # deprecation notices from v1 APIs are not for our users
 
 
 def npu_available() -> bool:

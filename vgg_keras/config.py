@@ -27,6 +27,7 @@ class Config:
     image_size: int = 224
     width_multiplier: float = 1.0
     dropout: float = 0.5
+    dense_init: str = "normal"
     # Data
     data_dir: str | None = None
     tfds_data_dir: str | None = None
@@ -97,17 +98,16 @@ PRESETS: dict[str, dict] = {
         "data_dir": DEMO_DATA_DIR,
         "class_num": 10,
         "image_size": 32,
-        "width_multiplier": 0.125,
+        "width_multiplier": 0.25,
         "dropout": 0.0,
+        "dense_init": "he",
         "batch_size": 32,
-        "lr": 0.02,
+        "lr": 0.03,
         "lr_schedule": "cosine",
-        "T_max": 12.0,
+        "T_max": 20.0,
         "warmup_epochs": 1.0,
-        "max_epochs": 12.0,
-        "epochs_between_evals": 4.0,
-        "label_smoothing": 0.1,
-        "weight_decay": 5e-4,
+        "max_epochs": 20.0,
+        "epochs_between_evals": 5.0,
         "area_range": [0.6, 1.0],
         "aspect_ratio_range": [0.85, 1.18],
         "shuffle_buffer": 2000,
@@ -119,6 +119,7 @@ PRESETS: dict[str, dict] = {
 
 CHOICES = {
     "arch": ("vgg16", "vgg19"),
+    "dense_init": ("normal", "he"),
     "lr_schedule": ("piecewise", "cosine"),
     "precision": ("fp32", "bf16", "fp16"),
     "mode": ("train", "evaluate", "train_and_evaluate"),
@@ -132,6 +133,7 @@ HELP = {
     "image_size": "training/eval crop size in pixels",
     "width_multiplier": "scales every layer's width (1.0 = the published network)",
     "dropout": "dropout rate after fc1 and fc2",
+    "dense_init": "fc1/fc2 init: normal (N(0, 0.01), published) or he (for width-scaled nets)",
     "data_dir": "folder of train-*/validation-* TFRecord shards, or tfds:NAME[:split]",
     "tfds_data_dir": "data_dir of a TFDS-prepared dataset (with --data_dir tfds:NAME)",
     "synthetic": "device-resident random data of the same shapes (throughput upper bound)",

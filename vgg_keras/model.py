@@ -28,19 +28,30 @@ def build_vgg(
     image_size: int = 224,
     width_multiplier: float = 1.0,
     dropout: float = 0.5,
+    dense_init: str = "normal",
     weight_seed: int | None = None,
 ) -> keras.Model:
     """The VGG network of ``arch`` taking (N, image_size, image_size, 3) float images to logits.
 
     Convolutions are 3x3 SAME with bias and ReLU, initialised He-normal on fan-out; dense kernels
-    are N(0, 0.01).  The logits are float32 even under a mixed-precision policy, so the softmax
+    are N(0, 0.01) as published (``dense_init="normal"``) or He-normal on fan-in
+    (``dense_init="he"``): a width-scaled network's narrow dense layers would shrink the signal to
+    nothing with N(0, 0.01), so the small demo networks use He.  The logits are float32 even under a mixed-precision policy, so the softmax
     and the loss are computed in float32.
     """
     if arch not in BLOCKS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(BLOCKS)}")
 
+    if dense_init not in ("normal", "he"):
+        raise ValueError(f"unknown dense_init {dense_init!r}; expected 'normal' or 'he'")
+
     def seed(i: int) -> int | None:
         return None if weight_seed is None else weight_seed + i
+
+    def dense_initializer(i: int):
+        if dense_init == "he":
+            return keras.initializers.HeNormal(seed=seed(i))
+        return keras.initializers.RandomNormal(stddev=0.01, seed=seed(i))
 
     layer_index = 0
     inputs = keras.Input(shape=(image_size, image_size, 3), name="input")
@@ -65,7 +76,7 @@ def build_vgg(
         x = keras.layers.Dense(
             _scaled(FC_UNITS, width_multiplier),
             activation="relu",
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01, seed=seed(layer_index)),
+            kernel_initializer=dense_initializer(layer_index),
             name=f"fc{i}",
         )(x)
         if dropout > 0:

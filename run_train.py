@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Train VGG16/VGG19: ``python run_train.py --data_dir /path/to/tfrecords [flags]``.
+
+``python run_train.py --preset demo`` trains a width-scaled VGG16 on the embedded digits
+dataset (built on first use) to >= 97% top-1 in a few minutes on two CPU cores.
+"""
+
+import sys
+
+from vgg_keras.errors import run_cli
+
+
+def main(argv=None) -> int:
+    from vgg_keras import config as config_lib
+    from vgg_keras import training
+
+    config = config_lib.from_args(argv)
+    if config.data_dir == config_lib.DEMO_DATA_DIR:
+        from vgg_keras.data import demo
+
+        demo.build(config.data_dir)
+    return training.train(config)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
