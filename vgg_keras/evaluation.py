@@ -25,7 +25,7 @@ class Evaluator:
 
     def __init__(self, config: Config, steps_per_epoch: float | None = None):
         self.config = config
-        self.split = pipeline.load_split(config.data_dir, "validation")
+        self.split = pipeline.load_split(config.data_dir, "validation", config.tfds_data_dir)
         self.steps_per_epoch = steps_per_epoch or _steps_per_epoch(config)
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -115,7 +115,7 @@ class Evaluator:
 
 def _steps_per_epoch(config: Config) -> float:
     try:
-        train_images = pipeline.load_split(config.data_dir, "train").num_examples
+        train_images = pipeline.load_split(config.data_dir, "train", config.tfds_data_dir).num_examples
     except UsageError:
         return float("inf")  # no training split beside the validation data: epochs unknown
     return max(train_images / config.batch_size, 1e-9)

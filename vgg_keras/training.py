@@ -257,7 +257,7 @@ class StopSignals:
 def _train_split(config: Config):
     if config.synthetic and config.data_dir is None:
         return None
-    return pipeline.load_split(config.data_dir, "train")
+    return pipeline.load_split(config.data_dir, "train", config.tfds_data_dir)
 
 
 def train(config: Config) -> int:

@@ -15,7 +15,7 @@ import json
 import os
 
 from vgg_keras.compat import tf
-from vgg_keras.data import info, preprocess, schema
+from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -29,6 +29,13 @@ class Split:
     name: str
     files: tuple[str, ...]
     counts: tuple[int, ...]
+    record_format: str = "slim"  # "slim": TF-slim ImageNet schema; "tfds": a TFDS-prepared set
+
+    def parse(self, serialized, label_offset: int):
+        """(jpeg, 0-based label, bboxes) of one record in this split's format."""
+        if self.record_format == "tfds":
+            return schema.parse_tfds(serialized)
+        return schema.parse(serialized, label_offset)
 
     @property
     def num_examples(self) -> int:
@@ -67,12 +74,15 @@ def count_records(path: str) -> int:
         raise UsageError(f"{path}: truncated or corrupt TFRecord file") from err
 
 
-def load_split(data_dir: str, split: str) -> Split:
+def load_split(data_dir: str, split: str, tfds_data_dir: str | None = None) -> Split:
     """The files of ``split`` with exact counts: from dataset_info.json, else counted once.
 
     Counting reads every record once; the result is cached beside the data when the folder is
-    writable, keyed by file size so a changed shard is counted again.
+    writable, keyed by file size so a changed shard is counted again.  ``tfds:NAME[:SPLIT]``
+    names a TFDS-prepared dataset in ``tfds_data_dir`` instead of a folder.
     """
+    if data_dir.startswith(tfds_source.PREFIX):
+        return tfds_source.load_split(data_dir, split, tfds_data_dir)
     files = list_files(data_dir, split)
     known = info.read_info(data_dir).get("files", {})
     cache_path = os.path.join(data_dir, COUNTS_CACHE)
@@ -153,7 +163,7 @@ def train_dataset(
             cycle_length=min(8, len(files)),
             block_length=1,
             num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
-            deterministic=True,
+            deterministic=True if len(files) > 1 else None,
         )
         if by_record:
             records = records.shard(num_workers, worker_index)
@@ -164,7 +174,7 @@ def train_dataset(
         )
 
     def preprocess_record(serialized, record_seed):
-        jpeg, label, bboxes = schema.parse(serialized, label_offset)
+        jpeg, label, bboxes = split.parse(serialized, label_offset)
         image = preprocess.train_image(
             jpeg,
             bboxes,
@@ -202,7 +212,7 @@ def eval_dataset(
         ds = ds.shard(num_workers, worker_index)
 
     def preprocess_record(serialized):
-        jpeg, label, _ = schema.parse(serialized, label_offset)
+        jpeg, label, _ = split.parse(serialized, label_offset)
         return preprocess.eval_image(jpeg, image_size), _check_label(label, num_classes)
 
     ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE, deterministic=True)

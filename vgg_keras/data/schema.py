@@ -91,3 +91,19 @@ def parse(serialized, label_offset: int = 1):
     ]
     bboxes = tf.expand_dims(tf.stack(coords, axis=-1), 0)
     return parsed["image/encoded"], label, bboxes
+
+
+_TFDS_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+}
+
+
+def parse_tfds(serialized):
+    """Parse one record of a TFDS-prepared image dataset (``image`` JPEG, ``label`` 0-based).
+
+    Returns the same (jpeg_bytes, label, bboxes) as :func:`parse`, with no boxes.
+    """
+    parsed = tf.io.parse_single_example(serialized, _TFDS_FEATURES)
+    label = tf.cast(parsed["label"], tf.int32)
+    return parsed["image"], label, tf.zeros([1, 0, 4], tf.float32)

@@ -1,0 +1,47 @@
+"""TFDS-prepared datasets as input: ``--data_dir tfds:NAME[:SPLIT] --tfds_data_dir DIR``.
+
+TFDS writes its splits as TFRecord shards of ``tf.train.Example`` with an ``image`` (encoded
+JPEG for ImageNet) and a 0-based ``label``, and records the shard lengths in its dataset info,
+so the same pipeline reads them with a different parse function and exact sizes.  Nothing is
+downloaded: the dataset must have been prepared already (for ImageNet, from the user's own tar
+files with ``tfds build imagenet2012 --manual_dir ...``).  ``:SPLIT`` replaces the evaluation
+split (default ``validation``), e.g. ``tfds:imagenet_v2:test`` for run_eval.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vgg_keras.errors import UsageError
+
+PREFIX = "tfds:"
+
+
+def load_split(spec: str, split: str, tfds_data_dir: str | None):
+    """The Split (files and exact counts) of ``split`` ('train'/'validation') of a TFDS dataset."""
+    from vgg_keras.data.pipeline import Split
+
+    parts = spec[len(PREFIX) :].split(":")
+    name = parts[0]
+    if not name or len(parts) > 2:
+        raise UsageError(f"--data_dir {spec}: expected tfds:NAME or tfds:NAME:SPLIT")
+    tfds_split = parts[1] if split == "validation" and len(parts) == 2 else split
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=tfds_data_dir)
+    except Exception as err:  # tfds raises several types for unknown or unprepared datasets
+        raise UsageError(f"--data_dir {spec}: {str(err).splitlines()[0]}") from err
+    if not builder.is_prepared():
+        raise UsageError(
+            f"--data_dir {spec}: not prepared in {tfds_data_dir or 'the default TFDS folder'} "
+            "(prepare it first; nothing is downloaded here)"
+        )
+    if str(builder.info.file_format).lower().find("tfrecord") < 0:
+        raise UsageError(f"--data_dir {spec}: only TFRecord-based TFDS datasets are supported")
+    if tfds_split not in builder.info.splits:
+        known = ", ".join(sorted(builder.info.splits))
+        raise UsageError(f"--data_dir {spec}: no split {tfds_split!r} (has {known})")
+    info = builder.info.splits[tfds_split]
+    files = tuple(os.path.join(builder.data_dir, f) for f in info.filenames)
+    return Split(split, files, tuple(int(n) for n in info.shard_lengths), record_format="tfds")
