@@ -1,6 +1,7 @@
 """The one place that imports TensorFlow and Keras and decides what is version- or backend-specific.
 
-Every other module does ``from vgg_keras.compat import tf, v1, keras``.  Keras 3 cannot live
+Every other module does ``from vgg_keras.compat import tf, v1, keras``.  Set
+``TF_CPP_MIN_LOG_LEVEL=0`` to see TensorFlow's native start-up messages, which are hidden by default.  Keras 3 cannot live
 inside a ``tf.compat.v1.Session``; the Keras 2 package ``tf_keras`` can, so on TF >= 2.16 we ask
 TensorFlow for it through ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported.  Graphs are
 built explicitly (``with tf.Graph().as_default()``) so eager mode stays available for host-side
@@ -9,14 +10,39 @@ utilities such as counting records or locating a corrupt one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
 
 # Must be set before TensorFlow is imported anywhere in the process.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+
+@contextlib.contextmanager
+def _native_stderr_silenced(enabled: bool):
+    """Send file descriptor 2 to /dev/null: TensorFlow's native start-up lines (oneDNN, CUDA
+    probing) are written before its log level applies, and would bury our one-line errors."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+with _native_stderr_silenced(os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")):
+    import tensorflow as tf
+
+    # Device discovery (and the CUDA probe's complaint on GPU-less hosts) happens here, once.
+    _PHYSICAL_GPUS = tf.config.list_physical_devices("GPU")
 
 TF_VERSION = tuple(int(p) for p in tf.__version__.split(".")[:2])
 
@@ -35,7 +61,7 @@ def npu_available() -> bool:
 
 
 def gpu_count() -> int:
-    return len(tf.config.list_physical_devices("GPU"))
+    return len(_PHYSICAL_GPUS)
 
 
 def platform() -> str:

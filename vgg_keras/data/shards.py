@@ -14,7 +14,7 @@ def write_shard(path: str, examples: Iterable[tf.train.Example]) -> int:
     count = 0
     with tf.io.TFRecordWriter(path + ".tmp") as writer:
         for example in examples:
-            writer.write(example.SerializeToString())
+            writer.write(example.SerializeToString(deterministic=True))
             count += 1
     os.replace(path + ".tmp", path)
     return count
