@@ -1,0 +1,92 @@
+"""The embedded demo dataset: scikit-learn's digits as TF-slim TFRecords, built without download."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from vgg_keras.compat import tf
+from vgg_keras.data import demo, info, pipeline
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/filename": tf.io.FixedLenFeature([], tf.string),
+    "image/channels": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def _records(data_dir: str, split: str) -> list[dict]:
+    files = pipeline.list_files(data_dir, split)
+    return [tf.io.parse_single_example(r, FEATURES) for r in tf.data.TFRecordDataset(files)]
+
+
+def _upscaled(digit: np.ndarray) -> np.ndarray:
+    grey = digit.reshape(8, 8, 1).astype(np.float32) * (255.0 / 16.0)
+    side = demo.IMAGE_SIDE
+    return tf.image.resize(grey, [side, side], method="bilinear").numpy()[..., 0]
+
+
+def test_info_and_files(demo_dir):
+    meta = info.read_info(demo_dir)
+    assert meta["name"] == "sklearn_digits" and meta["num_classes"] == 10
+    assert meta["label_offset"] == 1
+    train, val = meta["splits"]["train"], meta["splits"]["validation"]
+    assert train + val == 1797
+    assert 0.19 < val / 1797 < 0.21
+    assert len(meta["files"]) == demo.TRAIN_SHARDS + demo.EVAL_SHARDS
+    for name, count in meta["files"].items():
+        assert pipeline.count_records(os.path.join(demo_dir, name)) == count
+    assert pipeline.load_split(demo_dir, "train").num_examples == train
+    assert pipeline.load_split(demo_dir, "validation").num_examples == val
+    assert info.read_labels(os.path.join(demo_dir, info.LABELS_FILE)) == list(demo.DIGIT_NAMES)
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_labels_are_one_based_and_every_class_is_present(demo_dir, split):
+    stored = [int(r["image/class/label"]) for r in _records(demo_dir, split)]
+    assert sorted(set(stored)) == list(range(1, 11))
+
+
+def test_images_are_the_sklearn_digits(demo_dir):
+    digits = load_digits()
+    records = _records(demo_dir, "train") + _records(demo_dir, "validation")
+    indices = set()
+    for record in records[::37]:
+        name = record["image/filename"].numpy().decode()  # digit<d>_<index>.jpg
+        digit, index = int(name[5]), int(name[7:11])
+        indices.add(index)
+        assert digits.target[index] == digit == int(record["image/class/label"]) - 1
+        assert int(record["image/channels"]) == 1
+        pixels = tf.io.decode_jpeg(record["image/encoded"]).numpy()
+        assert pixels.shape == (demo.IMAGE_SIDE, demo.IMAGE_SIDE, 1)
+        # The source digit, upscaled as described in demo.py, within JPEG error; another
+        # digit is far off.
+        assert np.abs(pixels[..., 0] - _upscaled(digits.images[index])).mean() < 3.0
+        assert np.abs(pixels[..., 0] - _upscaled(digits.images[index + 1])).mean() > 8.0
+    assert len(indices) == len(records[::37])
+    all_files = {r["image/filename"].numpy() for r in records}
+    assert len(all_files) == 1797, "no image in both splits, none missing"
+
+
+def test_demo_through_both_pipelines(demo_dir):
+    meta = info.read_info(demo_dir)
+    val = pipeline.load_split(demo_dir, "validation")
+    seen = sum(int(x.shape[0]) for x, _ in pipeline.eval_dataset(val, 64, 32, 10))
+    assert seen == meta["splits"]["validation"]
+    train = pipeline.load_split(demo_dir, "train")
+    images, labels = next(iter(pipeline.train_dataset(train, 32, 32, 10, shuffle_buffer=2000)))
+    assert images.shape == (32, 32, 32, 3) and labels.shape == (32,)
+    assert len(set(labels.numpy().tolist())) > 3, "the shuffle mixes the classes"
+
+
+def test_build_is_idempotent_and_main_reports(demo_dir, capsys):
+    stamps = {name: os.path.getmtime(os.path.join(demo_dir, name)) for name in os.listdir(demo_dir)}
+    assert demo.build(demo_dir) == info.read_info(demo_dir)
+    assert demo.main([demo_dir]) == 0
+    assert f"demo dataset in {demo_dir}" in capsys.readouterr().out
+    after = {name: os.path.getmtime(os.path.join(demo_dir, name)) for name in os.listdir(demo_dir)}
+    assert after == stamps, "a complete demo dataset is not rewritten"

@@ -1,0 +1,230 @@
+"""Input pipelines: exact eval coverage, train batch shapes, worker sharding, exact resume,
+split loading with its counts cache, bad-folder messages, synthetic data.
+
+Records carry unique labels, so a label identifies its record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from vgg_keras.compat import tf
+from vgg_keras.data import pipeline
+from vgg_keras.errors import UsageError
+
+SIZE = 32
+
+
+def _write(directory, shard_writer, count, num_shards, split="train", with_info=True):
+    """``count`` random images with stored labels 1..count; returns the directory."""
+    rng = np.random.default_rng(count * 100 + num_shards)
+    images = [rng.integers(0, 256, (36, 44, 3), dtype=np.uint8) for _ in range(count)]
+    shard_writer(
+        str(directory),
+        images,
+        range(1, count + 1),
+        split=split,
+        num_shards=num_shards,
+        num_classes=count,
+        with_info=with_info,
+    )
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def data23(tmp_path_factory, shard_writer):
+    """23 train and 23 validation records (labels 0..22) in 3 shards each."""
+    directory = tmp_path_factory.mktemp("data23")
+    _write(directory, shard_writer, 23, 3, "train")
+    _write(directory, shard_writer, 23, 3, "validation")
+    return str(directory)
+
+
+def _labels(ds) -> list[int]:
+    return [int(y) for _, labels in ds for y in labels.numpy()]
+
+
+@pytest.mark.parametrize("batch_size", [4, 5, 7, 23, 50])
+def test_eval_sees_every_image_exactly_once(data23, batch_size):
+    split = pipeline.load_split(data23, "validation")
+    ds = pipeline.eval_dataset(split, batch_size, SIZE, 23)
+    sizes = [int(x.shape[0]) for x, _ in ds]
+    assert sizes == [batch_size] * (23 // batch_size) + (
+        [23 % batch_size] if 23 % batch_size else []
+    )
+    assert sorted(_labels(ds)) == list(range(23))
+
+
+def test_eval_batches_shape_and_dtype(data23):
+    ds = pipeline.eval_dataset(pipeline.load_split(data23, "validation"), 8, SIZE, 23)
+    images, labels = next(iter(ds))
+    assert images.shape == (8, SIZE, SIZE, 3) and images.dtype == tf.float32
+    assert labels.shape == (8,) and labels.dtype == tf.int32
+
+
+def test_train_batches_are_full_across_epochs(data23):
+    split = pipeline.load_split(data23, "train")
+    ds = pipeline.train_dataset(split, 8, SIZE, 23, shuffle_buffer=64)
+    images_spec, labels_spec = ds.element_spec
+    assert images_spec.shape == (8, SIZE, SIZE, 3) and images_spec.dtype == tf.float32
+    assert labels_spec.shape == (8,) and labels_spec.dtype == tf.int32
+    batches = list(ds.take(6))  # 48 images: more than two epochs of 23
+    assert all(tuple(x.shape) == (8, SIZE, SIZE, 3) for x, _ in batches)
+    labels = [int(y) for _, ys in batches for y in ys.numpy()]
+    # Epoch by epoch, every record once.
+    assert sorted(labels[:23]) == list(range(23)) and sorted(labels[23:46]) == list(range(23))
+    assert labels[:23] != labels[23:46], "each epoch is shuffled differently"
+
+
+def test_train_needs_at_least_one_batch(data23):
+    split = pipeline.load_split(data23, "train")
+    with pytest.raises(UsageError, match=f"{data23}: 23 training records"):
+        pipeline.train_dataset(split, 24, SIZE, 23)
+
+
+@pytest.mark.parametrize(
+    "num_files,num_workers,by_record",
+    [(4, 2, False), (5, 2, False), (3, 4, True), (2, 3, True)],
+)
+def test_sharding_is_disjoint_and_complete(
+    tmp_path, shard_writer, num_files, num_workers, by_record
+):
+    total = 17
+    directory = _write(tmp_path, shard_writer, total, num_files, "validation")
+    split = pipeline.load_split(directory, "validation")
+    assert split.counts == tuple(len(range(i, total, num_files)) for i in range(num_files))
+    train_seen, eval_seen = [], []
+    for worker in range(num_workers):
+        files, record_sharded, epoch_size = split.for_worker(num_workers, worker)
+        assert record_sharded is by_record
+        eval_labels = _labels(
+            pipeline.eval_dataset(
+                split, 4, SIZE, total, num_workers=num_workers, worker_index=worker
+            )
+        )
+        assert len(eval_labels) == epoch_size
+        eval_seen += eval_labels
+        # Training: one epoch of this worker is epoch_size batches of one.
+        train_ds = pipeline.train_dataset(
+            split, 1, SIZE, total, num_workers=num_workers, worker_index=worker
+        )
+        train_labels = _labels(train_ds.take(epoch_size))
+        assert len(set(train_labels)) == epoch_size
+        train_seen += train_labels
+    # Every record exactly once over all workers, in eval and in each training epoch.
+    assert sorted(eval_seen) == list(range(total))
+    assert sorted(train_seen) == list(range(total))
+
+
+def test_for_worker_single_worker_reads_everything(data23):
+    split = pipeline.load_split(data23, "train")
+    assert split.for_worker(1, 0) == (split.files, False, 23)
+
+
+def _stream(split, start_step, steps, seed=0, **kwargs):
+    ds = pipeline.train_dataset(
+        split, 8, SIZE, 23, seed=seed, start_step=start_step, shuffle_buffer=64, **kwargs
+    )
+    return [(x.numpy(), y.numpy()) for x, y in ds.take(steps)]
+
+
+def test_resume_continues_the_uninterrupted_stream_exactly(data23):
+    # 23 records, batches of 8: resuming at step 2 starts mid-batch-straddling epoch 0, at 3
+    # one record into epoch 1, at 6 two records into epoch 2; batch 5 straddles epochs 1/2.
+    split = pipeline.load_split(data23, "train")
+    full = _stream(split, 0, 8, seed=5)
+    for start in (2, 3, 6):
+        resumed = _stream(split, start, 8 - start, seed=5)
+        for step, (expected, got) in enumerate(zip(full[start:], resumed), start=start):
+            np.testing.assert_array_equal(got[1], expected[1], err_msg=f"labels at {step}")
+            np.testing.assert_array_equal(got[0], expected[0], err_msg=f"images at {step}")
+    # Not trivially equal: the stream moves on, and the seed changes it.
+    assert not np.array_equal(full[0][1], full[1][1])
+    assert not np.array_equal(_stream(split, 0, 1, seed=6)[0][1], full[0][1])
+
+
+def test_resume_with_record_sharding(data23):
+    split = pipeline.load_split(data23, "train")
+    kwargs = {"num_workers": 4, "worker_index": 1}
+    assert split.for_worker(4, 1)[1], "3 files for 4 workers: sharded by record"
+    ds = pipeline.train_dataset(split, 2, SIZE, 23, shuffle_buffer=64, **kwargs)
+    full = [y.numpy() for _, y in ds.take(7)]
+    resumed = pipeline.train_dataset(split, 2, SIZE, 23, shuffle_buffer=64, start_step=4, **kwargs)
+    for expected, (_, got) in zip(full[4:], resumed.take(3)):
+        np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_load_split_counts_from_dataset_info(tmp_path, shard_writer):
+    directory = _write(tmp_path, shard_writer, 10, 3)
+    with open(os.path.join(directory, "dataset_info.json")) as f:
+        meta = json.load(f)
+    # dataset_info.json is trusted (no counting): change a count there and it shows.
+    meta["files"]["train-00000-of-00003"] = 99
+    with open(os.path.join(directory, "dataset_info.json"), "w") as f:
+        json.dump(meta, f)
+    split = pipeline.load_split(directory, "train")
+    assert split.counts == (99, 3, 3)
+    assert not os.path.exists(os.path.join(directory, pipeline.COUNTS_CACHE))
+
+
+def test_load_split_counts_once_and_caches(tmp_path, shard_writer, jpeg_encoder):
+    directory = _write(tmp_path, shard_writer, 10, 3, with_info=False)
+    split = pipeline.load_split(directory, "train")
+    assert split.name == "train" and split.counts == (4, 3, 3) and split.num_examples == 10
+    assert [os.path.basename(f) for f in split.files] == [
+        f"train-0000{i}-of-00003" for i in range(3)
+    ]
+    cache_path = os.path.join(directory, pipeline.COUNTS_CACHE)
+    with open(cache_path) as f:
+        cache = json.load(f)
+    first = os.path.join(directory, "train-00000-of-00003")
+    assert cache["train-00000-of-00003"] == {"bytes": os.path.getsize(first), "records": 4}
+    # The cache is read: a (fake) count there is believed while the file size matches ...
+    cache["train-00000-of-00003"]["records"] = 1234
+    with open(cache_path, "w") as f:
+        json.dump(cache, f)
+    assert pipeline.load_split(directory, "train").counts == (1234, 3, 3)
+    # ... and a file whose size changed is counted again.
+    with tf.io.TFRecordWriter(first + ".extra") as writer:
+        writer.write(b"one more record")
+    with open(first, "ab") as out, open(first + ".extra", "rb") as extra:
+        out.write(extra.read())
+    os.remove(first + ".extra")
+    assert pipeline.load_split(directory, "train").counts == (5, 3, 3)
+
+
+def test_missing_folder_is_a_usage_error(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match=f"data folder not found: {missing}"):
+        pipeline.load_split(missing, "train")
+
+
+def test_folder_without_train_files_is_a_usage_error(tmp_path, shard_writer):
+    directory = _write(tmp_path, shard_writer, 4, 1, "validation")
+    with pytest.raises(UsageError, match=f"no train-\\* TFRecord files in {directory}"):
+        pipeline.load_split(directory, "train")
+    assert pipeline.load_split(directory, "validation").counts == (4,)
+
+
+def test_truncated_file_is_a_usage_error_naming_it(tmp_path, shard_writer):
+    directory = _write(tmp_path, shard_writer, 6, 2, with_info=False)
+    broken = os.path.join(directory, "train-00001-of-00002")
+    with open(broken, "r+b") as f:
+        f.truncate(os.path.getsize(broken) - 100)
+    with pytest.raises(UsageError, match=f"{broken}: truncated or corrupt"):
+        pipeline.load_split(directory, "train")
+
+
+def test_synthetic_dataset_shapes_and_labels():
+    ds = pipeline.synthetic_dataset(6, SIZE, 10, seed=3)
+    (x1, y1), (x2, y2) = list(ds.take(2))
+    assert x1.shape == (6, SIZE, SIZE, 3) and x1.dtype == tf.float32
+    assert y1.shape == (6,) and y1.dtype == tf.int32
+    assert ((y1.numpy() >= 0) & (y1.numpy() < 10)).all()
+    np.testing.assert_array_equal(x1.numpy(), x2.numpy())  # one fixed batch, repeated
+    np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+    assert 0.5 < float(tf.math.reduce_std(x1)) < 1.5

@@ -1,0 +1,138 @@
+"""Train/eval preprocessing: shapes, dtypes, ranges, aspect-preserving eval crop, per-image flip,
+box-guided crops (the last two through pipeline.train_dataset, as training uses them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vgg_keras.compat import tf
+from vgg_keras.data import pipeline, preprocess
+
+MEAN = np.array(preprocess.MEAN_RGB, np.float32)
+STD = np.array(preprocess.STDDEV_RGB, np.float32)
+LOW, HIGH = (0 - MEAN) / STD, (255 - MEAN) / STD  # per-channel range after normalisation
+
+
+def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _in_range(images: np.ndarray) -> bool:
+    return bool(((images >= LOW - 1e-5) & (images <= HIGH + 1e-5)).all())
+
+
+def test_normalize_uses_imagenet_statistics():
+    pixels = tf.constant([[[0, 0, 0], [255, 255, 255], [124, 116, 104]]], tf.uint8)
+    out = preprocess.normalize(pixels).numpy()
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0], LOW, rtol=1e-6)
+    np.testing.assert_allclose(out[0, 1], HIGH, rtol=1e-6)
+    np.testing.assert_allclose(out[0, 2], (np.array([124, 116, 104]) - MEAN) / STD, atol=1e-6)
+
+
+@pytest.mark.parametrize("image_size", [32, 48])
+def test_train_image_shape_dtype_range(jpeg_encoder, image_size):
+    jpeg = tf.constant(jpeg_encoder(_noise(50, 70)))
+    no_boxes = tf.zeros([1, 0, 4])
+    images = [
+        preprocess.train_image(jpeg, no_boxes, tf.constant([s, 9], tf.int64), image_size)
+        for s in range(4)
+    ]
+    for image in images:
+        assert image.shape == (image_size, image_size, 3) and image.dtype == tf.float32
+        assert _in_range(image.numpy())
+    # Stateless: the seed alone decides the crop and flip.
+    again = preprocess.train_image(jpeg, no_boxes, tf.constant([0, 9], tf.int64), image_size)
+    np.testing.assert_array_equal(images[0].numpy(), again.numpy())
+    assert not np.array_equal(images[0].numpy(), images[1].numpy())
+
+
+def test_train_image_reads_grayscale_jpeg_as_rgb(jpeg_encoder):
+    grey = np.tile(np.arange(0, 240, 6, dtype=np.uint8), (30, 1))
+    jpeg = tf.constant(jpeg_encoder(grey))
+    image = preprocess.train_image(jpeg, tf.zeros([1, 0, 4]), tf.constant([1, 1], tf.int64), 32)
+    assert image.shape == (32, 32, 3)
+    # Grey in, grey out: the three channels hold the same pixel value before normalisation.
+    pixels = image.numpy() * STD + MEAN
+    np.testing.assert_allclose(pixels[..., 0], pixels[..., 1], atol=1e-3)
+    np.testing.assert_allclose(pixels[..., 1], pixels[..., 2], atol=1e-3)
+
+
+@pytest.mark.parametrize("height,width", [(40, 48), (64, 40), (37, 37)])
+def test_eval_image_shape_dtype_range(jpeg_encoder, height, width):
+    image = preprocess.eval_image(tf.constant(jpeg_encoder(_noise(height, width))), 32)
+    assert image.shape == (32, 32, 3) and image.dtype == tf.float32
+    assert _in_range(image.numpy())
+
+
+def test_eval_white_image_normalises_to_channel_maximum(jpeg_encoder):
+    white = np.full((50, 90, 3), 255, np.uint8)
+    image = preprocess.eval_image(tf.constant(jpeg_encoder(white)), 32).numpy()
+    np.testing.assert_allclose(image, np.broadcast_to(HIGH, image.shape), atol=1e-5)
+
+
+def test_resize_shorter_side_keeps_aspect():
+    image = tf.zeros([40, 80, 3])
+    assert tuple(preprocess.resize_shorter_side(image, 37).shape) == (37, 74, 3)
+    assert tuple(preprocess.resize_shorter_side(tf.zeros([90, 30, 3]), 37).shape) == (111, 37, 3)
+
+
+def test_eval_central_crop_is_aspect_preserving(jpeg_encoder):
+    # A wide image with a centred white square: after an aspect-preserving resize and a central
+    # crop the square is still square; a squashing resize would make it half as wide as tall.
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[16:48, 48:80] = 255
+    out = preprocess.eval_image(tf.constant(jpeg_encoder(image)), 32).numpy()
+    white = out.mean(axis=-1) > (LOW.mean() + HIGH.mean()) / 2
+    rows, cols = np.nonzero(white.any(axis=1))[0], np.nonzero(white.any(axis=0))[0]
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    # The shorter side 64 becomes round(32 * 256/224) = 37: the 32-px square becomes ~18.5 px.
+    assert abs(height - width) <= 1
+    assert 17 <= height <= 20
+    # Central: as much margin left as right, and above as below.
+    assert abs(rows.min() - (31 - rows.max())) <= 1
+    assert abs(cols.min() - (31 - cols.max())) <= 1
+
+
+def _train_images(tmp_path, shard_writer, image, count, bboxes=None, **kwargs):
+    """``count`` copies of ``image`` through pipeline.train_dataset, one epoch per batch."""
+    shard_writer(str(tmp_path), [image] * 16, [1] * 16, bboxes=bboxes, num_classes=2)
+    split = pipeline.load_split(str(tmp_path), "train")
+    ds = pipeline.train_dataset(split, 16, 32, 2, shuffle_buffer=16, **kwargs)
+    return np.concatenate([x.numpy() for x, _ in ds.take(count // 16)])
+
+
+def test_flip_is_drawn_per_image(tmp_path, shard_writer):
+    # Left half white, right half black; the whole image is always the crop (area 1, square).
+    image = np.zeros((48, 48, 3), np.uint8)
+    image[:, :24] = 255
+    images = _train_images(tmp_path, shard_writer, image, 16, area_range=(1.0, 1.0))
+    left = images[:, :, :16].mean(axis=(1, 2, 3))
+    right = images[:, :, 16:].mean(axis=(1, 2, 3))
+    flipped = left < right
+    assert 0 < flipped.sum() < len(flipped), "one batch must hold both orientations"
+    # Each image is the original or its mirror image, nothing else.
+    original = images[np.argmin(flipped)]
+    for one, is_flipped in zip(images, flipped):
+        expected = original[:, ::-1] if is_flipped else original
+        np.testing.assert_allclose(one, expected, atol=1e-4)
+
+
+def _white_fraction(images: np.ndarray) -> np.ndarray:
+    return (images.mean(axis=-1) > 0).mean(axis=(1, 2))
+
+
+def test_crop_keeps_the_records_bounding_box(tmp_path, shard_writer):
+    # White strip on the left quarter; black elsewhere.  With the strip as the record's box and
+    # min_object_covered 0.5 every crop holds at least half the strip (>= 1/8 of the image).
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :16] = 255
+    strip = [(0.0, 0.0, 0.25, 1.0)]
+    with_box = _train_images(
+        tmp_path / "box", shard_writer, image, 64, bboxes=[strip] * 16, min_object_covered=0.5
+    )
+    assert _white_fraction(with_box).min() >= 0.1
+    # Without the box, the whole image is the object and crops may miss the strip entirely.
+    without = _train_images(tmp_path / "plain", shard_writer, image, 64, min_object_covered=0.5)
+    assert _white_fraction(without).min() < 0.02

@@ -1,0 +1,223 @@
+"""Locate the record that broke an input pipeline, to name it in a one-line error.
+
+When a tf.data iterator raises (a truncated shard, bytes that are not a JPEG, a label out of
+range), TensorFlow's message rarely says which file and record.  ``find_bad_record`` rescans the
+shards and names the first record the pipelines cannot use; ``count_bad_records`` counts them for
+the ``--skip_corrupt`` report.
+
+Each file is scanned by a tf.data pass that runs the checks the pipelines imply on every record
+in parallel (traced once, reused for every file); only the first failing record is then re-read
+eagerly, one check at a time, to word the reason.  The scan runs eagerly even when called from
+inside a graph context (the session loop's), in a helper thread whose default is eager mode.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import re
+from collections.abc import Callable, Sequence
+
+from vgg_keras.compat import tf
+from vgg_keras.data import schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# (serialized, label_offset) -> (jpeg bytes, 0-based label, (1, n, 4) boxes); Split.parse fits.
+Parser = Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRecord:
+    """The first unusable record: its file, its 0-based index in that file, and why."""
+
+    file: str
+    index: int | None  # None when the file cannot be opened at all
+    reason: str
+
+    @property
+    def message(self) -> str:
+        """``<file>: record <i>: <reason>``, the line a UsageError carries."""
+        if self.index is None:
+            return f"{self.file}: {self.reason}"
+        return f"{self.file}: record {self.index}: {self.reason}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def find_bad_record(
+    files: Sequence[str],
+    num_classes: int,
+    label_offset: int = 1,
+    parse: Parser = schema.parse,
+) -> BadRecord | None:
+    """The first record in ``files`` (in order) that the pipelines cannot use, or None.
+
+    ``parse`` reads one record; pass ``Split.parse`` for splits not in the TF-slim schema.
+    """
+
+    def scan() -> BadRecord | None:
+        for path in files:
+            readable, tail = _readable_records(path)
+            if readable is None:
+                return BadRecord(path, None, tail)
+            good, first_bad = _check_file(path, num_classes, label_offset, parse)
+            if good < readable:
+                index = first_bad if first_bad >= 0 else good
+                serialized = next(iter(tf.data.TFRecordDataset(path).skip(index).take(1)))
+                reason = _reason(serialized, num_classes, label_offset, parse)
+                return BadRecord(path, index, reason)
+            if tail is not None:
+                return BadRecord(path, readable, tail)
+        return None
+
+    return _eagerly(scan)
+
+
+def count_bad_records(
+    files: Sequence[str],
+    num_classes: int,
+    label_offset: int = 1,
+    parse: Parser = schema.parse,
+) -> int:
+    """Bad records in ``files``; a file's unreadable tail (truncation, corruption) counts one,
+    as does a missing file."""
+
+    def scan() -> int:
+        total = 0
+        for path in files:
+            readable, tail = _readable_records(path)
+            if readable is None:
+                total += 1
+                continue
+            good, _ = _check_file(path, num_classes, label_offset, parse)
+            total += readable - good + (tail is not None)
+        return total
+
+    return _eagerly(scan)
+
+
+def _eagerly(fn: Callable):
+    """Run ``fn`` in eager mode: directly, or in a fresh thread when a graph is the default."""
+    if tf.executing_eagerly():
+        return fn()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
+def _readable_records(path: str) -> tuple[int | None, str | None]:
+    """(records readable before the first read error, that error as a reason, or None).
+
+    (None, reason) when the file cannot be opened.
+    """
+    try:
+        return int(_counter(False)(path)), None
+    except tf.errors.NotFoundError:
+        return None, "file not found"
+    except tf.errors.OpError as err:
+        # TFRecordDataset ends a file at its first unreadable record; ignore_errors counts up to it.
+        return int(_counter(True)(path)), f"truncated or corrupt record ({_short(err)})"
+
+
+@functools.cache
+def _counter(ignore_errors: bool):
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    def count(path):
+        ds = tf.data.TFRecordDataset(path)
+        if ignore_errors:
+            ds = ds.ignore_errors()
+        return ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+
+    return count
+
+
+def _check_file(path: str, num_classes: int, label_offset: int, parse: Parser) -> tuple[int, int]:
+    """(records of ``path`` passing every check, index of the first that fails or -1)."""
+    good, first_bad = _checker(parse)(path, num_classes, label_offset)
+    return int(good), int(first_bad)
+
+
+@functools.cache
+def _checker(parse: Parser):
+    """A tf.function (path, num_classes, label_offset) -> (good count, first failing index)."""
+
+    def check(index, serialized, num_classes, label_offset):
+        jpeg, label, bboxes = parse(serialized, label_offset)
+        asserts = [
+            tf.debugging.assert_greater_equal(label, 0),
+            tf.debugging.assert_less(label, num_classes),
+            tf.debugging.assert_greater_equal(bboxes, 0.0),
+            tf.debugging.assert_less_equal(bboxes, 1.0),
+        ]
+        with tf.control_dependencies(asserts):
+            index = tf.identity(index)
+        # Outputs, not control dependencies: grappler prunes unused stateless ops like a decode.
+        return index, tf.image.extract_jpeg_shape(jpeg), tf.shape(tf.io.decode_jpeg(jpeg, 3))
+
+    def tally(state, element):
+        # Records arrive in order minus the failing ones: the first gap is the first failure.
+        good, first_bad = state
+        index = element[0]
+        first_bad = tf.where((first_bad < 0) & (index != good), good, first_bad)
+        return good + 1, first_bad
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([], tf.string),
+            tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([], tf.int32),
+        ]
+    )
+    def scan(path, num_classes, label_offset):
+        ds = tf.data.TFRecordDataset(path).enumerate()
+        ds = ds.map(
+            lambda i, r: check(i, r, num_classes, label_offset),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+        start = (tf.constant(0, tf.int64), tf.constant(-1, tf.int64))
+        return ds.ignore_errors().reduce(start, tally)
+
+    return scan
+
+
+def _reason(serialized, num_classes: int, label_offset: int, parse: Parser) -> str:
+    """Why one record fails (eager; the checks of ``_checker``, one at a time)."""
+    try:
+        jpeg, label, bboxes = parse(serialized, label_offset)
+    except tf.errors.OpError as err:
+        kind = "TF-slim " if parse is schema.parse else ""
+        return f"not a {kind}tf.train.Example ({_short(err)})"
+    encoded = jpeg.numpy()
+    if not encoded:
+        return "no image bytes (image/encoded is missing or empty)"
+    label = int(label)
+    if not 0 <= label < num_classes:
+        if parse is schema.parse:
+            stored = f" (stored {label + label_offset} minus label_offset {label_offset})"
+            return f"label {label}{stored} is outside [0, {num_classes})"
+        return f"label {label} is outside [0, {num_classes})"
+    try:
+        tf.image.extract_jpeg_shape(jpeg)
+        tf.io.decode_jpeg(jpeg, channels=3)
+    except tf.errors.OpError:
+        return f"image/encoded ({len(encoded)} bytes) is not a decodable JPEG image"
+    boxes = bboxes.numpy()
+    if boxes.size and not ((boxes >= 0) & (boxes <= 1)).all():
+        return "a bounding box coordinate is outside [0, 1]"
+    return "the record fails the input pipeline's checks"
+
+
+def _short(err: tf.errors.OpError) -> str:
+    """The line of TensorFlow's message that says what went wrong.
+
+    Drops the function-node prefix, the op suffix, and a graph error's traceback lines.
+    """
+    noise = ("Graph execution error", "Detected at node", "File ", "[[")
+    lines = [line.strip() for line in err.message.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(noise)]
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", lines[-1] if lines else "")
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip()
+    return text or type(err).__name__
