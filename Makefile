@@ -39,9 +39,13 @@ else
 	$(PY) run_train.py --data_dir $(DATA) --log_dir $(LOG_DIR) $(ARGS)
 endif
 
-# `make eval` evaluates every checkpoint of the demo run; CKPT= names a folder or a prefix.
+# `make eval` evaluates every checkpoint of the demo run.  CKPT= names a run folder (every
+# checkpoint in it) or one model.ckpt-N prefix; DATA= the validation shards (default: the
+# run's config.json, which names data/demo for the demo run).
+EVAL_CKPT = $(or $(CKPT),runs/demo)
 eval: $(STAMP)
-	$(PY) run_eval.py --ckpt $(or $(CKPT),runs/demo) $(if $(DATA),--data_dir $(DATA)) $(ARGS)
+	$(PY) run_eval.py $$(test -d $(EVAL_CKPT) && echo --all-ckpts --eval_dir || echo --ckpt) \
+		$(EVAL_CKPT) $(if $(DATA),--data_dir $(DATA)) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -1,90 +1,198 @@
-"""Top-1/top-5 evaluation of one checkpoint or of all of them.
+"""Top-1/top-5 evaluation of one checkpoint or of all of them (``run_eval.py``).
 
 The eval graph and input pipeline are built once; each checkpoint is restored into the same
 session, so ten checkpoints cost ten passes over the validation data, not ten graph builds.
-Every validation image is counted exactly once (no dropped tail batch).
+Every validation image is counted exactly once (no dropped tail batch) and the count is checked
+against the split size.  The network's settings come from the ``config.json`` training wrote
+beside the checkpoints; ``--watch`` turns the evaluator into a side-car of a running training.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
+import dataclasses
+import glob
+import io
+import itertools
+import json
+import math
 import os
+import time
+from collections.abc import Callable, Iterable, Iterator
 
-import numpy as np
+from tqdm import tqdm
 
-from vgg_keras import checkpoints, compat
+from vgg_keras import checkpoints, compat, distribute
+from vgg_keras import config as config_lib
 from vgg_keras.compat import tf, v1
 from vgg_keras.config import Config
-from vgg_keras.data import pipeline
-from vgg_keras.errors import UsageError
+from vgg_keras.data import pipeline, preprocess
+from vgg_keras.errors import EXIT_FAILED, EXIT_NONFINITE, EXIT_SIGINT, UsageError, reason
 from vgg_keras.model import build_vgg
-from vgg_keras.reporting import EVAL_HEADER, format_eval_row
+from vgg_keras.reporting import EVAL_HEADER, Reporter, format_eval_row
+from vgg_keras.training import CONFIG_FILE
+
+RESULTS_JSON = "eval_results.json"
+RESULTS_CSV = "eval_results.csv"
+CURVE_PNG = "eval_curve.png"
+EVAL_LOG = "eval.log"
+RESULT_KEYS = ("checkpoint", "step", "epoch", "top1", "top5", "loss", "images")
+CROPS = (1, preprocess.TEN_CROPS)
+WATCH_POLL_SECONDS = 1.0
+# How to run this process: flags or defaults only, never inherited from the training run.
+RUNTIME_FLAGS = ("intra_op_threads", "inter_op_threads", "xla", "progress")
+# run_eval.py's Config flags: the network and its input, which default to config.json's values,
+# and the runtime ones.  Training-only settings stay out of --help.
+EVAL_FLAGS = (
+    "data_dir",
+    "arch",
+    "class_num",
+    "image_size",
+    "width_multiplier",
+    "dense_init",
+    "precision",
+    "preprocess",
+    "label_offset",
+    "eval_batch_size",
+    "skip_corrupt",
+    *RUNTIME_FLAGS,
+)
+
+
+class CheckpointGone(UsageError):
+    """The checkpoint's files disappeared before they were read (training's rotation)."""
 
 
 class Evaluator:
-    """Evaluates checkpoints of the network described by ``config`` on its validation split."""
+    """Evaluates checkpoints of the network described by ``config`` on its validation split.
 
-    def __init__(self, config: Config, steps_per_epoch: float | None = None):
+    ``crops=10`` averages the logits of ten crops per image; ``progress`` shows a tqdm bar per
+    checkpoint when stderr is a terminal; ``log`` receives one line when the graph is built.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        steps_per_epoch: float | None = None,
+        *,
+        crops: int = 1,
+        progress: bool = False,
+        log: Callable[[str], None] | None = None,
+        dist: distribute.Distribution | None = None,
+    ):
+        started = time.perf_counter()
+        # Under a strategy the replicas of all workers share the images and sum the counts.
+        dist = (dist or distribute.single_device()).for_evaluation()
         self.config = config
-        self.split = pipeline.load_split(config.data_dir, "validation", config.tfds_data_dir)
+        self.progress = progress
+        self.split = pipeline.load_split(config.data_dir, "validation")
         self.steps_per_epoch = steps_per_epoch or _steps_per_epoch(config)
+        batch_size = config.eval_batch_size or config.batch_size
+        self._batches = dist.eval_steps(self.split, batch_size)
         self.graph = tf.Graph()
-        with self.graph.as_default():
+        with self.graph.as_default(), dist.scope():
             compat.set_precision_policy(config.precision)
             self.model = build_vgg(
                 config.arch, config.class_num, config.image_size, config.width_multiplier, 0.0
             )
-            dataset = pipeline.eval_dataset(
-                self.split,
-                config.eval_batch_size or config.batch_size,
-                config.image_size,
-                config.class_num,
-                label_offset=config.label_offset,
-                skip_corrupt=config.skip_corrupt,
-            )
-            iterator = v1.data.make_initializable_iterator(dataset)
-            self._init = iterator.initializer
-            images, labels = iterator.get_next()
-            logits = tf.cast(self.model(images, training=False), tf.float32)
-            k = min(5, config.class_num)
-            _, top = tf.nn.top_k(logits, k)
-            hits = tf.equal(top, tf.expand_dims(labels, 1))
-            self._fetches = {
-                "top1": tf.reduce_sum(tf.cast(hits[:, 0], tf.int64)),
-                "top5": tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.int64)),
-                "loss": tf.reduce_sum(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-                ),
-                "images": tf.size(labels, out_type=tf.int64),
-            }
+
+            def dataset_fn(num_workers: int, worker_index: int) -> tf.data.Dataset:
+                dataset = pipeline.eval_dataset(
+                    self.split,
+                    batch_size,
+                    config.image_size,
+                    config.class_num,
+                    label_offset=config.label_offset,
+                    skip_corrupt=config.skip_corrupt,
+                    normalization=config.preprocess,
+                    crops=crops,
+                    num_workers=num_workers,
+                    worker_index=worker_index,
+                )
+                # Each session call takes one batch per local replica.
+                batches = self._batches * dist.local_replicas
+                return distribute.pad_batches(dataset, batch_size, batches)
+
+            size = config.image_size
+
+            def replica_sums(images, labels, real):
+                """[top1, top5, loss, images] summed over this replica's real images."""
+                # Crops ride in the batch dimension: one forward pass, then the mean logit.
+                logits = self.model(tf.reshape(images, [-1, size, size, 3]), training=False)
+                logits = tf.reshape(tf.cast(logits, tf.float32), [-1, crops, config.class_num])
+                logits = tf.reduce_mean(logits, axis=1)
+                _, top = tf.nn.top_k(logits, min(5, config.class_num))
+                hits = tf.equal(top, tf.expand_dims(labels, 1))
+                # Plain cross-entropy: label smoothing is a training device, not a metric.
+                loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+                per_image = [hits[:, 0], tf.reduce_any(hits, axis=1), loss, tf.ones_like(loss)]
+                weight = tf.cast(real, tf.float32)
+                return tf.stack([tf.reduce_sum(weight * tf.cast(v, tf.float32)) for v in per_image])
+
+            self._init, next_batch = dist.input_iterator(dataset_fn)
+            sums = dist.reduce(distribute.ReduceOp.SUM, dist.run(replica_sums, *next_batch()))
+            self._fetches = dict(zip(("top1", "top5", "loss", "images"), tf.unstack(sums)))
+            # Workers meet here before restoring: the chief has then finished writing.
+            self._barrier = None
+            if dist.num_workers > 1:
+                self._barrier = dist.reduce(
+                    distribute.ReduceOp.SUM, dist.run(lambda: tf.constant(1.0))
+                )
             self._saver = v1.train.Saver(self.model.weights)
-        self.session = v1.Session(
-            graph=self.graph,
-            config=compat.session_config(
-                config.intra_op_threads, config.inter_op_threads, config.xla
-            ),
+        self.graph.finalize()  # restoring and evaluating must never add ops
+        self.session = dist.session(
+            self.graph,
+            compat.session_config(config.intra_op_threads, config.inter_op_threads, config.xla),
         )
+        if log is not None:
+            log(
+                f"eval graph built in {time.perf_counter() - started:.1f} s: {config.arch}, "
+                f"{config.class_num} classes, {size} px, width {config.width_multiplier:g}, "
+                f"{crops} crop(s); {self.split.num_examples} images in {config.data_dir}"
+            )
 
     def evaluate(self, checkpoint: str) -> dict:
-        """Metrics of one checkpoint over every validation image."""
-        checkpoints.check_compatible(checkpoint, self.model.weights)
-        with self.graph.as_default():  # the v1 Saver works only in graph mode
-            self._saver.restore(self.session, checkpoint)
+        """Metrics of one checkpoint over every validation image.
+
+        Raises CheckpointGone when the files vanish before they are read; once restored into
+        the session they are no longer needed, so a later deletion does no harm.
+        """
+        if self._barrier is not None:
+            self.session.run(self._barrier)
+        try:
+            written = os.path.getmtime(checkpoint + ".index")
+            checkpoints.check_compatible(checkpoint, self.model.weights)
+            with self.graph.as_default():  # the v1 Saver works only in graph mode
+                self._saver.restore(self.session, checkpoint)
+        except (UsageError, OSError, ValueError, tf.errors.OpError) as err:
+            if _gone(checkpoint):
+                raise CheckpointGone(f"{checkpoint} was deleted before it was read") from err
+            if isinstance(err, tf.errors.OpError):
+                raise UsageError(f"{checkpoint}: cannot restore ({reason(err)})") from err
+            raise
+        step = checkpoints.checkpoint_step(checkpoint)
         self.session.run(self._init)
-        totals = dict.fromkeys(self._fetches, 0.0)
-        while True:
-            try:
+        totals = dict.fromkeys(self._fetches, 0)
+        with tqdm(
+            total=self._batches,
+            desc=f"step {step}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None if self.progress else True,  # None: only on a terminal
+        ) as bar:
+            for _ in range(self._batches):
                 batch = self.session.run(self._fetches)
-            except tf.errors.OutOfRangeError:
-                break
-            for key, value in batch.items():
-                totals[key] += value
+                for key, value in batch.items():
+                    totals[key] += value.item()
+                bar.update()
         images = int(totals["images"])
         if images != self.split.num_examples and not self.config.skip_corrupt:
             raise UsageError(
                 f"{self.config.data_dir}: evaluated {images} images, the split has "
                 f"{self.split.num_examples}"
             )
-        step = checkpoints.checkpoint_step(checkpoint)
         return {
             "checkpoint": checkpoint,
             "step": step,
@@ -93,12 +201,13 @@ class Evaluator:
             "top5": totals["top5"] / max(images, 1),
             "loss": totals["loss"] / max(images, 1),
             "images": images,
-            "checkpoint_time": os.path.getmtime(checkpoint + ".index"),
+            "checkpoint_time": written,
         }
 
-    def report(self, results: list[dict], reporter) -> None:
+    def report(self, results: list[dict], reporter, header: bool = True) -> None:
         """The evaluation table through ``reporter`` and the metrics in metrics.jsonl."""
-        reporter.print(EVAL_HEADER)
+        if header:
+            reporter.print(EVAL_HEADER)
         for result in results:
             reporter.print(format_eval_row(result))
             reporter.metrics(
@@ -115,26 +224,266 @@ class Evaluator:
 
 def _steps_per_epoch(config: Config) -> float:
     try:
-        train_images = pipeline.load_split(config.data_dir, "train", config.tfds_data_dir).num_examples
+        train_images = pipeline.load_split(config.data_dir, "train").num_examples
     except UsageError:
         return float("inf")  # no training split beside the validation data: epochs unknown
     return max(train_images / config.batch_size, 1e-9)
 
 
+def _gone(checkpoint: str) -> bool:
+    """True when the index or every data shard is missing (deleted, or being deleted)."""
+    return not os.path.exists(checkpoint + ".index") or not glob.glob(checkpoint + ".data-*")
+
+
+# ---------------------------------------------------------------------------------------------
+# Many checkpoints: the table row by row, result files, the curve
+
+
+def evaluate_checkpoints(
+    evaluator: Evaluator, paths: Iterable[str], reporter: Reporter, output: str
+) -> list[dict]:
+    """Evaluate ``paths`` in order with one evaluator; the table is printed row by row and the
+    result files rewritten after every checkpoint, so a watcher's files are always current."""
+    results = []
+    for path in paths:
+        try:
+            result = evaluator.evaluate(path)
+        except CheckpointGone as gone:
+            reporter.print(f"skipped: {gone}")
+            continue
+        evaluator.report([result], reporter, header=not results)
+        results.append(result)
+        write_results(results, output)
+    return results
+
+
+def write_results(results: list[dict], output: str) -> None:
+    """eval_results.json and .csv in ``output``, and eval_curve.png when there are several."""
+    rows = [{key: result[key] for key in RESULT_KEYS} for result in results]
+    os.makedirs(output, exist_ok=True)
+    _replace(os.path.join(output, RESULTS_JSON), json.dumps(rows, indent=1) + "\n")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, RESULT_KEYS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _replace(os.path.join(output, RESULTS_CSV), text.getvalue())
+    if len(rows) > 1:
+        plot_curve(rows, os.path.join(output, CURVE_PNG))
+
+
+def _replace(path: str, text: str) -> None:
+    """Write through a temporary name: a reader never sees a half-written file."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def plot_curve(results: list[dict], path: str) -> None:
+    """Top-1 and top-5 against step, to pick the best checkpoint at a glance."""
+    # The Agg canvas directly, not pyplot: no global backend state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=100, layout="tight")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    steps = [r["step"] for r in results]
+    axes.plot(steps, [r["top1"] for r in results], "o-", label="top-1")
+    axes.plot(steps, [r["top5"] for r in results], "s--", label="top-5")
+    axes.set(xlabel="step", ylabel="accuracy", ylim=(0, 1.02))
+    axes.set_title(os.path.dirname(results[0]["checkpoint"]) or ".", fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.savefig(path + ".tmp", format="png")
+    os.replace(path + ".tmp", path)
+
+
+def _exit_code(results: list[dict]) -> int:
+    """0 when something was evaluated and every loss is finite; a NaN model is a failure."""
+    if not results:
+        return EXIT_FAILED  # every checkpoint was deleted before it could be read
+    return 0 if all(math.isfinite(r["loss"]) for r in results) else EXIT_NONFINITE
+
+
 def evaluate_folder(config: Config) -> int:
     """--mode evaluate: every checkpoint in --eval_dir (default --log_dir), in step order."""
-    from vgg_keras.reporting import Reporter
-
     folder = config.eval_dir or config.log_dir
     found = checkpoints.list_checkpoints(folder)
     if not found:
         raise UsageError(f"no model.ckpt-* checkpoints in {folder}")
-    evaluator = Evaluator(config)
-    reporter = Reporter(folder, "eval.log", progress=False, summary_subdir="eval")
+    reporter = Reporter(folder, EVAL_LOG, progress=False, summary_subdir="eval")
+    evaluator = None
     try:
-        results = [evaluator.evaluate(path) for path in found]
-        evaluator.report(results, reporter)
+        evaluator = Evaluator(config, progress=config.progress, log=reporter.print)
+        results = evaluate_checkpoints(evaluator, found, reporter, folder)
     finally:
         reporter.close()
-        evaluator.close()
-    return 0 if np.isfinite([r["loss"] for r in results]).all() else 1
+        if evaluator:
+            evaluator.close()
+    return _exit_code(results)
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching a training run
+
+
+def watch_checkpoints(
+    folder: str, timeout: float, after_step: int = -1, poll: float = WATCH_POLL_SECONDS
+) -> Iterator[str]:
+    """Each ``model.ckpt-N`` with N > ``after_step`` in ``folder``, in step order, as training
+    writes them; ends once ``timeout`` seconds pass without a new one.
+
+    The idle clock restarts after the caller has handled a checkpoint, so time spent
+    evaluating does not count as waiting.
+    """
+    idle_since = time.monotonic()
+    while True:
+        fresh = [
+            path
+            for path in checkpoints.list_checkpoints(folder)
+            if checkpoints.checkpoint_step(path) > after_step
+        ]
+        for path in fresh:
+            yield path
+            after_step = checkpoints.checkpoint_step(path)
+        if fresh:
+            idle_since = time.monotonic()
+            continue
+        waited = time.monotonic() - idle_since
+        if waited >= timeout:
+            return
+        time.sleep(min(poll, timeout - waited))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line (run_eval.py)
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    parser = config_lib._Parser(
+        prog="run_eval.py",
+        description="Evaluate VGG checkpoints (top-1, top-5, loss) on the validation split. "
+        "Model and data settings come from config.json beside the checkpoints; flags override.",
+    )
+    parser.add_argument(
+        "--ckpt",
+        help="a model.ckpt-N prefix, or a folder: its latest checkpoint (every one with "
+        "--all-ckpts)",
+    )
+    parser.add_argument(
+        "--all-ckpts",
+        "--all_ckpts",
+        dest="all_ckpts",
+        action="store_true",
+        help="evaluate every model.ckpt-N in the folder, in step order",
+    )
+    parser.add_argument("--eval_dir", help="checkpoint folder (same as --ckpt DIR)")
+    parser.add_argument(
+        "--output",
+        help="folder for eval_results.json/.csv, eval_curve.png, eval.log and TensorBoard "
+        "events under eval/ (default: the checkpoint folder)",
+    )
+    parser.add_argument(
+        "--eval_crops",
+        type=int,
+        choices=CROPS,
+        default=1,
+        help="1: central crop; 10: four corners, centre and their mirrors, logits averaged "
+        "(a batch then holds 10x the images)",
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep evaluating checkpoints as a running training writes them",
+    )
+    parser.add_argument(
+        "--watch_timeout",
+        type=float,
+        default=3600.0,
+        help="with --watch: stop after this many seconds without a new checkpoint "
+        "(default: %(default)g)",
+    )
+    config_lib.add_config_flags(parser, names=EVAL_FLAGS)
+    return parser
+
+
+def _targets(args: argparse.Namespace) -> tuple[str, Iterable[str]]:
+    """(the checkpoint folder, the checkpoints to evaluate in order; lazy with --watch)."""
+    if args.ckpt and args.eval_dir:
+        raise UsageError("--ckpt and --eval_dir both name checkpoints: give one of them")
+    path = args.ckpt or args.eval_dir
+    if not path:
+        raise UsageError("--ckpt PATH or --eval_dir DIR is required")
+    path = os.path.normpath(path)
+    is_prefix = not os.path.isdir(path) and os.path.exists(path + ".index")
+    if is_prefix and (args.all_ckpts or args.watch):
+        flag = "--watch" if args.watch else "--all-ckpts"
+        raise UsageError(f"{flag} needs a folder, {path} is one checkpoint")
+    if args.watch:
+        latest = checkpoints.latest_checkpoint(path)
+        # Without --all-ckpts the side-car starts from the newest checkpoint already there.
+        after = -1 if args.all_ckpts or latest is None else checkpoints.checkpoint_step(latest) - 1
+        return path, watch_checkpoints(path, args.watch_timeout, after)
+    if is_prefix:
+        return os.path.dirname(path), [path]
+    if not os.path.isdir(path):
+        raise UsageError(f"checkpoint not found: {path} (neither a folder nor {path}.index)")
+    found = checkpoints.list_checkpoints(path)
+    if not found:
+        raise UsageError(f"no model.ckpt-* checkpoints in {path}")
+    return path, found if args.all_ckpts else found[-1:]
+
+
+def resolve_config(args: argparse.Namespace, folder: str) -> Config:
+    """The run's settings: config.json in ``folder`` (except how to run this process),
+    overridden by flags given explicitly."""
+    path = os.path.join(folder, CONFIG_FILE)
+    saved = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{path}: unreadable ({err})") from err
+    inherited = {f.name for f in dataclasses.fields(Config)} - set(RUNTIME_FLAGS)
+    values = {key: value for key, value in saved.items() if key in inherited}
+    values.update({k: v for k, v in vars(args).items() if k in EVAL_FLAGS and v is not None})
+    values["synthetic"] = False  # evaluation always reads the validation shards
+    if values.get("data_dir") is None:
+        source = f"{path} names none" if saved else f"no {CONFIG_FILE} in {folder}"
+        raise UsageError(f"--data_dir is required ({source})")
+    return config_lib.make_config("imagenet", **values)
+
+
+def run(args: argparse.Namespace) -> int:
+    """run_eval.py with ``eval_parser()``'s flags; returns the exit code (0 done, 1 nothing
+    left to evaluate, 3 a non-finite loss, 130 interrupted)."""
+    folder, paths = _targets(args)
+    output = args.output or folder
+    paths = iter(paths)
+    try:
+        first = next(paths, None)  # with --watch: waits for training's first checkpoint
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
+    if first is None:
+        raise UsageError(
+            f"no model.ckpt-* checkpoint appeared in {folder} within {args.watch_timeout:g} s"
+        )
+    config = resolve_config(args, folder)
+    reporter = Reporter(output, EVAL_LOG, progress=False, summary_subdir="eval")
+    evaluator = None
+    try:
+        evaluator = Evaluator(
+            config, crops=args.eval_crops, progress=config.progress, log=reporter.print
+        )
+        results = evaluate_checkpoints(evaluator, itertools.chain([first], paths), reporter, output)
+        if args.watch:
+            reporter.print(f"no new checkpoint for {args.watch_timeout:g} s: stopped watching")
+    except KeyboardInterrupt:
+        reporter.print(f"interrupted: the checkpoints evaluated so far are in {output}")
+        return EXIT_SIGINT
+    finally:
+        reporter.close()
+        if evaluator:
+            evaluator.close()
+    return _exit_code(results)

@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""Evaluate VGG checkpoints: top-1, top-5 and loss over every validation image.
+
+``python run_eval.py --ckpt runs/demo`` evaluates the newest checkpoint of a run;
+``python run_eval.py --all-ckpts --eval_dir runs/demo`` every one of them in step order;
+``--watch`` keeps evaluating new ones as a running training writes them.  Settings come from
+the run's config.json; flags override them.  ``make eval`` runs it on the demo run.
+"""
+
+import sys
+
+from vgg_keras.errors import run_cli
+
+
+def main(argv=None) -> int:
+    from vgg_keras import evaluation
+
+    args = evaluation.eval_parser().parse_args(argv)
+    return evaluation.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

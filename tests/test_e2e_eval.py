@@ -1,0 +1,210 @@
+"""run_eval.py as a user runs it (real subprocesses): the table, eval_results.json/.csv, the
+curve and TensorBoard events agree; one graph for every checkpoint; one-line errors with exit
+code 2; a progress bar only on a terminal; --watch as a side-car; the demo run's accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import glob
+import json
+import os
+import pty
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+
+from vgg_keras import checkpoints, evaluation
+from vgg_keras.compat import tf, v1
+from vgg_keras.model import build_vgg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADER = ["step", "epoch", "top1", "top5", "loss", "checkpoint_time(UTC)"]
+
+
+def _table(stdout: str) -> list[list[str]]:
+    """The rows of the evaluation table in ``stdout`` (header checked, other lines ignored)."""
+    lines = stdout.splitlines()
+    start = [i for i, line in enumerate(lines) if line.split() == HEADER]
+    assert len(start) == 1, stdout
+    rows = []
+    for line in lines[start[0] + 1 :]:
+        fields = line.split()
+        if len(fields) == 7 and fields[0].isdigit():
+            rows.append(fields)
+    return rows
+
+
+def _assert_usage_error(proc, *fragments: str) -> None:
+    """Exit code 2, one line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_all_ckpts_table_json_csv_and_tensorboard_agree(eval_run, tmp_path, script_runner):
+    out = tmp_path / "out"
+    proc = script_runner(
+        "run_eval.py", "--all-ckpts", "--eval_dir", eval_run, "--output", out,
+        "--eval_batch_size", "7",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Built once for the three checkpoints: one graph line, three rows, steps in order.
+    assert proc.stdout.count("eval graph built in") == 1
+    rows = _table(proc.stdout)
+    assert [int(r[0]) for r in rows] == [50, 100, 150]
+    assert "it/s" not in proc.stderr and "batch/s" not in proc.stderr  # no bar off a terminal
+
+    with open(out / evaluation.RESULTS_JSON) as f:
+        results = json.load(f)
+    with open(out / evaluation.RESULTS_CSV) as f:
+        table = list(csv.DictReader(f))
+    assert [set(r) for r in results] == [set(evaluation.RESULT_KEYS)] * 3
+    assert [r["checkpoint"] for r in results] == checkpoints.list_checkpoints(eval_run)
+    for result, row, line in zip(results, table, rows, strict=True):
+        assert result["images"] == int(row["images"]) == 360  # 360 = 51 * 7 + 3
+        assert 0 <= result["top1"] <= result["top5"] <= 1
+        assert row["checkpoint"] == result["checkpoint"]
+        for key in ("step", "epoch", "top1", "top5", "loss"):
+            assert float(row[key]) == result[key]  # the CSV holds the JSON's exact values
+        assert line[:5] == [
+            str(result["step"]),
+            f"{result['epoch']:.1f}",
+            f"{result['top1']:.4f}",
+            f"{result['top5']:.4f}",
+            f"{result['loss']:.4f}",
+        ]
+    with open(out / evaluation.CURVE_PNG, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(out / evaluation.EVAL_LOG) as f:
+        assert _table(f.read()) == rows
+
+    scalars = {}
+    for path in glob.glob(str(out / "eval" / "events.out.tfevents.*")):
+        for event in v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = tf.make_ndarray(value.tensor).item()
+    for result in results:
+        assert scalars[("eval_top1", result["step"])] == pytest.approx(result["top1"])
+        assert scalars[("eval_top5", result["step"])] == pytest.approx(result["top5"])
+
+
+def test_one_checkpoint_with_a_progress_bar_on_a_terminal(eval_run, tmp_path):
+    prefix = checkpoints.list_checkpoints(eval_run)[1]
+    command = [sys.executable, os.path.join(ROOT, "run_eval.py"), "--ckpt", prefix]
+    command += ["--output", str(tmp_path)]
+    master, terminal = pty.openpty()
+    # A new pty is 0 columns wide, and tqdm draws nothing into 0 columns.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal, text=True, cwd=ROOT)
+    os.close(terminal)
+    stderr = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        stderr += chunk
+    os.close(master)
+    stdout = proc.stdout.read()
+    assert proc.wait(timeout=120) == 0, stdout + stderr.decode(errors="replace")
+    assert [int(r[0]) for r in _table(stdout)] == [100]
+    assert "step 100" in stderr.decode() and "batch" in stderr.decode()
+    assert not os.path.exists(tmp_path / evaluation.CURVE_PNG)  # a curve needs two points
+
+
+def _vgg19_checkpoint(folder, like_run: str) -> str:
+    """An untrained VGG19 checkpoint with the run's other settings and a config.json saying so."""
+    with open(os.path.join(like_run, "config.json")) as f:
+        config = json.load(f)
+    config["arch"] = "vgg19"
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    with tf.Graph().as_default() as graph:
+        model = build_vgg(
+            "vgg19", config["class_num"], config["image_size"], config["width_multiplier"]
+        )
+        saver = v1.train.Saver(model.weights)
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.global_variables_initializer())
+            return saver.save(sess, os.path.join(folder, checkpoints.PREFIX), global_step=7)
+
+
+def test_mismatched_architecture_is_one_line(eval_run, tmp_path, script_runner):
+    proc = script_runner("run_eval.py", "--ckpt", eval_run, "--arch", "vgg19", "--output", tmp_path)
+    _assert_usage_error(proc, "checkpoint has vgg16", "model is vgg19", "model.ckpt-150")
+    # The other way round, a VGG19 checkpoint holds every VGG16 variable: still refused.
+    vgg19 = _vgg19_checkpoint(str(tmp_path / "vgg19"), eval_run)
+    proc = script_runner("run_eval.py", "--ckpt", vgg19, "--arch", "vgg16")
+    _assert_usage_error(proc, "checkpoint has vgg19", "model is vgg16")
+
+
+def test_empty_folder_is_one_line(tmp_path, script_runner):
+    proc = script_runner("run_eval.py", "--all-ckpts", "--eval_dir", tmp_path)
+    _assert_usage_error(proc, f"no model.ckpt-* checkpoints in {tmp_path}")
+
+
+def _copy_checkpoint(prefix: str, folder) -> None:
+    """Data shards first, index last, as TensorFlow writes them."""
+    for path in sorted(glob.glob(prefix + ".*"), key=lambda p: p.endswith(".index")):
+        shutil.copy(path, folder)
+
+
+def test_watch_evaluates_a_checkpoint_written_later_then_stops(eval_run, tmp_path):
+    folder = tmp_path / "training"
+    folder.mkdir()
+    shutil.copy(os.path.join(eval_run, "config.json"), folder)
+    first, second, _ = checkpoints.list_checkpoints(eval_run)
+    _copy_checkpoint(first, folder)
+    timeout = 4.0
+    command = [
+        sys.executable, os.path.join(ROOT, "run_eval.py"), "--watch", "--eval_dir", str(folder),
+        "--watch_timeout", str(timeout),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    results_file = folder / evaluation.RESULTS_JSON
+    deadline = time.monotonic() + 120
+    while not results_file.exists():  # the first checkpoint has been evaluated
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    _copy_checkpoint(second, folder)
+    written = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stdout + stderr
+    assert time.monotonic() - written >= timeout  # it waited for more before stopping
+    assert [int(r[0]) for r in _table(stdout)] == [50, 100]
+    assert f"no new checkpoint for {timeout:g} s: stopped watching" in stdout
+    with open(results_file) as f:
+        assert [r["step"] for r in json.load(f)] == [50, 100]
+
+
+@pytest.mark.slow
+def test_demo_run_every_checkpoint_and_final_accuracy(demo_run, tmp_path, script_runner):
+    proc = script_runner("run_eval.py", "--all-ckpts", "--eval_dir", demo_run, "--output", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / evaluation.RESULTS_JSON) as f:
+        results = json.load(f)
+    kept = checkpoints.list_checkpoints(demo_run)
+    assert [r["checkpoint"] for r in results] == kept
+    assert [int(r[0]) for r in _table(proc.stdout)] == [r["step"] for r in results]
+    assert results[-1]["top1"] >= 0.97
+    # Training's own evaluation (train_and_evaluate) runs this same code: same final top-1.
+    with open(os.path.join(demo_run, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if "eval_top1" in r]
+    assert evals[-1]["step"] == results[-1]["step"]
+    assert evals[-1]["eval_top1"] == pytest.approx(results[-1]["top1"], abs=1e-9)
