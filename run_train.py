@@ -12,9 +12,11 @@ from vgg_keras.errors import run_cli
 
 def main(argv=None) -> int:
     from vgg_keras import config as config_lib
-    from vgg_keras import training
 
     config = config_lib.from_args(argv)
+    # TensorFlow is imported only now, so a bad flag is reported at once, not after seconds.
+    from vgg_keras import training
+
     if config.data_dir == config_lib.DEMO_DATA_DIR:
         from vgg_keras.data import demo
 

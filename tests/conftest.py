@@ -6,6 +6,8 @@ Tests run in eager mode; graph mode only inside explicit ``with tf.Graph().as_de
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 from vgg_keras.compat import tf
 from vgg_keras.data import demo, info, schema, shards
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Box = tuple[float, float, float, float]  # (xmin, ymin, xmax, ymax) fractions, as schema.to_example
 
 
@@ -83,3 +86,120 @@ def shard_writer():
 def jpeg_encoder():
     """``encode_jpeg`` (see above): uint8 array -> JPEG bytes."""
     return encode_jpeg
+
+
+def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run one of the repository's ``run_*.py`` scripts in a fresh Python; output as text."""
+    command = [sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def script_runner():
+    """``run_script`` (see above): the real command line, exit code and output."""
+    return run_script
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(demo_dir, tmp_path_factory) -> str:
+    """A small VGG16 (width 0.125) trained 150 steps on the demo data (~50% top-1, ~8 s).
+
+    Returns its log folder (model.ckpt-150 + config.json).  Treat it as read-only.
+    """
+    from vgg_keras import training
+    from vgg_keras.config import make_config
+
+    log_dir = str(tmp_path_factory.mktemp("demo_run"))
+    config = make_config(
+        "demo",
+        data_dir=demo_dir,
+        log_dir=log_dir,
+        width_multiplier=0.125,
+        max_train_steps=150,
+        max_epochs=3.0,
+        T_max=3.0,
+        mode="train",
+        progress=False,
+    )
+    assert training.train(config) == 0
+    return log_dir
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_dir, tmp_path_factory) -> str:
+    """The README's demo, ``run_train.py --preset demo`` as a real subprocess (about a minute).
+
+    Trained once per session and shared by the end-to-end tests; returns its log folder
+    (checkpoints, train.log, metrics.jsonl with the eval_top1 records, config.json).  Treat it
+    as read-only.
+    """
+    log_dir = str(tmp_path_factory.mktemp("demo_cli_run"))
+    proc = run_script(
+        "run_train.py",
+        "--preset",
+        "demo",
+        "--data_dir",
+        demo_dir,
+        "--log_dir",
+        log_dir,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"demo run exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
+    return log_dir
+
+
+@pytest.fixture(scope="session")
+def train_tiny(demo_dir):
+    """Train in this process on the demo data with a tiny VGG16 (width 0.0625, log every step).
+
+    ``train_tiny(log_dir, **overrides)`` returns ``(exit code, Config)``; overrides go to
+    ``make_config("demo", ...)``.  The Keras dtype policy is global, so it is put back to
+    float32 afterwards for the tests that follow a bf16/fp16 run.
+    """
+    from vgg_keras import compat, training
+    from vgg_keras.config import make_config
+
+    def run(log_dir, **overrides):
+        values = dict(
+            data_dir=demo_dir,
+            width_multiplier=0.0625,
+            mode="train",
+            display_every=1,
+            progress=False,
+        )
+        config = make_config("demo", log_dir=str(log_dir), **{**values, **overrides})
+        try:
+            return training.train(config), config
+        finally:
+            compat.set_precision_policy("fp32")
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def eval_run(demo_dir, tmp_path_factory) -> str:
+    """Three checkpoints of one small run for the evaluation tests: a VGG16 (width 0.125)
+    trained 150 steps on the demo data, saved at steps 50, 100 and 150 (~50% top-1 at the end,
+    ~10 s).  Returns its log folder (with config.json).  Treat it as read-only.
+    """
+    from vgg_keras import training
+    from vgg_keras.config import make_config
+
+    log_dir = str(tmp_path_factory.mktemp("eval_run"))
+    config = make_config(
+        "demo",
+        data_dir=demo_dir,
+        log_dir=log_dir,
+        width_multiplier=0.125,
+        max_train_steps=150,
+        max_epochs=3.0,
+        T_max=3.0,
+        save_checkpoints_steps=50,
+        mode="train",
+        progress=False,
+    )
+    assert training.train(config) == 0
+    return log_dir

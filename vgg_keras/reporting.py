@@ -55,6 +55,12 @@ def _json_number(value):
     return value
 
 
+def read_metrics(log_dir: str) -> list[dict]:
+    """The records of ``<log_dir>/metrics.jsonl`` in file order (what ``Reporter.metrics`` wrote)."""
+    with open(os.path.join(log_dir, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 class Reporter:
     """Writes log lines (console + log file), metrics.jsonl and TensorBoard scalars.
 
@@ -124,8 +130,9 @@ class Reporter:
         record = {"step": int(step), **{k: _json_number(_plain(v)) for k, v in values.items()}}
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
-        # Eager summary ops on the host (init_scope leaves any graph being built), so the
-        # training graph stays free of summary ops.
+        # Eager summary ops on the host keep the training graph free of summary ops.  init_scope
+        # only lifts them out of a tf.function; inside `with graph.as_default()` the eager
+        # writer cannot be used, so callers report outside their graph blocks.
         with tf.init_scope(), self._writer.as_default(step=int(step)):
             for key, value in values.items():
                 value = _plain(value)

@@ -1,0 +1,98 @@
+"""run_train.py as a user runs it (real subprocesses): bad flag values, Ctrl-C, and the demo,
+which must reach >= 97% top-1 on the digits' validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vgg_keras import checkpoints
+from vgg_keras.config import make_config
+from vgg_keras.reporting import read_metrics
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--width_multiplier", "0.0625", "--progress", "false", "--mode", "train"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch_size", "0"], "error: --batch_size: must be >= 1, got 0"),
+        (["--arch", "vgg11"], "error: argument --arch: invalid choice: 'vgg11'"),
+        (["--lr_values", "0.1,0.01"], "error: --lr_values: needs 4 values for 3 boundaries, got 2"),
+        (["--lr_boundaries", "30,10"], "error: --lr_boundaries: must be positive and increasing"),
+        (["--precision", "fp8"], "error: argument --precision/--dtype: invalid choice: 'fp8'"),
+        (
+            ["--data_dir", "{tmp}/no_such_folder"],
+            "error: data folder not found: {tmp}/no_such_folder",
+        ),
+    ],
+)
+def test_bad_values_exit_2_with_one_line_naming_the_flag_or_file(
+    script_runner, demo_dir, tmp_path, flags, message
+):
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    log_dir = tmp_path / "run"
+    args = ["--preset", "demo", "--data_dir", demo_dir, "--log_dir", log_dir, *TINY, *flags]
+    proc = script_runner("run_train.py", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], "one line, no traceback"
+    assert proc.stderr.startswith(message.format(tmp=tmp_path))
+    assert not checkpoints.list_checkpoints(str(log_dir))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    log_dir = tmp_path / "run"
+    command = [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), "--synthetic"]
+    command += ["--image_size", "32", "--class_num", "10", "--batch_size", "8", *TINY]
+    command += ["--iterations_per_loop", "1", "--display_every", "1", "--log_dir", str(log_dir)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        metrics = log_dir / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    step = read_metrics(str(log_dir))[-1]["step"]
+    assert checkpoints.latest_checkpoint(str(log_dir)) == str(log_dir / f"model.ckpt-{step}")
+    assert stdout.splitlines()[-1].startswith("SIGINT")
+    assert f"{log_dir}/model.ckpt-{step}" in stdout.splitlines()[-1]
+    assert "Traceback" not in stderr
+
+
+def test_demo_reaches_97_percent_top1(demo_run):
+    evals = [r for r in read_metrics(demo_run) if "eval_top1" in r]
+    # --preset demo: 20 epochs of 1437 images in batches of 32, evaluated every 5 epochs.
+    assert [r["step"] for r in evals] == [225, 450, 675, 898]
+    assert evals[-1]["eval_top1"] >= 0.97, evals
+    assert checkpoints.latest_checkpoint(demo_run).endswith("model.ckpt-898")
+
+
+def test_demo_log_prints_train_lines_and_the_evaluation_table(demo_run):
+    with open(os.path.join(demo_run, "train.log")) as f:
+        lines = f.read().splitlines()
+    train_lines = [line for line in lines if line.startswith("step:")]
+    assert [int(line.split()[1]) for line in train_lines] == list(range(50, 898, 50)) + [898]
+    header = lines.index(next(line for line in lines if line.split()[:2] == ["step", "epoch"]))
+    assert lines[header + 1].split()[:2] == ["225", "5.0"]
+    assert lines[-1] == f"done: 898 steps, checkpoint {demo_run}/model.ckpt-898"
+
+
+def test_demo_config_json_is_the_resolved_configuration(demo_run, demo_dir):
+    with open(os.path.join(demo_run, "config.json")) as f:
+        written = json.load(f)
+    resolved = make_config("demo", data_dir=demo_dir, log_dir=demo_run)
+    assert written == json.loads(resolved.to_json())
+    assert written["mode"] == "train_and_evaluate" and written["class_num"] == 10
