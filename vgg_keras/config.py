@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from vgg_keras.errors import UsageError
 
 DEMO_DATA_DIR = "data/demo"
+WEIGHTS_PREFIX = "keras_imagenet:"  # --weights keras_imagenet:PATH (room for other sources)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Config:
     area_range: list[float] = field(default_factory=lambda: [0.08, 1.0])
     aspect_ratio_range: list[float] = field(default_factory=lambda: [0.75, 1.33])
     skip_corrupt: bool = False
+    preprocess: str = "imagenet"
     # Optimisation
     batch_size: int = 256
     eval_batch_size: int | None = None
@@ -68,6 +70,7 @@ class Config:
     keep_checkpoint_max: int = 5
     restore_path: str | None = None
     restore_exclude: list[str] = field(default_factory=lambda: ["predictions"])
+    weights: str | None = None
     eval_dir: str | None = None
     seed: int = 0
     nan_policy: str = "stop"
@@ -125,6 +128,7 @@ CHOICES = {
     "mode": ("train", "evaluate", "train_and_evaluate"),
     "nan_policy": ("stop", "skip_step"),
     "distribution": ("auto", "none", "mirrored", "multi_worker", "npu"),
+    "preprocess": ("imagenet", "caffe"),
 }
 
 HELP = {
@@ -143,6 +147,8 @@ HELP = {
     "area_range": "random crop: min,max fraction of the image area",
     "aspect_ratio_range": "random crop: min,max aspect ratio",
     "skip_corrupt": "skip unreadable records (and count them) instead of stopping",
+    "preprocess": "input normalisation: imagenet (mean/std, RGB) or caffe (BGR minus mean, "
+    "what the published Keras weights expect)",
     "batch_size": "images per replica per step",
     "eval_batch_size": "images per eval batch (default: --batch_size)",
     "lr": "base learning rate",
@@ -170,14 +176,20 @@ HELP = {
     "save_checkpoints_steps": "steps between checkpoints (default: one epoch)",
     "keep_checkpoint_max": "checkpoints kept",
     "restore_path": "initialise from this checkpoint (fine-tuning)",
-    "restore_exclude": "with --restore_path: variable scopes not restored, comma-separated",
+    "restore_exclude": "with --restore_path or --weights: scopes (layers) not loaded, "
+    "comma-separated",
+    "weights": "initialise from keras_imagenet:PATH, a keras.applications VGG16/VGG19 .h5 "
+    "weight file, by layer name (never downloaded)",
     "eval_dir": "checkpoint folder to evaluate (default: --log_dir)",
-    "seed": "random seed (graph, shuffling, augmentation)",
+    "seed": "random seed (weight init, dropout, shuffling, augmentation)",
     "nan_policy": "on NaN/Inf loss: stop, or skip_step (discard the update)",
     "overwrite": "allow a fresh start in a log_dir holding another configuration's run",
-    "distribution": "auto, none, mirrored, multi_worker or npu",
-    "devices": "mirrored: devices to use, comma-separated (default: all GPUs)",
-    "rank_size": "number of devices in the job (Ascend: RANK_SIZE)",
+    "distribution": "none, mirrored (local GPUs), multi_worker (TF_CONFIG), npu (Ascend), or "
+    "auto: multi_worker under TF_CONFIG, mirrored with --devices or >1 GPU, npu where "
+    "npu_bridge imports, else none",
+    "devices": "mirrored: devices, comma-separated (default: all GPUs); cpu:0,cpu:1 splits "
+    "the host CPU into two devices",
+    "rank_size": "npu: devices (processes) in the job, with RANK_ID and RANK_TABLE_FILE set",
     "intra_op_threads": "threads inside one op (0: TensorFlow's choice)",
     "inter_op_threads": "ops run in parallel (0: TensorFlow's choice)",
     "xla": "XLA auto-clustering",
@@ -350,3 +362,10 @@ def validate(c: Config) -> None:
         "data_dir",
         "is required (or use --synthetic, or --preset demo)",
     )
+    if c.weights is not None:
+        need(
+            c.weights.startswith(WEIGHTS_PREFIX) and len(c.weights) > len(WEIGHTS_PREFIX),
+            "weights",
+            f"expected {WEIGHTS_PREFIX}PATH, got {c.weights!r}",
+        )
+        need(c.restore_path is None, "weights", "use either --weights or --restore_path")

@@ -140,10 +140,12 @@ def train_dataset(
     skip_corrupt: bool = False,
     num_workers: int = 1,
     worker_index: int = 0,
+    normalization: str = "imagenet",
 ) -> tf.data.Dataset:
     """Endless shuffled, augmented training batches of (float32 images, int32 labels).
 
-    ``start_step`` resumes the stream after ``start_step`` batches of ``batch_size``.
+    ``start_step`` resumes the stream after ``start_step`` batches of ``batch_size``;
+    ``normalization`` is ``preprocess.normalize``'s (``--preprocess``).
     """
     files, by_record, epoch_size = split.for_worker(num_workers, worker_index)
     if epoch_size < batch_size:
@@ -183,6 +185,7 @@ def train_dataset(
             min_object_covered=min_object_covered,
             area_range=area_range,
             aspect_ratio_range=aspect_ratio_range,
+            normalization=normalization,
         )
         return image, _check_label(label, num_classes)
 
@@ -204,8 +207,16 @@ def eval_dataset(
     skip_corrupt: bool = False,
     num_workers: int = 1,
     worker_index: int = 0,
+    normalization: str = "imagenet",
+    crops: int = 1,
 ) -> tf.data.Dataset:
-    """Every validation image exactly once, in file order, the last batch possibly smaller."""
+    """Every validation image exactly once, in file order, the last batch possibly smaller.
+
+    ``crops=10`` gives each image as its ten crops (``preprocess.ten_crop_images``): batches
+    of shape (batch, 10, size, size, 3).
+    """
+    if crops not in (1, preprocess.TEN_CROPS):
+        raise ValueError(f"crops must be 1 or {preprocess.TEN_CROPS}, got {crops}")
     files, by_record, _ = split.for_worker(num_workers, worker_index)
     ds = tf.data.TFRecordDataset(list(files))
     if by_record:
@@ -213,7 +224,11 @@ def eval_dataset(
 
     def preprocess_record(serialized):
         jpeg, label, _ = split.parse(serialized, label_offset)
-        return preprocess.eval_image(jpeg, image_size), _check_label(label, num_classes)
+        if crops == preprocess.TEN_CROPS:
+            image = preprocess.ten_crop_images(jpeg, image_size, normalization)
+        else:
+            image = preprocess.eval_image(jpeg, image_size, normalization)
+        return image, _check_label(label, num_classes)
 
     ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE, deterministic=True)
     if skip_corrupt:

@@ -1,0 +1,318 @@
+"""Exporting a trained network for serving, for Keras, and for the Ascend offline converter.
+
+``python run_export.py --ckpt runs/demo --format savedmodel,keras,frozen_graph --output DIR``
+writes into DIR (atomically: everything appears at once, or nothing):
+
+- a SavedModel (``saved_model.pb`` + ``variables/``): signature ``serving_default`` takes a batch
+  of encoded JPEG strings ``image_bytes`` and applies exactly the evaluation preprocessing
+  (``preprocess.eval_image``), so its numbers are ``run_eval.py``'s; ``serving_pixels`` takes
+  float32 RGB ``pixels`` in 0..255, already resized and cropped to image_size.  Both return
+  ``classes``, ``probabilities``, ``top_k_classes``, ``top_k_probabilities`` and ``logits``;
+- ``model.h5`` and ``model.keras``: the Keras network, normalised images -> logits;
+- ``frozen_graph.pb``: the same network as a GraphDef with constants, input node ``input``
+  (normalised float images, NHWC) and output node ``logits``;
+- ``checkpoint``: ``model.ckpt-<step>`` + ``config.json``, what run_eval.py and fine-tuning read
+  (turns a published Keras weight file into one of our checkpoints);
+- ``export_info.json`` (the network, the node names and the normalisation the frozen graph and
+  the Keras files expect) and ``labels.txt`` when the dataset had one.
+
+The network's settings come from the ``config.json`` the training run wrote beside the checkpoint
+(or, for ``--weights keras_imagenet:PATH``, from the weight file itself); flags override them.
+Exports always compute in float32, whatever precision the network was trained in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import warnings
+
+from vgg_keras import checkpoints, compat, keras_weights, training
+from vgg_keras.compat import keras, tf, v1
+from vgg_keras.config import Config, validate
+from vgg_keras.data import info, preprocess
+from vgg_keras.errors import UsageError
+from vgg_keras.inference_cli import EXPORT_FORMATS, MODEL_FLAGS
+from vgg_keras.model import build_vgg
+
+INPUT_NODE = "input"  # build_vgg's keras.Input: in graph mode, a placeholder of that name
+OUTPUT_NODE = "logits"
+FROZEN_GRAPH_FILE = "frozen_graph.pb"
+KERAS_FILES = ("model.h5", "model.keras")
+EXPORT_INFO_FILE = "export_info.json"
+BYTES_SIGNATURE = "serving_default"
+PIXELS_SIGNATURE = "serving_pixels"
+TOP_K = 5
+
+
+@dataclasses.dataclass
+class ModelSource:
+    """A network's settings and where its weights come from: a checkpoint or a Keras file."""
+
+    config: Config
+    checkpoint: str | None = None
+    weights_file: str | None = None
+
+    @property
+    def step(self) -> int:
+        return checkpoints.checkpoint_step(self.checkpoint) if self.checkpoint else 0
+
+    def restore(self, session, model: keras.Model) -> None:
+        """Load the weights into ``model`` (call with ``model``'s graph as the default graph)."""
+        if self.checkpoint:
+            checkpoints.check_compatible(self.checkpoint, model.weights)
+            checkpoints.restore(v1.train.Saver(model.weights), session, self.checkpoint)
+        else:
+            keras_weights.load(session, model, self.weights_file)
+
+    def labels_file(self) -> str | None:
+        """The dataset's labels.txt, when the config names a data folder that has one."""
+        data_dir = self.config.data_dir
+        if data_dir and os.path.isfile(os.path.join(data_dir, info.LABELS_FILE)):
+            return os.path.join(data_dir, info.LABELS_FILE)
+        return None
+
+
+def class_names(labels: str | None, class_num: int) -> list[str]:
+    """The names in a labels.txt, checked against the class count; class ids without one."""
+    if labels is None:
+        return [str(k) for k in range(class_num)]
+    names = info.read_labels(labels)
+    if len(names) != class_num:
+        raise UsageError(f"{labels}: {len(names)} labels, the model has {class_num} classes")
+    return names
+
+
+def _config(values: dict, overrides: dict) -> Config:
+    known = {f.name for f in dataclasses.fields(Config)}
+    values = {k: v for k, v in values.items() if k in known}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = Config(**values)
+    # Exporting needs no training data: validate every setting except the data requirement.
+    validate(dataclasses.replace(config, synthetic=True))
+    return config
+
+
+def from_checkpoint(path: str, overrides: dict | None = None) -> ModelSource:
+    """A checkpoint prefix (or folder: its latest) with the settings of the run that wrote it."""
+    checkpoint = checkpoints.resolve(path)
+    config_path = os.path.join(os.path.dirname(checkpoint), training.CONFIG_FILE)
+    values = {}
+    if os.path.exists(config_path):
+        try:
+            with open(config_path) as f:
+                values = json.load(f)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{config_path}: unreadable run settings ({err})") from err
+    return ModelSource(_config(values, overrides or {}), checkpoint=checkpoint)
+
+
+def from_keras_weights(spec: str, overrides: dict | None = None) -> ModelSource:
+    """A ``keras_imagenet:PATH`` weight file with the network it describes, caffe preprocessing."""
+    path = keras_weights.path_of(spec)
+    settings = keras_weights.infer_settings(path, keras_weights.read_layers(path))
+    return ModelSource(
+        _config({"preprocess": "caffe", **settings}, overrides or {}), weights_file=path
+    )
+
+
+@dataclasses.dataclass
+class InferenceGraph:
+    """The network with its weights loaded, fed by JPEG bytes or by pixels, in one session."""
+
+    config: Config
+    graph: tf.Graph
+    session: v1.Session
+    model: keras.Model
+    image_bytes: tf.Tensor  # string [N]: encoded images
+    pixels: tf.Tensor  # float32 [N, S, S, 3]: RGB 0..255, resized and cropped
+    outputs: dict  # {"image_bytes": heads, "pixels": heads}, heads = {name: tensor}
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _heads(logits, k: int) -> dict:
+    """What a client wants from logits; top-k ranks logits, as the evaluator's top-1/top-5 do."""
+    probabilities = tf.nn.softmax(logits)
+    _, top_classes = tf.nn.top_k(logits, k)
+    return {
+        "classes": top_classes[:, 0],
+        "probabilities": probabilities,
+        "top_k_classes": top_classes,
+        "top_k_probabilities": tf.gather(probabilities, top_classes, batch_dims=1),
+        "logits": logits,
+    }
+
+
+def build_inference(source: ModelSource, top_k: int = TOP_K) -> InferenceGraph:
+    """The inference graph of ``source`` in a new session with the weights restored."""
+    config = source.config
+    size, normalization = config.image_size, config.preprocess
+    graph = tf.Graph()
+    with graph.as_default():
+        compat.set_precision_policy("fp32")
+        model = build_vgg(config.arch, config.class_num, size, config.width_multiplier, 0.0)
+        tf.identity(model.output, name=OUTPUT_NODE)  # the frozen graph's named output
+        image_bytes = v1.placeholder(tf.string, [None], name="image_bytes")
+        decoded = tf.map_fn(
+            lambda jpeg: preprocess.eval_image(jpeg, size, normalization),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+        pixels = v1.placeholder(tf.float32, [None, size, size, 3], name="pixels")
+        k = min(top_k, config.class_num)
+        outputs = {
+            "image_bytes": _heads(model(decoded, training=False), k),
+            "pixels": _heads(model(preprocess.normalize(pixels, normalization), training=False), k),
+        }
+        session = v1.Session(graph=graph, config=compat.session_config())
+        source.restore(session, model)
+    return InferenceGraph(config, graph, session, model, image_bytes, pixels, outputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers, one per format; each writes into ``out``.
+
+
+def _write_savedmodel(ig: InferenceGraph, out: str) -> None:
+    def signature(name: str, tensor) -> v1.SignatureDef:
+        return v1.saved_model.signature_def_utils.predict_signature_def(
+            {name: tensor}, ig.outputs[name]
+        )
+
+    builder = v1.saved_model.Builder(out)
+    with ig.graph.as_default():  # the builder adds its Saver to the graph
+        builder.add_meta_graph_and_variables(
+            ig.session,
+            [v1.saved_model.tag_constants.SERVING],
+            signature_def_map={
+                BYTES_SIGNATURE: signature("image_bytes", ig.image_bytes),
+                PIXELS_SIGNATURE: signature("pixels", ig.pixels),
+            },
+            strip_default_attrs=True,
+        )
+    builder.save()
+
+
+def _write_keras(ig: InferenceGraph, out: str) -> None:
+    # Keras writes its files only from eager variables: copy the values into an eager twin.
+    values = ig.session.run(ig.model.weights)
+    c = ig.config
+    model = build_vgg(c.arch, c.class_num, c.image_size, c.width_multiplier, 0.0)
+    model.set_weights(values)
+    for name in KERAS_FILES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "HDF5 is legacy": the user asked for it
+            model.save(os.path.join(out, name))
+
+
+def _write_frozen_graph(ig: InferenceGraph, out: str) -> None:
+    graph_def = v1.graph_util.convert_variables_to_constants(
+        ig.session, ig.graph.as_graph_def(), [OUTPUT_NODE]
+    )
+    tf.io.write_graph(graph_def, out, FROZEN_GRAPH_FILE, as_text=False)
+
+
+def _write_checkpoint(ig: InferenceGraph, out: str, step: int) -> None:
+    with ig.graph.as_default():
+        saver = v1.train.Saver(ig.model.weights, save_relative_paths=True, pad_step_number=False)
+        saver.save(ig.session, os.path.join(out, checkpoints.PREFIX), step, write_meta_graph=False)
+    with open(os.path.join(out, training.CONFIG_FILE), "w") as f:
+        f.write(dataclasses.replace(ig.config, weights=None, restore_path=None).to_json())
+
+
+def _normalization_info(normalization: str) -> dict:
+    if normalization == "caffe":
+        return {"channels": "BGR", "mean": list(preprocess.CAFFE_MEAN_BGR), "std": [1, 1, 1]}
+    return {
+        "channels": "RGB",
+        "mean": list(preprocess.MEAN_RGB),
+        "std": list(preprocess.STDDEV_RGB),
+    }
+
+
+def export(
+    source: ModelSource, formats: list[str], output: str, labels: str | None = None
+) -> list[str]:
+    """Write ``formats`` of ``source`` into the folder ``output``; returns the names written.
+
+    ``output`` must be new or empty.  Everything is written to ``output.tmp`` first and renamed
+    at the end, so a server watching ``output`` never sees half an export.
+    """
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise UsageError(
+            f"--format: expected some of {', '.join(EXPORT_FORMATS)}, got {','.join(formats)}"
+        )
+    if (os.path.isdir(output) and os.listdir(output)) or os.path.isfile(output):
+        raise UsageError(f"--output {output}: exists and is not an empty folder")
+    labels = labels or source.labels_file()
+    tmp = output.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ig = build_inference(source)
+    try:
+        class_names(labels, source.config.class_num)  # after loading: that error comes first
+        _write(ig, source, formats, labels, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        ig.close()
+    if os.path.isdir(output):
+        os.rmdir(output)  # empty (checked above): the rename needs the name free
+    os.replace(tmp, output)
+    return sorted(os.listdir(output))
+
+
+def _write(ig: InferenceGraph, source: ModelSource, formats, labels: str | None, out: str) -> None:
+    if "savedmodel" in formats:  # first: the builder wants a folder that does not exist
+        _write_savedmodel(ig, out)
+    os.makedirs(out, exist_ok=True)
+    if "keras" in formats:
+        _write_keras(ig, out)
+    if "frozen_graph" in formats:
+        _write_frozen_graph(ig, out)
+    if "checkpoint" in formats:
+        _write_checkpoint(ig, out, source.step)
+    if labels:
+        shutil.copyfile(labels, os.path.join(out, info.LABELS_FILE))
+    c = source.config
+    export_info = {
+        "source": source.checkpoint or f"keras_imagenet:{source.weights_file}",
+        "step": source.step,
+        "formats": list(formats),
+        **{key: getattr(c, key) for key in MODEL_FLAGS},
+        # What a client of the frozen graph or the Keras files must do to an image first.
+        "normalization": _normalization_info(c.preprocess),
+        "eval_resize_shorter_side": int(round(c.image_size * preprocess.EVAL_RESIZE_RATIO)),
+    }
+    if "savedmodel" in formats:
+        export_info["signatures"] = [BYTES_SIGNATURE, PIXELS_SIGNATURE]
+    if "frozen_graph" in formats:
+        export_info["frozen_graph"] = {"input": INPUT_NODE, "output": OUTPUT_NODE}
+    with open(os.path.join(out, EXPORT_INFO_FILE), "w") as f:
+        json.dump(export_info, f, indent=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def source_from_args(args: argparse.Namespace) -> ModelSource:
+    """The model named by inference_cli.add_source_flags' --ckpt or --weights, with overrides."""
+    overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
+    if args.ckpt:
+        return from_checkpoint(args.ckpt, overrides)
+    return from_keras_weights(args.weights, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """run_export.py with inference_cli.export_args' flags."""
+    source = source_from_args(args)
+    written = export(source, args.formats, args.output, args.labels)
+    print(f"exported {source.checkpoint or args.weights} to {args.output}: {', '.join(written)}")
+    return 0

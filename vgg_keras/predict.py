@@ -1,0 +1,177 @@
+"""Classifying image files with a checkpoint, a published Keras weight file, or an exported model.
+
+``python run_predict.py photos/ cat.jpg 'more/*.jpg' --ckpt runs/demo --top 5`` prints one line
+per image with the top classes and their probabilities (``--json``: one JSON document).  Images
+go through the evaluation preprocessing, batched; a checkpoint's class names come from the
+dataset's labels.txt (``--labels`` to choose another), an export's from the labels.txt inside it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+
+from vgg_keras import export
+from vgg_keras.compat import tf, v1
+from vgg_keras.data import info
+from vgg_keras.errors import UsageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # what a folder is searched for
+
+
+def find_images(patterns: list[str]) -> list[str]:
+    """Image paths from files, folders (searched recursively) and glob patterns, in order."""
+    found: list[str] = []
+    for pattern in patterns:
+        paths = [pattern] if os.path.exists(pattern) else sorted(glob.glob(pattern))
+        if not paths:
+            raise UsageError(f"{pattern}: no such file")
+        for path in paths:
+            if not os.path.isdir(path):
+                found.append(path)
+                continue
+            inside = sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(path)
+                for name in names
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not inside:
+                raise UsageError(f"{path}: no {'/'.join(IMAGE_EXTENSIONS)} files in this folder")
+            found.extend(inside)
+    return list(dict.fromkeys(found))  # a file named twice is classified once
+
+
+class Predictor:
+    """Class probabilities for encoded images, from an inference graph or a SavedModel."""
+
+    def __init__(self, session: v1.Session, image_bytes, probabilities, labels: list[str]):
+        self.session = session
+        self.image_bytes = image_bytes
+        self.probabilities = probabilities
+        self.labels = labels
+
+    @classmethod
+    def from_source(cls, source: export.ModelSource, labels_file: str | None = None):
+        ig = export.build_inference(source)  # first: a model that does not load is the error
+        try:
+            labels = export.class_names(
+                labels_file or source.labels_file(), source.config.class_num
+            )
+        except UsageError:
+            ig.close()
+            raise
+        heads = ig.outputs["image_bytes"]
+        return cls(ig.session, ig.image_bytes, heads["probabilities"], labels)
+
+    @classmethod
+    def from_saved_model(cls, folder: str, labels_file: str | None = None):
+        if not os.path.isfile(os.path.join(folder, "saved_model.pb")):
+            raise UsageError(f"--model {folder}: no saved_model.pb (export with run_export.py)")
+        own = os.path.join(folder, info.LABELS_FILE)
+        labels_file = labels_file or (own if os.path.isfile(own) else None)
+        graph = tf.Graph()
+        session = v1.Session(graph=graph)
+        try:
+            with graph.as_default():
+                meta = v1.saved_model.loader.load(
+                    session, [v1.saved_model.tag_constants.SERVING], folder
+                )
+            signature = meta.signature_def.get(export.BYTES_SIGNATURE)
+            if signature is None or "image_bytes" not in signature.inputs:
+                raise UsageError(
+                    f"--model {folder}: no {export.BYTES_SIGNATURE} signature taking image_bytes "
+                    "(export with run_export.py)"
+                )
+            image_bytes = graph.get_tensor_by_name(signature.inputs["image_bytes"].name)
+            probabilities = graph.get_tensor_by_name(signature.outputs["probabilities"].name)
+            labels = export.class_names(labels_file, probabilities.shape[-1])
+        except UsageError:
+            session.close()
+            raise
+        return cls(session, image_bytes, probabilities, labels)
+
+    def predict(self, paths: list[str], batch_size: int = 32) -> np.ndarray:
+        """float32 [len(paths), classes] probabilities of one or more images, ``batch_size`` per
+        session call."""
+        batches = []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            encoded = [_read(path) for path in chunk]
+            try:
+                batches.append(self.session.run(self.probabilities, {self.image_bytes: encoded}))
+            except tf.errors.InvalidArgumentError as err:
+                bad = _undecodable(chunk, encoded)
+                if bad is None:
+                    raise
+                raise bad from err
+        return np.concatenate(batches)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror})") from err
+
+
+def _undecodable(paths: list[str], encoded: list[bytes]) -> UsageError | None:
+    """The error naming the first file of a failed batch that the decoder rejects."""
+    for path, data in zip(paths, encoded):
+        try:
+            tf.io.decode_jpeg(data, channels=3)
+        except tf.errors.InvalidArgumentError:
+            return UsageError(f"{path}: not an image the decoder reads (JPEG, PNG, BMP)")
+    return None
+
+
+def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, probabilities) of the ``k`` most probable classes per row, best first."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probabilities, order, axis=1)
+
+
+def results(paths: list[str], probabilities: np.ndarray, labels: list[str], k: int) -> list[dict]:
+    classes, probs = top_k(probabilities, k)
+    return [
+        {
+            "file": path,
+            "top": [
+                {"class": int(c), "label": labels[c], "probability": float(p)}
+                for c, p in zip(row_classes, row_probs)
+            ],
+        }
+        for path, row_classes, row_probs in zip(paths, classes, probs)
+    ]
+
+
+def format_line(result: dict) -> str:
+    ranked = "; ".join(f"{t['label']} {t['probability']:.4f}" for t in result["top"])
+    return f"{result['file']}: {ranked}"
+
+
+def run(args) -> int:
+    """run_predict.py with inference_cli.predict_args' flags."""
+    paths = find_images(args.images)
+    if args.model:
+        predictor = Predictor.from_saved_model(args.model, args.labels)
+    else:
+        predictor = Predictor.from_source(export.source_from_args(args), args.labels)
+    try:
+        probabilities = predictor.predict(paths, args.batch_size)
+    finally:
+        predictor.close()
+    found = results(paths, probabilities, predictor.labels, args.top)
+    if args.json:
+        print(json.dumps(found, indent=1))
+    else:
+        for result in found:
+            print(format_line(result))
+    return 0
