@@ -1,0 +1,254 @@
+"""The local launcher and multi-worker training, with real worker processes on 127.0.0.1.
+
+Each worker is a ``run_train.py`` subprocess with its own TF_CONFIG, training with
+MultiWorkerMirroredStrategy through gRPC on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from vgg_keras import checkpoints, evaluation, launch
+from vgg_keras.config import make_config
+from vgg_keras.data import pipeline
+from vgg_keras.reporting import read_metrics
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = [sys.executable, "-m", "vgg_keras.launch"]
+TINY = ["--preset", "demo", "--width_multiplier", "0.0625", "--batch_size", "16"]
+TINY += ["--progress", "false", "--iterations_per_loop", "5"]
+
+
+def test_every_worker_gets_the_whole_cluster_and_its_own_index():
+    configs = [json.loads(text) for text in launch.tf_configs([5001, 5002, 5003])]
+    cluster = {"worker": ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]}
+    assert [c["cluster"] for c in configs] == [cluster] * 3
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
+
+
+def test_free_ports_are_distinct_and_can_be_served():
+    ports = launch.free_ports(4)
+    assert len(set(ports)) == 4
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "2"], "error: give the program after --"),
+        (["--workers", "0", "--", "run_train.py"], "error: --workers: must be >= 1, got 0"),
+        (["--grace", "0", "--", "run_train.py"], "error: --grace: must be > 0 seconds"),
+        (["--", "no_such_script.py"], "error: no_such_script.py: no such script"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, message):
+    proc = subprocess.run([*LAUNCH, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(message)
+
+
+# Worker 0 fails at once; worker 1 hangs and ignores SIGTERM, as a worker blocked in an
+# all-reduce whose partner is gone would.
+FAIL_AND_HANG = """
+import json, os, signal, sys, time
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+if index == 0:
+    sys.exit(3)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("hanging", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_hung_worker_is_stopped_within_the_grace_period_after_another_fails():
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*LAUNCH, "--workers", "2", "--grace", "1", "--", sys.executable, "-c", FAIL_AND_HANG],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 3, proc.stdout  # the failed worker's exit code
+    assert "[launch] worker 0 exited with code 3; the others get 1 s to stop" in proc.stdout
+    assert "worker(s) 1 still running 1 s after another stopped: terminating them" in proc.stdout
+    assert "[launch] worker 1 ignored SIGTERM: killing it" in proc.stdout
+    assert elapsed < 1 + launch.KILL_WAIT_SECONDS + 10
+
+
+class Launch:
+    """A launch whose output is read line by line in the background."""
+
+    def __init__(self, workers: int, flags: list[str]):
+        command = [*LAUNCH, "--workers", str(workers), "--grace", "10", "--", "run_train.py"]
+        self.proc = subprocess.Popen(
+            [*command, *flags],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 240) -> re.Match:
+        """The first line (from now on) matching ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                self.proc.kill()
+                pytest.fail(f"no line matching {pattern!r}:\n" + "\n".join(self.lines[-40:]))
+            if line is None:
+                pytest.fail(f"launch ended before {pattern!r}:\n" + "\n".join(self.lines[-40:]))
+            self.lines.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def finish(self, timeout: float = 240) -> int:
+        code = self.proc.wait(timeout)
+        while (line := self._queue.get(timeout=10)) is not None:
+            self.lines.append(line)
+        return code
+
+    def of(self, worker: int) -> list[str]:
+        prefix = f"[worker {worker}] "
+        return [line[len(prefix) :] for line in self.lines if line.startswith(prefix)]
+
+    def pid(self, worker: int) -> int:
+        return int(re.search(rf"\[launch\] worker {worker}: pid (\d+)", "\n".join(self.lines))[1])
+
+
+@dataclasses.dataclass
+class KilledAndResumed:
+    log_dir: str
+    killed: Launch  # worker 1 SIGKILLed once model.ckpt-10 existed
+    stopped_after: float  # seconds from the kill to the launch's exit
+    newest: str  # the newest checkpoint after the kill
+    resumed: Launch  # the same flags again, 10 more steps, then an evaluation
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(demo_dir, tmp_path_factory) -> KilledAndResumed:
+    """Two workers training; worker 1 is killed mid-run; then both are started again.
+
+    The two launches (about a minute on two cores) are shared by the tests below.
+    """
+    log_dir = str(tmp_path_factory.mktemp("multi_worker") / "run")
+    flags = [*TINY, "--data_dir", demo_dir, "--log_dir", log_dir]
+    flags += ["--display_every", "10", "--save_checkpoints_steps", "10"]
+    killed = Launch(2, [*flags, "--mode", "train", "--max_train_steps", "100000"])
+    killed.wait_for(r"^\[worker 0\] step:\s+20 ")  # model.ckpt-10 is written by now
+    os.kill(killed.pid(1), signal.SIGKILL)
+    started = time.monotonic()
+    killed.finish(timeout=60)
+    stopped_after = time.monotonic() - started
+    newest = checkpoints.latest_checkpoint(log_dir)
+    step = checkpoints.checkpoint_step(newest)
+    resumed = Launch(
+        2, [*flags, "--mode", "train_and_evaluate", "--max_train_steps", str(step + 10)]
+    )
+    resumed.finish()
+    return KilledAndResumed(log_dir, killed, stopped_after, newest, resumed)
+
+
+def test_a_dead_worker_makes_the_others_stop_within_a_bounded_time(killed_and_resumed):
+    run = killed_and_resumed.killed
+    assert run.proc.returncode == 128 + signal.SIGKILL, "\n".join(run.lines[-30:])
+    assert "[launch] worker 1 was killed by SIGKILL; the others get 10 s to stop" in run.lines
+    # The survivor noticed by itself (its own exit code 1, not a signal from the launcher).
+    assert any(x.startswith("error: lost contact with another worker") for x in run.of(0))
+    assert "[launch] worker 0 exited with code 1" in run.lines
+    assert killed_and_resumed.stopped_after < 30
+
+
+def test_a_restart_resumes_every_worker_from_the_newest_checkpoint(killed_and_resumed):
+    run, newest = killed_and_resumed.resumed, killed_and_resumed.newest
+    step = checkpoints.checkpoint_step(newest)
+    assert step >= 10
+    assert run.proc.returncode == 0, "\n".join(run.lines[-60:])
+    assert "[launch] all 2 workers finished" in run.lines
+    end = f"{killed_and_resumed.log_dir}/model.ckpt-{step + 10}"
+    for i in (0, 1):
+        assert f"resumed from {newest} at step {step}" in run.of(i)
+        assert f"done: {step + 10} steps, checkpoint {end}" in run.of(i)
+        assert "distribution: multi_worker, 2 replicas = 2 worker(s) x 1" in run.of(i)[0]
+
+
+def test_the_workers_end_with_bit_identical_weights(killed_and_resumed):
+    run = killed_and_resumed.resumed
+    prints = [[x for x in run.of(i) if x.startswith("weights fingerprint ")] for i in (0, 1)]
+    assert len(prints[0]) == 1 and prints[0] == prints[1]
+
+
+def test_the_workers_read_disjoint_shares_that_make_up_the_training_split(
+    killed_and_resumed, demo_dir
+):
+    shares = {}
+    for i in (0, 1):
+        line = next(x for x in killed_and_resumed.resumed.of(i) if x.startswith(f"worker {i} of 2"))
+        names, records = re.search(r"train files: (.*) \((\d+) records per epoch\)", line).groups()
+        shares[i] = (set(names.split(", ")), int(records))
+    split = pipeline.load_split(demo_dir, "train")
+    assert shares[0][0] and shares[1][0] and not shares[0][0] & shares[1][0]
+    assert shares[0][0] | shares[1][0] == {os.path.basename(f) for f in split.files}
+    assert shares[0][1] + shares[1][1] == split.num_examples
+
+
+def test_only_the_chief_writes_logs_summaries_and_checkpoints(killed_and_resumed):
+    log_dir = killed_and_resumed.log_dir
+    runs = (killed_and_resumed.killed, killed_and_resumed.resumed)
+    # An events file is named after the process that writes it: one per launch, the chief's.
+    events = sorted(f for f in os.listdir(log_dir) if f.startswith("events.out.tfevents."))
+    assert [name.split(".")[-3] for name in events] == [str(run.pid(0)) for run in runs]
+    step = checkpoints.checkpoint_step(killed_and_resumed.newest)
+    logged = [m["step"] for m in read_metrics(log_dir) if "loss" in m]
+    assert logged == sorted(set(logged)) and logged[-1] == step + 10, "each step logged once"
+    log = open(os.path.join(log_dir, "train.log")).read()
+    assert log.count("worker 0 of 2 reads") == 2 and "worker 1 of 2 reads" not in log
+    saved = [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(log_dir)]
+    assert saved[-1] == step + 10 and all(s % 10 == 0 for s in saved)
+
+
+def test_evaluation_under_the_strategy_counts_every_image_once(killed_and_resumed, demo_dir):
+    """Both workers report the totals of one pass split between them, equal to a
+    single-process evaluation of the same checkpoint."""
+    run, log_dir = killed_and_resumed.resumed, killed_and_resumed.log_dir
+    rows = [
+        [x.split() for x in run.of(i) if re.match(r"\s+\d+\s+\d+\.\d+\s+0\.\d+", x)] for i in (0, 1)
+    ]
+    assert len(rows[0]) == 1 and rows[0] == rows[1]
+    step, _, top1, top5, loss = rows[0][0][:5]
+    config = make_config("demo", data_dir=demo_dir, width_multiplier=0.0625, batch_size=16)
+    evaluator = evaluation.Evaluator(config)
+    try:
+        alone = evaluator.evaluate(f"{log_dir}/model.ckpt-{step}")
+    finally:
+        evaluator.close()
+    assert alone["images"] == pipeline.load_split(demo_dir, "validation").num_examples
+    # Printed to 4 decimals; one image of 360 moves top-1 by 0.0028.
+    for printed, key in ((top1, "top1"), (top5, "top5"), (loss, "loss")):
+        assert float(printed) == pytest.approx(alone[key], abs=1e-4), key

@@ -1,0 +1,356 @@
+"""Which devices and workers a run uses, and the few calls the graphs make through it.
+
+``--distribution``:
+
+- ``none``: one device.
+- ``mirrored``: ``tf.compat.v1.distribute.MirroredStrategy`` over the local GPUs (or
+  ``--devices``; naming several CPUs splits the host CPU into that many logical devices, which
+  is how the tests run it).
+- ``multi_worker``: ``MultiWorkerMirroredStrategy`` configured from ``TF_CONFIG``.
+- ``npu``: Ascend NPUs through ``npu_bridge`` (see ``npu.py``), one process per device.
+- ``auto``: ``multi_worker`` when ``TF_CONFIG`` names a cluster, ``mirrored`` with
+  ``--devices``, ``npu`` where ``npu_bridge`` is importable, ``mirrored`` when more than one GPU
+  is visible, else ``none``.
+
+The training and evaluation graphs are written once, against ``Distribution``: for ``none`` and
+``npu`` the strategy is TensorFlow's default strategy, whose replica functions run once, in
+place, so the single-device graph is the same code.
+
+Multi-worker runs use the arrangement graph mode needs: the strategy is created inside a graph
+(so it leaves the eager runtime alone), each worker starts an in-process gRPC server at its
+``TF_CONFIG`` address, and every session runs on that server with the strategy's ConfigProto
+(collective group leader, device filters).  Gradients are all-reduced by the strategy:
+MirroredStrategy uses NCCL between the GPUs of a host, MultiWorkerMirroredStrategy collective
+all-reduce (NCCL on GPU workers, a ring over gRPC otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable
+
+from vgg_keras import compat, npu
+from vgg_keras.compat import tf, v1
+from vgg_keras.config import Config
+from vgg_keras.data import pipeline
+from vgg_keras.errors import UsageError
+
+ReduceOp = tf.distribute.ReduceOp
+
+
+@dataclasses.dataclass
+class Distribution:
+    """The strategy of a run and this process's place in it."""
+
+    kind: str  # none | mirrored | multi_worker | npu
+    strategy: tf.distribute.Strategy
+    num_replicas: int = 1  # replicas in sync, over all workers
+    num_workers: int = 1
+    worker_index: int = 0
+    is_chief: bool = True
+    target: str = ""  # session target: "" runs in-process, else this worker's gRPC server
+    configure_session: Callable[[v1.ConfigProto], v1.ConfigProto] = lambda c: c
+    server: tf.distribute.Server | None = None  # kept alive as long as the run
+
+    @property
+    def local_replicas(self) -> int:
+        return self.num_replicas // self.num_workers
+
+    @property
+    def in_sync(self) -> int:
+        """Replicas whose gradients the strategy sums (its loss is divided by this)."""
+        return self.strategy.num_replicas_in_sync
+
+    def describe(self) -> str:
+        """One line for the log: what runs where."""
+        if self.kind == "none":
+            return "distribution: none (one device)"
+        line = (
+            f"distribution: {self.kind}, {self.num_replicas} replicas = {self.num_workers} "
+            f"worker(s) x {self.local_replicas}"
+        )
+        if self.kind == "mirrored":
+            line += f" ({', '.join(self.strategy.extended.worker_devices)})"
+        if self.num_workers > 1:
+            line += f"; this is worker {self.worker_index}" + (" (chief)" if self.is_chief else "")
+        return line
+
+    def scope(self):
+        """Where variables, the model and the optimizer must be created."""
+        return self.strategy.scope()
+
+    def session(self, graph: tf.Graph, config: v1.ConfigProto) -> v1.Session:
+        return v1.Session(target=self.target, graph=graph, config=self.configure_session(config))
+
+    def input_iterator(self, dataset_fn: Callable[[int, int], tf.data.Dataset]):
+        """(initializer op, get_next function) over per-replica batches.
+
+        ``dataset_fn(num_workers, worker_index)`` returns this worker's dataset batched per
+        replica; the strategy hands consecutive batches to the worker's local replicas.
+        """
+        if self.in_sync == 1:  # no tf.distribute replicas: an ordinary iterator
+            iterator = v1.data.make_initializable_iterator(
+                dataset_fn(self.num_workers, self.worker_index)
+            )
+            return iterator.initializer, iterator.get_next
+        with warnings.catch_warnings():
+            # The strategy reads the dataset's options in graph mode, which TensorFlow warns
+            # "might not reflect the actual value"; ours are the defaults either way.
+            warnings.filterwarnings("ignore", "To make it possible to preserve tf.data options")
+            iterator = self.strategy.make_input_fn_iterator(
+                lambda ctx: dataset_fn(ctx.num_input_pipelines, ctx.input_pipeline_id)
+            )
+        return tf.group(iterator.initialize()), iterator.get_next
+
+    def run(self, fn, *args):
+        """``fn(*args)`` on every local replica (per-replica args are split among them)."""
+        return self.strategy.extended.call_for_each_replica(fn, args=args)
+
+    def reduce(self, op: ReduceOp, value):
+        """A per-replica value reduced over all replicas of all workers."""
+        return self.strategy.reduce(op, value, axis=None)
+
+    def group(self, value) -> tf.Operation:
+        return self.strategy.group(value)
+
+    def for_evaluation(self) -> Distribution:
+        """The distribution evaluation runs under.  On Ascend every rank evaluates the whole
+        validation set (HCCL has no all-reduce outside the optimizer here); the strategies
+        split it among their replicas and sum the counts."""
+        if self.kind == "npu":
+            return dataclasses.replace(self, num_replicas=1, num_workers=1, worker_index=0)
+        return self
+
+    def eval_steps(self, split: pipeline.Split, batch_size: int) -> int:
+        """Session calls that cover the largest worker's share of ``split``."""
+        shares = [split.for_worker(self.num_workers, i)[2] for i in range(self.num_workers)]
+        return max(1, math.ceil(max(shares) / (batch_size * self.local_replicas)))
+
+    def model_precision(self, precision: str) -> str:
+        """The Keras policy's precision: on Ascend the graph stays float32 and the NPU mixes
+        precision itself (its precision_mode)."""
+        return "fp32" if self.kind == "npu" else precision
+
+    def wrap_optimizer(self, optimizer, precision: str):
+        """Loss scaling for fp16 and, on Ascend, the HCCL all-reduce."""
+        if self.kind == "npu":
+            return npu.wrap_optimizer(optimizer, precision, self.num_workers)
+        if precision == "fp16":
+            return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
+        return optimizer
+
+    def broadcast(self, variables) -> tf.Operation | None:
+        """An op giving every worker the chief's values, where the strategy does not do it
+        itself (MultiWorkerMirroredStrategy broadcasts initial values on its own)."""
+        if self.kind == "npu" and self.num_workers > 1:
+            return npu.broadcast_variables(variables)
+        return None
+
+    def device_loop(self, train_op: tf.Operation):
+        """On Ascend: (op running N steps per call, load(session, N)); elsewhere None, and the
+        training graph sinks its loop into a tf.while_loop."""
+        return npu.device_loop(train_op) if self.kind == "npu" else None
+
+
+def pad_batches(dataset: tf.data.Dataset, batch_size: int, batches: int) -> tf.data.Dataset:
+    """Exactly ``batches`` full batches of (images, labels, real): ``dataset``'s batches, then
+    all-zero images marked not real.
+
+    Every replica of every worker must run the same number of steps (a collective waits for all
+    of them), while the workers' shares of the validation set differ in size; the padding fills
+    the difference and counts for nothing.
+    """
+    images, labels = dataset.element_spec
+    filler = (tf.zeros(images.shape[1:], images.dtype), tf.zeros([], labels.dtype), False)
+    real = dataset.unbatch().map(lambda image, label: (image, label, True))
+    padding = tf.data.Dataset.from_tensors(filler).repeat()
+    padded = real.concatenate(padding).take(batches * batch_size)
+    return padded.batch(batch_size, drop_remainder=True).prefetch(pipeline.AUTOTUNE)
+
+
+def resolve_kind(config: Config, cluster: dict | None = None) -> str:
+    """The distribution ``auto`` stands for, or the one asked for."""
+    if config.distribution != "auto":
+        return config.distribution
+    if cluster is not None:
+        return "multi_worker"
+    if config.devices:
+        return "mirrored"
+    if compat.npu_available():
+        return "npu"
+    return "mirrored" if compat.gpu_count() > 1 else "none"
+
+
+def create(config: Config) -> Distribution:
+    """The Distribution of ``config``; call it before anything else touches TensorFlow devices.
+
+    Logical CPU devices and multi-worker collectives can only be set up before the runtime
+    initialises its devices.
+    """
+    tf_config = _read_tf_config()
+    cluster = tf_config.get("cluster") if tf_config else None
+    kind = resolve_kind(config, cluster)
+    if kind != "npu" and config.rank_size > 1:
+        raise UsageError(
+            f"--rank_size applies to --distribution npu; {kind} takes its size from "
+            "--devices or TF_CONFIG"
+        )
+    if kind != "mirrored" and config.devices:
+        raise UsageError(f"--devices applies to --distribution mirrored, not {kind}")
+    if kind == "multi_worker":
+        return _multi_worker(tf_config)
+    if cluster is not None and _num_workers(cluster) > 1:
+        raise UsageError(
+            f"TF_CONFIG describes {_num_workers(cluster)} workers, but --distribution is {kind} "
+            "(use multi_worker or auto, or unset TF_CONFIG)"
+        )
+    if kind == "mirrored":
+        return _mirrored(config.devices)
+    if kind == "npu":
+        return _npu(config)
+    return single_device()
+
+
+def single_device() -> Distribution:
+    """One device, no strategy: TensorFlow's default strategy runs replica functions in place."""
+    return Distribution("none", tf.distribute.get_strategy())
+
+
+def _read_tf_config() -> dict | None:
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return None
+    try:
+        tf_config = json.loads(text)
+    except ValueError as err:
+        raise UsageError(f"TF_CONFIG is not valid JSON ({err})") from err
+    if not isinstance(tf_config, dict):
+        raise UsageError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
+    return tf_config
+
+
+def _num_workers(cluster: dict) -> int:
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
+def _mirrored(devices: list[str] | None) -> Distribution:
+    names = None
+    if devices:
+        names = [_device_name(d) for d in devices]
+        cpus = sum(1 for n in names if "CPU" in n)
+        if cpus > 1:
+            _split_host_cpu(cpus)
+    with tf.Graph().as_default():  # a strategy made in eager mode would configure the runtime
+        strategy = v1.distribute.MirroredStrategy(names)
+    return Distribution(
+        "mirrored",
+        strategy,
+        num_replicas=strategy.num_replicas_in_sync,
+        configure_session=strategy.update_config_proto,
+    )
+
+
+def _device_name(text: str) -> str:
+    """'/device:GPU:1' from 'gpu:1', 'GPU:1', '/gpu:1' or '/device:GPU:1'."""
+    try:
+        spec = tf.DeviceSpec.from_string(text if text.startswith("/") else "/" + text)
+    except ValueError as err:
+        raise UsageError(f"--devices: {text!r} is not a device name like gpu:0 or cpu:1") from err
+    if spec.device_type not in ("CPU", "GPU") or spec.device_index is None:
+        raise UsageError(f"--devices: {text!r} is not a device name like gpu:0 or cpu:1")
+    return f"/device:{spec.device_type}:{spec.device_index}"
+
+
+def _split_host_cpu(count: int) -> None:
+    """Make the host CPU appear as ``count`` logical devices (replicas without GPUs)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
+    except RuntimeError as err:
+        raise UsageError(
+            f"--devices: cannot split the CPU into {count} devices once TensorFlow has set up "
+            "its devices (a first --preset demo run builds its data first: run make data)"
+        ) from err
+
+
+def _multi_worker(tf_config: dict | None) -> Distribution:
+    if not tf_config or "cluster" not in tf_config or "task" not in tf_config:
+        raise UsageError(
+            "--distribution multi_worker needs TF_CONFIG with 'cluster' and 'task' "
+            "(see python -m vgg_keras.launch)"
+        )
+    task, cluster = tf_config["task"], tf_config["cluster"]
+    if task.get("type") not in ("chief", "worker"):
+        raise UsageError(f"TF_CONFIG: task type must be chief or worker, got {task.get('type')!r}")
+    addresses = cluster.get(task["type"], [])
+    if not isinstance(task.get("index"), int) or not 0 <= task["index"] < len(addresses):
+        raise UsageError(
+            f"TF_CONFIG: task index {task.get('index')!r} is not one of the "
+            f"{len(addresses)} {task['type']} addresses"
+        )
+    with tf.Graph().as_default():  # graph mode: no eager collectives, we start the server
+        strategy = v1.distribute.experimental.MultiWorkerMirroredStrategy()
+    resolver = strategy.cluster_resolver
+    session_config = strategy.update_config_proto(v1.ConfigProto())
+    address = addresses[task["index"]]
+    try:
+        server = tf.distribute.Server(
+            resolver.cluster_spec(),
+            job_name=resolver.task_type,
+            task_index=resolver.task_id,
+            config=session_config,
+            start=True,
+        )
+    except (tf.errors.OpError, ValueError) as err:
+        raise UsageError(f"TF_CONFIG: cannot serve at {address} ({err})") from err
+    # Workers are numbered as the strategy numbers its input pipelines: the chief first.
+    index = resolver.task_id + (len(cluster.get("chief", [])) if task["type"] == "worker" else 0)
+    return Distribution(
+        "multi_worker",
+        strategy,
+        num_replicas=strategy.num_replicas_in_sync,
+        num_workers=_num_workers(cluster),
+        worker_index=index,
+        is_chief=strategy.extended.should_checkpoint,
+        target=server.target,
+        configure_session=strategy.update_config_proto,
+        server=server,
+    )
+
+
+def _npu(config: Config) -> Distribution:
+    if not npu.available():
+        raise UsageError(
+            "--distribution npu: npu_bridge is not importable (install the Ascend CANN "
+            "TensorFlow adapter, or choose another --distribution)"
+        )
+    try:
+        rank_id = int(os.environ.get("RANK_ID", "0"))
+    except ValueError as err:
+        raise UsageError(f"RANK_ID must be an integer, got {os.environ['RANK_ID']!r}") from err
+    if config.rank_size > 1:
+        missing = [v for v in ("RANK_ID", "RANK_TABLE_FILE") if not os.environ.get(v)]
+        if missing:
+            raise UsageError(f"--rank_size {config.rank_size}: set {' and '.join(missing)}")
+        if not 0 <= rank_id < config.rank_size:
+            raise UsageError(f"RANK_ID {rank_id} is outside --rank_size {config.rank_size}")
+    return Distribution(
+        "npu",
+        tf.distribute.get_strategy(),
+        num_replicas=config.rank_size,
+        num_workers=config.rank_size,
+        worker_index=rank_id if config.rank_size > 1 else 0,
+        is_chief=rank_id == 0 or config.rank_size == 1,
+        configure_session=lambda base: npu.session_config(
+            base, precision=config.precision, iterations_per_loop=config.iterations_per_loop
+        ),
+    )
