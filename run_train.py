@@ -5,6 +5,7 @@
 dataset (built on first use) to >= 97% top-1 in a few minutes on two CPU cores.
 """
 
+import subprocess
 import sys
 
 from vgg_keras.errors import run_cli
@@ -20,7 +21,12 @@ def main(argv=None) -> int:
     if config.data_dir == config_lib.DEMO_DATA_DIR:
         from vgg_keras.data import demo
 
-        demo.build(config.data_dir)
+        if not demo.built_info(config.data_dir):
+            # In a child process: TensorFlow's runtime here must stay unconfigured until the
+            # distribution strategy has laid out the devices.
+            subprocess.run(
+                [sys.executable, "-m", "vgg_keras.data.demo", config.data_dir], check=True
+            )
     return training.train(config)
 
 

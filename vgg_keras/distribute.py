@@ -278,7 +278,7 @@ def _split_host_cpu(count: int) -> None:
     except RuntimeError as err:
         raise UsageError(
             f"--devices: cannot split the CPU into {count} devices once TensorFlow has set up "
-            "its devices (a first --preset demo run builds its data first: run make data)"
+            "its devices"
         ) from err
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -46,15 +48,26 @@ def _examples(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> li
     return examples
 
 
-def build(out_dir: str) -> dict:
-    """Write the demo shards, dataset_info.json and labels.txt into ``out_dir``; returns the info.
-
-    Skips the work when ``out_dir`` already holds a complete demo dataset.
-    """
+def built_info(out_dir: str) -> dict | None:
+    """The dataset info when ``out_dir`` holds a complete demo dataset, else None."""
     existing = info.read_info(out_dir) if os.path.isdir(out_dir) else {}
     if existing.get("name") == "sklearn_digits" and all(
         os.path.exists(os.path.join(out_dir, name)) for name in existing.get("files", {})
     ):
+        return existing
+    return None
+
+
+def build(out_dir: str) -> dict:
+    """Write the demo shards, dataset_info.json and labels.txt into ``out_dir``; returns the info.
+
+    Skips the work when ``out_dir`` already holds a complete demo dataset.  The files are
+    written in a private folder beside ``out_dir`` and moved in one by one, dataset_info.json
+    last, so processes building it at the same time (the workers of a local multi-worker run)
+    never see or write each other's half-written files.
+    """
+    existing = built_info(out_dir)
+    if existing:
         return existing
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -65,33 +78,29 @@ def build(out_dir: str) -> dict:
         order, test_size=0.2, random_state=0, stratify=digits.target
     )
     os.makedirs(out_dir, exist_ok=True)
-    files = {}
-    files.update(
-        shards.write_split(
-            _examples(digits.images, digits.target, np.sort(train_idx)),
-            out_dir,
-            "train",
-            TRAIN_SHARDS,
-        )
-    )
-    files.update(
-        shards.write_split(
-            _examples(digits.images, digits.target, np.sort(eval_idx)),
-            out_dir,
-            "validation",
-            EVAL_SHARDS,
-        )
-    )
-    result = {
-        "name": "sklearn_digits",
-        "num_classes": 10,
-        "label_offset": 1,
-        "splits": {"train": len(train_idx), "validation": len(eval_idx)},
-        "synsets": [f"digit{d}" for d in range(10)],
-        "texts": list(DIGIT_NAMES),
-        "files": files,
-    }
-    info.write_info(out_dir, result)
+    staging = tempfile.mkdtemp(prefix=".demo-", dir=os.path.dirname(os.path.abspath(out_dir)))
+    try:
+        files = {}
+        for split, indices, num_shards in (
+            ("train", train_idx, TRAIN_SHARDS),
+            ("validation", eval_idx, EVAL_SHARDS),
+        ):
+            examples = _examples(digits.images, digits.target, np.sort(indices))
+            files.update(shards.write_split(examples, staging, split, num_shards))
+        result = {
+            "name": "sklearn_digits",
+            "num_classes": 10,
+            "label_offset": 1,
+            "splits": {"train": len(train_idx), "validation": len(eval_idx)},
+            "synsets": [f"digit{d}" for d in range(10)],
+            "texts": list(DIGIT_NAMES),
+            "files": files,
+        }
+        info.write_info(staging, result)
+        for name in [*files, info.LABELS_FILE, info.INFO_FILE]:
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return result
 
 
