@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+EXIT_FAILED = 1  # the run stopped on a fault it explained in one line (e.g. disk full)
 EXIT_USAGE = 2
+EXIT_NONFINITE = 3  # a NaN/Inf loss (--nan_policy stop) or weights: a restart would repeat it
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -14,10 +16,37 @@ class UsageError(Exception):
     """Bad usage or bad input: printed as one line naming the flag or file, exit code 2."""
 
 
+class RunError(Exception):
+    """A run that cannot go on (a checkpoint cannot be written): one line, exit code 1."""
+
+
+# Lines of a TensorFlow graph error that say where, not what.
+_TF_BOILERPLATE = ("Graph execution error", "Detected at node", "Node:", "File ", "[[", "Original")
+
+
+def reason(err: Exception) -> str:
+    """The line of ``err``'s message that says what went wrong, for a one-line message.
+
+    TensorFlow's graph errors open with "Graph execution error:" and the node's stack; the
+    cause (a file name and the OS's reason, a checksum mismatch) comes after.
+    """
+    text = getattr(err, "message", None) or str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_TF_BOILERPLATE)]
+    return (useful or lines or [type(err).__name__])[0]
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run ``main`` and map UsageError to a one-line message on stderr and exit code 2."""
+    """Run ``main``; UsageError and RunError become one line on stderr and exit code 2 or 1,
+    Ctrl-C before a handler of its own is installed exits 130 without a traceback."""
     try:
         return int(main(argv) or 0)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_SIGINT

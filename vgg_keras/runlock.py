@@ -1,0 +1,124 @@
+"""One trainer per log_dir: ``<log_dir>/train.lock``, an exclusive ``flock`` with the owner's pid.
+
+The kernel drops a ``flock`` when its process ends, however it ends (``kill -9`` included), so
+a lock file left behind by a dead trainer is stale by construction and the next trainer simply
+takes it over.  The pid and host written into the file are for the message a second trainer
+prints, and for filesystems without ``flock``, where a live pid on this host is the test.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+
+from vgg_keras.errors import UsageError
+
+LOCK_FILE = "train.lock"
+
+
+class RunLock:
+    """Holds ``<log_dir>/train.lock`` from ``__enter__`` to ``__exit__``.
+
+    Creates ``log_dir``; raises UsageError when another live trainer holds the lock.
+    ``stale_owner`` is the previous holder's record when a dead trainer's lock was taken over.
+    """
+
+    def __init__(self, log_dir: str):
+        self.path = os.path.join(log_dir, LOCK_FILE)
+        self.stale_owner: dict | None = None
+        self._file = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"--log_dir {os.path.dirname(self.path)}: {err.strerror}") from err
+        while self._file is None:
+            handle = self._open()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read(handle)
+                handle.close()
+                raise UsageError(self._busy(owner)) from None
+            except OSError as err:
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    handle.close()
+                    raise
+                owner = _read(handle)  # no flock here: fall back to asking whether the pid lives
+                if _alive_here(owner):
+                    handle.close()
+                    raise UsageError(self._busy(owner)) from None
+            # The holder we waited on may have unlinked the file between our open and our lock:
+            # then we hold a lock on a name nobody else will open, so try again.
+            if _same_file(handle, self.path):
+                self._file = handle
+            else:
+                handle.close()
+        previous = _read(self._file)
+        if previous.get("pid") is not None:
+            self.stale_owner = previous
+        self._file.seek(0)
+        self._file.truncate()
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is None:
+            return
+        try:
+            os.unlink(self.path)  # while still locked: nobody can take a lock we are removing
+        except OSError:
+            pass  # an unwritable or vanished log_dir must not hide the run's own error
+        self._file.close()
+        self._file = None
+
+    def _open(self):
+        try:
+            return open(self.path, "a+")
+        except OSError as err:
+            raise UsageError(f"--log_dir {os.path.dirname(self.path)}: {err.strerror}") from err
+
+    def _busy(self, owner: dict) -> str:
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+        return (
+            f"--log_dir {os.path.dirname(self.path)} is in use by another trainer ({who}, "
+            f"lock {self.path}): stop it first or use another --log_dir"
+        )
+
+
+def _read(handle) -> dict:
+    handle.seek(0)
+    try:
+        return json.loads(handle.read() or "{}")
+    except ValueError:
+        return {}  # a lock file cut short by a crash while being written
+
+
+def _same_file(handle, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _alive_here(owner: dict) -> bool:
+    """True when ``owner`` names a running process on this host (other hosts cannot be asked)."""
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True  # cannot check another machine's pids: assume it still runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    return True
