@@ -557,10 +557,10 @@ def test_bad_checkpoints_are_refused_with_a_message_never_a_fresh_start(
         "index": rf"{cases['index']}/{newest}: unreadable checkpoint \(Unable to read file .*",
         "data": rf"{cases['data']}/{newest}: unreadable checkpoint \(.*Checksum does not match.*"
         r"\); move its files away to resume from an earlier one",
-        "arch": rf"{cases['arch']}/{newest}: checkpoint has vgg16 with 10 classes variables, "
+        "arch": rf"{cases['arch']}/{newest}: checkpoint has vgg16 with 10 classes, "
         r"model is vgg19 with 10 classes \(missing block3_conv4/kernel\)",
-        "classes": rf"{cases['classes']}/{newest}: checkpoint has vgg16 with 10 classes "
-        r"variables, model is vgg16 with 7 classes \(predictions/kernel is \[\d+, 10\]\)",
+        "classes": rf"{cases['classes']}/{newest}: checkpoint has vgg16 with 10 classes, "
+        r"model is vgg16 with 7 classes \(predictions/kernel is \[\d+, 10\]\)",
         "state_only": rf"{cases['state_only']}/checkpoint names {cases['state_only']}/{newest}, "
         r"which is missing, and no other checkpoint is complete: put it back, or start afresh "
         r"with --overwrite",

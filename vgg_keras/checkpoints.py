@@ -142,8 +142,7 @@ def check_compatible(path: str, variables) -> None:
         else:
             detail = f"unexpected {sorted(extra)[0]}"
         raise UsageError(
-            f"{path}: checkpoint has {_describe(stored)} variables, model is "
-            f"{_describe(wanted)} ({detail})"
+            f"{path}: checkpoint has {_describe(stored)}, model is {_describe(wanted)} ({detail})"
         )
 
 

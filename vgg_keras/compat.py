@@ -94,3 +94,15 @@ def set_precision_policy(precision: str) -> None:
     """Apply the Keras dtype policy for 'fp32', 'bf16' or 'fp16' (variables stay float32)."""
     name = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
     keras.mixed_precision.set_global_policy(name)
+
+
+@contextlib.contextmanager
+def precision_policy(precision: str):
+    """The Keras dtype policy of ``precision`` for the layers built inside, then the previous
+    one again: layers keep the policy they were built with, and the policy is process-global."""
+    previous = keras.mixed_precision.global_policy()
+    set_precision_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -92,10 +92,10 @@ class Evaluator:
         self._batches = dist.eval_steps(self.split, batch_size)
         self.graph = tf.Graph()
         with self.graph.as_default(), dist.scope():
-            compat.set_precision_policy(config.precision)
-            self.model = build_vgg(
-                config.arch, config.class_num, config.image_size, config.width_multiplier, 0.0
-            )
+            with compat.precision_policy(config.precision):
+                self.model = build_vgg(
+                    config.arch, config.class_num, config.image_size, config.width_multiplier, 0.0
+                )
 
             def dataset_fn(num_workers: int, worker_index: int) -> tf.data.Dataset:
                 dataset = pipeline.eval_dataset(

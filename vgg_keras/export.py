@@ -154,8 +154,8 @@ def build_inference(source: ModelSource, top_k: int = TOP_K) -> InferenceGraph:
     size, normalization = config.image_size, config.preprocess
     graph = tf.Graph()
     with graph.as_default():
-        compat.set_precision_policy("fp32")
-        model = build_vgg(config.arch, config.class_num, size, config.width_multiplier, 0.0)
+        with compat.precision_policy("fp32"):
+            model = build_vgg(config.arch, config.class_num, size, config.width_multiplier, 0.0)
         tf.identity(model.output, name=OUTPUT_NODE)  # the frozen graph's named output
         image_bytes = v1.placeholder(tf.string, [None], name="image_bytes")
         decoded = tf.map_fn(

@@ -41,7 +41,7 @@ from vgg_keras.reporting import METRICS_FILE, Reporter
 IMAGENET_TRAIN_IMAGES = 1_281_167  # epoch length for --synthetic without a dataset
 CONFIG_FILE = "config.json"
 # Settings that define the network: a checkpoint only fits a run that agrees on all of them.
-MODEL_KEYS = ("arch", "class_num", "image_size", "width_multiplier")
+MODEL_KEYS = ("arch", "class_num", "image_size", "width_multiplier", "preprocess")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,18 +109,18 @@ def build_train_graph(
     graph = tf.Graph()
     with graph.as_default(), dist.scope():
         v1.set_random_seed(config.seed)
-        compat.set_precision_policy(dist.model_precision(config.precision))
-        model = build_vgg(
-            config.arch,
-            config.class_num,
-            config.image_size,
-            config.width_multiplier,
-            config.dropout,
-            config.dense_init,
-            # Keras initializers ignore the graph seed (unseeded ones draw from Python's
-            # `random`), so --seed reaches the weights only through here.
-            weight_seed=config.seed,
-        )
+        with compat.precision_policy(dist.model_precision(config.precision)):
+            model = build_vgg(
+                config.arch,
+                config.class_num,
+                config.image_size,
+                config.width_multiplier,
+                config.dropout,
+                config.dense_init,
+                # Keras initializers ignore the graph seed (unseeded ones draw from Python's
+                # `random`), so --seed reaches the weights only through here.
+                weight_seed=config.seed,
+            )
         global_step = v1.train.get_or_create_global_step()
         skipped = v1.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         iterator_init, next_batch = dist.input_iterator(dataset_fn)
@@ -712,7 +712,9 @@ def _count_bad_records(config: Config, split, reporter) -> int | None:
         return None
     from vgg_keras.data import diagnose
 
-    count = diagnose.count_bad_records(list(split.files), config.class_num, config.label_offset)
+    count = diagnose.count_bad_records(
+        list(split.files), config.class_num, config.label_offset, parse=split.parse
+    )
     reporter.print(f"--skip_corrupt: {count} unusable training record(s), skipped every epoch")
     return count
 
@@ -723,7 +725,9 @@ def _explain_data_error(err, config: Config, split) -> Exception:
         return err
     from vgg_keras.data import diagnose
 
-    bad = diagnose.find_bad_record(list(split.files), config.class_num, config.label_offset)
+    bad = diagnose.find_bad_record(
+        list(split.files), config.class_num, config.label_offset, parse=split.parse
+    )
     if bad is None:
         return err
     return UsageError(f"{bad} (use --skip_corrupt to skip bad records)")
