@@ -101,28 +101,10 @@ def script_runner():
 
 
 @pytest.fixture(scope="session")
-def demo_checkpoint(demo_dir, tmp_path_factory) -> str:
-    """A small VGG16 (width 0.125) trained 150 steps on the demo data (~50% top-1, ~8 s).
-
-    Returns its log folder (model.ckpt-150 + config.json).  Treat it as read-only.
-    """
-    from vgg_keras import training
-    from vgg_keras.config import make_config
-
-    log_dir = str(tmp_path_factory.mktemp("demo_run"))
-    config = make_config(
-        "demo",
-        data_dir=demo_dir,
-        log_dir=log_dir,
-        width_multiplier=0.125,
-        max_train_steps=150,
-        max_epochs=3.0,
-        T_max=3.0,
-        mode="train",
-        progress=False,
-    )
-    assert training.train(config) == 0
-    return log_dir
+def demo_checkpoint(eval_run) -> str:
+    """A small trained run whose newest checkpoint is model.ckpt-150 (the evaluation tests' run:
+    one training serves both).  Treat it as read-only."""
+    return eval_run
 
 
 @pytest.fixture(scope="session")

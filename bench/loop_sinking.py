@@ -1,0 +1,85 @@
+"""Figure 3: loop sinking, steps/s of a small VGG with --iterations_per_loop 1, 10 and 100.
+
+``python -m bench.loop_sinking`` (about 1 minute on 2 cores).  A VGG16 at 1/16 width on 32 px
+``--synthetic`` batches of 8, where the per-call host overhead is as large a share of a step
+as it gets on a CPU.  Steps/s come from metrics.jsonl (a line every 100 steps) after the first
+100 steps; the baseline is the same run with one step per session call.  (--quick: loops of 1
+and 20 over 40 steps.)
+
+Target (issue 8): --iterations_per_loop 100 >= 1.3x --iterations_per_loop 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+
+from bench import common
+
+NAME = "loop_sinking"
+LOOPS = (1, 10, 100)
+
+
+def steps_per_second(
+    loop: int, warmup: int, steps: int, log_dir: str
+) -> tuple[float, float | None]:
+    """(steps/s, steps per CPU-second) after ``warmup`` steps.
+
+    A log line every ``warmup`` steps (a multiple of every loop), and one interval past the
+    timed ones (see TrainRun.rates).
+    """
+    until = warmup + steps
+    run = common.run_train(
+        ["--synthetic", "--mode", "train", *common.SMALL_NET]
+        + ["--batch_size", str(common.SMALL_BATCH), "--max_train_steps", str(until + warmup)]
+        + ["--iterations_per_loop", str(loop), "--display_every", str(warmup)],
+        log_dir,
+    )
+    images, per_cpu = run.rates(warmup, until, common.SMALL_BATCH)
+    return images / common.SMALL_BATCH, per_cpu and per_cpu / common.SMALL_BATCH
+
+
+def run(quick: bool) -> dict:
+    start = time.perf_counter()
+    warmup, steps = (20, 40) if quick else (100, 1500)
+    rates = {}
+    with tempfile.TemporaryDirectory(prefix="bench_loop_") as tmp:
+        for loop in LOOPS if not quick else (1, 20):
+            rates[loop] = steps_per_second(loop, warmup, steps, f"{tmp}/{loop}")
+    last = max(rates)
+    rows = [
+        common.row(
+            f"--iterations_per_loop {loop}",
+            wall,
+            "steps/s",
+            common.ratio(wall, rates[1][0]) if loop > 1 else None,
+            "this / 1" if loop > 1 else "",
+            per_cpu_second=cpu,
+            ratio_cpu=common.ratio(cpu, rates[1][1]) if loop > 1 and cpu and rates[1][1] else None,
+        )
+        for loop, (wall, cpu) in rates.items()
+    ]
+    targets = [
+        common.target(
+            f"iterations_per_loop {last} / 1", common.ratio(rates[last][0], rates[1][0]), 1.3
+        )
+    ]
+    return common.figure(
+        NAME,
+        f"Figure 3: loop sinking, VGG16 x1/16 at 32 px, batch {common.SMALL_BATCH}, --synthetic",
+        quick,
+        time.perf_counter() - start,
+        rows,
+        targets,
+        timed_steps=steps,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = common.parser(__doc__).parse_args(argv)
+    return common.finish(NAME, run(args.quick), args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

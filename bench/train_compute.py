@@ -1,0 +1,211 @@
+"""Figure 2: VGG16 training images/s through run_train.py against a bare TF graph, and FLOP/s.
+
+``python -m bench.train_compute`` (about 3 minutes on 2 cores).  Full VGG16 at 224 px, batch 8,
+``--synthetic``, fp32 and bf16.  The project's number comes from ``run_train.py`` in its own
+process (``--iterations_per_loop 1 --display_every 1``: the loop's most host-heavy setting),
+read from metrics.jsonl after the warm-up steps.  The baseline is a bare graph of the same math
+(the same Keras model, loss, weight decay and Nesterov momentum; the batch a constant variable)
+run by a plain ``sess.run([train_op, loss])`` loop in this process.  (Fetching the loss matters:
+without it TensorFlow prunes the weight-decay term's value, 16 L2 reductions over all 138M
+weights, about 4% of a bf16 step, which the project computes every step for its NaN check and
+log line, as the reference's NanTensorHook did.)  Achieved FLOP/s (training = 3x the
+forward pass's 2*MACs, 92.7 GFLOP per 224 px image) is set against a large matmul here.
+
+Targets (issue 8): run_train.py >= 0.97x the bare graph; bf16 >= 1.6x fp32 (AVX-512-BF16 CPUs).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+
+from bench import common
+from vgg_keras import compat, config, training
+from vgg_keras.compat import keras, tf, v1
+from vgg_keras.model import build_vgg
+
+NAME = "train_compute"
+PRECISIONS = ("fp32", "bf16")
+
+
+def settings(quick: bool) -> dict:
+    """Network and step counts: full VGG16, or a tiny one that only proves the code runs."""
+    if quick:
+        return {
+            "image_size": 32,
+            "width_multiplier": 0.0625,
+            "batch_size": 8,
+            "class_num": 10,
+            "warmup": 2,
+            "steps": 3,
+            "matmul": 512,
+        }
+    return {"image_size": 224, "width_multiplier": 1.0, "batch_size": 8, "class_num": 1000,
+            "warmup": 2, "steps": 12, "matmul": 4096}  # fmt: skip
+
+
+def training_flops_per_image(model: keras.Model) -> float:
+    """3 x the forward pass's 2*MACs (forward, input gradients, weight gradients)."""
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            macs += h * w * kh * kw * layer.input.shape[-1] * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            macs += layer.input.shape[-1] * layer.units
+    return 3 * 2 * macs
+
+
+def project_rates(s: dict, precision: str, log_dir: str) -> tuple[float, float | None]:
+    """(images/s, images per CPU-second) of run_train.py after the warm-up steps."""
+    timed_until = s["warmup"] + s["steps"]
+    run = common.run_train(
+        ["--synthetic", "--mode", "train", "--precision", precision]
+        + ["--batch_size", str(s["batch_size"]), "--image_size", str(s["image_size"])]
+        + ["--width_multiplier", str(s["width_multiplier"]), "--class_num", str(s["class_num"])]
+        + ["--max_train_steps", str(timed_until + 1)]
+        + ["--iterations_per_loop", "1", "--display_every", "1"],
+        log_dir,
+    )
+    return run.rates(s["warmup"], timed_until, s["batch_size"])
+
+
+def bare_rates(cfg: config.Config, s: dict, precision: str) -> tuple[float, float, float]:
+    """(images/s, images per CPU-second, training FLOP per image) of the same math in a plain
+    sess.run loop."""
+    graph = tf.Graph()
+    with graph.as_default(), compat.precision_policy(precision):
+        v1.set_random_seed(cfg.seed)
+        model = build_vgg(
+            cfg.arch,
+            cfg.class_num,
+            cfg.image_size,
+            cfg.width_multiplier,
+            cfg.dropout,
+            cfg.dense_init,
+        )
+        flops = training_flops_per_image(model)
+        shape = [cfg.batch_size, cfg.image_size, cfg.image_size, 3]
+        images = v1.Variable(tf.random.stateless_normal(shape, [0, 1]), trainable=False)
+        labels = v1.Variable(
+            tf.random.stateless_uniform([cfg.batch_size], [0, 2], 0, cfg.class_num, tf.int32),
+            trainable=False,
+        )
+        logits = model(images.value(), training=True)  # a tensor: Keras casts those for bf16
+        loss = training.cross_entropy(logits, labels, cfg.class_num, cfg.label_smoothing)
+        loss += training.weight_decay_loss(model, cfg.weight_decay, cfg.decay_biases)
+        optimizer = v1.train.MomentumOptimizer(cfg.lr, cfg.momentum, use_nesterov=cfg.use_nesterov)
+        train_op = optimizer.minimize(loss, var_list=model.trainable_weights)
+        init = v1.global_variables_initializer()
+    with v1.Session(graph=graph) as session:
+        session.run(init)
+        fetches = (train_op, loss)  # a plain loop reports the loss it trains on
+        for _ in range(s["warmup"]):
+            session.run(fetches)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(s["steps"]):
+            session.run(fetches)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    images = s["steps"] * cfg.batch_size
+    return images / seconds, images / cpu, flops
+
+
+def matmul_flops(n: int, dtype: tf.DType, repeats: int = 3) -> float:
+    """FLOP/s of an n x n by n x n matmul, the machine's practical peak for dense math."""
+    graph = tf.Graph()
+    with graph.as_default():
+        a = v1.Variable(tf.random.stateless_normal([n, n], [0, 3], dtype=dtype))
+        b = v1.Variable(tf.random.stateless_normal([n, n], [0, 4], dtype=dtype))
+        product = tf.reduce_sum(tf.cast(tf.matmul(a, b)[0, :1], tf.float32))
+        init = v1.global_variables_initializer()
+    with v1.Session(graph=graph) as session:
+        session.run(init)
+        session.run(product)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            session.run(product)
+            best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def _row(what, rates, other=None, ratio_is="", invert=False) -> dict:
+    """A row of images/s with per-CPU-second figures; the ratio is this/other (or other/this)."""
+
+    def ratio(i: int) -> float | None:
+        if other is None or rates[i] is None or other[i] is None:
+            return None
+        return common.ratio(other[i], rates[i]) if invert else common.ratio(rates[i], other[i])
+
+    return common.row(
+        what, rates[0], "images/s", ratio(0), ratio_is, per_cpu_second=rates[1], ratio_cpu=ratio(1)
+    )
+
+
+def run(quick: bool) -> dict:
+    start = time.perf_counter()
+    s = settings(quick)
+    cfg = config.make_config(
+        synthetic=True,
+        **{k: s[k] for k in ("image_size", "width_multiplier", "batch_size", "class_num")},
+    )
+    ours, bare = {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench_compute_") as tmp:
+        for precision in PRECISIONS:
+            # Alternating project and baseline, so that load on a shared machine hits both.
+            ours[precision] = project_rates(s, precision, f"{tmp}/{precision}")
+            *bare[precision], flops = bare_rates(cfg, s, precision)
+    rows, targets = [], []
+    for precision in PRECISIONS:
+        if precision == "fp32":
+            rows.append(_row("run_train.py fp32", ours["fp32"]))
+        else:
+            rows.append(
+                _row(f"run_train.py {precision}", ours[precision], ours["fp32"], "this / fp32")
+            )
+            targets.append(common.target(f"run_train.py {precision}/fp32", rows[-1]["ratio"], 1.6))
+        rows.append(
+            _row(
+                f"bare graph {precision}",
+                bare[precision],
+                ours[precision],
+                "run_train / this",
+                invert=True,
+            )
+        )
+        targets.append(common.target(f"run_train.py/bare {precision}", rows[-1]["ratio"], 0.97))
+    for precision, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16)):
+        peak = matmul_flops(s["matmul"], dtype)
+        achieved = ours[precision][0] * flops
+        rows.append(common.row(f"matmul {s['matmul']}^2 {precision}", peak / 1e9, "GFLOP/s"))
+        rows.append(
+            common.row(
+                f"VGG training {precision}",
+                achieved / 1e9,
+                "GFLOP/s",
+                common.ratio(achieved, peak),
+                f"this / matmul {precision}",
+            )
+        )
+    return common.figure(
+        NAME,
+        f"Figure 2: training compute, VGG16 x{s['width_multiplier']:g} at {s['image_size']} px, "
+        f"batch {s['batch_size']}, --synthetic",
+        quick,
+        time.perf_counter() - start,
+        rows,
+        targets,
+        training_gflop_per_image=flops / 1e9,
+        steps={"warmup": s["warmup"], "timed": s["steps"]},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = common.parser(__doc__).parse_args(argv)
+    return common.finish(NAME, run(args.quick), args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The benchmarks: each runs in --quick mode and writes a well-formed figure; their arithmetic.
+
+--quick shrinks the networks and step counts (the numbers mean nothing), not the code path:
+the real run_train.py processes, TFRecord shards, Pillow worker processes and bare graphs run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import random
+import subprocess
+import sys
+
+import pytest
+
+from bench import common, pillow_baseline, run_all
+from vgg_keras.compat import tf
+
+FIGURES = [f for f in run_all.FIGURES if f != "gpu"]  # gpu: through run_all below
+
+
+def _check_figure(fig: dict, name: str) -> None:
+    assert fig["quick"] is True and fig["command"] == f"python -m bench.{name} --quick"
+    assert fig["machine"]["cores"] >= 1 and fig["seconds"] >= 0
+    assert fig["rows"], name
+    for row in fig["rows"]:
+        assert set(row) >= {"what", "value", "unit", "ratio", "ratio_is"}
+        assert row["value"] is None or math.isfinite(row["value"]), row
+        assert (row["ratio"] is None) == (not row["ratio_is"]), row
+    for t in fig["targets"]:
+        op, threshold = t["target"].split()
+        if t["value"] is not None:
+            expected = (
+                t["value"] >= float(threshold) if op == ">=" else t["value"] <= float(threshold)
+            )
+            assert t["held"] is expected, t
+
+
+def _rows(fig: dict) -> dict:
+    return {row["what"]: row for row in fig["rows"]}
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_benchmark_quick_writes_its_figure_and_keeps_the_others(tmp_path, name, capsys):
+    out = tmp_path / "results.json"
+    common.write_figure(out, "other", {"kept": True})
+    module = importlib.import_module(f"bench.{name}")
+    assert module.main(["--quick", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["figures"]["other"] == {"kept": True}
+    fig = results["figures"][name]
+    _check_figure(fig, name)
+    assert fig["title"] in capsys.readouterr().out  # the table was printed
+    rows = _rows(fig)
+    if name == "input_pipeline":
+        assert len(rows) == 6  # --quick: 1 thread; (train, eval) x (project, (a), (b))
+        for kind in ("train", "eval"):
+            ours = rows[f"{kind}: project, 1 thread"]
+            assert ours["value"] > 0 and ours["per_cpu_second"] > 0
+            for baseline in ("(a) minimal tf.data, 1 thread", "(b) Pillow/torchvision, 1 process"):
+                row = rows[f"{kind}: {baseline}"]
+                assert row["ratio"] == pytest.approx(ours["value"] / row["value"])
+                assert row["ratio_cpu"] == pytest.approx(
+                    ours["per_cpu_second"] / row["per_cpu_second"]
+                )
+    elif name == "train_compute":
+        assert rows["bare graph fp32"]["ratio"] == pytest.approx(
+            rows["run_train.py fp32"]["value"] / rows["bare graph fp32"]["value"]
+        )
+        assert rows["run_train.py bf16"]["ratio"] == pytest.approx(
+            rows["run_train.py bf16"]["value"] / rows["run_train.py fp32"]["value"]
+        )
+    elif name == "loop_sinking":
+        assert set(rows) == {"--iterations_per_loop 1", "--iterations_per_loop 20"}
+        assert all(r["value"] > 0 for r in rows.values())
+    elif name == "memory":
+        assert rows["VGG16 peak RSS"]["value"] >= rows["VGG16 RSS between steps"]["value"] > 50
+        assert rows["small net RSS after 10 steps"]["value"] > 50
+    elif name == "time_to_accuracy":
+        assert 0 <= rows["demo run, final top-1"]["value"] <= 1
+        assert fig["evaluations"] and fig["evaluations"][-1]["step"] == 30
+
+
+def test_run_all_runs_the_chosen_figure_and_prints_the_markdown_summary(tmp_path):
+    """Through the command line: the gpu section reports a skip on a machine without a GPU."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run_all", "--quick", "--only", "gpu", "--out", str(out)],
+        cwd=common.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fig = json.loads(out.read_text())["figures"]["gpu"]
+    if tf.config.list_physical_devices("GPU"):
+        _check_figure(fig, "gpu")
+    else:
+        assert fig["skipped"] == "no GPU visible" and fig["rows"] == []
+        assert "skipped: no GPU visible" in proc.stdout
+    assert "| figure | target | measured | held |" in proc.stdout
+
+
+def test_run_all_rejects_an_unknown_figure(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run_all.main(["--only", "nonsense", "--out", str(tmp_path / "r.json")])
+    assert exit_info.value.code == 2
+
+
+def test_markdown_lists_rows_and_targets():
+    fig = common.figure(
+        "x",
+        "Figure X",
+        False,
+        1.0,
+        [common.row("fast", 300.0, "images/s"), common.row("slow", 100.0, "images/s", 3.0, "fast / this")],
+        [common.target("speed-up", 3.0, 2.5), common.target("growth", 1.2, 1.05, at_most=True)],
+    )  # fmt: skip
+    text = run_all.markdown({"figures": {"x": fig}})
+    assert "| slow | 100 images/s | 3.00 (fast / this) |" in text
+    assert "| x | speed-up >= 2.5 | 3 | yes |" in text
+    assert "| x | growth <= 1.05 | 1.2 | **no** |" in text
+
+
+def test_steady_fps_weights_each_interval_by_its_images():
+    # 10 steps of 8 at 80 images/s (1 s), then 30 steps at 240 images/s (1 s): 320 images, 2 s.
+    records = [
+        {"step": 10, "fps": 1.0},  # warm-up, skipped
+        {"step": 20, "fps": 80.0},
+        {"step": 50, "fps": 240.0},
+        {"step": 50, "eval_top1": 0.5},
+    ]
+    run = common.TrainRun(records, 0.0, 0, "log")
+    assert run.steady_fps(10, 8) == pytest.approx(160.0)
+    assert run.eval_records() == [records[-1]]
+    with pytest.raises(RuntimeError, match="no log interval"):
+        run.steady_fps(50, 8)
+
+
+def test_run_train_failure_names_the_command_and_shows_its_output(tmp_path):
+    with pytest.raises(RuntimeError, match="exited 2") as err:
+        common.run_train(["--batch_size", "0", "--synthetic"], str(tmp_path / "bad"))
+    assert "--batch_size" in str(err.value)
+
+
+def test_random_resized_crop_params_match_torchvision_rules():
+    rng = random.Random(0)
+    for _ in range(500):
+        top, left, h, w = pillow_baseline.random_resized_crop_params(500, 375, rng)
+        assert 0 <= top <= 375 - h and 0 <= left <= 500 - w
+        assert 0.08 * 0.999 <= h * w / (500 * 375) <= 1.0
+        assert 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05  # rounding of w and h
+    # An image too thin for any crop falls back to the central crop of the widest allowed ratio.
+    assert pillow_baseline.random_resized_crop_params(1000, 10, random.Random(0)) == (
+        0,
+        493,
+        10,
+        13,
+    )
+
+
+def test_training_flops_of_vgg16_are_the_published_92_7_gflop_per_image():
+    from bench import train_compute
+    from vgg_keras.model import build_vgg
+
+    with tf.Graph().as_default():
+        model = build_vgg("vgg16", 1000, 224)
+        assert train_compute.training_flops_per_image(model) / 1e9 == pytest.approx(92.7, abs=0.2)
+
+
+def test_vgg16_arithmetic_is_three_copies_of_553_mb_plus_activations():
+    from bench import memory
+
+    need = memory.arithmetic_bytes(224, 1.0, 1000, 8)
+    assert need["params"] == 138_357_544  # keras.applications.VGG16's count
+    assert need["state"] / 3 / 1e6 == pytest.approx(553.4, abs=0.1)
+    assert 400e6 < need["activations"] < 600e6  # ~15M floats per image, batch 8
