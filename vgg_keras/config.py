@@ -233,7 +233,7 @@ def _flag_type(f: dataclasses.Field):
     return str
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors become a UsageError (one line, exit code 2)."""
 
     def error(self, message: str):
@@ -257,7 +257,7 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="run_train.py",
         description="Train VGG16/VGG19 on TF-slim ImageNet TFRecords.",
     )

@@ -31,7 +31,7 @@ from vgg_keras.data import pipeline, preprocess
 from vgg_keras.errors import EXIT_FAILED, EXIT_NONFINITE, EXIT_SIGINT, UsageError, reason
 from vgg_keras.model import build_vgg
 from vgg_keras.reporting import EVAL_HEADER, Reporter, format_eval_row
-from vgg_keras.training import CONFIG_FILE
+from vgg_keras.training import CONFIG_FILE, read_run_config
 
 RESULTS_JSON = "eval_results.json"
 RESULTS_CSV = "eval_results.csv"
@@ -360,7 +360,7 @@ def watch_checkpoints(
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    parser = config_lib._Parser(
+    parser = config_lib.UsageParser(
         prog="run_eval.py",
         description="Evaluate VGG checkpoints (top-1, top-5, loss) on the validation split. "
         "Model and data settings come from config.json beside the checkpoints; flags override.",
@@ -437,19 +437,13 @@ def _targets(args: argparse.Namespace) -> tuple[str, Iterable[str]]:
 def resolve_config(args: argparse.Namespace, folder: str) -> Config:
     """The run's settings: config.json in ``folder`` (except how to run this process),
     overridden by flags given explicitly."""
-    path = os.path.join(folder, CONFIG_FILE)
-    saved = {}
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"{path}: unreadable ({err})") from err
+    saved = read_run_config(folder)
     inherited = {f.name for f in dataclasses.fields(Config)} - set(RUNTIME_FLAGS)
     values = {key: value for key, value in saved.items() if key in inherited}
     values.update({k: v for k, v in vars(args).items() if k in EVAL_FLAGS and v is not None})
     values["synthetic"] = False  # evaluation always reads the validation shards
     if values.get("data_dir") is None:
+        path = os.path.join(folder, CONFIG_FILE)
         source = f"{path} names none" if saved else f"no {CONFIG_FILE} in {folder}"
         raise UsageError(f"--data_dir is required ({source})")
     return config_lib.make_config("imagenet", **values)

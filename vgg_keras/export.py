@@ -99,14 +99,7 @@ def _config(values: dict, overrides: dict) -> Config:
 def from_checkpoint(path: str, overrides: dict | None = None) -> ModelSource:
     """A checkpoint prefix (or folder: its latest) with the settings of the run that wrote it."""
     checkpoint = checkpoints.resolve(path)
-    config_path = os.path.join(os.path.dirname(checkpoint), training.CONFIG_FILE)
-    values = {}
-    if os.path.exists(config_path):
-        try:
-            with open(config_path) as f:
-                values = json.load(f)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"{config_path}: unreadable run settings ({err})") from err
+    values = training.read_run_config(os.path.dirname(checkpoint))
     return ModelSource(_config(values, overrides or {}), checkpoint=checkpoint)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from vgg_keras.config import _Parser, add_config_flags
+from vgg_keras.config import UsageParser, add_config_flags
 from vgg_keras.errors import UsageError
 
 EXPORT_FORMATS = ("savedmodel", "keras", "frozen_graph", "checkpoint")
@@ -30,7 +30,7 @@ def add_source_flags(parser: argparse.ArgumentParser, model_dir: bool = False) -
 
 def export_args(argv: list[str] | None = None) -> argparse.Namespace:
     """run_export.py's flags; ``formats`` is the list parsed from --format."""
-    p = _Parser(
+    p = UsageParser(
         prog="run_export.py",
         description="Export a checkpoint (or a Keras weight file) as a SavedModel, Keras model "
         "files, a frozen GraphDef or a checkpoint.",
@@ -50,7 +50,7 @@ def export_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def predict_args(argv: list[str] | None = None) -> argparse.Namespace:
     """run_predict.py's flags."""
-    p = _Parser(
+    p = UsageParser(
         prog="run_predict.py",
         description="Top-k classes of image files, folders or globs with a trained VGG.",
     )

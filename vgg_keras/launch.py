@@ -27,7 +27,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from vgg_keras.config import _Parser  # errors become one line and exit code 2
+from vgg_keras.config import UsageParser  # errors become one line and exit code 2
 from vgg_keras.errors import UsageError, run_cli
 
 KILL_WAIT_SECONDS = 5.0  # after SIGTERM, before SIGKILL
@@ -166,7 +166,7 @@ def run(command: list[str], count: int, grace: float) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="python -m vgg_keras.launch",
         description="Run N local training workers (MultiWorkerMirroredStrategy via TF_CONFIG).",
     )

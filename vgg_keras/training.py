@@ -278,7 +278,7 @@ def prepare_log_dir(config: Config, cleanup: contextlib.ExitStack) -> str | None
         checkpoints.remove_partial(log_dir)
         if config.overwrite:
             _remove_previous_run(config)
-        previous = _read_config(os.path.join(log_dir, CONFIG_FILE))
+        previous = read_run_config(log_dir)
         changed = [k for k in MODEL_KEYS if k in previous and previous[k] != getattr(config, k)]
         if changed:
             key = changed[0]
@@ -317,14 +317,16 @@ def write_config(config: Config) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _read_config(path: str) -> dict:
+def read_run_config(folder: str) -> dict:
+    """The settings a run saved in ``<folder>/config.json`` ({} when there are none)."""
+    path = os.path.join(folder, CONFIG_FILE)
     if not os.path.exists(path):
         return {}
     try:
         with open(path) as f:
             return json.load(f)
-    except ValueError as err:
-        raise UsageError(f"{path}: unreadable ({err}); fix it or use --overwrite") from err
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path}: unreadable run settings ({err})") from err
 
 
 def _remove_previous_run(config: Config) -> None:
