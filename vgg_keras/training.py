@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
-import json
 import os
 import signal
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 from vgg_keras import checkpoints, compat, distribute, runlock, schedules
 from vgg_keras.compat import keras, tf, v1
 from vgg_keras.config import Config
-from vgg_keras.data import pipeline
+from vgg_keras.data import info, pipeline
 from vgg_keras.errors import (
     EXIT_NONFINITE,
     EXIT_SIGINT,
@@ -319,14 +318,7 @@ def write_config(config: Config) -> None:
 
 def read_run_config(folder: str) -> dict:
     """The settings a run saved in ``<folder>/config.json`` ({} when there are none)."""
-    path = os.path.join(folder, CONFIG_FILE)
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{path}: unreadable run settings ({err})") from err
+    return info.read_json(os.path.join(folder, CONFIG_FILE), "run settings")
 
 
 def _remove_previous_run(config: Config) -> None:

@@ -19,14 +19,18 @@ LABELS_FILE = "labels.txt"
 
 def read_info(data_dir: str) -> dict:
     """The folder's dataset_info.json, or {} when it has none."""
-    path = os.path.join(data_dir, INFO_FILE)
+    return read_json(os.path.join(data_dir, INFO_FILE), "dataset info")
+
+
+def read_json(path: str, what: str) -> dict:
+    """The JSON object in ``path``, or {} when the file is absent; unreadable is a UsageError."""
     if not os.path.exists(path):
         return {}
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as err:
-        raise UsageError(f"{path}: unreadable dataset info ({err})") from err
+        raise UsageError(f"{path}: unreadable {what} ({err})") from err
 
 
 def write_info(data_dir: str, info: dict) -> None:
