@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from vgg_keras import checkpoints, compat, distribute
+from vgg_keras import atomic, checkpoints, compat, distribute
 from vgg_keras import config as config_lib
 from vgg_keras.compat import tf, v1
 from vgg_keras.config import Config
@@ -261,21 +261,14 @@ def write_results(results: list[dict], output: str) -> None:
     """eval_results.json and .csv in ``output``, and eval_curve.png when there are several."""
     rows = [{key: result[key] for key in RESULT_KEYS} for result in results]
     os.makedirs(output, exist_ok=True)
-    _replace(os.path.join(output, RESULTS_JSON), json.dumps(rows, indent=1) + "\n")
+    atomic.write_text(os.path.join(output, RESULTS_JSON), json.dumps(rows, indent=1) + "\n")
     text = io.StringIO()
     writer = csv.DictWriter(text, RESULT_KEYS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _replace(os.path.join(output, RESULTS_CSV), text.getvalue())
+    atomic.write_text(os.path.join(output, RESULTS_CSV), text.getvalue())
     if len(rows) > 1:
         plot_curve(rows, os.path.join(output, CURVE_PNG))
-
-
-def _replace(path: str, text: str) -> None:
-    """Write through a temporary name: a reader never sees a half-written file."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def plot_curve(results: list[dict], path: str) -> None:
@@ -294,8 +287,8 @@ def plot_curve(results: list[dict], path: str) -> None:
     axes.set_title(os.path.dirname(results[0]["checkpoint"]) or ".", fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
-    figure.savefig(path + ".tmp", format="png")
-    os.replace(path + ".tmp", path)
+    with atomic.replacing(path) as tmp:
+        figure.savefig(tmp, format="png")
 
 
 def _exit_code(results: list[dict]) -> int:

@@ -30,9 +30,10 @@ import sys
 
 from tqdm import tqdm
 
+from vgg_keras import atomic
 from vgg_keras.compat import tf
 from vgg_keras.data import info, schema, shards
-from vgg_keras.errors import EXIT_SIGINT, UsageError, run_cli
+from vgg_keras.errors import EXIT_SIGINT, UsageError, reason, run_cli
 
 SHUFFLE_SEED = 12345  # TF-slim's seed for the training file order
 JPEG_QUALITY = 95
@@ -114,13 +115,6 @@ def jpeg_components(data: bytes) -> int | None:
     return None
 
 
-def _tf_reason(err: tf.errors.OpError) -> str:
-    """TF's message without the op/function decorations eager errors carry."""
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", err.message)
-    text = re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S)
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
-
-
 def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
     """(jpeg, height, width, channels, colorspace, re-encoded from) for one file's bytes.
 
@@ -143,7 +137,7 @@ def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
             source = _format_name(data)
         jpeg = tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY).numpy()
     except tf.errors.OpError as err:
-        raise BadImage(_tf_reason(err)) from err
+        raise BadImage(reason(err)) from err
     return jpeg, pixels.shape[0], pixels.shape[1], 3, "RGB", source
 
 
@@ -196,10 +190,10 @@ def convert_shard(task: ShardTask) -> ShardResult:
         records = shards.write_shard(path, examples())
         result = ShardResult(task.name, records, tuple(skipped), tuple(reencoded))
         state = {"fingerprint": task.fingerprint, **dataclasses.asdict(result)}
-        _write_json(task.state_path, state)
+        atomic.write_text(task.state_path, json.dumps(state))
     except (OSError, tf.errors.OpError) as err:
-        reason = err.strerror if isinstance(err, OSError) else _tf_reason(err)
-        raise UsageError(f"{path}: cannot write shard ({reason})") from err
+        why = err.strerror if isinstance(err, OSError) else reason(err)
+        raise UsageError(f"{path}: cannot write shard ({why})") from err
     return result
 
 
@@ -223,12 +217,6 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
         tuple(tuple(row) for row in state["skipped"]),
         tuple(tuple(row) for row in state["reencoded"]),
     )
-
-
-def _write_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-    os.replace(path + ".tmp", path)
 
 
 def plan_shards(

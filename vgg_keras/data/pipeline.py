@@ -14,6 +14,7 @@ import glob
 import json
 import os
 
+from vgg_keras import atomic
 from vgg_keras.compat import tf
 from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
@@ -106,9 +107,7 @@ def load_split(data_dir: str, split: str, tfds_data_dir: str | None = None) -> S
         counts.append(int(entry["records"]))
     if changed:
         try:
-            with open(cache_path + ".tmp", "w") as f:
-                json.dump(cache, f, indent=1, sort_keys=True)
-            os.replace(cache_path + ".tmp", cache_path)
+            atomic.write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
         except OSError:
             pass  # a read-only data folder: count again next time
     return Split(split, tuple(files), tuple(counts))

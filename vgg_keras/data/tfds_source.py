@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from vgg_keras.errors import UsageError
+from vgg_keras.errors import UsageError, reason
 
 PREFIX = "tfds:"
 
@@ -31,7 +31,7 @@ def load_split(spec: str, split: str, tfds_data_dir: str | None):
     try:
         builder = tfds.builder(name, data_dir=tfds_data_dir)
     except Exception as err:  # tfds raises several types for unknown or unprepared datasets
-        raise UsageError(f"--data_dir {spec}: {str(err).splitlines()[0]}") from err
+        raise UsageError(f"--data_dir {spec}: {reason(err)}") from err
     if not builder.is_prepared():
         raise UsageError(
             f"--data_dir {spec}: not prepared in {tfds_data_dir or 'the default TFDS folder'} "
