@@ -396,7 +396,7 @@ def eval_parser() -> argparse.ArgumentParser:
         help="with --watch: stop after this many seconds without a new checkpoint "
         "(default: %(default)g)",
     )
-    config_lib.add_config_flags(parser, names=EVAL_FLAGS)
+    config_lib.add_config_flags(parser, EVAL_FLAGS)
     return parser
 
 
