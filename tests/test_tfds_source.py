@@ -94,3 +94,26 @@ def test_split_override_names_the_eval_split(tfds_dir):
 def test_bad_specs_name_the_flag(tfds_dir, spec, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
         pipeline.load_split(spec, "validation", tfds_dir)
+
+
+def test_evaluation_reads_tfds_data_in_its_own_folder(tfds_dir, tmp_path):
+    """--tfds_data_dir reaches the validation split (and run_eval.py has the flag)."""
+    from vgg_keras import checkpoints, cli, evaluation, model
+    from vgg_keras.compat import v1
+    from vgg_keras.config import make_config
+
+    config = make_config(
+        data_dir="tfds:tiny_digits", tfds_data_dir=tfds_dir, class_num=CLASSES, image_size=32,
+        width_multiplier=0.0625, batch_size=2, label_offset=0,
+    )  # fmt: skip
+    with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+        network = model.from_config(config)
+        sess.run(v1.global_variables_initializer())
+        prefix = str(tmp_path / checkpoints.PREFIX)
+        v1.train.Saver(network.weights).save(sess, prefix, global_step=3)
+    with evaluation.Evaluator(config) as evaluator:
+        result = evaluator.evaluate(f"{prefix}-3")
+    assert result["images"] == EVAL_SIZE
+    assert result["epoch"] == round(3 / (TRAIN_SIZE / 2), 3)
+    args = cli.eval_parser().parse_args(["--ckpt", prefix, "--tfds_data_dir", tfds_dir])
+    assert args.tfds_data_dir == tfds_dir

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import os
 import signal
@@ -22,10 +21,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vgg_keras import checkpoints, compat, distribute, runlock, schedules
+from vgg_keras import checkpoints, compat, distribute, evaluation, rundir, schedules
 from vgg_keras.compat import keras, tf, v1
 from vgg_keras.config import Config
-from vgg_keras.data import info, pipeline
+from vgg_keras.data import pipeline
 from vgg_keras.errors import (
     EXIT_NONFINITE,
     EXIT_SIGINT,
@@ -35,12 +34,9 @@ from vgg_keras.errors import (
     reason,
 )
 from vgg_keras.model import build_vgg
-from vgg_keras.reporting import METRICS_FILE, Reporter
+from vgg_keras.reporting import Reporter
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # epoch length for --synthetic without a dataset
-CONFIG_FILE = "config.json"
-# Settings that define the network: a checkpoint only fits a run that agrees on all of them.
-MODEL_KEYS = ("arch", "class_num", "image_size", "width_multiplier", "preprocess")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,88 +255,6 @@ def plan_run(config: Config, train_images: int, num_replicas: int = 1) -> RunPla
     return RunPlan(train_images, global_batch, steps_per_epoch, max_steps, save_every, eval_every)
 
 
-def prepare_log_dir(config: Config, cleanup: contextlib.ExitStack) -> str | None:
-    """Lock log_dir for this run, check it against the run, write config.json; returns the
-    checkpoint to resume from.
-
-    The lock is released when ``cleanup`` closes.  Never starts afresh over a run it cannot
-    resume (another network's config.json, checkpoint files without a complete checkpoint):
-    that is refused unless ``--overwrite``, which deletes the previous run first.  Leftovers of
-    interrupted saves are deleted.
-    """
-    log_dir = config.log_dir
-    lock = cleanup.enter_context(runlock.RunLock(log_dir))
-    if lock.stale_owner:
-        owner = lock.stale_owner
-        print(f"note: took over {lock.path} from pid {owner.get('pid')}, which is not running")
-    try:
-        checkpoints.remove_partial(log_dir)
-        if config.overwrite:
-            _remove_previous_run(config)
-        previous = read_run_config(log_dir)
-        changed = [k for k in MODEL_KEYS if k in previous and previous[k] != getattr(config, k)]
-        if changed:
-            key = changed[0]
-            raise UsageError(
-                f"--log_dir {log_dir} holds a run with {key}={previous[key]}, this run has "
-                f"{key}={getattr(config, key)} (use another --log_dir, or --overwrite to delete "
-                "that run)"
-            )
-        latest = checkpoints.latest_checkpoint(log_dir)
-        named = checkpoints.state_file_target(log_dir)
-        if named and not os.path.exists(named + ".index"):
-            if latest is None:
-                raise UsageError(
-                    f"{os.path.join(log_dir, 'checkpoint')} names {named}, which is missing, and "
-                    "no other checkpoint is complete: put it back, or start afresh with --overwrite"
-                )
-            print(f"warning: {named} (the newest checkpoint on record) is missing; using {latest}")
-        leftovers = glob.glob(os.path.join(glob.escape(log_dir), f"{checkpoints.PREFIX}-*"))
-        if latest is None and leftovers:
-            raise UsageError(
-                f"--log_dir {log_dir} holds {os.path.basename(sorted(leftovers)[-1])} but no "
-                "complete checkpoint (no .index file): start afresh with --overwrite"
-            )
-        if latest is None:  # else write_config, once the checkpoint has been restored
-            write_config(config)
-    except OSError as err:
-        raise UsageError(f"--log_dir {log_dir}: cannot write there ({err.strerror})") from err
-    return latest
-
-
-def write_config(config: Config) -> None:
-    """``<log_dir>/config.json``: the resolved settings (through a temporary name)."""
-    path = os.path.join(config.log_dir, CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-        f.write(config.to_json())
-    os.replace(path + ".tmp", path)
-
-
-def read_run_config(folder: str) -> dict:
-    """The settings a run saved in ``<folder>/config.json`` ({} when there are none)."""
-    return info.read_json(os.path.join(folder, CONFIG_FILE), "run settings")
-
-
-def _remove_previous_run(config: Config) -> None:
-    """--overwrite: delete the checkpoints, logs, metrics and events of the run in log_dir."""
-    log_dir = glob.escape(config.log_dir)
-    doomed = [
-        *glob.glob(os.path.join(log_dir, f"{checkpoints.PREFIX}-*")),
-        *glob.glob(os.path.join(log_dir, "events.out.tfevents.*")),
-        *(
-            os.path.join(config.log_dir, name)
-            for name in ("checkpoint", CONFIG_FILE, METRICS_FILE, config.log_name)
-        ),
-    ]
-    removed = 0
-    for path in doomed:
-        if os.path.isfile(path):
-            os.remove(path)
-            removed += 1
-    if removed:
-        print(f"--overwrite: deleted the previous run in {config.log_dir} ({removed} files)")
-
-
 class StopSignals:
     """SIGINT/SIGTERM become a flag the loop checks after each session call.
 
@@ -404,11 +318,7 @@ def _train_split(config: Config):
 
 
 def train(config: Config) -> int:
-    """Run ``config.mode``; returns the process exit code."""
-    if config.mode == "evaluate":
-        from vgg_keras import evaluation
-
-        return evaluation.evaluate_folder(config)
+    """Train (``--mode train`` or ``train_and_evaluate``); returns the process exit code."""
     # Closes whatever the run holds however it ends, e.g. releases the log_dir lock.
     with contextlib.ExitStack() as cleanup:
         return _train(config, cleanup)
@@ -421,7 +331,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> int:
     plan = plan_run(config, train_images, dist.num_replicas)
     _check_device_loop(config, plan, dist)
     if dist.is_chief:
-        resume_from = prepare_log_dir(config, cleanup)
+        resume_from = rundir.prepare(config, cleanup)
     else:  # the chief prepares the log folder; the others only read its newest checkpoint
         resume_from = None if config.overwrite else checkpoints.latest_checkpoint(config.log_dir)
     start_step = checkpoints.checkpoint_step(resume_from) if resume_from else 0
@@ -456,8 +366,6 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> int:
     tg = build_train_graph(config, dataset_fn, plan.steps_per_epoch, plan.global_batch, dist)
     evaluator = None
     if plan.eval_every:
-        from vgg_keras import evaluation
-
         evaluator = evaluation.Evaluator(config, plan.steps_per_epoch, dist=dist)
 
     session = dist.session(
@@ -482,7 +390,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> int:
             checkpoints.check_compatible(resume_from, tg.model.weights)
             checkpoints.restore(tg.saver, session, resume_from)
             if dist.is_chief:  # only now: a checkpoint that does not fit leaves it untouched
-                write_config(config)
+                rundir.write_config(config)
             # A new Saver knows only its own checkpoints: without this, --keep_checkpoint_max
             # would never delete the ones written before the resume.
             tg.saver.recover_last_checkpoints(checkpoints.list_checkpoints(config.log_dir))
