@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vgg_keras.compat import tf
-from vgg_keras.data import pipeline
+from vgg_keras.data import pipeline, schema
 from vgg_keras.errors import UsageError
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -51,7 +51,7 @@ def tfds_dir(tmp_path_factory):
 def test_split_sizes_come_from_tfds_info(tfds_dir):
     train = pipeline.load_split("tfds:tiny_digits", "train", tfds_dir)
     assert train.num_examples == TRAIN_SIZE
-    assert train.record_format == "tfds"
+    assert train.parse is schema.parse_tfds
     assert pipeline.load_split("tfds:tiny_digits", "validation", tfds_dir).num_examples == EVAL_SIZE
 
 
