@@ -329,7 +329,10 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> int:
     split = _train_split(config)
     train_images = split.num_examples if split else IMAGENET_TRAIN_IMAGES
     plan = plan_run(config, train_images, dist.num_replicas)
-    _check_device_loop(config, plan, dist)
+    dist.check_intervals(
+        config.iterations_per_loop,
+        {"steps": plan.max_steps, "save": plan.save_every, "eval": plan.eval_every},
+    )
     if dist.is_chief:
         resume_from = rundir.prepare(config, cleanup)
     else:  # the chief prepares the log folder; the others only read its newest checkpoint
@@ -439,21 +442,6 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> int:
         session.close()
         if evaluator:
             evaluator.close()
-
-
-def _check_device_loop(config: Config, plan: RunPlan, dist: distribute.Distribution) -> None:
-    """Ascend's device loop always runs --iterations_per_loop steps: the intervals must be
-    multiples of it, or a checkpoint or an evaluation would be skipped."""
-    n = config.iterations_per_loop
-    if dist.kind != "npu" or n == 1:
-        return
-    intervals = {"steps": plan.max_steps, "save": plan.save_every, "eval": plan.eval_every}
-    for name, every in intervals.items():
-        if every and every % n:
-            raise UsageError(
-                f"--iterations_per_loop {n}: on Ascend the {name} interval ({every} steps) "
-                "must be a multiple of it"
-            )
 
 
 def _describe_shard(split, num_workers: int, worker_index: int) -> str:
