@@ -41,8 +41,6 @@ REPORT_FILE = "conversion_report.txt"
 STATE_DIR = ".convert"  # per-shard sidecars: record counts and skipped files of finished shards
 SOURCE_SPLITS = {"train": "train", "validation": "val"}
 
-# Start-of-frame markers (baseline, progressive, lossless, arithmetic); not DHT/JPG/DAC.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _SHARD_NAME = re.compile(r"^(train|validation)-\d{5}-of-(\d{5})$")
 
 
@@ -92,27 +90,18 @@ class ShardResult:
 
 
 def jpeg_components(data: bytes) -> int | None:
-    """Colour components from a JPEG's start-of-frame header (4 = CMYK/YCCK); None if absent."""
+    """Colour components from a JPEG's frame header (4 = CMYK/YCCK); None if it is not one.
+
+    ``tf.io.extract_jpeg_shape`` reads only the header and reports CMYK as 4 (checked on TF
+    2.21).  The start-of-image test first keeps libjpeg's "Not a JPEG file" line, which it
+    prints on stderr, out of the converter's output for PNG and other files.
+    """
     if data[:2] != b"\xff\xd8":
         return None
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length field
-            pos += 2
-            continue
-        if marker == 0xDA:  # start of scan: no frame header before it
-            return None
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker in _SOF_MARKERS:
-            return data[pos + 9] if pos + 9 < len(data) else None
-        pos += 2 + length
-    return None
+    try:
+        return int(tf.io.extract_jpeg_shape(data)[2])
+    except tf.errors.OpError:
+        return None
 
 
 def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
