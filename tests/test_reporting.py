@@ -132,15 +132,10 @@ def test_fps_counts_training_time_only_across_an_evaluation_and_checkpoints(
     evaluation at step 15 and the checkpoints every 5 steps fall inside intervals and are not
     counted, so the line after them reads like the others (it used to read about twice as
     fast: the time restarted after the evaluation, the step count did not)."""
+    every_15_steps = 15 * 32 / 1437  # epochs between evaluations
     started = time.perf_counter()
-    code, _ = train_tiny(
-        tmp_path,
-        mode="train_and_evaluate",
-        max_train_steps=40,
-        display_every=10,
-        save_checkpoints_steps=5,
-        epochs_between_evals=15 * 32 / 1437,  # every 15 steps
-    )
+    code, _ = train_tiny(tmp_path, mode="train_and_evaluate", epochs_between_evals=every_15_steps,
+                         max_train_steps=40, display_every=10, save_checkpoints_steps=5)  # fmt: skip
     wall = time.perf_counter() - started
     assert code == 0
     lines = [r for r in read_metrics(str(tmp_path)) if "fps" in r]
