@@ -29,6 +29,7 @@ class Config:
     width_multiplier: float = 1.0
     dropout: float = 0.5
     dense_init: str = "normal"
+    conv_init: str = "fan_in"
     # Data
     data_dir: str | None = None
     tfds_data_dir: str | None = None
@@ -105,7 +106,7 @@ PRESETS: dict[str, dict] = {
         "dropout": 0.0,
         "dense_init": "he",
         "batch_size": 32,
-        "lr": 0.03,
+        "lr": 0.01,
         "lr_schedule": "cosine",
         "T_max": 20.0,
         "warmup_epochs": 1.0,
@@ -123,6 +124,7 @@ PRESETS: dict[str, dict] = {
 CHOICES = {
     "arch": ("vgg16", "vgg19"),
     "dense_init": ("normal", "he"),
+    "conv_init": ("fan_in", "fan_out"),
     "lr_schedule": ("piecewise", "cosine"),
     "precision": ("fp32", "bf16", "fp16"),
     "mode": ("train", "evaluate", "train_and_evaluate"),
@@ -137,6 +139,7 @@ HELP = {
     "image_size": "training/eval crop size in pixels",
     "width_multiplier": "scales every layer's width (1.0 = the published network)",
     "dropout": "dropout rate after fc1 and fc2",
+    "conv_init": "conv init: He-normal on fan_in (keeps the forward signal) or fan_out (the reference)",
     "dense_init": "fc1/fc2 init: normal (N(0, 0.01), published) or he (for width-scaled nets)",
     "data_dir": "folder of train-*/validation-* TFRecord shards, or tfds:NAME[:split]",
     "tfds_data_dir": "data_dir of a TFDS-prepared dataset (with --data_dir tfds:NAME)",
