@@ -35,6 +35,7 @@ from vgg_keras.errors import (
     reason,
 )
 from vgg_keras.model import build_vgg
+from vgg_keras.plateau import ChancePlateau
 from vgg_keras.reporting import METRICS_FILE, Reporter
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # epoch length for --synthetic without a dataset
@@ -83,6 +84,7 @@ class TrainGraph:
     step_fetches: dict  # one training step
     loop_fetches: dict  # ``loop_steps`` training steps in one tf.while_loop
     loop_steps: tf.Tensor  # placeholder: how many steps the while loop runs
+    measure_grad_norm: tf.Tensor  # placeholder: compute the call's last gradient norm
     skipped_steps: tf.Variable
     saver: v1.train.Saver
     # Ascend only: gives every rank rank 0's weights (run after init/restore); sets the number
@@ -116,6 +118,7 @@ def build_train_graph(
                 config.width_multiplier,
                 config.dropout,
                 config.dense_init,
+                config.conv_init,
                 # Keras initializers ignore the graph seed (unseeded ones draw from Python's
                 # `random`), so --seed reaches the weights only through here.
                 weight_seed=config.seed,
@@ -133,27 +136,37 @@ def build_train_graph(
             config.precision,
         )
 
-        def forward_backward(images, labels):
-            """On one replica: [loss, total_loss] and the gradients of its share of the batch."""
+        def forward_backward(images, labels, measure_grad_norm):
+            """On one replica: [loss, total_loss, gradient norm] and the gradients of its share
+            of the batch."""
             logits = model(images, training=True)
             loss = cross_entropy(logits, labels, config.class_num, config.label_smoothing)
             total_loss = loss + weight_decay_loss(model, config.weight_decay, config.decay_biases)
             # The strategy sums gradients over replicas: the sum of these is the gradient of
             # the mean loss over the global batch.
             grads = optimizer.compute_gradients(total_loss / dist.in_sync, model.trainable_weights)
-            return tf.stack([loss, total_loss]), grads
+            # The norm of this replica's gradient of its mean loss, on steps that end a log
+            # interval (NaN on the others: it costs a pass over every gradient): a run whose
+            # gradients vanish or explode shows it in metrics.jsonl from the first line on.
+            grad_norm = tf.cond(
+                measure_grad_norm,
+                lambda: tf.linalg.global_norm([g for g, _ in grads]) * dist.in_sync,
+                lambda: tf.constant(float("nan")),
+            )
+            return tf.stack([loss, total_loss, grad_norm]), grads
 
         def apply_on_replica(grads):
             with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
                 return optimizer.apply_gradients(grads, global_step)
 
-        def one_step():
-            """One update; returns ((loss, total_loss, lr, finite, step) after it, train op)."""
+        def one_step(measure_grad_norm):
+            """One update; returns ((loss, total_loss, lr, finite, step, grad_norm) after it,
+            train op)."""
             images, labels = next_batch()
             lr = schedules.learning_rate(global_step, config, steps_per_epoch, global_batch)
             step_lr.append(lr)
-            losses, grads = dist.run(forward_backward, images, labels)
-            loss, total_loss = tf.unstack(dist.reduce(distribute.ReduceOp.MEAN, losses))
+            losses, grads = dist.run(forward_backward, images, labels, measure_grad_norm)
+            loss, total_loss, grad_norm = tf.unstack(dist.reduce(distribute.ReduceOp.MEAN, losses))
             # The mean over replicas is finite only if every replica's loss is, and every
             # worker sees the same value: all replicas take the same branch below.
             finite = tf.math.is_finite(total_loss)
@@ -172,13 +185,14 @@ def build_train_graph(
             with tf.control_dependencies([train_op]):
                 # Read after the update: the step this call ended on.
                 step = global_step.read_value()
-                outputs = (tf.identity(loss), tf.identity(total_loss), lr, finite, step)
+                outputs = (tf.identity(loss), tf.identity(total_loss), lr, finite, step, grad_norm)
             return outputs, train_op
 
         # The single step is built first so that the optimizer's slot variables are created
         # outside the while loop; the loop body then reuses them.
-        names = ("loss", "total_loss", "lr", "finite", "step")
-        step_outputs, step_op = one_step()
+        names = ("loss", "total_loss", "lr", "finite", "step", "grad_norm")
+        measure_grad_norm = v1.placeholder_with_default(False, [], "measure_grad_norm")
+        step_outputs, step_op = one_step(measure_grad_norm)
         step_fetches = dict(zip(names, step_outputs))
 
         loop_steps = v1.placeholder_with_default(tf.constant(1, tf.int32), [], "loop_steps")
@@ -195,10 +209,11 @@ def build_train_graph(
                 return tf.logical_and(more, last[3]) if stop_on_nan else more
 
             def body(i, *_last):
-                return (i + 1, *one_step()[0])
+                last_step = tf.logical_and(measure_grad_norm, tf.equal(i + 1, loop_steps))
+                return (i + 1, *one_step(last_step)[0])
 
             zero = tf.constant(0.0)
-            initial = [zero, zero, zero, tf.constant(True), tf.constant(0, tf.int64)]
+            initial = [zero, zero, zero, tf.constant(True), tf.constant(0, tf.int64), zero]
             _, *last = tf.while_loop(
                 keep_going,
                 body,
@@ -222,6 +237,7 @@ def build_train_graph(
         step_fetches,
         loop_fetches,
         loop_steps,
+        measure_grad_norm,
         skipped,
         saver,
         broadcast_op,
@@ -475,6 +491,11 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> int:
     try:
         if dist.kind != "none":
             reporter.print(dist.describe())
+        if dist.model_precision(config.precision) == "bf16" and not compat.fast_bf16():
+            reporter.print(
+                "warning: --precision bf16 on a CPU without bf16 instructions (no avx512_bf16 or "
+                "amx_bf16) and no GPU: it is emulated, many times slower than --precision fp32"
+            )
         if split is not None and shards[0][0] > 1:
             reporter.print(_describe_shard(split, *shards[0]))
         session.run(tg.init_op)
@@ -567,6 +588,12 @@ def _fingerprint(arrays) -> str:
     return digest.hexdigest()[:16]
 
 
+def _logs_at(step: int, last_log_step: int, display_every: int, max_steps: int) -> bool:
+    """Whether reaching ``step`` ends a log interval: a multiple of --display_every passed
+    since the last line, or the end of the run."""
+    return step // display_every > last_log_step // display_every or step >= max_steps
+
+
 def _next_multiple(step: int, every: int | None) -> int:
     return (step // every + 1) * every if every else 1 << 62
 
@@ -585,6 +612,7 @@ def _loop(config, plan, tg, session, reporter, evaluator, signals, split) -> int
     prefix = os.path.join(config.log_dir, checkpoints.PREFIX)
     skipped_steps = 0
     bad_records = _count_bad_records(config, split, reporter)
+    plateau = ChancePlateau(config.class_num)
 
     def newest() -> str:
         return checkpoints.latest_checkpoint(config.log_dir) or "none"
@@ -624,7 +652,9 @@ def _loop(config, plan, tg, session, reporter, evaluator, signals, split) -> int
                 _next_multiple(step, plan.eval_every) - step,
             )
             fetches = tg.step_fetches if n == 1 else tg.loop_fetches
-            feed = None if n == 1 else {tg.loop_steps: n}
+            feed = {} if n == 1 else {tg.loop_steps: n}
+            if _logs_at(step + n, last_log_step, config.display_every, plan.max_steps):
+                feed[tg.measure_grad_norm] = True
             try:
                 out = session.run(fetches, feed_dict=feed)
             except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
@@ -642,8 +672,7 @@ def _loop(config, plan, tg, session, reporter, evaluator, signals, split) -> int
             if not out["finite"] and config.nan_policy == "stop":
                 raise _NonFinite(f"loss is {out['total_loss']} at step {step} (lr {out['lr']:.6g})")
             reporter.advance(step)
-            crossed = step // config.display_every > last_log_step // config.display_every
-            if crossed or step >= plan.max_steps:
+            if _logs_at(step, last_log_step, config.display_every, plan.max_steps):
                 now = time.perf_counter()
                 fps = (step - last_log_step) * plan.global_batch / max(now - last_log_time, 1e-9)
                 extra = {}
@@ -658,8 +687,18 @@ def _loop(config, plan, tg, session, reporter, evaluator, signals, split) -> int
                 if bad_records is not None:
                     extra["skipped_records"] = bad_records
                 reporter.train_step(
-                    step, plan.epoch(step), fps, out["loss"], out["total_loss"], out["lr"], **extra
+                    step,
+                    plan.epoch(step),
+                    fps,
+                    out["loss"],
+                    out["total_loss"],
+                    out["lr"],
+                    grad_norm=out["grad_norm"],
+                    **extra,
                 )
+                warning = plateau.observe(plan.epoch(step), float(out["loss"]))
+                if warning:
+                    reporter.print(warning)
                 last_log_step, last_log_time = step, now
             if step % plan.save_every == 0:
                 save(step)
