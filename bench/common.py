@@ -150,6 +150,8 @@ def format_table(fig: dict) -> str:
     out = [fig["title"]]
     if fig.get("skipped"):
         out.append(f"skipped: {fig['skipped']}")
+    if fig.get("not_timed"):
+        out.append(f"not timed: {fig['not_timed']}")
     for cells in (header, *lines) if lines else ():
         out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
     for t in fig["targets"]:
@@ -290,12 +292,13 @@ def run_train(
     *,
     timeout: float = 1200,
     on_record: Callable[[dict, int], None] | None = None,
+    env: dict | None = None,
 ) -> TrainRun:
     """Run ``run_train.py ARGS --log_dir LOG_DIR --progress false`` and wait for it.
 
     While it runs, each new metrics.jsonl line gets the process's CPU time stamped on it and is
     passed to ``on_record(record, pid)`` (to sample memory at given steps; pid 0 once the
-    process has ended).  The peak RSS comes from the kernel's accounting of this one child
+    process has ended); ``env`` adds environment variables.  The peak RSS comes from the kernel's accounting of this one child
     (wait4), so it covers moments no sampling would catch.
     """
     os.makedirs(log_dir, exist_ok=True)
@@ -305,7 +308,9 @@ def run_train(
     stamps: list[float | None] = []
     start = time.perf_counter()
     with open(console, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})}
+        )
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:

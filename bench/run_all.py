@@ -22,6 +22,7 @@ FIGURES = (
     "real_vs_synthetic",
     "memory",
     "time_to_accuracy",
+    "demo_robustness",
     "gpu",
 )
 STANDARD_KEYS = ("what", "value", "unit", "ratio", "ratio_is")
@@ -42,6 +43,8 @@ def markdown(results: dict) -> str:
         if fig.get("skipped"):
             lines += [f"skipped: {fig['skipped']}", ""]
             continue
+        if fig.get("not_timed"):
+            lines += [f"not timed: {fig['not_timed']}", ""]
         extra = [k for k in fig["rows"][0] if k not in STANDARD_KEYS] if fig["rows"] else []
         lines += [
             "| "

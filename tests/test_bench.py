@@ -177,3 +177,18 @@ def test_vgg16_arithmetic_is_three_copies_of_553_mb_plus_activations():
     assert need["params"] == 138_357_544  # keras.applications.VGG16's count
     assert need["state"] / 3 / 1e6 == pytest.approx(553.4, abs=0.1)
     assert 400e6 < need["activations"] < 600e6  # ~15M floats per image, batch 8
+
+
+def test_demo_robustness_measures_the_longest_stay_at_chance():
+    from bench.demo_robustness import epochs_at_chance
+
+    chance = 2.3026
+    learning = [{"epoch": e / 3, "loss": 2.30 - 0.1 * e} for e in range(1, 20)]
+    assert epochs_at_chance(learning) == pytest.approx(1 / 3)  # only the first line
+    stuck = (
+        [{"epoch": 0.5, "loss": 1.9}]
+        + [{"epoch": 0.5 + e / 2, "loss": chance + 0.01} for e in range(1, 7)]  # epochs 1..3.5
+        + [{"epoch": 4.0, "loss": 1.0}, {"epoch": 4.5, "loss": chance}]
+    )
+    assert epochs_at_chance(stuck) == pytest.approx(3.0)  # from the line at 0.5 to 3.5
+    assert epochs_at_chance(stuck, after_epoch=1.0) == pytest.approx(2.5)

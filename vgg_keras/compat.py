@@ -64,6 +64,29 @@ def gpu_count() -> int:
     return len(_PHYSICAL_GPUS)
 
 
+def cpu_flags() -> frozenset:
+    """The host CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def fast_bf16() -> bool:
+    """False where bf16 arithmetic would be emulated: no GPU and a CPU known to lack bf16
+    instructions (an x86 CPU without AVX-512-BF16/AMX there runs bf16 many times slower than
+    fp32).  True where it cannot be told (no /proc/cpuinfo)."""
+    flags = cpu_flags()
+    return bool(gpu_count()) or not flags or any(f in flags for f in BF16_CPU_FLAGS)
+
+
 def session_config(
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,

@@ -65,6 +65,11 @@ class Config:
         "fc1/fc2 init: normal (N(0, 0.01), published) or he (for width-scaled nets)",
         choices=("normal", "he"),
     )
+    conv_init: str = setting(
+        "fan_in",
+        "conv init: He-normal on fan_in (keeps the forward signal) or fan_out (the reference)",
+        choices=("fan_in", "fan_out"),
+    )
     # Data
     data_dir: Optional[str] = setting(
         None, "folder of train-*/validation-* TFRecord shards, or tfds:NAME[:split]", "evaluation"
@@ -222,7 +227,7 @@ PRESETS: dict[str, dict] = {
         "dropout": 0.0,
         "dense_init": "he",
         "batch_size": 32,
-        "lr": 0.03,
+        "lr": 0.01,
         "lr_schedule": "cosine",
         "T_max": 20.0,
         "warmup_epochs": 1.0,

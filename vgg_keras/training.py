@@ -25,12 +25,14 @@ from vgg_keras.compat import keras, tf, v1
 from vgg_keras.config import Config
 from vgg_keras.data import pipeline
 from vgg_keras.errors import EXIT_NONFINITE, RunError, UsageError, reason
+from vgg_keras.plateau import ChancePlateau
 from vgg_keras.reporting import Reporter
 from vgg_keras.signals import StopSignals
 from vgg_keras.throughput import Throughput
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # epoch length for --synthetic without a dataset
-STEP_OUTPUTS = ("loss", "total_loss", "lr", "finite", "step")  # what a training call returns
+# What a training call returns: the values after its last step.
+STEP_OUTPUTS = ("loss", "total_loss", "lr", "finite", "step", "grad_norm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +75,7 @@ class TrainGraph:
     step_fetches: dict  # one training step
     loop_fetches: dict  # ``loop_steps`` training steps in one tf.while_loop
     loop_steps: tf.Tensor  # placeholder: how many steps the while loop runs
+    measure_grad_norm: tf.Tensor  # placeholder: compute the call's last gradient norm
     skipped_steps: tf.Variable
     saver: v1.train.Saver
     # Ascend only: gives every rank rank 0's weights (run after init/restore); sets the number
@@ -96,8 +99,9 @@ class _StepBuilder:
     next_batch: Callable
     learning_rate: Callable  # learning_rate(step tensor) -> the schedule at that step
 
-    def forward_backward(self, images, labels):
-        """On one replica: [loss, total_loss] and the gradients of its share of the batch."""
+    def forward_backward(self, images, labels, measure_grad_norm):
+        """On one replica: [loss, total_loss, gradient norm] and the gradients of its share of
+        the batch."""
         c = self.config
         logits = self.model(images, training=True)
         loss = cross_entropy(logits, labels, c.class_num, c.label_smoothing)
@@ -107,17 +111,26 @@ class _StepBuilder:
         grads = self.optimizer.compute_gradients(
             total_loss / self.dist.in_sync, self.model.trainable_weights
         )
-        return tf.stack([loss, total_loss]), grads
+        # The norm of this replica's gradient of its mean loss, on steps that end a log interval
+        # (NaN on the others: it costs a pass over every gradient): a run whose gradients vanish
+        # or explode shows it in metrics.jsonl from the first line on.
+        grad_norm = tf.cond(
+            measure_grad_norm,
+            lambda: tf.linalg.global_norm([g for g, _ in grads]) * self.dist.in_sync,
+            lambda: tf.constant(float("nan")),
+        )
+        return tf.stack([loss, total_loss, grad_norm]), grads
 
     def apply_on_replica(self, grads):
         with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
             return self.optimizer.apply_gradients(grads, self.global_step)
 
-    def __call__(self):
+    def __call__(self, measure_grad_norm):
         """One update; returns (the STEP_OUTPUTS after it, train op)."""
         dist = self.dist
-        losses, grads = dist.run(self.forward_backward, *self.next_batch())
-        loss, total_loss = tf.unstack(dist.reduce(distribute.ReduceOp.MEAN, losses))
+        images, labels = self.next_batch()
+        losses, grads = dist.run(self.forward_backward, images, labels, measure_grad_norm)
+        loss, total_loss, grad_norm = tf.unstack(dist.reduce(distribute.ReduceOp.MEAN, losses))
         # The mean over replicas is finite only if every replica's loss is, and every worker
         # sees the same value: all replicas take the same branch below.
         finite = tf.math.is_finite(total_loss)
@@ -137,7 +150,7 @@ class _StepBuilder:
             # learning rate of the step before it.
             step = self.global_step.read_value()
             lr = self.learning_rate(step - 1)
-            outputs = (tf.identity(loss), tf.identity(total_loss), lr, finite, step)
+            outputs = (tf.identity(loss), tf.identity(total_loss), lr, finite, step, grad_norm)
         return outputs, train_op
 
 
@@ -184,7 +197,8 @@ def build_train_graph(
         )
         # The single step is built first so that the optimizer's slot variables are created
         # outside the while loop; the loop body then reuses them.
-        step_outputs, step_op = one_step()
+        measure_grad_norm = v1.placeholder_with_default(False, [], "measure_grad_norm")
+        step_outputs, step_op = one_step(measure_grad_norm)
         step_fetches = dict(zip(STEP_OUTPUTS, step_outputs))
         loop_steps = v1.placeholder_with_default(tf.constant(1, tf.int32), [], "loop_steps")
         device_loop = dist.device_loop(step_op)
@@ -193,7 +207,9 @@ def build_train_graph(
             loop_op, load_device_loop = device_loop
             loop_fetches = {**step_fetches, "device_loop": loop_op}
         else:
-            loop_fetches = _sunk_steps(one_step, loop_steps, config.nan_policy == "stop")
+            loop_fetches = _sunk_steps(
+                one_step, loop_steps, measure_grad_norm, config.nan_policy == "stop"
+            )
         broadcast_op = dist.broadcast(model.weights)
         saver = v1.train.Saver(
             max_to_keep=config.keep_checkpoint_max, save_relative_paths=True, pad_step_number=False
@@ -209,6 +225,7 @@ def build_train_graph(
         step_fetches,
         loop_fetches,
         loop_steps,
+        measure_grad_norm,
         skipped,
         saver,
         broadcast_op,
@@ -216,19 +233,21 @@ def build_train_graph(
     )
 
 
-def _sunk_steps(one_step: _StepBuilder, loop_steps, stop_on_nan: bool) -> dict:
+def _sunk_steps(one_step: _StepBuilder, loop_steps, measure_grad_norm, stop_on_nan: bool) -> dict:
     """``loop_steps`` training steps in one tf.while_loop (loop sinking); the fetches of the
-    last step run.  With --nan_policy stop the loop ends at the first non-finite loss."""
+    last step run (the gradient norm, when asked for, of the last step only).  With --nan_policy
+    stop the loop ends at the first non-finite loss."""
 
     def keep_going(i, *last):
         more = i < loop_steps
         return tf.logical_and(more, last[3]) if stop_on_nan else more
 
     def body(i, *_last):
-        return (i + 1, *one_step()[0])
+        last_step = tf.logical_and(measure_grad_norm, tf.equal(i + 1, loop_steps))
+        return (i + 1, *one_step(last_step)[0])
 
     zero = tf.constant(0.0)
-    initial = [zero, zero, zero, tf.constant(True), tf.constant(0, tf.int64)]
+    initial = [zero, zero, zero, tf.constant(True), tf.constant(0, tf.int64), zero]
     _, *last = tf.while_loop(
         keep_going, body, [tf.constant(0), *initial], parallel_iterations=1, name="sunk_steps"
     )
@@ -368,6 +387,11 @@ def _initialise(config, dist, tg: TrainGraph, session, reporter, resume_from, sp
     same on every worker; the input iterator at its start."""
     if dist.kind != "none":
         reporter.print(dist.describe())
+    if dist.model_precision(config.precision) == "bf16" and not compat.fast_bf16():
+        reporter.print(
+            "warning: --precision bf16 on a CPU without bf16 instructions (no avx512_bf16 or "
+            "amx_bf16) and no GPU: it is emulated, many times slower than --precision fp32"
+        )
     if split is not None and dist.num_workers > 1:
         reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
     session.run(tg.init_op)
@@ -428,6 +452,12 @@ def _steps_to(step: int, every: int | None) -> int:
     return (step // every + 1) * every - step if every else 1 << 62
 
 
+def _logs_at(step: int, last_log_step: int, display_every: int, max_steps: int) -> bool:
+    """Whether reaching ``step`` ends a log interval: a multiple of --display_every passed
+    since the last line, or the end of the run."""
+    return step // display_every > last_log_step // display_every or step >= max_steps
+
+
 def _itstime(step: int, every: int | None) -> bool:
     """True when ``step`` is a multiple of ``every`` (never, without ``every``)."""
     return bool(every) and step % every == 0
@@ -450,6 +480,7 @@ class _Loop:
         self.last_saved = self.last_logged = self.step
         self.skipped_steps = 0
         self.speed = Throughput(plan.global_batch)
+        self.plateau = ChancePlateau(config.class_num)
         self.bad_records = _count_bad_records(config, split, reporter)
 
     def run(self, signals: StopSignals) -> int:
@@ -459,8 +490,7 @@ class _Loop:
             while self.step < plan.max_steps:
                 out = self._train_call()
                 self.reporter.advance(self.step)
-                every = self.config.display_every
-                if self.step // every > self.last_logged // every or self.step >= plan.max_steps:
+                if self._logs_at(self.step):
                     self._log(out)
                 if _itstime(self.step, plan.save_every):
                     self._save(self.step)
@@ -498,11 +528,14 @@ class _Loop:
             _steps_to(step, plan.save_every),
             _steps_to(step, plan.eval_every),
         )
-        fetches, feed = (tg.step_fetches, None) if n == 1 else (tg.loop_fetches, {tg.loop_steps: n})
+        fetches, feed = (tg.step_fetches, {}) if n == 1 else (tg.loop_fetches, {tg.loop_steps: n})
+        if self._logs_at(step + n):
+            feed[tg.measure_grad_norm] = True
+        # Each set of fed placeholders is its own executor in the session: its first call is
+        # the warm-up of that kind.
+        kind = (n == 1, tg.measure_grad_norm in feed)
         try:
-            out = self.speed.timed(
-                "single" if n == 1 else "loop", lambda: self.session.run(fetches, feed), n
-            )
+            out = self.speed.timed(kind, lambda: self.session.run(fetches, feed), n)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
             explained = _explain_data_error(err, config, self.split)
             if not isinstance(explained, UsageError):
@@ -536,9 +569,22 @@ class _Loop:
             extra["skipped_records"] = self.bad_records
         epoch = self.plan.epoch(self.step)
         self.reporter.train_step(
-            self.step, epoch, fps, out["loss"], out["total_loss"], out["lr"], **extra
+            self.step,
+            epoch,
+            fps,
+            out["loss"],
+            out["total_loss"],
+            out["lr"],
+            grad_norm=out["grad_norm"],
+            **extra,
         )
+        warning = self.plateau.observe(epoch, float(out["loss"]))
+        if warning:
+            self.reporter.print(warning)
         self.last_logged = self.step
+
+    def _logs_at(self, step: int) -> bool:
+        return _logs_at(step, self.last_logged, self.config.display_every, self.plan.max_steps)
 
     def _save(self, at: int) -> None:
         if at == self.last_saved or not self.reporter.is_chief:  # only the chief writes

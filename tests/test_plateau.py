@@ -1,0 +1,93 @@
+"""The chance-plateau warning: once, after the loss has sat at ln(class_num) for long enough."""
+
+from __future__ import annotations
+
+import math
+
+from vgg_keras.plateau import ChancePlateau
+
+CHANCE_10 = math.log(10)
+
+
+def feed(detector: ChancePlateau, losses, lines_per_epoch: int = 4) -> list[str]:
+    """Observe ``losses`` as log lines spaced 1/lines_per_epoch epoch apart; the warnings."""
+    warnings = []
+    for i, loss in enumerate(losses, start=1):
+        line = detector.observe(i / lines_per_epoch, loss)
+        if line:
+            warnings.append(line)
+    return warnings
+
+
+def test_warns_once_when_the_loss_sits_at_chance_for_more_than_two_epochs():
+    detector = ChancePlateau(10)
+    noisy_chance = [CHANCE_10 + d for d in (0.05, -0.08, 0.03, -0.02)] * 5  # 5 epochs
+    warnings = feed(detector, noisy_chance)
+    assert len(warnings) == 1
+    assert "ln(class_num) = 2.303" in warnings[0]
+    assert "--lr" in warnings[0] and "--conv_init" in warnings[0]
+
+
+def test_the_warning_comes_after_two_epochs_not_before():
+    detector = ChancePlateau(10)
+    epochs_at_warning = []
+    for i in range(1, 41):
+        if detector.observe(i / 4, CHANCE_10):
+            epochs_at_warning.append(i / 4)
+    assert epochs_at_warning == [2.25]  # the first line more than two epochs after the first
+
+
+def test_no_warning_for_a_run_that_learns():
+    detector = ChancePlateau(10)
+    # Starts at chance, then falls well below it within the first two epochs.
+    losses = [2.30, 2.29, 2.1, 1.9, 1.6, 1.4, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6]
+    assert feed(detector, losses) == []
+
+
+def test_a_run_that_returns_to_chance_is_caught():
+    """The plateau the demo fell into on AVX2 CPUs: learns a little, then collapses."""
+    detector = ChancePlateau(10)
+    losses = [2.3, 2.0, 1.8, 1.9] + [CHANCE_10] * 12
+    warnings = feed(detector, losses)
+    assert len(warnings) == 1
+
+
+def test_the_band_scales_with_the_number_of_classes():
+    imagenet = ChancePlateau(1000)
+    assert feed(imagenet, [math.log(1000) - 0.3] * 12)  # within 5% of 6.91
+    imagenet = ChancePlateau(1000)
+    assert not feed(imagenet, [math.log(1000) - 0.5] * 12)
+
+
+def test_non_finite_losses_are_ignored():
+    detector = ChancePlateau(10)
+    assert feed(detector, [float("nan")] * 12) == []
+
+
+def test_run_train_warns_once_when_the_network_does_not_learn(script_runner, demo_dir, tmp_path):
+    """A learning rate of 1e-9 leaves the demo net at chance: after two epochs the log says so,
+    and the run still ends normally (a warning, not an error)."""
+    log_dir = tmp_path / "stuck"
+    proc = script_runner(
+        "run_train.py",
+        *("--preset", "demo", "--data_dir", demo_dir, "--log_dir", log_dir, "--mode", "train"),
+        *("--width_multiplier", "0.0625", "--progress", "false", "--lr", "1e-9"),
+        *("--max_epochs", "3", "--display_every", "15"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stdout.splitlines() if "stayed at chance" in line]
+    assert len(warnings) == 1, proc.stdout
+    assert "ln(class_num) = 2.303" in warnings[0] and "--lr" in warnings[0]
+    with open(log_dir / "train.log") as f:
+        assert warnings[0] in f.read()
+
+
+def test_a_learning_run_logs_no_plateau_warning_and_its_gradient_norm(demo_run):
+    """The README's demo: no warning; metrics.jsonl carries the gradient norm of each line's
+    step, finite and non-zero from the first line on."""
+    from vgg_keras.reporting import read_metrics
+
+    with open(f"{demo_run}/train.log") as f:
+        assert "stayed at chance" not in f.read()
+    norms = [r["grad_norm"] for r in read_metrics(demo_run) if "grad_norm" in r]
+    assert len(norms) >= 18 and all(0 < n < 1e3 for n in norms)
