@@ -309,7 +309,9 @@ def run_train(
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
+                # (os.waitstatus_to_exitcode is Python >= 3.9)
+                signalled = os.WIFSIGNALED(status)
+                proc.returncode = -os.WTERMSIG(status) if signalled else os.WEXITSTATUS(status)
                 break
             if time.perf_counter() - start > timeout:
                 proc.kill()

@@ -130,7 +130,7 @@ class Launch:
 
     def finish(self, timeout: float = 240) -> int:
         code = self.proc.wait(timeout)
-        while (line := self._queue.get(timeout=10)) is not None:
+        for line in iter(lambda: self._queue.get(timeout=10), None):
             self.lines.append(line)
         return code
 

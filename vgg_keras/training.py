@@ -370,7 +370,10 @@ class StopSignals:
 
     def _watch(self, read_fd: int) -> None:
         with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-            while data := pipe.read(64):  # b"" once __exit__ closes the write end
+            while True:
+                data = pipe.read(64)
+                if not data:  # b"" once __exit__ closes the write end
+                    break
                 for signum in data:
                     if signum not in self.SIGNALS:
                         continue

@@ -275,13 +275,17 @@ def run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[Shar
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
         )
+        futures = []
         try:
-            futures = [pool.submit(convert_shard, task) for task in todo]
+            for task in todo:
+                futures.append(pool.submit(convert_shard, task))
             for future in concurrent.futures.as_completed(futures):
                 results.append(future.result())
                 bar.update()
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for future in futures:  # shutdown(cancel_futures=True) is Python >= 3.9
+                future.cancel()
+            pool.shutdown(wait=False)
             raise
         pool.shutdown()
         return results
