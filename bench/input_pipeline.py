@@ -159,8 +159,8 @@ def minimal_train(jpegs: list[bytes]) -> tf.data.Dataset:
         return textbook_normalize(tf.image.random_flip_left_right(image))
 
     ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat()
-    ds = ds.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(crop, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.experimental.AUTOTUNE)
 
 
 def minimal_eval(jpegs: list[bytes]) -> tf.data.Dataset:
@@ -177,8 +177,8 @@ def minimal_eval(jpegs: list[bytes]) -> tf.data.Dataset:
         return textbook_normalize(tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE]))
 
     ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat()
-    ds = ds.map(center, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(center, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.experimental.AUTOTUNE)
 
 
 def project_train(data_dir: str, num_classes: int) -> tf.data.Dataset:

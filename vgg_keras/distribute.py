@@ -140,7 +140,7 @@ class Distribution:
         if self.kind == "npu":
             return npu.wrap_optimizer(optimizer, precision, self.num_workers)
         if precision == "fp16":
-            return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
+            return compat.loss_scale_optimizer(optimizer)
         return optimizer
 
     def broadcast(self, variables) -> tf.Operation | None:
@@ -267,14 +267,8 @@ def _device_name(text: str) -> str:
 
 def _split_host_cpu(count: int) -> None:
     """Make the host CPU appear as ``count`` logical devices (replicas without GPUs)."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    current = tf.config.get_logical_device_configuration(cpu)
-    if current is not None and len(current) == count:
-        return
     try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * count
-        )
+        compat.split_cpu(count)
     except RuntimeError as err:
         raise UsageError(
             f"--devices: cannot split the CPU into {count} devices once TensorFlow has set up "
