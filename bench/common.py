@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 from vgg_keras.reporting import METRICS_FILE, read_metrics
@@ -82,10 +81,17 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    versions = {}
-    for package in ("tensorflow", "tf-keras", "pillow", "numpy"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
+    import numpy
+    import PIL
+
+    from vgg_keras import compat  # TensorFlow is imported only where a benchmark needs it
+
+    versions = {
+        "tensorflow": compat.TF_RELEASE,
+        "keras": compat.keras.__version__,
+        "pillow": PIL.__version__,
+        "numpy": numpy.__version__,
+    }
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

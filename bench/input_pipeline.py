@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from bench import common
+from vgg_keras import compat
 from vgg_keras.compat import tf
 from vgg_keras.data import info, pipeline, preprocess, schema, shards
 
@@ -129,8 +130,9 @@ def write_dataset(images: list[tuple[bytes, int]], out_dir: str) -> None:
 def with_threads(ds: tf.data.Dataset, threads: int) -> tf.data.Dataset:
     """Run the whole dataset on ``threads`` threads, one op at a time on each."""
     options = tf.data.Options()
-    options.threading.private_threadpool_size = threads
-    options.threading.max_intra_op_parallelism = 1
+    threading = compat.threading_options(options)
+    threading.private_threadpool_size = threads
+    threading.max_intra_op_parallelism = 1
     return ds.with_options(options)
 
 

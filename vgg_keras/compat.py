@@ -47,7 +47,8 @@ def _native_stderr_silenced(enabled: bool):
 with _native_stderr_silenced(os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")):
     import tensorflow as _tensorflow
 
-    TF_VERSION = tuple(int(p) for p in _tensorflow.__version__.split(".")[:2])
+    TF_RELEASE = _tensorflow.__version__
+    TF_VERSION = tuple(int(p) for p in TF_RELEASE.split(".")[:2])
     TF1 = TF_VERSION < (2, 0)  # TF 1.15: the reference's and Ascend's stack
     if TF1:
         _tensorflow.compat.v1.enable_v2_behavior()
@@ -154,6 +155,11 @@ def loss_scale_optimizer(optimizer):
     if TF1:
         return v1.train.experimental.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
     return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
+
+
+def threading_options(options):
+    """The thread-pool part of a ``tf.data.Options`` (``experimental_threading`` on TF 1.15)."""
+    return options.experimental_threading if TF1 else options.threading
 
 
 def ignore_errors(dataset):
