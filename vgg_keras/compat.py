@@ -101,6 +101,11 @@ def session_config(
     return config
 
 
+# TF 1.15's collective all-reduce cannot run inside the sunk training loop (its scoped-allocator
+# rewrite joins ops across while-loop frames), so multi-worker training needs TF 2 here.
+MULTI_WORKER = not TF1
+
+
 def physical_devices(kind: str) -> list:
     """The host's physical devices of ``kind`` ('CPU', 'GPU')."""
     return tf.config.experimental.list_physical_devices(kind)

@@ -291,9 +291,15 @@ def _multi_worker(tf_config: dict | None) -> Distribution:
             f"TF_CONFIG: task index {task.get('index')!r} is not one of the "
             f"{len(addresses)} {task['type']} addresses"
         )
+    if not compat.MULTI_WORKER:
+        raise UsageError(
+            "--distribution multi_worker: needs TensorFlow 2 (TF 1.15's collectives fail in the "
+            "sunk training loop); use mirrored on one host, or npu on Ascend"
+        )
     with tf.Graph().as_default():  # graph mode: no eager collectives, we start the server
         strategy = v1.distribute.experimental.MultiWorkerMirroredStrategy()
-    resolver = strategy.cluster_resolver
+    # The strategy reads TF_CONFIG through this same resolver (TF 1.15's does not expose it).
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     session_config = strategy.update_config_proto(v1.ConfigProto())
     address = addresses[task["index"]]
     try:
