@@ -192,7 +192,9 @@ def test_sigint_saves_closes_events_and_resumes_to_identical_weights(base_run, d
 
     # The event file was closed: every record parses, the last logged step is in it.
     (events,) = log_dir.glob("events.out.tfevents.*")
-    records = [tf.compat.v1.Event.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(events))]
+    records = [
+        tf.compat.v1.Event.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(events))
+    ]
     assert max(e.step for e in records) == read_metrics(str(log_dir))[-1]["step"]
 
     resumed = Run(args)
