@@ -1,9 +1,29 @@
-# vgg_keras: every target installs the project into .venv on first use, so `make train` and
+# vgg_keras: every target installs the project into its venv on first use, so `make train` and
 # `make test` each work as the first command on a fresh machine.
+#
+# TF=2 (default): Python >= 3.10 + TensorFlow 2.16-2.21, in .venv.
+# TF=1.15: Python 3.7 + TensorFlow 1.15.5 (the reference's and Ascend's stack), in .venv-tf115,
+#          from the pins in requirements/tf115.txt.  PYTHON37=/path/to/python3.7 overrides the search.
+TF ?= 2
+ifeq ($(TF),2)
 PYTHON ?= python3
 VENV   := .venv
+else ifeq ($(TF),1.15)
+VENV   := .venv-tf115
+else
+$(error TF=$(TF): expected 2 (default) or 1.15)
+endif
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+
+# The first Python 3.7 that really runs: $(PYTHON37), `python3.7` (a pyenv shim fails unless
+# 3.7 is selected), then pyenv's own versions folder.
+define find_python37
+for p in $(PYTHON37) python3.7 $$(pyenv root 2>/dev/null)/versions/3.7*/bin/python3.7 \
+	$$HOME/.pyenv/versions/3.7*/bin/python3.7; do \
+	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 7)' >/dev/null 2>&1 && echo "$$p" && break; \
+done
+endef
 
 DATA    ?=
 SRC     ?=
@@ -16,11 +36,25 @@ DEMO    := data/demo
 
 install: $(STAMP)
 
+ifeq ($(TF),2)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+else
+# The pins first, then the project without dependencies (what a CANN host does), then pip check:
+# a multi-package install can fail quietly when one pin does not resolve.
+$(STAMP): pyproject.toml requirements/tf115.txt
+	@test -x $(PY) || { py=$$($(find_python37)); \
+		test -n "$$py" || { echo "error: TF=1.15 needs Python 3.7: none found (set PYTHON37=/path/to/python3.7)" >&2; exit 2; }; \
+		echo "$$py -m venv $(VENV)"; "$$py" -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade "pip<24.1"
+	$(PY) -m pip install --quiet -r requirements/tf115.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	touch $(STAMP)
+endif
 
 # `make data` builds the embedded demo dataset; `make data SRC=/imagenet DATA=/out` converts
 # ImageNet-style folders into TF-slim TFRecord shards.

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 from vgg_keras.reporting import METRICS_FILE, read_metrics
@@ -82,10 +81,17 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    versions = {}
-    for package in ("tensorflow", "tf-keras", "pillow", "numpy"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
+    import numpy
+    import PIL
+
+    from vgg_keras import compat  # TensorFlow is imported only where a benchmark needs it
+
+    versions = {
+        "tensorflow": compat.TF_RELEASE,
+        "keras": compat.keras.__version__,
+        "pillow": PIL.__version__,
+        "numpy": numpy.__version__,
+    }
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -318,7 +324,9 @@ def run_train(
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
+                # (os.waitstatus_to_exitcode is Python >= 3.9)
+                signalled = os.WIFSIGNALED(status)
+                proc.returncode = -os.WTERMSIG(status) if signalled else os.WEXITSTATUS(status)
                 break
             if time.perf_counter() - start > timeout:
                 proc.kill()

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from bench import common
+from vgg_keras import compat
 from vgg_keras.compat import tf
 from vgg_keras.data import info, pipeline, preprocess, schema, shards
 
@@ -129,8 +130,9 @@ def write_dataset(images: list[tuple[bytes, int]], out_dir: str) -> None:
 def with_threads(ds: tf.data.Dataset, threads: int) -> tf.data.Dataset:
     """Run the whole dataset on ``threads`` threads, one op at a time on each."""
     options = tf.data.Options()
-    options.threading.private_threadpool_size = threads
-    options.threading.max_intra_op_parallelism = 1
+    threading = compat.threading_options(options)
+    threading.private_threadpool_size = threads
+    threading.max_intra_op_parallelism = 1
     return ds.with_options(options)
 
 
@@ -159,8 +161,8 @@ def minimal_train(jpegs: list[bytes]) -> tf.data.Dataset:
         return textbook_normalize(tf.image.random_flip_left_right(image))
 
     ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat()
-    ds = ds.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(crop, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.experimental.AUTOTUNE)
 
 
 def minimal_eval(jpegs: list[bytes]) -> tf.data.Dataset:
@@ -177,8 +179,8 @@ def minimal_eval(jpegs: list[bytes]) -> tf.data.Dataset:
         return textbook_normalize(tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE]))
 
     ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat()
-    ds = ds.map(center, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(center, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.experimental.AUTOTUNE)
 
 
 def project_train(data_dir: str, num_classes: int) -> tf.data.Dataset:

@@ -17,7 +17,8 @@ from vgg_keras.compat import tf
 from vgg_keras.data import demo, info, schema, shards
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-Box = tuple[float, float, float, float]  # (xmin, ymin, xmax, ymax) fractions, as schema.to_example
+# (xmin, ymin, xmax, ymax) fractions, as schema.to_example; a string: Python 3.7 has no tuple[...]
+Box = "tuple[float, float, float, float]"
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
@@ -49,7 +50,7 @@ def write_shards(
     """
     os.makedirs(out_dir, exist_ok=True)
     examples = []
-    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+    for i, (image, label) in enumerate(zip(images, labels)):
         if isinstance(image, bytes):
             encoded, height, width = image, 0, 0
         else:

@@ -68,7 +68,7 @@ def _build(directory: str, shard_writer, jpeg_encoder, kind: str):
         jpeg = jpeg_encoder(images[5])
         images[5] = jpeg[: len(jpeg) // 2]
     elif kind == "png_bytes":
-        images[5] = tf.io.encode_png(images[5]).numpy()
+        images[5] = tf.image.encode_png(images[5]).numpy()
     elif kind == "label_zero":
         labels[5] = 0
     elif kind == "label_too_high":

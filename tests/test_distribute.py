@@ -79,7 +79,8 @@ def test_padding_gives_every_replica_full_batches_of_which_only_real_images_coun
     images = np.arange(5 * 2, dtype=np.float32).reshape(5, 2)
     labels = np.arange(5, dtype=np.int32) + 1
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)  # 2, 2, 1
-    batches = list(distribute.pad_batches(dataset, batch_size=2, batches=4).as_numpy_iterator())
+    padded = distribute.pad_batches(dataset, batch_size=2, batches=4)
+    batches = [tuple(part.numpy() for part in batch) for batch in padded]
     assert [len(b[0]) for b in batches] == [2, 2, 2, 2]
     got_images, got_labels, real = (np.concatenate(parts) for parts in zip(*batches))
     np.testing.assert_array_equal(real, [True] * 5 + [False] * 3)

@@ -70,7 +70,8 @@ def test_all_ckpts_table_json_csv_and_tensorboard_agree(eval_run, tmp_path, scri
         table = list(csv.DictReader(f))
     assert [set(r) for r in results] == [set(evaluation.RESULT_KEYS)] * 3
     assert [r["checkpoint"] for r in results] == checkpoints.list_checkpoints(eval_run)
-    for result, row, line in zip(results, table, rows, strict=True):
+    assert len(results) == len(table) == len(rows)
+    for result, row, line in zip(results, table, rows):
         assert result["images"] == int(row["images"]) == 360  # 360 = 51 * 7 + 3
         assert 0 <= result["top1"] <= result["top5"] <= 1
         assert row["checkpoint"] == result["checkpoint"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vgg_keras import compat
 from vgg_keras.compat import keras, set_precision_policy, tf, v1
 from vgg_keras.model import build_vgg, kernel_variables
 
@@ -80,7 +81,7 @@ def test_logits_are_float32_under_mixed_bfloat16():
             assert all(w.dtype == tf.float32 for w in model.weights), "variables stay float32"
     finally:
         set_precision_policy("fp32")
-    assert keras.mixed_precision.global_policy().name == "float32"
+    assert compat.global_policy_name() == "float32"
 
 
 def _initial_weights(seed):

@@ -23,6 +23,7 @@ def test_session_config_hands_the_graph_to_the_npu_optimizer():
     params = custom.parameter_map
     assert params["use_off_line"].b is True
     assert params["mix_compile_mode"].b is False
+    assert params["enable_data_pre_proc"].b is True
     assert params["iterations_per_loop"].i == 10
     assert params["hcom_parallel"].b is True
     assert params["precision_mode"].s == b"allow_mix_precision"

@@ -136,3 +136,104 @@ def test_crop_keeps_the_records_bounding_box(tmp_path, shard_writer):
     # Without the box, the whole image is the object and crops may miss the strip entirely.
     without = _train_images(tmp_path / "plain", shard_writer, image, 64, min_object_covered=0.5)
     assert _white_fraction(without).min() < 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# The crop sampler against TensorFlow's own (stateful) sample_distorted_bounding_box
+
+SAMPLES = 3000
+
+
+def _ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
+    values = np.concatenate([a, b])
+    cdf_a = np.searchsorted(np.sort(a), values, side="right") / len(a)
+    cdf_b = np.searchsorted(np.sort(b), values, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+def _windows(sample, count: int) -> np.ndarray:
+    """``count`` [y, x, h, w] windows of ``sample(index)``, computed in one tf.data pass."""
+    return next(iter(tf.data.Dataset.range(count).map(sample).batch(count))).numpy()
+
+
+CASES = {  # (height, width, boxes, min_object_covered)
+    "no box": (37, 150, [], 0.1),
+    "two small boxes": (120, 90, [(0.45, 0.45, 0.5, 0.52), (0.0, 0.0, 0.05, 0.9)], 0.1),
+    "half a box": (64, 64, [(0.0, 0.0, 1.0, 0.25)], 0.5),
+    "tiny image": (5, 7, [], 0.1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_crop_sampler_has_the_distribution_of_tensorflows(case):
+    height, width, boxes, covered = CASES[case]
+    shape = tf.constant([height, width, 3])
+    bboxes = tf.reshape(tf.constant(boxes, tf.float32), [1, -1, 4])
+    attempts = 10
+
+    def ours(index):
+        seed = tf.stack([tf.constant(5, tf.int64), index])
+        uniforms = tf.random.stateless_uniform([attempts, 4], seed=seed)
+        return preprocess.sample_crop(shape, bboxes, uniforms, covered)
+
+    def theirs(_):
+        begin, size, _ = tf.image.sample_distorted_bounding_box(
+            shape,
+            bboxes,
+            seed=3,
+            min_object_covered=covered,
+            aspect_ratio_range=(0.75, 1.33),
+            area_range=(0.08, 1.0),
+            max_attempts=attempts,
+            use_image_if_no_bounding_boxes=True,
+        )
+        return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+    a, b = _windows(ours, SAMPLES), _windows(theirs, SAMPLES)
+    assert ((a >= 0) & (a[:, :2] + a[:, 2:] <= [height, width]).all(axis=1)[:, None]).all()
+    assert (a[:, 2:] >= 1).all()
+    # alpha = 0.001: a correct sampler fails one parametrisation in a thousand runs.
+    critical = 1.95 * np.sqrt(2 / SAMPLES)
+    features = {
+        "area": lambda r: r[:, 2] * r[:, 3],
+        "aspect": lambda r: r[:, 3] / r[:, 2],
+        "height": lambda r: r[:, 2],
+        "y": lambda r: r[:, 0],
+        "x": lambda r: r[:, 1],
+    }
+    for name, feature in features.items():
+        distance = _ks_distance(feature(a).astype(float), feature(b).astype(float))
+        assert distance < critical, f"{name}: KS distance {distance:.4f} >= {critical:.4f}"
+    # The fall-back to the whole image happens as often (a binomial tolerance of 4 sigma).
+    whole_a = ((a[:, 2] == height) & (a[:, 3] == width)).mean()
+    whole_b = ((b[:, 2] == height) & (b[:, 3] == width)).mean()
+    sigma = np.sqrt(max(whole_b * (1 - whole_b), 1 / SAMPLES) * 2 / SAMPLES)
+    assert abs(whole_a - whole_b) <= 4 * sigma + 1e-9
+
+
+def test_crop_sampler_honours_min_object_covered_and_falls_back_to_the_whole_image():
+    shape = tf.constant([100, 100, 3])
+    box = tf.constant([[[0.0, 0.0, 0.1, 0.1]]])  # a 10x10 object in the corner
+    uniforms = tf.random.stateless_uniform([10, 4], seed=[1, 2])
+    y, x, h, w = preprocess.sample_crop(shape, box, uniforms, min_object_covered=1.0).numpy()
+    assert (y, x, h, w) == (0, 0, 100, 100) or (y == 0 and x == 0 and h >= 10 and w >= 10)
+    # No attempt can reach an impossible area: always the whole image.
+    window = preprocess.sample_crop(shape, box, uniforms, 0.1, area_range=(1.0, 1.0))
+    assert window.numpy().tolist() == [0, 0, 100, 100]
+    # An object nothing can cover enough of: the whole image.
+    far = tf.constant([[[0.9, 0.9, 0.9, 0.9]]])  # zero area: never counts as covered
+    assert preprocess.sample_crop(shape, far, uniforms).numpy().tolist() == [0, 0, 100, 100]
+
+
+def test_train_image_is_a_function_of_the_seed_alone(jpeg_encoder):
+    # Exact resume rests on this: the same record seed gives the same crop and flip, in any
+    # order, in any process (stateless: no op state carried between calls).
+    jpeg = tf.constant(jpeg_encoder(_noise(60, 80, seed=3)))
+    no_boxes = tf.zeros([1, 0, 4])
+    seeds = [tf.constant([e, i], tf.int64) for e in (0, 7) for i in (0, 1, 2)]
+    first = [preprocess.train_image(jpeg, no_boxes, s, 32).numpy() for s in seeds]
+    second = [preprocess.train_image(jpeg, no_boxes, s, 32).numpy() for s in reversed(seeds)]
+    for a, b in zip(first, reversed(second)):
+        np.testing.assert_array_equal(a, b)
+    assert len({a.tobytes() for a in first}) == len(first)

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 
+from vgg_keras import compat
 from vgg_keras.compat import tf
 from vgg_keras.data import pipeline, schema
 from vgg_keras.errors import UsageError
 
-tfds = pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("tensorflow_datasets")
+tfds = compat.import_tfds()
 
 TRAIN_SIZE, EVAL_SIZE, CLASSES = 12, 5, 3
 
@@ -29,10 +31,11 @@ class TinyDigits(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        return {
-            "train": self._generate_examples(TRAIN_SIZE),
-            "validation": self._generate_examples(EVAL_SIZE),
-        }
+        # A list of SplitGenerators: the form both TFDS 3.2 (TF 1.15) and 4.x read.
+        return [
+            tfds.core.SplitGenerator(name=split, gen_kwargs={"n": n})
+            for split, n in (("train", TRAIN_SIZE), ("validation", EVAL_SIZE))
+        ]
 
     def _generate_examples(self, n):
         for i in range(n):

@@ -211,20 +211,26 @@ def test_mixed_precision_graph_computes_in_half_and_keeps_float32_logits(
     assert tg.step_fetches["loss"].dtype == tf.float32
 
 
-def test_bf16_run_trains(train_tiny, tmp_path):
-    code, _ = train_tiny(
-        tmp_path,
-        precision="bf16",
-        width_multiplier=0.125,
-        warmup_epochs=0.0,
-        max_train_steps=30,
-        iterations_per_loop=5,
-        display_every=5,
-    )
-    assert code == 0
-    losses = [r["loss"] for r in read_metrics(tmp_path)]
-    assert len(losses) == 6 and np.isfinite(losses).all()
-    assert losses[-1] < losses[0] - 0.1, losses
+def test_bf16_run_trains_like_fp32(train_tiny, tmp_path):
+    # The first 30 steps of this small run barely move the loss (by about 0.06, depending on
+    # the augmentation drawn), so bf16 is held to fp32's own curve rather than to a fixed drop.
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        code, _ = train_tiny(
+            tmp_path / precision,
+            precision=precision,
+            width_multiplier=0.125,
+            warmup_epochs=0.0,
+            max_train_steps=30,
+            iterations_per_loop=5,
+            display_every=5,
+        )
+        assert code == 0
+        losses[precision] = [r["loss"] for r in read_metrics(tmp_path / precision)]
+    bf16, fp32 = np.array(losses["bf16"]), np.array(losses["fp32"])
+    assert len(bf16) == 6 and np.isfinite(bf16).all()
+    assert bf16[-1] < bf16[0] - 0.03, losses
+    np.testing.assert_allclose(bf16, fp32, atol=0.03)
 
 
 def test_fp16_run_uses_dynamic_loss_scaling_and_stays_finite(train_tiny, tmp_path):

@@ -186,7 +186,10 @@ def assign(sess, variables, values) -> None:
     mirrored variable is set through each of its per-device copies.
     """
     initializers, feeds = [], {}
-    for variable, value in zip(variables, values, strict=True):
+    variables, values = list(variables), list(values)
+    if len(variables) != len(values):
+        raise ValueError(f"{len(variables)} variables but {len(values)} values")
+    for variable, value in zip(variables, values):
         for part in getattr(variable, "values", None) or (variable,):
             initializers.append(part.initializer)
             feeds[part.initializer.inputs[1]] = value

@@ -6,6 +6,12 @@ inside a ``tf.compat.v1.Session``; the Keras 2 package ``tf_keras`` can, so on T
 TensorFlow for it through ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported.  Graphs are
 built explicitly (``with tf.Graph().as_default()``) so eager mode stays available for host-side
 utilities such as counting records or locating a corrupt one.
+
+Two stacks: TF 2.16-2.21 (``tf_keras``) and TF 1.15 (built-in ``tf.keras``, the Ascend stack).
+On TF 1.15 we switch on TensorFlow 2 behaviour (eager by default, resource variables, v2 control
+flow and tf.data) and export ``tf.compat.v2`` as ``tf``, so the rest of the code is written once
+against the TF 2 API and ``tf.compat.v1``; what 1.15 lacks (or names differently) is below, and
+this is the only module that asks which TensorFlow it runs on.
 """
 
 from __future__ import annotations
@@ -39,16 +45,21 @@ def _native_stderr_silenced(enabled: bool):
 
 
 with _native_stderr_silenced(os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")):
-    import tensorflow as tf
+    import tensorflow as _tensorflow
 
+    TF_RELEASE = _tensorflow.__version__
+    TF_VERSION = tuple(int(p) for p in TF_RELEASE.split(".")[:2])
+    TF1 = TF_VERSION < (2, 0)  # TF 1.15: the reference's and Ascend's stack
+    if TF1:
+        _tensorflow.compat.v1.enable_v2_behavior()
+    tf = _tensorflow.compat.v2 if TF1 else _tensorflow
     # Device discovery (and the CUDA probe's complaint on GPU-less hosts) happens here, once.
-    _PHYSICAL_GPUS = tf.config.list_physical_devices("GPU")
-
-TF_VERSION = tuple(int(p) for p in tf.__version__.split(".")[:2])
+    # (tf.config.experimental's device functions are the names both stacks have.)
+    _PHYSICAL_GPUS = tf.config.experimental.list_physical_devices("GPU")
 
 if TF_VERSION >= (2, 16):
     import tf_keras as keras  # noqa: E402
-else:  # TensorFlow before 2.16 ships Keras 2 as tf.keras (pyproject.toml asks for >= 2.16).
+else:  # TF 1.15: tf.keras is Keras 2 already.
     keras = tf.keras
 
 v1 = tf.compat.v1
@@ -106,19 +117,84 @@ def session_config(
     return config
 
 
+# TF 1.15's collective all-reduce cannot run inside the sunk training loop (its scoped-allocator
+# rewrite joins ops across while-loop frames), so multi-worker training needs TF 2 here.
+MULTI_WORKER = not TF1
+
+
+def physical_devices(kind: str) -> list:
+    """The host's physical devices of ``kind`` ('CPU', 'GPU')."""
+    return tf.config.experimental.list_physical_devices(kind)
+
+
+def split_cpu(count: int) -> None:
+    """Make the host CPU ``count`` logical devices (a no-op if it is already); RuntimeError if
+    TensorFlow has set up its devices with another split."""
+    cpu = physical_devices("CPU")[0]
+    current = tf.config.experimental.get_virtual_device_configuration(cpu)
+    if current is not None and len(current) == count:
+        return
+    tf.config.experimental.set_virtual_device_configuration(
+        cpu, [tf.config.experimental.VirtualDeviceConfiguration()] * count
+    )
+
+
+# Keras 2.2.4-tf (TF 1.15) has the dtype policies under ``experimental`` with other function
+# names; with TF 2 behaviour switched on it accepts the same policy names.
+if TF1:
+    _set_global_policy = keras.mixed_precision.experimental.set_policy
+    _global_policy = keras.mixed_precision.experimental.global_policy
+else:
+    _set_global_policy = keras.mixed_precision.set_global_policy
+    _global_policy = keras.mixed_precision.global_policy
+
+
 def set_precision_policy(precision: str) -> None:
     """Apply the Keras dtype policy for 'fp32', 'bf16' or 'fp16' (variables stay float32)."""
     name = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
-    keras.mixed_precision.set_global_policy(name)
+    _set_global_policy(name)
+
+
+def global_policy_name() -> str:
+    return _global_policy().name
 
 
 @contextlib.contextmanager
 def precision_policy(precision: str):
     """The Keras dtype policy of ``precision`` for the layers built inside, then the previous
     one again: layers keep the policy they were built with, and the policy is process-global."""
-    previous = keras.mixed_precision.global_policy()
+    previous = _global_policy()
     set_precision_policy(precision)
     try:
         yield
     finally:
-        keras.mixed_precision.set_global_policy(previous)
+        _set_global_policy(previous)
+
+
+def loss_scale_optimizer(optimizer):
+    """``optimizer`` with dynamic loss scaling (fp16), a v1 optimizer for Session graphs."""
+    if TF1:
+        return v1.train.experimental.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
+    return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
+
+
+def threading_options(options):
+    """The thread-pool part of a ``tf.data.Options`` (``experimental_threading`` on TF 1.15)."""
+    return options.experimental_threading if TF1 else options.threading
+
+
+def import_tfds():
+    """``tensorflow_datasets``, kept off the network: TFDS 3.x (the one for TF 1.15) looks up
+    any builder without a prepared folder in Google's bucket, retrying for minutes offline."""
+    import tensorflow_datasets as tfds
+
+    if TF1:
+        from tensorflow_datasets.core.utils import gcs_utils
+
+        gcs_utils.is_gcs_disabled = lambda: True
+    return tfds
+
+
+def ignore_errors(dataset):
+    """``dataset`` without the elements whose computation fails (both stacks' spelling)."""
+    return dataset.apply(tf.data.experimental.ignore_errors())

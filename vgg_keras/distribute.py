@@ -137,7 +137,7 @@ class Distribution:
     def wrap_optimizer(self, optimizer, precision: str):
         """Dynamic loss scaling for fp16."""
         if precision == "fp16":
-            return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
+            return compat.loss_scale_optimizer(optimizer)
         return optimizer
 
     def broadcast(self, variables) -> tf.Operation | None:
@@ -316,14 +316,8 @@ def _device_name(text: str) -> str:
 
 def _split_host_cpu(count: int) -> None:
     """Make the host CPU appear as ``count`` logical devices (replicas without GPUs)."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    current = tf.config.get_logical_device_configuration(cpu)
-    if current is not None and len(current) == count:
-        return
     try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * count
-        )
+        compat.split_cpu(count)
     except RuntimeError as err:
         raise UsageError(
             f"--devices: cannot split the CPU into {count} devices once TensorFlow has set up "
@@ -346,9 +340,15 @@ def _multi_worker(tf_config: dict | None) -> Distribution:
             f"TF_CONFIG: task index {task.get('index')!r} is not one of the "
             f"{len(addresses)} {task['type']} addresses"
         )
+    if not compat.MULTI_WORKER:
+        raise UsageError(
+            "--distribution multi_worker: needs TensorFlow 2 (TF 1.15's collectives fail in the "
+            "sunk training loop); use mirrored on one host, or npu on Ascend"
+        )
     with tf.Graph().as_default():  # graph mode: no eager collectives, we start the server
         strategy = v1.distribute.experimental.MultiWorkerMirroredStrategy()
-    resolver = strategy.cluster_resolver
+    # The strategy reads TF_CONFIG through this same resolver (TF 1.15's does not expose it).
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     session_config = strategy.update_config_proto(v1.ConfigProto())
     address = addresses[task["index"]]
     try:

@@ -147,7 +147,7 @@ def build_inference(source: ModelSource, top_k: int = TOP_K) -> InferenceGraph:
         decoded = tf.map_fn(
             lambda jpeg: preprocess.eval_image(jpeg, size, normalization),
             image_bytes,
-            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+            dtype=tf.float32,  # (fn_output_signature is TF >= 2.3's name; both stacks take dtype)
         )
         pixels = v1.placeholder(tf.float32, [None, size, size, 3], name="pixels")
         k = min(top_k, config.class_num)

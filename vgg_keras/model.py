@@ -58,7 +58,8 @@ def build_vgg(
 
     def dense_initializer(i: int):
         if dense_init == "he":
-            return keras.initializers.HeNormal(seed=seed(i))
+            # HeNormal, spelt as the VarianceScaling both Keras versions have (1.15 has no HeNormal)
+            return keras.initializers.VarianceScaling(2.0, "fan_in", "truncated_normal", seed(i))
         return keras.initializers.RandomNormal(stddev=0.01, seed=seed(i))
 
     layer_index = 0

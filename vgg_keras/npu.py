@@ -37,6 +37,11 @@ def session_config(
     params = custom.parameter_map
     params["use_off_line"].b = True  # execute on the device, not in the host simulator
     params["mix_compile_mode"].b = False  # whole graph on the device: required for loop sinking
+    # The iterator's GetNext runs on the device too ("data pre-processing sinking"): Huawei's
+    # sess.run guide makes it a precondition of loop sinking, and the reference sets it.
+    params["enable_data_pre_proc"].b = True
+    # Must equal the count later given to IterationPerLoop.load_iteration_per_loop_var (the
+    # adapter checks the two agree); training loads exactly this value.
     params["iterations_per_loop"].i = iterations_per_loop
     params["hcom_parallel"].b = hcom_parallel  # all-reduce overlaps the backward pass
     if precision in PRECISION_MODES:

@@ -133,11 +133,12 @@ class Reporter:
         # Eager summary ops on the host keep the training graph free of summary ops.  init_scope
         # only lifts them out of a tf.function; inside `with graph.as_default()` the eager
         # writer cannot be used, so callers report outside their graph blocks.
-        with tf.init_scope(), self._writer.as_default(step=int(step)):
+        # (The step is given per write: TF 1.15's writer.as_default takes no step.)
+        with tf.init_scope(), self._writer.as_default():
             for key, value in values.items():
                 value = _plain(value)
                 if isinstance(value, (int, float)) and key != "epoch":
-                    tf.summary.write(key, float(value), metadata=_SCALAR_METADATA)
+                    tf.summary.write(key, float(value), int(step), metadata=_SCALAR_METADATA)
         self._writer.flush()
 
     def close(self) -> None:

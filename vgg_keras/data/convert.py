@@ -122,10 +122,12 @@ def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
             pixels = tf.io.decode_jpeg(data, channels=3)
             source = "CMYK JPEG" if components == 4 else f"{components}-component JPEG"
         else:
-            pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
             source = _format_name(data)
+            pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
         jpeg = tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY).numpy()
     except tf.errors.OpError as err:
+        if components is None and source == "non-JPEG":  # TF 1.15 words this differently
+            raise BadImage("Unknown image file format") from err
         raise BadImage(reason(err)) from err
     return jpeg, pixels.shape[0], pixels.shape[1], 3, "RGB", source
 
@@ -252,13 +254,17 @@ def run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[Shar
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
         )
+        futures = []
         try:
-            futures = [pool.submit(convert_shard, task) for task in todo]
+            for task in todo:
+                futures.append(pool.submit(convert_shard, task))
             for future in concurrent.futures.as_completed(futures):
                 results.append(future.result())
                 bar.update()
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for future in futures:  # shutdown(cancel_futures=True) is Python >= 3.9
+                future.cancel()
+            pool.shutdown(wait=False)
             raise
         pool.shutdown()
         return results

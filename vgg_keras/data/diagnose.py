@@ -18,11 +18,12 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
+from vgg_keras import compat
 from vgg_keras.compat import tf
 from vgg_keras.data import schema
 from vgg_keras.errors import reason
 
-AUTOTUNE = tf.data.AUTOTUNE
+AUTOTUNE = tf.data.experimental.AUTOTUNE
 
 # (serialized, label_offset) -> (jpeg bytes, 0-based label, (1, n, 4) boxes); Split.parse fits.
 Parser = Callable
@@ -121,13 +122,13 @@ def _readable_records(path: str) -> tuple[int | None, str | None]:
         return int(_counter(True)(path)), f"truncated or corrupt record ({reason(err)})"
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def _counter(ignore_errors: bool):
     @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
     def count(path):
         ds = tf.data.TFRecordDataset(path)
         if ignore_errors:
-            ds = ds.ignore_errors()
+            ds = compat.ignore_errors(ds)
         return ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
 
     return count
@@ -139,7 +140,7 @@ def _check_file(path: str, num_classes: int, label_offset: int, parse: Parser) -
     return int(good), int(first_bad)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def _checker(parse: Parser):
     """A tf.function (path, num_classes, label_offset) -> (good count, first failing index)."""
 
@@ -175,10 +176,9 @@ def _checker(parse: Parser):
         ds = ds.map(
             lambda i, r: check(i, r, num_classes, label_offset),
             num_parallel_calls=AUTOTUNE,
-            deterministic=True,
         )
         start = (tf.constant(0, tf.int64), tf.constant(-1, tf.int64))
-        return ds.ignore_errors().reduce(start, tally)
+        return compat.ignore_errors(ds).reduce(start, tally)
 
     return scan
 

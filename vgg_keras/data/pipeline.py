@@ -15,12 +15,12 @@ import json
 import os
 from collections.abc import Callable
 
-from vgg_keras import atomic
+from vgg_keras import atomic, compat
 from vgg_keras.compat import tf
 from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
 
-AUTOTUNE = tf.data.AUTOTUNE
+AUTOTUNE = tf.data.experimental.AUTOTUNE
 COUNTS_CACHE = "record_counts.json"
 
 
@@ -158,13 +158,14 @@ def train_dataset(
 
     def one_epoch(epoch):
         epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
-        order = tf.random.experimental.stateless_shuffle(files_tensor, seed=epoch_seed)
+        # A stateless permutation (TF 1.15 has no stateless_shuffle): sort by seeded uniforms.
+        keys = tf.random.stateless_uniform([len(files)], seed=epoch_seed)
+        order = tf.gather(files_tensor, tf.argsort(keys))
         records = tf.data.Dataset.from_tensor_slices(order).interleave(
             tf.data.TFRecordDataset,
             cycle_length=min(8, len(files)),
             block_length=1,
             num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
-            deterministic=True if len(files) > 1 else None,
         )
         if by_record:
             records = records.shard(num_workers, worker_index)
@@ -189,9 +190,9 @@ def train_dataset(
         return image, _check_label(label, num_classes)
 
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).skip(offset)
-    ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE)
     if skip_corrupt:
-        ds = ds.ignore_errors()
+        ds = compat.ignore_errors(ds)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(AUTOTUNE)
 
@@ -229,9 +230,9 @@ def eval_dataset(
             image = preprocess.eval_image(jpeg, image_size, normalization)
         return image, _check_label(label, num_classes)
 
-    ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE)
     if skip_corrupt:
-        ds = ds.ignore_errors()
+        ds = compat.ignore_errors(ds)
     return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
 
 

@@ -3,6 +3,11 @@
 Training randomness is *stateless*: each image's crop and flip are a function of a per-record
 seed, so a resumed run sees exactly the augmentations an uninterrupted run would have seen, and
 the flip is drawn per image (the reference drew one flip for the whole run at graph build time).
+
+TF 1.15 has no stateless crop or flip ops, so ``sample_crop`` re-implements
+``tf.image.sample_distorted_bounding_box``'s sampler in plain graph ops over uniforms from
+``tf.random.stateless_uniform`` (a counter-based Philox generator both stacks have): one code
+path, the same distribution (tested against TensorFlow's op), the same crops on both stacks.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ TEN_CROPS = 10  # ten_crop_images: four corners and the centre, and their mirror
 # The published keras.applications VGG weights came from Caffe: BGR input minus these means.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 NORMALIZATIONS = ("imagenet", "caffe")
+_BOX_ERROR = "All bounding box coordinates must be in [0.0, 1.0]:"  # as TensorFlow's own crop op
 
 
 def normalize(image, normalization: str = "imagenet"):
@@ -65,27 +71,108 @@ def train_image(
 
     ``seed`` is an int32/int64 tensor of shape [2]; ``bboxes`` is (1, n, 4) with n >= 0.
     """
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    shape = tf.image.extract_jpeg_shape(jpeg)
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=bboxes,
-        seed=crop_seed,
-        min_object_covered=min_object_covered,
-        aspect_ratio_range=list(aspect_ratio_range),
-        area_range=list(area_range),
-        max_attempts=max_attempts,
-        use_image_if_no_bounding_boxes=True,
+    uniforms = tf.random.stateless_uniform([max_attempts * 4 + 1], seed=seed)
+    window = sample_crop(
+        tf.image.extract_jpeg_shape(jpeg),
+        bboxes,
+        tf.reshape(uniforms[:-1], [max_attempts, 4]),
+        min_object_covered,
+        area_range,
+        aspect_ratio_range,
     )
-    offset_y, offset_x, _ = tf.unstack(begin)
-    target_h, target_w, _ = tf.unstack(size)
-    window = tf.stack([offset_y, offset_x, target_h, target_w])
     image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
     image = _bilinear_resize(image, [image_size, image_size])
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    image = tf.where(uniforms[-1] < 0.5, tf.reverse(image, axis=[1]), image)  # per-image flip
     image = normalize(image, normalization)
     image.set_shape([image_size, image_size, 3])
     return image
+
+
+def sample_crop(
+    shape,
+    bboxes,
+    uniforms,
+    min_object_covered: float = 0.1,
+    area_range=(0.08, 1.0),
+    aspect_ratio_range=(0.75, 1.33),
+):
+    """A crop window [y, x, height, width] of an image of ``shape`` (H, W, C), drawn as
+    ``tf.image.sample_distorted_bounding_box`` draws it, from ``uniforms`` in [0, 1) of shape
+    (attempts, 4).
+
+    Each attempt draws an aspect ratio, a height between those giving the smallest and largest
+    allowed area, and an offset; it succeeds if its area is in ``area_range`` (as a fraction of
+    the image) and it covers at least ``min_object_covered`` of one of ``bboxes`` ((1, n, 4)
+    [ymin, xmin, ymax, xmax] in 0..1; none means the whole image).  The first successful attempt
+    wins; if none succeeds, the whole image.  Integer rounding follows TensorFlow's kernel
+    (round half to even, truncating box corners, offsets in [0, H - height)), attempts are
+    evaluated side by side instead of one after another.
+    """
+    f32, i32 = tf.float32, tf.int32
+    height, width = tf.cast(shape[0], i32), tf.cast(shape[1], i32)
+    fh, fw = tf.cast(height, f32), tf.cast(width, f32)
+    u_aspect, u_height, u_y, u_x = tf.unstack(tf.cast(uniforms, f32), axis=1)
+
+    def rint(value):  # lrintf
+        return tf.cast(tf.round(value), i32)
+
+    def uniform_int(u, n):  # an integer in [0, n), n >= 1
+        return tf.minimum(tf.cast(tf.floor(u * tf.cast(n, f32)), i32), n - 1)
+
+    aspect = u_aspect * (aspect_ratio_range[1] - aspect_ratio_range[0]) + aspect_ratio_range[0]
+    min_area = area_range[0] * fw * fh
+    max_area = area_range[1] * fw * fh
+    h = rint(tf.sqrt(min_area / aspect))
+    max_h = rint(tf.sqrt(max_area / aspect))
+    # The tallest crop whose rounded width still fits (the kernel's correction, same epsilon).
+    eps = float(np.float32(1e-7))  # the kernel's float epsilon, in double arithmetic like it
+    fitted = tf.cast((tf.cast(width, tf.float64) + 0.5 - eps) / tf.cast(aspect, tf.float64), i32)
+    fitted = tf.where(rint(tf.cast(fitted, f32) * aspect) > width, fitted - 1, fitted)
+    max_h = tf.where(rint(tf.cast(max_h, f32) * aspect) > width, fitted, max_h)
+    max_h = tf.minimum(max_h, height)
+    h = tf.minimum(h, max_h)
+    h = h + tf.where(h < max_h, uniform_int(u_height, tf.maximum(max_h - h + 1, 1)), 0)
+
+    def width_and_area(h):
+        w = rint(tf.cast(h, f32) * aspect)
+        return w, tf.cast(w * h, f32)
+
+    w, area = width_and_area(h)
+    h = tf.where(area < min_area, h + 1, h)  # rounding left it too small: one row more
+    w, area = width_and_area(h)
+    h = tf.where(area > max_area, h - 1, h)  # or too large: one row less
+    w, area = width_and_area(h)
+    valid = (
+        (area >= min_area) & (area <= max_area) & (w <= width) & (h <= height) & (w > 0) & (h > 0)
+    )
+    y = tf.where(h < height, uniform_int(u_y, tf.maximum(height - h, 1)), 0)
+    x = tf.where(w < width, uniform_int(u_x, tf.maximum(width - w, 1)), 0)
+
+    # The objects in pixels, corners truncated: (n, 4) [ymin, xmin, ymax, xmax]; or the image.
+    boxes = tf.reshape(bboxes, [-1, 4])
+    in_image = tf.reduce_all((boxes >= 0.0) & (boxes <= 1.0))
+    with tf.control_dependencies([tf.debugging.Assert(in_image, [_BOX_ERROR, boxes])]):
+        boxes = tf.cast(boxes * tf.stack([fh, fw, fh, fw]), i32)
+    boxes = tf.cond(
+        tf.shape(boxes)[0] > 0,
+        lambda: boxes,
+        lambda: tf.stack([[0, 0, height, width]]),
+    )
+    by0, bx0, by1, bx1 = (boxes[:, i][None, :] for i in range(4))  # (1, n)
+    y0, x0, y1, x1 = y[:, None], x[:, None], (y + h)[:, None], (x + w)[:, None]  # (attempts, 1)
+    iy0, ix0 = tf.maximum(y0, by0), tf.maximum(x0, bx0)
+    iy1, ix1 = tf.minimum(y1, by1), tf.minimum(x1, bx1)
+    overlap = tf.where((iy0 > iy1) | (ix0 > ix1), tf.zeros_like(iy0), (iy1 - iy0) * (ix1 - ix0))
+    box_area = tf.cast((bx1 - bx0) * (by1 - by0), f32)
+    covered = (box_area >= 1.0) & (
+        tf.cast(overlap, f32) / tf.maximum(box_area, 1.0) >= min_object_covered
+    )
+    valid = valid & (area >= 1.0) & tf.reduce_any(covered, axis=1)
+
+    first = tf.argmax(tf.cast(valid, i32), output_type=i32)
+    whole = tf.stack([0, 0, height, width])
+    chosen = tf.stack([y[first], x[first], h[first], w[first]])
+    return tf.where(tf.reduce_any(valid), chosen, whole)
 
 
 def eval_image(jpeg, image_size: int, normalization: str = "imagenet"):

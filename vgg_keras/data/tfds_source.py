@@ -24,18 +24,20 @@ def locate(spec: str, split: str, tfds_data_dir: str | None) -> tuple[tuple, tup
     if not name or len(parts) > 2:
         raise UsageError(f"--data_dir {spec}: expected tfds:NAME or tfds:NAME:SPLIT")
     tfds_split = parts[1] if split == "validation" and len(parts) == 2 else split
-    import tensorflow_datasets as tfds
+    from vgg_keras import compat
 
+    tfds = compat.import_tfds()
     try:
         builder = tfds.builder(name, data_dir=tfds_data_dir)
     except Exception as err:  # tfds raises several types for unknown or unprepared datasets
         raise UsageError(f"--data_dir {spec}: {reason(err)}") from err
-    if not builder.is_prepared():
+    # (TFDS 3.2, the one for TF 1.15, has no is_prepared(); both write this file last)
+    if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
         raise UsageError(
             f"--data_dir {spec}: not prepared in {tfds_data_dir or 'the default TFDS folder'} "
             "(prepare it first; nothing is downloaded here)"
         )
-    if str(builder.info.file_format).lower().find("tfrecord") < 0:
+    if str(getattr(builder.info, "file_format", "tfrecord")).lower().find("tfrecord") < 0:
         raise UsageError(f"--data_dir {spec}: only TFRecord-based TFDS datasets are supported")
     if tfds_split not in builder.info.splits:
         known = ", ".join(sorted(builder.info.splits))
