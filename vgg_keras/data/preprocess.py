@@ -148,6 +148,21 @@ def sample_crop(
     y = tf.where(h < height, uniform_int(u_y, tf.maximum(height - h, 1)), 0)
     x = tf.where(w < width, uniform_int(u_x, tf.maximum(width - w, 1)), 0)
 
+    covered = _covers_an_object(y, x, h, w, bboxes, height, width, min_object_covered)
+    valid = valid & (area >= 1.0) & covered
+
+    first = tf.argmax(tf.cast(valid, i32), output_type=i32)
+    whole = tf.stack([0, 0, height, width])
+    chosen = tf.stack([y[first], x[first], h[first], w[first]])
+    return tf.where(tf.reduce_any(valid), chosen, whole)
+
+
+def _covers_an_object(y, x, h, w, bboxes, height, width, min_object_covered: float):
+    """Per attempt: whether the window (y, x, h, w) covers at least ``min_object_covered`` of
+    one of ``bboxes`` (corners truncated to pixels, as TensorFlow's kernel does; none: the
+    whole image)."""
+    f32, i32 = tf.float32, tf.int32
+    fh, fw = tf.cast(height, f32), tf.cast(width, f32)
     # The objects in pixels, corners truncated: (n, 4) [ymin, xmin, ymax, xmax]; or the image.
     boxes = tf.reshape(bboxes, [-1, 4])
     in_image = tf.reduce_all((boxes >= 0.0) & (boxes <= 1.0))
@@ -167,12 +182,7 @@ def sample_crop(
     covered = (box_area >= 1.0) & (
         tf.cast(overlap, f32) / tf.maximum(box_area, 1.0) >= min_object_covered
     )
-    valid = valid & (area >= 1.0) & tf.reduce_any(covered, axis=1)
-
-    first = tf.argmax(tf.cast(valid, i32), output_type=i32)
-    whole = tf.stack([0, 0, height, width])
-    chosen = tf.stack([y[first], x[first], h[first], w[first]])
-    return tf.where(tf.reduce_any(valid), chosen, whole)
+    return tf.reduce_any(covered, axis=1)
 
 
 def eval_image(jpeg, image_size: int, normalization: str = "imagenet"):
