@@ -237,6 +237,74 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path)
     assert read_checkpoint(log_dir / f"model.ckpt-{k}")["global_step"] == k
 
 
+def test_a_second_sigint_exits_at_once_and_leaves_the_checkpoints_untouched(demo_dir, tmp_path):
+    log_dir = tmp_path / "run"
+    first = Run(train(log_dir, demo_dir, "--max_train_steps", "5"))
+    first.finish()
+    assert_clean_exit(first, 0)
+    before = snapshot(log_dir, kinds=("model.ckpt", "checkpoint"))
+    # One session call of 5000 steps: the first SIGINT would wait for it, the second must not.
+    long_calls = ["--iterations_per_loop", "5000", "--display_every", "5000"]
+    long_calls += ["--save_checkpoints_steps", "5000", "--max_train_steps", "100000"]
+    second = Run(train(log_dir, demo_dir, *long_calls))
+    second.wait_for(r"^resumed from \S+model\.ckpt-5 at step 5$")
+    time.sleep(1.5)  # well inside the first session call
+    os.kill(second.pid, signal.SIGINT)
+    time.sleep(0.3)
+    sent = time.monotonic()
+    os.kill(second.pid, signal.SIGINT)
+    second.finish()
+    assert time.monotonic() - sent < 5
+    assert second.proc.returncode == 130, second.stderr
+    assert "SIGINT again: exiting at once, without saving" in second.stderr
+    assert "SIGINT: stopped" not in second.stdout  # the first signal never got to save
+    assert snapshot(log_dir, kinds=("model.ckpt", "checkpoint")) == before
+    assert steps(log_dir) == [5]
+
+
+def test_run_eval_exits_130_on_sigint(base_run, tmp_path):
+    output = tmp_path / "out"
+    # --watch: after the newest checkpoint it waits for more; SIGINT there ends it.
+    watch = ["--ckpt", str(base_run), "--watch", "--watch_timeout", "600", "--output", str(output)]
+    evaluator = Run([*watch, "--progress", "false"], script="run_eval.py")
+    evaluator.wait_for(rf"^\s*{BASE_STEPS}\s+\d")  # the table row of model.ckpt-60
+    while not (output / "eval_results.json").exists():  # written just after the row
+        time.sleep(0.01)
+    time.sleep(0.5)  # then it polls the folder for a newer checkpoint
+    os.kill(evaluator.pid, signal.SIGINT)
+    evaluator.finish(timeout=30)
+    assert_clean_exit(evaluator, 130)
+    assert f"interrupted: the checkpoints evaluated so far are in {output}" in evaluator.stdout
+    results = json.loads((output / "eval_results.json").read_text())
+    assert [r["step"] for r in results] == [BASE_STEPS]
+
+
+def test_a_signal_during_an_evaluation_inside_training_ends_it_then_stops(demo_dir, tmp_path):
+    log_dir = tmp_path / "run"
+    # An evaluation every 9 steps; 360 validation images one by one take seconds.
+    args = train(log_dir, demo_dir, "--max_train_steps", "100000", "--mode", "train_and_evaluate")
+    args += ["--epochs_between_evals", "0.2", "--eval_batch_size", "1"]
+    run = Run(args)
+    # The trainer saves the checkpoint it evaluates, then evaluates it: signal right then.
+    deadline = time.monotonic() + 120
+    while not steps(log_dir):
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.stdout + run.stderr
+        time.sleep(0.005)
+    evaluated = steps(log_dir)[0]
+    os.kill(run.pid, signal.SIGINT)
+    run.finish()
+    assert_clean_exit(run, 130)
+    # The evaluation finished (its row and metrics are there), then the run stopped at its step
+    # without training further.
+    assert re.search(rf"^\s*{evaluated}\s+\d+\.\d\s+0\.\d{{4}}\s", run.stdout, re.M), run.stdout
+    assert run.stdout.splitlines()[-1] == (
+        f"SIGINT: stopped at step {evaluated}, saved {log_dir}/model.ckpt-{evaluated} (exit 130)"
+    )
+    evals = [m for m in read_metrics(str(log_dir)) if "eval_top1" in m]
+    assert [m["step"] for m in evals] == [evaluated]
+    assert steps(log_dir) == [evaluated]
+
+
 def _saving(log_dir: Path) -> bool:
     """True while a checkpoint's data is written under its temporary name."""
     return any(".tempstate" in entry.name for entry in os.scandir(log_dir))
