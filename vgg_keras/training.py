@@ -610,7 +610,8 @@ def _loop(config, plan, tg, session, reporter, evaluator, signals, split) -> int
     # The starting state is a checkpoint already, or the initialisation: nothing to save.
     last_saved = step
     prefix = os.path.join(config.log_dir, checkpoints.PREFIX)
-    skipped_steps = 0
+    # Restored with the weights: the first message of a resumed run counts only its own steps.
+    skipped_steps = int(session.run(tg.skipped_steps))
     bad_records = _count_bad_records(config, split, reporter)
     plateau = ChancePlateau(config.class_num)
 
