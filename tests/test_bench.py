@@ -42,6 +42,7 @@ def _rows(fig: dict) -> dict:
     return {row["what"]: row for row in fig["rows"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FIGURES)
 def test_benchmark_quick_writes_its_figure_and_keeps_the_others(tmp_path, name, capsys):
     out = tmp_path / "results.json"

@@ -120,6 +120,7 @@ def _weights(log_dir, step: int) -> dict[str, np.ndarray]:
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpus_matches_one_device_on_the_same_global_batches(
     script_runner, demo_dir, tmp_path
 ):

@@ -176,6 +176,7 @@ def killed_and_resumed(demo_dir, tmp_path_factory) -> KilledAndResumed:
     return KilledAndResumed(log_dir, killed, stopped_after, newest, resumed)
 
 
+@pytest.mark.slow
 def test_a_dead_worker_makes_the_others_stop_within_a_bounded_time(killed_and_resumed):
     run = killed_and_resumed.killed
     assert run.proc.returncode == 128 + signal.SIGKILL, "\n".join(run.lines[-30:])
@@ -186,6 +187,7 @@ def test_a_dead_worker_makes_the_others_stop_within_a_bounded_time(killed_and_re
     assert killed_and_resumed.stopped_after < 30
 
 
+@pytest.mark.slow
 def test_a_restart_resumes_every_worker_from_the_newest_checkpoint(killed_and_resumed):
     run, newest = killed_and_resumed.resumed, killed_and_resumed.newest
     step = checkpoints.checkpoint_step(newest)
@@ -199,12 +201,14 @@ def test_a_restart_resumes_every_worker_from_the_newest_checkpoint(killed_and_re
         assert "distribution: multi_worker, 2 replicas = 2 worker(s) x 1" in run.of(i)[0]
 
 
+@pytest.mark.slow
 def test_the_workers_end_with_bit_identical_weights(killed_and_resumed):
     run = killed_and_resumed.resumed
     prints = [[x for x in run.of(i) if x.startswith("weights fingerprint ")] for i in (0, 1)]
     assert len(prints[0]) == 1 and prints[0] == prints[1]
 
 
+@pytest.mark.slow
 def test_the_workers_read_disjoint_shares_that_make_up_the_training_split(
     killed_and_resumed, demo_dir
 ):
@@ -219,6 +223,7 @@ def test_the_workers_read_disjoint_shares_that_make_up_the_training_split(
     assert shares[0][1] + shares[1][1] == split.num_examples
 
 
+@pytest.mark.slow
 def test_only_the_chief_writes_logs_summaries_and_checkpoints(killed_and_resumed):
     log_dir = killed_and_resumed.log_dir
     runs = (killed_and_resumed.killed, killed_and_resumed.resumed)
@@ -234,6 +239,7 @@ def test_only_the_chief_writes_logs_summaries_and_checkpoints(killed_and_resumed
     assert saved[-1] == step + 10 and all(s % 10 == 0 for s in saved)
 
 
+@pytest.mark.slow
 def test_evaluation_under_the_strategy_counts_every_image_once(killed_and_resumed, demo_dir):
     """Both workers report the totals of one pass split between them, equal to a
     single-process evaluation of the same checkpoint."""

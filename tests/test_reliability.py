@@ -30,6 +30,9 @@ from vgg_keras import checkpoints
 from vgg_keras.compat import tf
 from vgg_keras.reporting import read_metrics
 
+# Every test here trains in subprocesses for tens of seconds.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 # The issue asks for 10 kill/restart cycles; CI machines are slower and shared, 3 show the same.
 KILL_CYCLES = 3 if os.environ.get("CI", "").lower() == "true" else 10
