@@ -160,8 +160,11 @@ def test_mirrored_on_two_cpus_matches_one_device_on_the_same_global_batches(
     evals_two = [m for m in metrics_two if "eval_top1" in m]
     assert len(evals_two) == len(evals_one) >= 2
     for a, b in zip(evals_one, evals_two):
-        assert a["step"] == b["step"] and a["eval_top1"] == b["eval_top1"]
+        assert a["step"] == b["step"]
         np.testing.assert_allclose(b["eval_loss"], a["eval_loss"], rtol=1e-5)
+        # The weights agree to float precision: at most an image whose two best classes nearly
+        # tie can change its top-1.
+        assert abs(a["eval_top1"] - b["eval_top1"]) * 360 <= 1 + 1e-9
 
 
 @pytest.mark.slow
