@@ -194,6 +194,7 @@ def test_demo_robustness_measures_the_longest_stay_at_chance():
         + [{"epoch": 4.0, "loss": 1.0}, {"epoch": 4.5, "loss": chance}]
     )
     assert epochs_at_chance(stuck) == pytest.approx(3.0)  # from the line at 0.5 to 3.5
+    assert epochs_at_chance(stuck, after_epoch=1.0) == pytest.approx(2.5)
 
 
 def _sleeping_source(seconds_per_batch: float, batch: int = 8):
