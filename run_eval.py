@@ -13,9 +13,12 @@ from vgg_keras.errors import run_cli
 
 
 def main(argv=None) -> int:
+    from vgg_keras import cli
+
+    args = cli.eval_parser().parse_args(argv)
+    # TensorFlow is imported only now, so a bad flag is reported at once, not after seconds.
     from vgg_keras import evaluation
 
-    args = evaluation.eval_parser().parse_args(argv)
     return evaluation.run(args)
 
 

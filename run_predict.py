@@ -12,9 +12,9 @@ from vgg_keras.errors import run_cli
 
 
 def main(argv=None) -> int:
-    from vgg_keras import inference_cli
+    from vgg_keras import cli
 
-    args = inference_cli.predict_args(argv)
+    args = cli.predict_args(argv)
     # TensorFlow is imported only now, so a bad flag is reported at once, not after seconds.
     from vgg_keras import predict
 

@@ -16,7 +16,7 @@ def main(argv=None) -> int:
 
     config = config_lib.from_args(argv)
     # TensorFlow is imported only now, so a bad flag is reported at once, not after seconds.
-    from vgg_keras import training
+    from vgg_keras import evaluation, training
 
     if config.data_dir == config_lib.DEMO_DATA_DIR:
         from vgg_keras.data import demo
@@ -27,6 +27,8 @@ def main(argv=None) -> int:
             subprocess.run(
                 [sys.executable, "-m", "vgg_keras.data.demo", config.data_dir], check=True
             )
+    if config.mode == "evaluate":
+        return evaluation.evaluate_folder(config)
     return training.train(config)
 
 

@@ -228,8 +228,12 @@ class TrainRun:
                 and r["fps"] > 0
                 and (until_step is None or r["step"] <= until_step)
             ):
-                n = (r["step"] - previous) * batch_size
-                images, seconds = images + n, seconds + n / r["fps"]
+                if "interval_seconds" in r:  # the exact figures the line's FPS came from
+                    n = r["interval_steps"] * batch_size
+                    images, seconds = images + n, seconds + r["interval_seconds"]
+                else:
+                    n = (r["step"] - previous) * batch_size
+                    images, seconds = images + n, seconds + n / r["fps"]
             previous = r["step"]
         if not seconds:
             raise RuntimeError(f"{self.log_dir}: no log interval after step {after_step}")

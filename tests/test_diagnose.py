@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vgg_keras.compat import tf
-from vgg_keras.data import diagnose, pipeline
+from vgg_keras.data import diagnose, pipeline, schema
 
 NUM = 12  # records and classes
 SIZE = 32
@@ -196,7 +196,7 @@ def test_other_record_formats_through_split_parse(tmp_path, jpeg_encoder):
     with tf.io.TFRecordWriter(path) as writer:
         for label in (0, 3, 4, 1):
             writer.write(_tfds_record(jpeg, label))
-    split = pipeline.Split("train", (path,), (4,), record_format="tfds")
+    split = pipeline.Split("train", (path,), (4,), parse=schema.parse_tfds)
     bad = diagnose.find_bad_record([path], 4, parse=split.parse)
     assert str(bad) == f"{path}: record 2: label 4 is outside [0, 4)"
     assert diagnose.find_bad_record([path], 5, parse=split.parse) is None

@@ -95,13 +95,13 @@ def test_padding_gives_every_replica_full_batches_of_which_only_real_images_coun
 def test_eval_steps_cover_the_largest_share():
     split = pipeline.Split("validation", ("a", "b", "c"), (5, 4, 1))
     strategy = tf.distribute.get_strategy()
-    one = distribute.Distribution("none", strategy)
+    one = distribute.Distribution(strategy)
     assert one.eval_steps(split, 4) == 3  # 10 images
     # Two workers: files a, c (6 images) and b (4 images); batches of 4 -> 2 calls each.
-    two = distribute.Distribution("multi_worker", strategy, num_replicas=2, num_workers=2)
+    two = distribute.MultiWorker(strategy, num_replicas=2, num_workers=2)
     assert two.eval_steps(split, 4) == 2
     # Two workers with two replicas each: 8 images per call.
-    four = distribute.Distribution("multi_worker", strategy, num_replicas=4, num_workers=2)
+    four = distribute.MultiWorker(strategy, num_replicas=4, num_workers=2)
     assert four.eval_steps(split, 4) == 1
 
 

@@ -6,6 +6,7 @@ rotation, and where the settings come from.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vgg_keras import checkpoints, evaluation
+from vgg_keras import checkpoints, cli, evaluation
 from vgg_keras.compat import tf, v1
 from vgg_keras.config import make_config
 from vgg_keras.data import pipeline, preprocess
@@ -27,7 +28,7 @@ SIZE = 32
 
 def _config(run_dir: str, *flags: str):
     """The Config run_eval.py would use for ``run_dir`` with ``flags``."""
-    args = evaluation.eval_parser().parse_args(["--ckpt", run_dir, *flags])
+    args = cli.eval_parser().parse_args(["--ckpt", run_dir, *flags])
     return evaluation.resolve_config(args, run_dir)
 
 
@@ -207,7 +208,7 @@ def test_which_checkpoints_a_command_line_names(eval_run, tmp_path):
     found = checkpoints.list_checkpoints(eval_run)
 
     def targets(*flags):
-        folder, paths = evaluation._targets(evaluation.eval_parser().parse_args(list(flags)))
+        folder, paths = evaluation._targets(cli.eval_parser().parse_args(list(flags)))
         return folder, list(paths)
 
     assert targets("--ckpt", eval_run) == (eval_run, found[-1:])
@@ -246,3 +247,27 @@ def test_mode_evaluate_exit_code_for_nan_weights(demo_dir, tmp_path, capsys):
         results = json.load(f)
     assert [r["images"] for r in results] == [360, 360]
     assert np.isfinite(results[0]["loss"]) and np.isnan(results[1]["loss"])
+
+
+def test_run_eval_has_no_training_only_flags():
+    # --dense_init only shapes the initial weights: a checkpoint's evaluation cannot use it.
+    with pytest.raises(UsageError, match="--dense_init"):
+        cli.eval_parser().parse_args(["--ckpt", "runs/x", "--dense_init", "he"])
+    args = cli.eval_parser().parse_args(["--ckpt", "runs/x", "--tfds_data_dir", "/tfds"])
+    assert args.tfds_data_dir == "/tfds"
+
+
+def test_epochs_are_those_training_logged_with_its_global_batch(eval_run, tmp_path):
+    """A 2-replica run logs epoch = step * 2 * batch / images; its evaluation says the same."""
+    last = checkpoints.list_checkpoints(eval_run)[-1]
+    for path in [os.path.join(eval_run, "config.json"), *glob.glob(last + ".*")]:
+        shutil.copy(path, tmp_path)
+    with open(os.path.join(eval_run, "config.json")) as f:
+        saved = json.load(f)
+    epoch = 150 * 2 * saved["batch_size"] / 1437  # the demo's 1437 training images
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"step": 150, "epoch": epoch, "fps": 1.0, "loss": 1.0}) + "\n")
+    config = make_config(**{**saved, "mode": "evaluate", "log_dir": str(tmp_path)})
+    assert evaluation.evaluate_folder(config) == 0
+    with open(tmp_path / evaluation.RESULTS_JSON) as f:
+        assert json.load(f)[0]["epoch"] == round(epoch, 3)

@@ -45,7 +45,7 @@ def test_fp32_keeps_the_devices_default_precision_mode():
 def test_without_npu_bridge_distribution_npu_is_a_one_line_usage_error(
     script_runner, demo_dir, tmp_path
 ):
-    if npu.available():
+    if compat.npu_available():
         pytest.skip("npu_bridge is installed here")
     proc = script_runner(
         "run_train.py", "--preset", "demo", "--data_dir", demo_dir, "--log_dir", tmp_path / "run",
@@ -61,8 +61,7 @@ def test_without_npu_bridge_distribution_npu_is_a_one_line_usage_error(
 
 def _npu(rank_size: int = 8, rank_id: int = 3) -> distribute.Distribution:
     """An Ascend Distribution as create() makes it, without needing npu_bridge."""
-    return distribute.Distribution(
-        "npu",
+    return distribute.Npu(
         tf.distribute.get_strategy(),
         num_replicas=rank_size,
         num_workers=rank_size,
@@ -96,5 +95,9 @@ def test_the_device_loop_needs_intervals_that_are_multiples_of_it(overrides, int
     with pytest.raises(
         UsageError, match=re.escape(f"--iterations_per_loop 10: on Ascend the {interval}")
     ):
-        training._check_device_loop(config, plan, _npu())
-    training._check_device_loop(config, plan, distribute.single_device())  # elsewhere: fine
+        _npu().check_intervals(10, _intervals(plan))
+    distribute.single_device().check_intervals(10, _intervals(plan))  # elsewhere: fine
+
+
+def _intervals(plan) -> dict:
+    return {"steps": plan.max_steps, "save": plan.save_every, "eval": plan.eval_every}

@@ -9,6 +9,7 @@ import glob
 import json
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -122,3 +123,40 @@ def test_a_run_logs_on_display_multiples_and_writes_its_resolved_config(train_ti
     assert scalar_events(str(tmp_path))["lr"] == [
         (r["step"], pytest.approx(r["lr"])) for r in records
     ]
+
+
+def test_fps_counts_training_time_only_across_an_evaluation_and_checkpoints(
+    train_tiny, tmp_path, capsys
+):
+    """Each FPS is its interval's images over the training time of those steps: the
+    evaluation at step 15 and the checkpoints every 5 steps fall inside intervals and are not
+    counted, so the line after them reads like the others (it used to read about twice as
+    fast: the time restarted after the evaluation, the step count did not)."""
+    every_15_steps = 15 * 32 / 1437  # epochs between evaluations
+    started = time.perf_counter()
+    code, _ = train_tiny(tmp_path, mode="train_and_evaluate", epochs_between_evals=every_15_steps,
+                         max_train_steps=40, display_every=10, save_checkpoints_steps=5)  # fmt: skip
+    wall = time.perf_counter() - started
+    assert code == 0
+    lines = [r for r in read_metrics(str(tmp_path)) if "fps" in r]
+    assert [r["step"] for r in lines] == [10, 20, 30, 40]
+    for r in lines:
+        assert r["fps"] == pytest.approx(r["interval_steps"] * 32 / r["interval_seconds"])
+    # First calls (the graph's warm-up) are left out of the first line; later lines count every
+    # step.
+    assert [r["interval_steps"] for r in lines[1:]] == [10, 10, 10]
+    assert sum(r["interval_seconds"] for r in lines) < wall
+    # The wall-clock rate includes start-up, evaluations and saves: a lower bound, and no
+    # interval can be more than a sane factor faster than the run as a whole.
+    wall_rate = 40 * 32 / wall
+    assert all(wall_rate < r["fps"] < 100 * wall_rate for r in lines), (wall_rate, lines)
+    out = capsys.readouterr().out.splitlines()
+    summary = [line for line in out if line.startswith("training FPS:")]
+    images = 30 * 32
+    mean = images / sum(r["interval_seconds"] for r in lines[1:])
+    assert summary == [
+        f"training FPS: {mean:.1f} images/s (mean over {images} images in 30 steps, "
+        f"{images / mean:.1f} s of training; first log interval, evaluation and checkpoints "
+        "not counted)"
+    ]
+    assert out[-1].startswith("done: 40 steps")

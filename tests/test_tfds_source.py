@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vgg_keras.compat import tf
-from vgg_keras.data import pipeline
+from vgg_keras.data import pipeline, schema
 from vgg_keras.errors import UsageError
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -51,7 +51,7 @@ def tfds_dir(tmp_path_factory):
 def test_split_sizes_come_from_tfds_info(tfds_dir):
     train = pipeline.load_split("tfds:tiny_digits", "train", tfds_dir)
     assert train.num_examples == TRAIN_SIZE
-    assert train.record_format == "tfds"
+    assert train.parse is schema.parse_tfds
     assert pipeline.load_split("tfds:tiny_digits", "validation", tfds_dir).num_examples == EVAL_SIZE
 
 
@@ -94,3 +94,26 @@ def test_split_override_names_the_eval_split(tfds_dir):
 def test_bad_specs_name_the_flag(tfds_dir, spec, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
         pipeline.load_split(spec, "validation", tfds_dir)
+
+
+def test_evaluation_reads_tfds_data_in_its_own_folder(tfds_dir, tmp_path):
+    """--tfds_data_dir reaches the validation split (and run_eval.py has the flag)."""
+    from vgg_keras import checkpoints, cli, evaluation, model
+    from vgg_keras.compat import v1
+    from vgg_keras.config import make_config
+
+    config = make_config(
+        data_dir="tfds:tiny_digits", tfds_data_dir=tfds_dir, class_num=CLASSES, image_size=32,
+        width_multiplier=0.0625, batch_size=2, label_offset=0,
+    )  # fmt: skip
+    with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+        network = model.from_config(config)
+        sess.run(v1.global_variables_initializer())
+        prefix = str(tmp_path / checkpoints.PREFIX)
+        v1.train.Saver(network.weights).save(sess, prefix, global_step=3)
+    with evaluation.Evaluator(config) as evaluator:
+        result = evaluator.evaluate(f"{prefix}-3")
+    assert result["images"] == EVAL_SIZE
+    assert result["epoch"] == round(3 / (TRAIN_SIZE / 2), 3)
+    args = cli.eval_parser().parse_args(["--ckpt", prefix, "--tfds_data_dir", tfds_dir])
+    assert args.tfds_data_dir == tfds_dir

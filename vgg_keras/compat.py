@@ -48,7 +48,7 @@ TF_VERSION = tuple(int(p) for p in tf.__version__.split(".")[:2])
 
 if TF_VERSION >= (2, 16):
     import tf_keras as keras  # noqa: E402
-else:  # TF 1.15 / older TF 2 (the Ascend stack): tf.keras is Keras 2 already.
+else:  # TensorFlow before 2.16 ships Keras 2 as tf.keras (pyproject.toml asks for >= 2.16).
     keras = tf.keras
 
 v1 = tf.compat.v1
@@ -85,13 +85,6 @@ def fast_bf16() -> bool:
     fp32).  True where it cannot be told (no /proc/cpuinfo)."""
     flags = cpu_flags()
     return bool(gpu_count()) or not flags or any(f in flags for f in BF16_CPU_FLAGS)
-
-
-def platform() -> str:
-    """'npu', 'gpu' or 'cpu': the accelerator the training graph will be placed on."""
-    if npu_available():
-        return "npu"
-    return "gpu" if gpu_count() else "cpu"
 
 
 def session_config(

@@ -1,9 +1,20 @@
-"""Every training setting in one dataclass, its command-line flags, presets and validation.
+"""Every setting in one dataclass: its flag, help, choices and group; presets; merging; validation.
 
 Flag names follow the reference implementation (``--rank_size --mode --max_train_steps
 --iterations_per_loop ... --class_num``); the rest are additions.  Two presets exist:
 ``imagenet`` (the full recipe, the defaults below) and ``demo`` (a width-scaled VGG16 on the
 embedded digits dataset, trained to >= 97% top-1 in a few minutes on two CPU cores).
+
+Each field's metadata says which group it belongs to, and the group decides who reads it:
+
+- ``network``: defines the network a checkpoint holds; a run folder keeps them fixed, and
+  every CLI that loads a checkpoint may override them;
+- ``evaluation``: what evaluating a checkpoint needs besides the network (its data);
+- ``runtime``: how this process runs; never inherited from a run's config.json;
+- ``training``: the rest, read by training only.
+
+The annotations use ``typing.Optional``/``typing.List`` so that ``typing.get_type_hints`` can
+evaluate them on every Python this project supports (3.7 included); flag types come from there.
 """
 
 from __future__ import annotations
@@ -12,78 +23,171 @@ import argparse
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
+from typing import List, Optional
 
 from vgg_keras.errors import UsageError
 
 DEMO_DATA_DIR = "data/demo"
 WEIGHTS_PREFIX = "keras_imagenet:"  # --weights keras_imagenet:PATH (room for other sources)
+GROUPS = ("network", "evaluation", "runtime", "training")
+
+
+def setting(default, help: str, group: str = "training", choices=None, aliases=()):
+    """A Config field with its flag's help, choices, group and extra flag names."""
+    assert group in GROUPS, group
+    metadata = {"help": help, "group": group, "choices": choices, "aliases": tuple(aliases)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class Config:
-    # Model
-    arch: str = "vgg16"
-    class_num: int = 1000
-    image_size: int = 224
-    width_multiplier: float = 1.0
-    dropout: float = 0.5
-    dense_init: str = "normal"
-    conv_init: str = "fan_in"
+    # Network
+    arch: str = setting("vgg16", "network: vgg16 or vgg19", "network", ("vgg16", "vgg19"))
+    class_num: int = setting(1000, "number of classes (ImageNet: 1000)", "network")
+    image_size: int = setting(224, "training/eval crop size in pixels", "network")
+    width_multiplier: float = setting(
+        1.0, "scales every layer's width (1.0 = the published network)", "network"
+    )
+    preprocess: str = setting(
+        "imagenet",
+        "input normalisation: imagenet (mean/std, RGB) or caffe (BGR minus mean, what the "
+        "published Keras weights expect)",
+        "network",
+        ("imagenet", "caffe"),
+    )
+    dropout: float = setting(0.5, "dropout rate after fc1 and fc2")
+    dense_init: str = setting(
+        "normal",
+        "fc1/fc2 init: normal (N(0, 0.01), published) or he (for width-scaled nets)",
+        choices=("normal", "he"),
+    )
+    conv_init: str = setting(
+        "fan_in",
+        "conv init: He-normal on fan_in (keeps the forward signal) or fan_out (the reference)",
+        choices=("fan_in", "fan_out"),
+    )
     # Data
-    data_dir: str | None = None
-    tfds_data_dir: str | None = None
-    synthetic: bool = False
-    label_offset: int = 1
-    shuffle_buffer: int = 10000
-    min_object_covered: float = 0.1
-    area_range: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    aspect_ratio_range: list[float] = field(default_factory=lambda: [0.75, 1.33])
-    skip_corrupt: bool = False
-    preprocess: str = "imagenet"
+    data_dir: Optional[str] = setting(
+        None, "folder of train-*/validation-* TFRecord shards, or tfds:NAME[:split]", "evaluation"
+    )
+    tfds_data_dir: Optional[str] = setting(
+        None, "data_dir of a TFDS-prepared dataset (with --data_dir tfds:NAME)", "evaluation"
+    )
+    synthetic: bool = setting(
+        False, "device-resident random data of the same shapes (throughput upper bound)"
+    )
+    label_offset: int = setting(
+        1,
+        "subtracted from stored labels (TF-slim ImageNet: 1, since 0 is background)",
+        "evaluation",
+    )
+    shuffle_buffer: int = setting(10000, "records in the training shuffle buffer")
+    min_object_covered: float = setting(
+        0.1, "random crop: minimum fraction of the bounding box kept"
+    )
+    area_range: List[float] = setting(
+        [0.08, 1.0], "random crop: min,max fraction of the image area"
+    )
+    aspect_ratio_range: List[float] = setting([0.75, 1.33], "random crop: min,max aspect ratio")
+    skip_corrupt: bool = setting(
+        False, "skip unreadable records (and count them) instead of stopping", "evaluation"
+    )
     # Optimisation
-    batch_size: int = 256
-    eval_batch_size: int | None = None
-    lr: float = 0.01
-    lr_schedule: str = "piecewise"
-    lr_boundaries: list[float] = field(default_factory=lambda: [50.0, 100.0, 130.0])
-    lr_values: list[float] | None = None
-    T_max: float = 150.0
-    eta_min: float = 0.0
-    warmup_epochs: float = 0.0
-    scale_lr: bool = False
-    momentum: float = 0.9
-    use_nesterov: bool = True
-    label_smoothing: float = 0.1
-    weight_decay: float = 1e-4
-    decay_biases: bool = False
-    precision: str = "fp32"
+    batch_size: int = setting(256, "images per replica per step")
+    eval_batch_size: Optional[int] = setting(
+        None, "images per eval batch (default: --batch_size)", "evaluation"
+    )
+    lr: float = setting(0.01, "base learning rate")
+    lr_schedule: str = setting("piecewise", "piecewise or cosine", choices=("piecewise", "cosine"))
+    lr_boundaries: List[float] = setting(
+        [50.0, 100.0, 130.0], "piecewise: epoch boundaries, comma-separated"
+    )
+    lr_values: Optional[List[float]] = setting(
+        None, "piecewise: values, one more than boundaries (default: lr, lr/10, ...)"
+    )
+    T_max: float = setting(150.0, "cosine: epochs until eta_min")
+    eta_min: float = setting(0.0, "cosine: final learning rate")
+    warmup_epochs: float = setting(
+        0.0,
+        "linear warmup over this many epochs: step k (from 0) gets (k+1)/warmup_steps of the "
+        "learning rate",
+    )
+    scale_lr: bool = setting(False, "linear scaling rule: lr = lr * global_batch / 256")
+    momentum: float = setting(0.9, "momentum")
+    use_nesterov: bool = setting(True, "Nesterov momentum")
+    label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy")
+    weight_decay: float = setting(1e-4, "L2 weight decay factor on kernels")
+    decay_biases: bool = setting(False, "also decay biases (as the reference did)")
+    precision: str = setting(
+        "fp32",
+        "fp32, bf16 or fp16 (mixed precision via the Keras policy)",
+        "evaluation",
+        ("fp32", "bf16", "fp16"),
+        aliases=("--dtype",),  # the reference's name
+    )
     # Loop
-    mode: str = "train"
-    max_train_steps: int | None = None
-    max_epochs: float = 150.0
-    epochs_between_evals: float = 5.0
-    iterations_per_loop: int = 10
-    display_every: int = 100
-    log_name: str = "train.log"
-    log_dir: str = "runs/vgg16"
-    save_checkpoints_steps: int | None = None
-    keep_checkpoint_max: int = 5
-    restore_path: str | None = None
-    restore_exclude: list[str] = field(default_factory=lambda: ["predictions"])
-    weights: str | None = None
-    eval_dir: str | None = None
-    seed: int = 0
-    nan_policy: str = "stop"
-    overwrite: bool = False
+    mode: str = setting(
+        "train",
+        "train, evaluate or train_and_evaluate",
+        choices=("train", "evaluate", "train_and_evaluate"),
+    )
+    max_train_steps: Optional[int] = setting(
+        None, "stop after this many global steps (overrides --max_epochs)"
+    )
+    max_epochs: float = setting(150.0, "epochs to train")
+    epochs_between_evals: float = setting(5.0, "train_and_evaluate: epochs between evaluations")
+    iterations_per_loop: int = setting(10, "training steps per session call (loop sinking)")
+    display_every: int = setting(100, "steps between log lines")
+    log_name: str = setting("train.log", "log file name inside --log_dir")
+    log_dir: str = setting(
+        "runs/vgg16", "checkpoints, logs, metrics.jsonl, config.json, TensorBoard events"
+    )
+    save_checkpoints_steps: Optional[int] = setting(
+        None, "steps between checkpoints (default: one epoch)"
+    )
+    keep_checkpoint_max: int = setting(5, "checkpoints kept")
+    restore_path: Optional[str] = setting(None, "initialise from this checkpoint (fine-tuning)")
+    restore_exclude: List[str] = setting(
+        ["predictions"],
+        "with --restore_path or --weights: scopes (layers) not loaded, comma-separated",
+    )
+    weights: Optional[str] = setting(
+        None,
+        "initialise from keras_imagenet:PATH, a keras.applications VGG16/VGG19 .h5 weight file, "
+        "by layer name (never downloaded)",
+    )
+    eval_dir: Optional[str] = setting(None, "checkpoint folder to evaluate (default: --log_dir)")
+    seed: int = setting(0, "random seed (weight init, dropout, shuffling, augmentation)")
+    nan_policy: str = setting(
+        "stop",
+        "on NaN/Inf loss: stop, or skip_step (discard the update)",
+        choices=("stop", "skip_step"),
+    )
+    overwrite: bool = setting(False, "allow a fresh start over a log_dir holding another run")
     # Runtime
-    distribution: str = "auto"
-    devices: list[str] | None = None
-    rank_size: int = 1
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    xla: bool = False
-    progress: bool = True
+    distribution: str = setting(
+        "auto",
+        "none, mirrored (local GPUs), multi_worker (TF_CONFIG), npu (Ascend), or auto: "
+        "multi_worker under TF_CONFIG, mirrored with --devices or >1 GPU, npu where npu_bridge "
+        "imports, else none",
+        choices=("auto", "none", "mirrored", "multi_worker", "npu"),
+    )
+    devices: Optional[List[str]] = setting(
+        None,
+        "mirrored: devices, comma-separated (default: all GPUs); cpu:0,cpu:1 splits the host "
+        "CPU into two devices",
+    )
+    rank_size: int = setting(
+        1, "npu: devices (processes) in the job, with RANK_ID and RANK_TABLE_FILE set"
+    )
+    intra_op_threads: int = setting(0, "threads inside one op (0: TensorFlow's choice)", "runtime")
+    inter_op_threads: int = setting(0, "ops run in parallel (0: TensorFlow's choice)", "runtime")
+    xla: bool = setting(False, "XLA auto-clustering", "runtime")
+    progress: bool = setting(True, "show tqdm progress bars", "runtime")
 
     @property
     def piecewise_values(self) -> list[float]:
@@ -94,6 +198,21 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def names(*groups: str) -> tuple[str, ...]:
+    """The settings of ``groups`` (all of them without arguments), in field order."""
+    return tuple(
+        f.name for f in dataclasses.fields(Config) if not groups or f.metadata["group"] in groups
+    )
+
+
+# Read from the fields, for the tests and for readers; the fields are the one definition.
+HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
+CHOICES = {
+    f.name: f.metadata["choices"] for f in dataclasses.fields(Config) if f.metadata["choices"]
+}
+NETWORK_KEYS = names("network")  # a checkpoint fits only a run that agrees on all of them
 
 
 PRESETS: dict[str, dict] = {
@@ -121,84 +240,6 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-CHOICES = {
-    "arch": ("vgg16", "vgg19"),
-    "dense_init": ("normal", "he"),
-    "conv_init": ("fan_in", "fan_out"),
-    "lr_schedule": ("piecewise", "cosine"),
-    "precision": ("fp32", "bf16", "fp16"),
-    "mode": ("train", "evaluate", "train_and_evaluate"),
-    "nan_policy": ("stop", "skip_step"),
-    "distribution": ("auto", "none", "mirrored", "multi_worker", "npu"),
-    "preprocess": ("imagenet", "caffe"),
-}
-
-HELP = {
-    "arch": "network: vgg16 or vgg19",
-    "class_num": "number of classes (ImageNet: 1000)",
-    "image_size": "training/eval crop size in pixels",
-    "width_multiplier": "scales every layer's width (1.0 = the published network)",
-    "dropout": "dropout rate after fc1 and fc2",
-    "conv_init": "conv init: He-normal on fan_in (keeps the forward signal) or fan_out (the reference)",
-    "dense_init": "fc1/fc2 init: normal (N(0, 0.01), published) or he (for width-scaled nets)",
-    "data_dir": "folder of train-*/validation-* TFRecord shards, or tfds:NAME[:split]",
-    "tfds_data_dir": "data_dir of a TFDS-prepared dataset (with --data_dir tfds:NAME)",
-    "synthetic": "device-resident random data of the same shapes (throughput upper bound)",
-    "label_offset": "subtracted from stored labels (TF-slim ImageNet: 1, since 0 is background)",
-    "shuffle_buffer": "records in the training shuffle buffer",
-    "min_object_covered": "random crop: minimum fraction of the bounding box kept",
-    "area_range": "random crop: min,max fraction of the image area",
-    "aspect_ratio_range": "random crop: min,max aspect ratio",
-    "skip_corrupt": "skip unreadable records (and count them) instead of stopping",
-    "preprocess": "input normalisation: imagenet (mean/std, RGB) or caffe (BGR minus mean, "
-    "what the published Keras weights expect)",
-    "batch_size": "images per replica per step",
-    "eval_batch_size": "images per eval batch (default: --batch_size)",
-    "lr": "base learning rate",
-    "lr_schedule": "piecewise or cosine",
-    "lr_boundaries": "piecewise: epoch boundaries, comma-separated",
-    "lr_values": "piecewise: values, one more than boundaries (default: lr, lr/10, ...)",
-    "T_max": "cosine: epochs until eta_min",
-    "eta_min": "cosine: final learning rate",
-    "warmup_epochs": "linear warmup from 0 over this many epochs",
-    "scale_lr": "linear scaling rule: lr = lr * global_batch / 256",
-    "momentum": "momentum",
-    "use_nesterov": "Nesterov momentum",
-    "label_smoothing": "label smoothing of the cross-entropy",
-    "weight_decay": "L2 weight decay factor on kernels",
-    "decay_biases": "also decay biases (as the reference did)",
-    "precision": "fp32, bf16 or fp16 (mixed precision via the Keras policy)",
-    "mode": "train, evaluate or train_and_evaluate",
-    "max_train_steps": "stop after this many global steps (overrides --max_epochs)",
-    "max_epochs": "epochs to train",
-    "epochs_between_evals": "train_and_evaluate: epochs between evaluations",
-    "iterations_per_loop": "training steps per session call (loop sinking)",
-    "display_every": "steps between log lines",
-    "log_name": "log file name inside --log_dir",
-    "log_dir": "checkpoints, logs, metrics.jsonl, config.json, TensorBoard events",
-    "save_checkpoints_steps": "steps between checkpoints (default: one epoch)",
-    "keep_checkpoint_max": "checkpoints kept",
-    "restore_path": "initialise from this checkpoint (fine-tuning)",
-    "restore_exclude": "with --restore_path or --weights: scopes (layers) not loaded, "
-    "comma-separated",
-    "weights": "initialise from keras_imagenet:PATH, a keras.applications VGG16/VGG19 .h5 "
-    "weight file, by layer name (never downloaded)",
-    "eval_dir": "checkpoint folder to evaluate (default: --log_dir)",
-    "seed": "random seed (weight init, dropout, shuffling, augmentation)",
-    "nan_policy": "on NaN/Inf loss: stop, or skip_step (discard the update)",
-    "overwrite": "allow a fresh start in a log_dir holding another configuration's run",
-    "distribution": "none, mirrored (local GPUs), multi_worker (TF_CONFIG), npu (Ascend), or "
-    "auto: multi_worker under TF_CONFIG, mirrored with --devices or >1 GPU, npu where "
-    "npu_bridge imports, else none",
-    "devices": "mirrored: devices, comma-separated (default: all GPUs); cpu:0,cpu:1 splits "
-    "the host CPU into two devices",
-    "rank_size": "npu: devices (processes) in the job, with RANK_ID and RANK_TABLE_FILE set",
-    "intra_op_threads": "threads inside one op (0: TensorFlow's choice)",
-    "inter_op_threads": "ops run in parallel (0: TensorFlow's choice)",
-    "xla": "XLA auto-clustering",
-    "progress": "show tqdm progress bars",
-}
-
 
 def str2bool(text: str) -> bool:
     value = str(text).strip().lower()
@@ -220,20 +261,14 @@ def _list_of(kind):
     return parse
 
 
-def _flag_type(f: dataclasses.Field):
-    """argparse type for a dataclass field, read from its annotation string."""
-    ann = str(f.type)
-    if "list[float]" in ann:
-        return _list_of(float)
-    if "list[str]" in ann:
-        return _list_of(str)
-    if ann.startswith("bool"):
-        return str2bool
-    if ann.startswith("int"):
-        return int
-    if ann.startswith("float"):
-        return float
-    return str
+def _flag_type(hint):
+    """argparse type for a field's type hint: Optional[X] is X, List[X] a comma-separated list."""
+    args = getattr(hint, "__args__", None) or ()
+    if getattr(hint, "__origin__", None) is typing.Union:  # Optional[X]
+        return _flag_type(next(a for a in args if a is not type(None)))
+    if getattr(hint, "__origin__", None) in (list, List):
+        return _list_of(args[0])
+    return str2bool if hint is bool else hint
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -243,20 +278,19 @@ class UsageParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
-    """Add one flag per Config field (all of them, or those in ``names``); defaults are None."""
+def add_config_flags(parser: argparse.ArgumentParser, only=None) -> None:
+    """Add one flag per Config field (all of them, or those in ``only``); defaults are None, so
+    that ``merge`` can tell a flag given from one left out."""
+    hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        if names is not None and f.name not in names:
+        if only is not None and f.name not in only:
             continue
-        kwargs = {"type": _flag_type(f), "default": None, "help": HELP.get(f.name)}
-        if f.name in CHOICES:
-            kwargs["choices"] = CHOICES[f.name]
+        kwargs = {"type": _flag_type(hints[f.name]), "default": None, "help": f.metadata["help"]}
+        if f.metadata["choices"]:
+            kwargs["choices"] = f.metadata["choices"]
         if kwargs["type"] is str2bool:
             kwargs.update(nargs="?", const=True)
-        flags = [f"--{f.name}"]
-        if f.name == "precision":
-            flags.append("--dtype")  # the reference's name
-        parser.add_argument(*flags, dest=f.name, **kwargs)
+        parser.add_argument(f"--{f.name}", *f.metadata["aliases"], dest=f.name, **kwargs)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -271,104 +305,130 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_config(preset: str = "imagenet", **overrides) -> Config:
-    """A validated Config from a preset plus explicit overrides (None values are ignored)."""
+def merge(
+    preset: str = "imagenet",
+    saved: Optional[dict] = None,
+    flags: Optional[dict] = None,
+    need_data: bool = True,
+) -> Config:
+    """The one way every CLI resolves its settings: defaults <- preset <- a run's config.json
+    (``saved``, without the runtime settings) <- flags given (None means not given).
+
+    Keys that are not settings are ignored (a CLI's own flags, config.json of another version).
+    ``need_data=False`` for tools that need no training data (export, predict).
+    """
     values = dict(PRESETS[preset])
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    inherited = set(names()) - set(names("runtime"))
+    values.update({k: v for k, v in (saved or {}).items() if k in inherited})
+    values.update({k: v for k, v in (flags or {}).items() if k in HELP and v is not None})
     config = Config(**values)
-    validate(config)
+    validate(config, need_data)
     return config
 
 
-def from_args(argv: list[str] | None = None) -> Config:
+def make_config(preset: str = "imagenet", **flags) -> Config:
+    """``merge(preset, flags=flags)``: a validated Config from a preset and explicit values."""
+    return merge(preset, flags=flags)
+
+
+def from_args(argv: Optional[List[str]] = None) -> Config:
     args = vars(train_parser().parse_args(argv))
-    preset = args.pop("preset")
-    return make_config(preset, **args)
+    return merge(args.pop("preset"), flags=args)
 
 
-def validate(c: Config) -> None:
+def _need(ok: bool, flag: str, message: str) -> None:
+    if not ok:
+        raise UsageError(f"--{flag}: {message}")
+
+
+def validate(c: Config, need_data: bool = True) -> None:
     """Reject values that cannot work, naming the flag."""
-
-    def need(ok: bool, flag: str, message: str) -> None:
-        if not ok:
-            raise UsageError(f"--{flag}: {message}")
-
     for name, choices in CHOICES.items():
-        need(getattr(c, name) in choices, name, f"must be one of {', '.join(choices)}")
-    need(c.class_num >= 2, "class_num", f"needs at least 2 classes, got {c.class_num}")
-    need(c.image_size >= 32, "image_size", f"must be at least 32 (5 max-pools), got {c.image_size}")
-    need(c.width_multiplier > 0, "width_multiplier", f"must be > 0, got {c.width_multiplier}")
-    need(0 <= c.dropout < 1, "dropout", f"must be in [0, 1), got {c.dropout}")
-    need(c.batch_size >= 1, "batch_size", f"must be >= 1, got {c.batch_size}")
-    need(
+        _need(getattr(c, name) in choices, name, f"must be one of {', '.join(choices)}")
+    _need(c.class_num >= 2, "class_num", f"needs at least 2 classes, got {c.class_num}")
+    _need(
+        c.image_size >= 32, "image_size", f"must be at least 32 (5 max-pools), got {c.image_size}"
+    )
+    _need(c.width_multiplier > 0, "width_multiplier", f"must be > 0, got {c.width_multiplier}")
+    _need(0 <= c.dropout < 1, "dropout", f"must be in [0, 1), got {c.dropout}")
+    _need(c.batch_size >= 1, "batch_size", f"must be >= 1, got {c.batch_size}")
+    _need(
         c.eval_batch_size is None or c.eval_batch_size >= 1,
         "eval_batch_size",
         f"must be >= 1, got {c.eval_batch_size}",
     )
-    need(c.lr > 0, "lr", f"must be > 0, got {c.lr}")
-    need(c.momentum >= 0, "momentum", f"must be >= 0, got {c.momentum}")
-    need(
+    _need(c.lr > 0, "lr", f"must be > 0, got {c.lr}")
+    _need(c.momentum >= 0, "momentum", f"must be >= 0, got {c.momentum}")
+    _need(
         0 <= c.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {c.label_smoothing}"
     )
-    need(c.weight_decay >= 0, "weight_decay", f"must be >= 0, got {c.weight_decay}")
-    need(c.T_max > 0, "T_max", f"must be > 0 epochs, got {c.T_max}")
-    need(c.eta_min >= 0, "eta_min", f"must be >= 0, got {c.eta_min}")
-    need(c.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {c.warmup_epochs}")
-    need(
+    _need(c.weight_decay >= 0, "weight_decay", f"must be >= 0, got {c.weight_decay}")
+    _need(c.T_max > 0, "T_max", f"must be > 0 epochs, got {c.T_max}")
+    _need(c.eta_min >= 0, "eta_min", f"must be >= 0, got {c.eta_min}")
+    _need(c.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {c.warmup_epochs}")
+    _need(
         list(c.lr_boundaries) == sorted(c.lr_boundaries) and all(b > 0 for b in c.lr_boundaries),
         "lr_boundaries",
         f"must be positive and increasing, got {c.lr_boundaries}",
     )
     if c.lr_values is not None:
-        need(
+        _need(
             len(c.lr_values) == len(c.lr_boundaries) + 1,
             "lr_values",
             f"needs {len(c.lr_boundaries) + 1} values for {len(c.lr_boundaries)} boundaries, "
             f"got {len(c.lr_values)}",
         )
-        need(all(v >= 0 for v in c.lr_values), "lr_values", "must be >= 0")
-    need(
+        _need(all(v >= 0 for v in c.lr_values), "lr_values", "must be >= 0")
+    _validate_loop(c)
+    _validate_data(c, need_data)
+
+
+def _validate_loop(c: Config) -> None:
+    _need(
         c.max_train_steps is None or c.max_train_steps >= 1,
         "max_train_steps",
         f"must be >= 1, got {c.max_train_steps}",
     )
-    need(c.max_epochs > 0, "max_epochs", f"must be > 0, got {c.max_epochs}")
-    need(c.epochs_between_evals > 0, "epochs_between_evals", "must be > 0")
-    need(
+    _need(c.max_epochs > 0, "max_epochs", f"must be > 0, got {c.max_epochs}")
+    _need(c.epochs_between_evals > 0, "epochs_between_evals", "must be > 0")
+    _need(
         c.iterations_per_loop >= 1,
         "iterations_per_loop",
         f"must be >= 1, got {c.iterations_per_loop}",
     )
-    need(c.display_every >= 1, "display_every", f"must be >= 1, got {c.display_every}")
-    need(
+    _need(c.display_every >= 1, "display_every", f"must be >= 1, got {c.display_every}")
+    _need(
         c.save_checkpoints_steps is None or c.save_checkpoints_steps >= 1,
         "save_checkpoints_steps",
         "must be >= 1",
     )
-    need(c.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
-    need(c.rank_size >= 1, "rank_size", f"must be >= 1, got {c.rank_size}")
-    need(c.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
-    need(0 <= c.min_object_covered <= 1, "min_object_covered", "must be in [0, 1]")
-    need(
+    _need(c.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
+    _need(c.rank_size >= 1, "rank_size", f"must be >= 1, got {c.rank_size}")
+    _need(c.log_name and os.sep not in c.log_name, "log_name", "must be a file name, not a path")
+
+
+def _validate_data(c: Config, need_data: bool) -> None:
+    _need(c.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
+    _need(0 <= c.min_object_covered <= 1, "min_object_covered", "must be in [0, 1]")
+    _need(
         len(c.area_range) == 2 and 0 < c.area_range[0] <= c.area_range[1] <= 1,
         "area_range",
         f"must be two fractions min,max in (0, 1], got {c.area_range}",
     )
-    need(
+    _need(
         len(c.aspect_ratio_range) == 2 and 0 < c.aspect_ratio_range[0] <= c.aspect_ratio_range[1],
         "aspect_ratio_range",
         f"must be two ratios min,max, got {c.aspect_ratio_range}",
     )
-    need(c.log_name and os.sep not in c.log_name, "log_name", "must be a file name, not a path")
-    need(
-        c.synthetic or c.data_dir is not None,
+    _need(
+        c.synthetic or c.data_dir is not None or not need_data,
         "data_dir",
         "is required (or use --synthetic, or --preset demo)",
     )
     if c.weights is not None:
-        need(
+        _need(
             c.weights.startswith(WEIGHTS_PREFIX) and len(c.weights) > len(WEIGHTS_PREFIX),
             "weights",
             f"expected {WEIGHTS_PREFIX}PATH, got {c.weights!r}",
         )
-        need(c.restore_path is None, "weights", "use either --weights or --restore_path")
+        _need(c.restore_path is None, "weights", "use either --weights or --restore_path")

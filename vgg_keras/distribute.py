@@ -12,9 +12,10 @@
   ``--devices``, ``npu`` where ``npu_bridge`` is importable, ``mirrored`` when more than one GPU
   is visible, else ``none``.
 
-The training and evaluation graphs are written once, against ``Distribution``: for ``none`` and
-``npu`` the strategy is TensorFlow's default strategy, whose replica functions run once, in
-place, so the single-device graph is the same code.
+The training and evaluation graphs are written once, against ``Distribution``; each kind
+other than ``none`` is a subclass holding what it does differently.  For ``none`` and ``npu``
+the strategy is TensorFlow's default strategy, whose replica functions run once, in place, so
+the single-device graph is the same code.
 
 Multi-worker runs use the arrangement graph mode needs: the strategy is created inside a graph
 (so it leaves the eager runtime alone), each worker starts an in-process gRPC server at its
@@ -32,6 +33,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
+from typing import ClassVar
 
 from vgg_keras import compat, npu
 from vgg_keras.compat import tf, v1
@@ -44,9 +46,12 @@ ReduceOp = tf.distribute.ReduceOp
 
 @dataclasses.dataclass
 class Distribution:
-    """The strategy of a run and this process's place in it."""
+    """The strategy of a run and this process's place in it; as is, one device (``none``).
 
-    kind: str  # none | mirrored | multi_worker | npu
+    One subclass per other kind holds what that kind does differently.
+    """
+
+    kind: ClassVar[str] = "none"
     strategy: tf.distribute.Strategy
     num_replicas: int = 1  # replicas in sync, over all workers
     num_workers: int = 1
@@ -73,8 +78,6 @@ class Distribution:
             f"distribution: {self.kind}, {self.num_replicas} replicas = {self.num_workers} "
             f"worker(s) x {self.local_replicas}"
         )
-        if self.kind == "mirrored":
-            line += f" ({', '.join(self.strategy.extended.worker_devices)})"
         if self.num_workers > 1:
             line += f"; this is worker {self.worker_index}" + (" (chief)" if self.is_chief else "")
         return line
@@ -118,11 +121,8 @@ class Distribution:
         return self.strategy.group(value)
 
     def for_evaluation(self) -> Distribution:
-        """The distribution evaluation runs under.  On Ascend every rank evaluates the whole
-        validation set (HCCL has no all-reduce outside the optimizer here); the strategies
-        split it among their replicas and sum the counts."""
-        if self.kind == "npu":
-            return dataclasses.replace(self, num_replicas=1, num_workers=1, worker_index=0)
+        """The distribution evaluation runs under: the strategies split the validation set
+        among their replicas and sum the counts."""
         return self
 
     def eval_steps(self, split: pipeline.Split, batch_size: int) -> int:
@@ -131,14 +131,11 @@ class Distribution:
         return max(1, math.ceil(max(shares) / (batch_size * self.local_replicas)))
 
     def model_precision(self, precision: str) -> str:
-        """The Keras policy's precision: on Ascend the graph stays float32 and the NPU mixes
-        precision itself (its precision_mode)."""
-        return "fp32" if self.kind == "npu" else precision
+        """The Keras policy's precision."""
+        return precision
 
     def wrap_optimizer(self, optimizer, precision: str):
-        """Loss scaling for fp16 and, on Ascend, the HCCL all-reduce."""
-        if self.kind == "npu":
-            return npu.wrap_optimizer(optimizer, precision, self.num_workers)
+        """Dynamic loss scaling for fp16."""
         if precision == "fp16":
             return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
         return optimizer
@@ -146,14 +143,67 @@ class Distribution:
     def broadcast(self, variables) -> tf.Operation | None:
         """An op giving every worker the chief's values, where the strategy does not do it
         itself (MultiWorkerMirroredStrategy broadcasts initial values on its own)."""
-        if self.kind == "npu" and self.num_workers > 1:
-            return npu.broadcast_variables(variables)
         return None
 
     def device_loop(self, train_op: tf.Operation):
-        """On Ascend: (op running N steps per call, load(session, N)); elsewhere None, and the
-        training graph sinks its loop into a tf.while_loop."""
-        return npu.device_loop(train_op) if self.kind == "npu" else None
+        """None: the training graph sinks its loop into a tf.while_loop (see Npu)."""
+        return None
+
+    def check_intervals(self, iterations_per_loop: int, intervals: dict) -> None:
+        """Session calls are cut short at log, save and eval steps: any interval works."""
+
+
+class Mirrored(Distribution):
+    """MirroredStrategy over the GPUs (or logical CPUs) of this host."""
+
+    kind = "mirrored"
+
+    def describe(self) -> str:
+        return f"{super().describe()} ({', '.join(self.strategy.extended.worker_devices)})"
+
+
+class MultiWorker(Distribution):
+    """MultiWorkerMirroredStrategy over the hosts of TF_CONFIG."""
+
+    kind = "multi_worker"
+
+
+class Npu(Distribution):
+    """Ascend NPUs through npu_bridge (``npu.py``), one process per device, HCCL between them;
+    the strategy is TensorFlow's default one, which runs replica functions in place."""
+
+    kind = "npu"
+
+    def for_evaluation(self) -> Distribution:
+        """Every rank evaluates the whole validation set (HCCL has no all-reduce outside the
+        optimizer here)."""
+        return dataclasses.replace(self, num_replicas=1, num_workers=1, worker_index=0)
+
+    def model_precision(self, precision: str) -> str:
+        """The graph stays float32; the NPU mixes precision itself (its precision_mode)."""
+        return "fp32"
+
+    def wrap_optimizer(self, optimizer, precision: str):
+        """HCCL all-reduce and the NPU's own loss scaling."""
+        return npu.wrap_optimizer(optimizer, precision, self.num_workers)
+
+    def broadcast(self, variables) -> tf.Operation | None:
+        return npu.broadcast_variables(variables) if self.num_workers > 1 else None
+
+    def device_loop(self, train_op: tf.Operation):
+        """(op running N steps per call, load(session, N)): the device repeats the step."""
+        return npu.device_loop(train_op)
+
+    def check_intervals(self, iterations_per_loop: int, intervals: dict) -> None:
+        """The device loop always runs --iterations_per_loop steps: the intervals must be
+        multiples of it, or a checkpoint or an evaluation would be skipped."""
+        n = iterations_per_loop
+        for name, every in intervals.items():
+            if n > 1 and every and every % n:
+                raise UsageError(
+                    f"--iterations_per_loop {n}: on Ascend the {name} interval ({every} steps) "
+                    "must be a multiple of it"
+                )
 
 
 def pad_batches(dataset: tf.data.Dataset, batch_size: int, batches: int) -> tf.data.Dataset:
@@ -217,7 +267,7 @@ def create(config: Config) -> Distribution:
 
 def single_device() -> Distribution:
     """One device, no strategy: TensorFlow's default strategy runs replica functions in place."""
-    return Distribution("none", tf.distribute.get_strategy())
+    return Distribution(tf.distribute.get_strategy())
 
 
 def _read_tf_config() -> dict | None:
@@ -246,8 +296,7 @@ def _mirrored(devices: list[str] | None) -> Distribution:
             _split_host_cpu(cpus)
     with tf.Graph().as_default():  # a strategy made in eager mode would configure the runtime
         strategy = v1.distribute.MirroredStrategy(names)
-    return Distribution(
-        "mirrored",
+    return Mirrored(
         strategy,
         num_replicas=strategy.num_replicas_in_sync,
         configure_session=strategy.update_config_proto,
@@ -314,8 +363,7 @@ def _multi_worker(tf_config: dict | None) -> Distribution:
         raise UsageError(f"TF_CONFIG: cannot serve at {address} ({err})") from err
     # Workers are numbered as the strategy numbers its input pipelines: the chief first.
     index = resolver.task_id + (len(cluster.get("chief", [])) if task["type"] == "worker" else 0)
-    return Distribution(
-        "multi_worker",
+    return MultiWorker(
         strategy,
         num_replicas=strategy.num_replicas_in_sync,
         num_workers=_num_workers(cluster),
@@ -328,7 +376,7 @@ def _multi_worker(tf_config: dict | None) -> Distribution:
 
 
 def _npu(config: Config) -> Distribution:
-    if not npu.available():
+    if not compat.npu_available():
         raise UsageError(
             "--distribution npu: npu_bridge is not importable (install the Ascend CANN "
             "TensorFlow adapter, or choose another --distribution)"
@@ -343,8 +391,7 @@ def _npu(config: Config) -> Distribution:
             raise UsageError(f"--rank_size {config.rank_size}: set {' and '.join(missing)}")
         if not 0 <= rank_id < config.rank_size:
             raise UsageError(f"RANK_ID {rank_id} is outside --rank_size {config.rank_size}")
-    return Distribution(
-        "npu",
+    return Npu(
         tf.distribute.get_strategy(),
         num_replicas=config.rank_size,
         num_workers=config.rank_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 
@@ -27,13 +28,23 @@ _TF_BOILERPLATE = ("Graph execution error", "Detected at node", "Node:", "File "
 def reason(err: Exception) -> str:
     """The line of ``err``'s message that says what went wrong, for a one-line message.
 
-    TensorFlow's graph errors open with "Graph execution error:" and the node's stack; the
-    cause (a file name and the OS's reason, a checksum mismatch) comes after.
+    TensorFlow's graph errors open with "Graph execution error:" and the node's stack (file
+    and code lines); the cause (a file name and the OS's reason, a checksum mismatch) is the
+    line before the ``[[node ...]]`` line, and TF 1.15 appends the stack after it.  Eager errors
+    wrap the cause in ``{{function_node ...}}`` and ``[Op:...]``.
     """
     text = getattr(err, "message", None) or str(err)
+    text = text.split("Original stack trace", 1)[0]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(_TF_BOILERPLATE)]
-    return (useful or lines or [type(err).__name__])[0]
+    node_lines = [i for i, line in enumerate(lines) if line.startswith("[[")]
+    if node_lines and node_lines[0] > 0:
+        line = lines[node_lines[0] - 1]
+    else:
+        useful = [line for line in lines if not line.startswith(_TF_BOILERPLATE)]
+        line = (useful or [""])[0]
+    line = re.sub(r"\{\{[^}]*\}\}\s*", "", line)
+    line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", line).strip()
+    return line or type(err).__name__
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

@@ -10,8 +10,8 @@ beside the checkpoints; ``--watch`` turns the evaluator into a side-car of a run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import dataclasses
 import glob
 import io
 import itertools
@@ -23,41 +23,21 @@ from collections.abc import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from vgg_keras import checkpoints, compat, distribute
+from vgg_keras import atomic, checkpoints, cli, compat, distribute, rundir
 from vgg_keras import config as config_lib
+from vgg_keras import model as model_lib
 from vgg_keras.compat import tf, v1
 from vgg_keras.config import Config
-from vgg_keras.data import pipeline, preprocess
+from vgg_keras.data import pipeline
 from vgg_keras.errors import EXIT_FAILED, EXIT_NONFINITE, EXIT_SIGINT, UsageError, reason
-from vgg_keras.model import build_vgg
 from vgg_keras.reporting import EVAL_HEADER, Reporter, format_eval_row
-from vgg_keras.training import CONFIG_FILE, read_run_config
 
 RESULTS_JSON = "eval_results.json"
 RESULTS_CSV = "eval_results.csv"
 CURVE_PNG = "eval_curve.png"
 EVAL_LOG = "eval.log"
 RESULT_KEYS = ("checkpoint", "step", "epoch", "top1", "top5", "loss", "images")
-CROPS = (1, preprocess.TEN_CROPS)
 WATCH_POLL_SECONDS = 1.0
-# How to run this process: flags or defaults only, never inherited from the training run.
-RUNTIME_FLAGS = ("intra_op_threads", "inter_op_threads", "xla", "progress")
-# run_eval.py's Config flags: the network and its input, which default to config.json's values,
-# and the runtime ones.  Training-only settings stay out of --help.
-EVAL_FLAGS = (
-    "data_dir",
-    "arch",
-    "class_num",
-    "image_size",
-    "width_multiplier",
-    "dense_init",
-    "precision",
-    "preprocess",
-    "label_offset",
-    "eval_batch_size",
-    "skip_corrupt",
-    *RUNTIME_FLAGS,
-)
 
 
 class CheckpointGone(UsageError):
@@ -67,8 +47,12 @@ class CheckpointGone(UsageError):
 class Evaluator:
     """Evaluates checkpoints of the network described by ``config`` on its validation split.
 
+    Loads the split, builds the graph and opens its session on construction; use it as a
+    context manager (or call ``close``) so the session is closed however evaluation ends.
     ``crops=10`` averages the logits of ten crops per image; ``progress`` shows a tqdm bar per
     checkpoint when stderr is a terminal; ``log`` receives one line when the graph is built.
+    ``steps_per_epoch`` turns steps into the epochs of the table (default: as training logged
+    them, else the training split over --batch_size).
     """
 
     def __init__(
@@ -86,60 +70,13 @@ class Evaluator:
         dist = (dist or distribute.single_device()).for_evaluation()
         self.config = config
         self.progress = progress
-        self.split = pipeline.load_split(config.data_dir, "validation")
+        self.split = pipeline.load_split(config.data_dir, "validation", config.tfds_data_dir)
         self.steps_per_epoch = steps_per_epoch or _steps_per_epoch(config)
-        batch_size = config.eval_batch_size or config.batch_size
-        self._batches = dist.eval_steps(self.split, batch_size)
+        self._batch_size = config.eval_batch_size or config.batch_size
+        self._batches = dist.eval_steps(self.split, self._batch_size)
         self.graph = tf.Graph()
         with self.graph.as_default(), dist.scope():
-            with compat.precision_policy(config.precision):
-                self.model = build_vgg(
-                    config.arch, config.class_num, config.image_size, config.width_multiplier, 0.0
-                )
-
-            def dataset_fn(num_workers: int, worker_index: int) -> tf.data.Dataset:
-                dataset = pipeline.eval_dataset(
-                    self.split,
-                    batch_size,
-                    config.image_size,
-                    config.class_num,
-                    label_offset=config.label_offset,
-                    skip_corrupt=config.skip_corrupt,
-                    normalization=config.preprocess,
-                    crops=crops,
-                    num_workers=num_workers,
-                    worker_index=worker_index,
-                )
-                # Each session call takes one batch per local replica.
-                batches = self._batches * dist.local_replicas
-                return distribute.pad_batches(dataset, batch_size, batches)
-
-            size = config.image_size
-
-            def replica_sums(images, labels, real):
-                """[top1, top5, loss, images] summed over this replica's real images."""
-                # Crops ride in the batch dimension: one forward pass, then the mean logit.
-                logits = self.model(tf.reshape(images, [-1, size, size, 3]), training=False)
-                logits = tf.reshape(tf.cast(logits, tf.float32), [-1, crops, config.class_num])
-                logits = tf.reduce_mean(logits, axis=1)
-                _, top = tf.nn.top_k(logits, min(5, config.class_num))
-                hits = tf.equal(top, tf.expand_dims(labels, 1))
-                # Plain cross-entropy: label smoothing is a training device, not a metric.
-                loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-                per_image = [hits[:, 0], tf.reduce_any(hits, axis=1), loss, tf.ones_like(loss)]
-                weight = tf.cast(real, tf.float32)
-                return tf.stack([tf.reduce_sum(weight * tf.cast(v, tf.float32)) for v in per_image])
-
-            self._init, next_batch = dist.input_iterator(dataset_fn)
-            sums = dist.reduce(distribute.ReduceOp.SUM, dist.run(replica_sums, *next_batch()))
-            self._fetches = dict(zip(("top1", "top5", "loss", "images"), tf.unstack(sums)))
-            # Workers meet here before restoring: the chief has then finished writing.
-            self._barrier = None
-            if dist.num_workers > 1:
-                self._barrier = dist.reduce(
-                    distribute.ReduceOp.SUM, dist.run(lambda: tf.constant(1.0))
-                )
-            self._saver = v1.train.Saver(self.model.weights)
+            self._build(dist, crops)
         self.graph.finalize()  # restoring and evaluating must never add ops
         self.session = dist.session(
             self.graph,
@@ -148,9 +85,57 @@ class Evaluator:
         if log is not None:
             log(
                 f"eval graph built in {time.perf_counter() - started:.1f} s: {config.arch}, "
-                f"{config.class_num} classes, {size} px, width {config.width_multiplier:g}, "
-                f"{crops} crop(s); {self.split.num_examples} images in {config.data_dir}"
+                f"{config.class_num} classes, {config.image_size} px, width "
+                f"{config.width_multiplier:g}, {crops} crop(s); {self.split.num_examples} images "
+                f"in {config.data_dir}"
             )
+
+    def _build(self, dist: distribute.Distribution, crops: int) -> None:
+        """The eval graph: iterator -> model -> per-replica sums -> sums over all replicas."""
+        config = self.config
+        with compat.precision_policy(config.precision):
+            self.model = model_lib.from_config(config)
+
+        def dataset_fn(num_workers: int, worker_index: int) -> tf.data.Dataset:
+            dataset = pipeline.eval_dataset(
+                self.split,
+                self._batch_size,
+                config.image_size,
+                config.class_num,
+                label_offset=config.label_offset,
+                skip_corrupt=config.skip_corrupt,
+                normalization=config.preprocess,
+                crops=crops,
+                num_workers=num_workers,
+                worker_index=worker_index,
+            )
+            # Each session call takes one batch per local replica.
+            batches = self._batches * dist.local_replicas
+            return distribute.pad_batches(dataset, self._batch_size, batches)
+
+        def replica_sums(images, labels, real):
+            """[top1, top5, loss, images] summed over this replica's real images."""
+            size = config.image_size
+            # Crops ride in the batch dimension: one forward pass, then the mean logit.
+            logits = self.model(tf.reshape(images, [-1, size, size, 3]), training=False)
+            logits = tf.reshape(tf.cast(logits, tf.float32), [-1, crops, config.class_num])
+            logits = tf.reduce_mean(logits, axis=1)
+            _, top = tf.nn.top_k(logits, min(5, config.class_num))
+            hits = tf.equal(top, tf.expand_dims(labels, 1))
+            # Plain cross-entropy: label smoothing is a training device, not a metric.
+            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            per_image = [hits[:, 0], tf.reduce_any(hits, axis=1), loss, tf.ones_like(loss)]
+            weight = tf.cast(real, tf.float32)
+            return tf.stack([tf.reduce_sum(weight * tf.cast(v, tf.float32)) for v in per_image])
+
+        self._init, next_batch = dist.input_iterator(dataset_fn)
+        sums = dist.reduce(distribute.ReduceOp.SUM, dist.run(replica_sums, *next_batch()))
+        self._fetches = dict(zip(("top1", "top5", "loss", "images"), tf.unstack(sums)))
+        # Workers meet here before restoring: the chief has then finished writing.
+        self._barrier = None
+        if dist.num_workers > 1:
+            self._barrier = dist.reduce(distribute.ReduceOp.SUM, dist.run(lambda: tf.constant(1.0)))
+        self._saver = v1.train.Saver(self.model.weights)
 
     def evaluate(self, checkpoint: str) -> dict:
         """Metrics of one checkpoint over every validation image.
@@ -221,10 +206,18 @@ class Evaluator:
     def close(self) -> None:
         self.session.close()
 
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _steps_per_epoch(config: Config) -> float:
+    """Training steps per epoch when training's log does not say: one replica's batch."""
     try:
-        train_images = pipeline.load_split(config.data_dir, "train").num_examples
+        split = pipeline.load_split(config.data_dir, "train", config.tfds_data_dir)
+        train_images = split.num_examples
     except UsageError:
         return float("inf")  # no training split beside the validation data: epochs unknown
     return max(train_images / config.batch_size, 1e-9)
@@ -261,21 +254,14 @@ def write_results(results: list[dict], output: str) -> None:
     """eval_results.json and .csv in ``output``, and eval_curve.png when there are several."""
     rows = [{key: result[key] for key in RESULT_KEYS} for result in results]
     os.makedirs(output, exist_ok=True)
-    _replace(os.path.join(output, RESULTS_JSON), json.dumps(rows, indent=1) + "\n")
+    atomic.write_text(os.path.join(output, RESULTS_JSON), json.dumps(rows, indent=1) + "\n")
     text = io.StringIO()
     writer = csv.DictWriter(text, RESULT_KEYS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _replace(os.path.join(output, RESULTS_CSV), text.getvalue())
+    atomic.write_text(os.path.join(output, RESULTS_CSV), text.getvalue())
     if len(rows) > 1:
         plot_curve(rows, os.path.join(output, CURVE_PNG))
-
-
-def _replace(path: str, text: str) -> None:
-    """Write through a temporary name: a reader never sees a half-written file."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def plot_curve(results: list[dict], path: str) -> None:
@@ -294,8 +280,8 @@ def plot_curve(results: list[dict], path: str) -> None:
     axes.set_title(os.path.dirname(results[0]["checkpoint"]) or ".", fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
-    figure.savefig(path + ".tmp", format="png")
-    os.replace(path + ".tmp", path)
+    with atomic.replacing(path) as tmp:
+        figure.savefig(tmp, format="png")
 
 
 def _exit_code(results: list[dict]) -> int:
@@ -311,16 +297,40 @@ def evaluate_folder(config: Config) -> int:
     found = checkpoints.list_checkpoints(folder)
     if not found:
         raise UsageError(f"no model.ckpt-* checkpoints in {folder}")
-    reporter = Reporter(folder, EVAL_LOG, progress=False, summary_subdir="eval")
-    evaluator = None
-    try:
-        evaluator = Evaluator(config, progress=config.progress, log=reporter.print)
-        results = evaluate_checkpoints(evaluator, found, reporter, folder)
-    finally:
-        reporter.close()
-        if evaluator:
-            evaluator.close()
-    return _exit_code(results)
+    return _exit_code(_evaluate_all(config, folder, found, folder))
+
+
+def _evaluate_all(
+    config: Config,
+    folder: str,
+    paths: Iterable[str],
+    output: str,
+    crops: int = 1,
+    last_words: str | None = None,
+) -> list[dict]:
+    """The set-up both CLIs share: a reporter writing into ``output`` and one evaluator for
+    every checkpoint of the run in ``folder``; both closed however evaluation ends.
+    ``last_words`` is logged when every checkpoint is done."""
+    with contextlib.ExitStack() as stack:
+        reporter = Reporter(output, EVAL_LOG, progress=False, summary_subdir="eval")
+        stack.callback(reporter.close)
+        evaluator = stack.enter_context(
+            Evaluator(
+                config,
+                rundir.logged_steps_per_epoch(folder),
+                crops=crops,
+                progress=config.progress,
+                log=reporter.print,
+            )
+        )
+        try:
+            results = evaluate_checkpoints(evaluator, paths, reporter, output)
+        except KeyboardInterrupt:
+            reporter.print(f"interrupted: the checkpoints evaluated so far are in {output}")
+            raise
+        if last_words:
+            reporter.print(last_words)
+        return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,54 +369,6 @@ def watch_checkpoints(
 # Command line (run_eval.py)
 
 
-def eval_parser() -> argparse.ArgumentParser:
-    parser = config_lib.UsageParser(
-        prog="run_eval.py",
-        description="Evaluate VGG checkpoints (top-1, top-5, loss) on the validation split. "
-        "Model and data settings come from config.json beside the checkpoints; flags override.",
-    )
-    parser.add_argument(
-        "--ckpt",
-        help="a model.ckpt-N prefix, or a folder: its latest checkpoint (every one with "
-        "--all-ckpts)",
-    )
-    parser.add_argument(
-        "--all-ckpts",
-        "--all_ckpts",
-        dest="all_ckpts",
-        action="store_true",
-        help="evaluate every model.ckpt-N in the folder, in step order",
-    )
-    parser.add_argument("--eval_dir", help="checkpoint folder (same as --ckpt DIR)")
-    parser.add_argument(
-        "--output",
-        help="folder for eval_results.json/.csv, eval_curve.png, eval.log and TensorBoard "
-        "events under eval/ (default: the checkpoint folder)",
-    )
-    parser.add_argument(
-        "--eval_crops",
-        type=int,
-        choices=CROPS,
-        default=1,
-        help="1: central crop; 10: four corners, centre and their mirrors, logits averaged "
-        "(a batch then holds 10x the images)",
-    )
-    parser.add_argument(
-        "--watch",
-        action="store_true",
-        help="keep evaluating checkpoints as a running training writes them",
-    )
-    parser.add_argument(
-        "--watch_timeout",
-        type=float,
-        default=3600.0,
-        help="with --watch: stop after this many seconds without a new checkpoint "
-        "(default: %(default)g)",
-    )
-    config_lib.add_config_flags(parser, names=EVAL_FLAGS)
-    return parser
-
-
 def _targets(args: argparse.Namespace) -> tuple[str, Iterable[str]]:
     """(the checkpoint folder, the checkpoints to evaluate in order; lazy with --watch)."""
     if args.ckpt and args.eval_dir:
@@ -436,24 +398,20 @@ def _targets(args: argparse.Namespace) -> tuple[str, Iterable[str]]:
 
 def resolve_config(args: argparse.Namespace, folder: str) -> Config:
     """The run's settings: config.json in ``folder`` (except how to run this process),
-    overridden by flags given explicitly."""
-    saved = read_run_config(folder)
-    inherited = {f.name for f in dataclasses.fields(Config)} - set(RUNTIME_FLAGS)
-    values = {key: value for key, value in saved.items() if key in inherited}
-    values.update({k: v for k, v in vars(args).items() if k in EVAL_FLAGS and v is not None})
-    values["synthetic"] = False  # evaluation always reads the validation shards
-    if values.get("data_dir") is None:
-        path = os.path.join(folder, CONFIG_FILE)
-        source = f"{path} names none" if saved else f"no {CONFIG_FILE} in {folder}"
+    overridden by flags given explicitly; the validation shards are always read."""
+    saved = rundir.read_config(folder)
+    if args.data_dir is None and saved.get("data_dir") is None:
+        path = os.path.join(folder, rundir.CONFIG_FILE)
+        source = f"{path} names none" if saved else f"no {rundir.CONFIG_FILE} in {folder}"
         raise UsageError(f"--data_dir is required ({source})")
-    return config_lib.make_config("imagenet", **values)
+    flags = {name: getattr(args, name) for name in cli.EVAL_FLAGS}
+    return config_lib.merge(saved=saved, flags={**flags, "synthetic": False})
 
 
 def run(args: argparse.Namespace) -> int:
-    """run_eval.py with ``eval_parser()``'s flags; returns the exit code (0 done, 1 nothing
+    """run_eval.py with ``cli.eval_parser()``'s flags; returns the exit code (0 done, 1 nothing
     left to evaluate, 3 a non-finite loss, 130 interrupted)."""
     folder, paths = _targets(args)
-    output = args.output or folder
     paths = iter(paths)
     try:
         first = next(paths, None)  # with --watch: waits for training's first checkpoint
@@ -464,20 +422,17 @@ def run(args: argparse.Namespace) -> int:
             f"no model.ckpt-* checkpoint appeared in {folder} within {args.watch_timeout:g} s"
         )
     config = resolve_config(args, folder)
-    reporter = Reporter(output, EVAL_LOG, progress=False, summary_subdir="eval")
-    evaluator = None
+    output = args.output or folder
+    watched = f"no new checkpoint for {args.watch_timeout:g} s: stopped watching"
     try:
-        evaluator = Evaluator(
-            config, crops=args.eval_crops, progress=config.progress, log=reporter.print
+        results = _evaluate_all(
+            config,
+            folder,
+            itertools.chain([first], paths),
+            output,
+            args.eval_crops,
+            last_words=watched if args.watch else None,
         )
-        results = evaluate_checkpoints(evaluator, itertools.chain([first], paths), reporter, output)
-        if args.watch:
-            reporter.print(f"no new checkpoint for {args.watch_timeout:g} s: stopped watching")
     except KeyboardInterrupt:
-        reporter.print(f"interrupted: the checkpoints evaluated so far are in {output}")
         return EXIT_SIGINT
-    finally:
-        reporter.close()
-        if evaluator:
-            evaluator.close()
     return _exit_code(results)

@@ -24,19 +24,21 @@ Exports always compute in float32, whatever precision the network was trained in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import warnings
 
-from vgg_keras import checkpoints, compat, keras_weights, training
+from vgg_keras import atomic, checkpoints, compat, keras_weights, rundir
+from vgg_keras import config as config_lib
+from vgg_keras import model as model_lib
+from vgg_keras.cli import EXPORT_FORMATS
 from vgg_keras.compat import keras, tf, v1
-from vgg_keras.config import Config, validate
+from vgg_keras.config import NETWORK_KEYS, Config
 from vgg_keras.data import info, preprocess
 from vgg_keras.errors import UsageError
-from vgg_keras.inference_cli import EXPORT_FORMATS, MODEL_FLAGS
-from vgg_keras.model import build_vgg
 
 INPUT_NODE = "input"  # build_vgg's keras.Input: in graph mode, a placeholder of that name
 OUTPUT_NODE = "logits"
@@ -86,30 +88,21 @@ def class_names(labels: str | None, class_num: int) -> list[str]:
     return names
 
 
-def _config(values: dict, overrides: dict) -> Config:
-    known = {f.name for f in dataclasses.fields(Config)}
-    values = {k: v for k, v in values.items() if k in known}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    config = Config(**values)
-    # Exporting needs no training data: validate every setting except the data requirement.
-    validate(dataclasses.replace(config, synthetic=True))
-    return config
-
-
 def from_checkpoint(path: str, overrides: dict | None = None) -> ModelSource:
     """A checkpoint prefix (or folder: its latest) with the settings of the run that wrote it."""
     checkpoint = checkpoints.resolve(path)
-    values = training.read_run_config(os.path.dirname(checkpoint))
-    return ModelSource(_config(values, overrides or {}), checkpoint=checkpoint)
+    saved = rundir.read_config(os.path.dirname(checkpoint))
+    config = config_lib.merge(saved=saved, flags=overrides, need_data=False)
+    return ModelSource(config, checkpoint=checkpoint)
 
 
 def from_keras_weights(spec: str, overrides: dict | None = None) -> ModelSource:
     """A ``keras_imagenet:PATH`` weight file with the network it describes, caffe preprocessing."""
     path = keras_weights.path_of(spec)
     settings = keras_weights.infer_settings(path, keras_weights.read_layers(path))
-    return ModelSource(
-        _config({"preprocess": "caffe", **settings}, overrides or {}), weights_file=path
-    )
+    saved = {"preprocess": "caffe", **settings}
+    config = config_lib.merge(saved=saved, flags=overrides, need_data=False)
+    return ModelSource(config, weights_file=path)
 
 
 @dataclasses.dataclass
@@ -148,7 +141,7 @@ def build_inference(source: ModelSource, top_k: int = TOP_K) -> InferenceGraph:
     graph = tf.Graph()
     with graph.as_default():
         with compat.precision_policy("fp32"):
-            model = build_vgg(config.arch, config.class_num, size, config.width_multiplier, 0.0)
+            model = model_lib.from_config(config)
         tf.identity(model.output, name=OUTPUT_NODE)  # the frozen graph's named output
         image_bytes = v1.placeholder(tf.string, [None], name="image_bytes")
         decoded = tf.map_fn(
@@ -194,8 +187,7 @@ def _write_savedmodel(ig: InferenceGraph, out: str) -> None:
 def _write_keras(ig: InferenceGraph, out: str) -> None:
     # Keras writes its files only from eager variables: copy the values into an eager twin.
     values = ig.session.run(ig.model.weights)
-    c = ig.config
-    model = build_vgg(c.arch, c.class_num, c.image_size, c.width_multiplier, 0.0)
+    model = model_lib.from_config(ig.config)
     model.set_weights(values)
     for name in KERAS_FILES:
         with warnings.catch_warnings():
@@ -214,8 +206,7 @@ def _write_checkpoint(ig: InferenceGraph, out: str, step: int) -> None:
     with ig.graph.as_default():
         saver = v1.train.Saver(ig.model.weights, save_relative_paths=True, pad_step_number=False)
         saver.save(ig.session, os.path.join(out, checkpoints.PREFIX), step, write_meta_graph=False)
-    with open(os.path.join(out, training.CONFIG_FILE), "w") as f:
-        f.write(dataclasses.replace(ig.config, weights=None, restore_path=None).to_json())
+    rundir.write_config(dataclasses.replace(ig.config, weights=None, restore_path=None), out)
 
 
 def _normalization_info(normalization: str) -> dict:
@@ -244,20 +235,12 @@ def export(
     if (os.path.isdir(output) and os.listdir(output)) or os.path.isfile(output):
         raise UsageError(f"--output {output}: exists and is not an empty folder")
     labels = labels or source.labels_file()
-    tmp = output.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     ig = build_inference(source)
-    try:
+    # os.replace renames a folder over an empty one (POSIX rename), so an empty output is fine.
+    with contextlib.closing(ig), atomic.replacing(output) as tmp:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while exporting
         class_names(labels, source.config.class_num)  # after loading: that error comes first
         _write(ig, source, formats, labels, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        ig.close()
-    if os.path.isdir(output):
-        os.rmdir(output)  # empty (checked above): the rename needs the name free
-    os.replace(tmp, output)
     return sorted(os.listdir(output))
 
 
@@ -278,7 +261,7 @@ def _write(ig: InferenceGraph, source: ModelSource, formats, labels: str | None,
         "source": source.checkpoint or f"keras_imagenet:{source.weights_file}",
         "step": source.step,
         "formats": list(formats),
-        **{key: getattr(c, key) for key in MODEL_FLAGS},
+        **{key: getattr(c, key) for key in NETWORK_KEYS},
         # What a client of the frozen graph or the Keras files must do to an image first.
         "normalization": _normalization_info(c.preprocess),
         "eval_resize_shorter_side": int(round(c.image_size * preprocess.EVAL_RESIZE_RATIO)),
@@ -296,15 +279,15 @@ def _write(ig: InferenceGraph, source: ModelSource, formats, labels: str | None,
 
 
 def source_from_args(args: argparse.Namespace) -> ModelSource:
-    """The model named by inference_cli.add_source_flags' --ckpt or --weights, with overrides."""
-    overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
+    """The model named by cli.add_source_flags' --ckpt or --weights, with overrides."""
+    overrides = {name: getattr(args, name) for name in NETWORK_KEYS}
     if args.ckpt:
         return from_checkpoint(args.ckpt, overrides)
     return from_keras_weights(args.weights, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    """run_export.py with inference_cli.export_args' flags."""
+    """run_export.py with cli.export_args' flags."""
     source = source_from_args(args)
     written = export(source, args.formats, args.output, args.labels)
     print(f"exported {source.checkpoint or args.weights} to {args.output}: {', '.join(written)}")

@@ -9,6 +9,7 @@ the demo use; 1.0 is the published network.
 from __future__ import annotations
 
 from vgg_keras.compat import keras, tf
+from vgg_keras.config import Config
 
 BLOCKS = {
     "vgg16": (2, 2, 3, 3, 3),
@@ -96,6 +97,22 @@ def build_vgg(
         name="predictions",
     )(x)
     return keras.Model(inputs, logits, name=arch)
+
+
+def from_config(config: Config, training: bool = False) -> keras.Model:
+    """The network ``config`` describes.  For training also its dropout, and --seed reaching the
+    initial weights (Keras initializers ignore the graph seed); otherwise no dropout layers, as
+    evaluation, export and prediction want."""
+    return build_vgg(
+        config.arch,
+        config.class_num,
+        config.image_size,
+        config.width_multiplier,
+        dropout=config.dropout if training else 0.0,
+        dense_init=config.dense_init,
+        conv_init=config.conv_init,
+        weight_seed=config.seed if training else None,
+    )
 
 
 def kernel_variables(model: keras.Model) -> list:

@@ -15,17 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vgg_keras import compat
 from vgg_keras.compat import tf, v1
 
 # --precision -> the NPU's precision_mode.  fp32 keeps the CANN default (allow_fp32_to_fp16:
 # the cube units of Ascend 910 have no fp32 matmul); the graph itself always stays float32.
 PRECISION_MODES = {"fp16": "allow_mix_precision", "bf16": "allow_mix_precision_bf16"}
-
-
-def available() -> bool:
-    """True where npu_bridge can be imported."""
-    return compat.npu_available()
 
 
 def session_config(

@@ -158,7 +158,7 @@ def format_line(result: dict) -> str:
 
 
 def run(args) -> int:
-    """run_predict.py with inference_cli.predict_args' flags."""
+    """run_predict.py with cli.predict_args' flags."""
     paths = find_images(args.images)
     if args.model:
         predictor = Predictor.from_saved_model(args.model, args.labels)

@@ -4,6 +4,12 @@ The kernel drops a ``flock`` when its process ends, however it ends (``kill -9``
 a lock file left behind by a dead trainer is stale by construction and the next trainer simply
 takes it over.  The pid and host written into the file are for the message a second trainer
 prints, and for filesystems without ``flock``, where a live pid on this host is the test.
+
+Why not the ``filelock`` package: its ``FileLock`` takes the same ``flock`` but cannot say who
+holds the lock (the "in use by pid N on HOST" message, the "took over from pid N" note need the
+owner's record, written under the lock), and its ``SoftFileLock`` fallback for filesystems
+without ``flock`` cannot tell a lock left by a killed trainer from a live one, which this one
+does by asking whether the recorded pid still runs.
 """
 
 from __future__ import annotations

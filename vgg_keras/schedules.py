@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from vgg_keras.compat import tf
+from vgg_keras.compat import tf, v1
 from vgg_keras.config import Config
 
 
@@ -22,13 +22,14 @@ def learning_rate(global_step, config: Config, steps_per_epoch: float, global_ba
     """float32 scalar learning rate at ``global_step`` (an int64 tensor)."""
     scale = base_scale(config, global_batch)
     step = tf.cast(global_step, tf.float32)
-    if config.lr_schedule == "piecewise":
-        boundaries = [int(round(b * steps_per_epoch)) for b in config.lr_boundaries]
-        values = [v * scale for v in config.piecewise_values]
-        lr = tf.constant(values[-1], tf.float32)
-        # Walk the boundaries from the last one down: the first boundary not yet reached wins.
-        for boundary, value in reversed(list(zip(boundaries, values[:-1]))):
-            lr = tf.where(step < boundary, tf.constant(value, tf.float32), lr)
+    if config.lr_schedule == "piecewise" and not config.lr_boundaries:
+        lr = tf.constant(config.piecewise_values[0] * scale, tf.float32)
+    elif config.lr_schedule == "piecewise":
+        # piecewise_constant keeps values[i] while step <= boundaries[i]; the next value starts
+        # at the boundary step itself, hence boundary - 1 on the integer step.
+        boundaries = [int(round(b * steps_per_epoch)) - 1 for b in config.lr_boundaries]
+        values = [float(v * scale) for v in config.piecewise_values]
+        lr = v1.train.piecewise_constant(tf.cast(global_step, tf.int64), boundaries, values)
     else:
         base, floor = config.lr * scale, config.eta_min
         t_max = max(config.T_max * steps_per_epoch, 1.0)

@@ -1,47 +1,38 @@
 """The training graph and the explicit ``tf.compat.v1.Session`` loop.
 
-Read top to bottom: resolve the data and the log folder, build one graph (input iterator ->
-Keras model -> loss -> Nesterov momentum -> train op; the same step also wrapped in a
-``tf.while_loop`` for loop sinking), then run it, logging, checkpointing and evaluating on the
-way.  A run whose log folder holds a checkpoint resumes from it: weights, momentum, global_step
-and the position in the input stream.
+Read top to bottom: the loss; one graph (input iterator -> Keras model -> loss -> Nesterov
+momentum -> train op; the same step also wrapped in a ``tf.while_loop`` for loop sinking); the
+step arithmetic of a run; ``train``, which sets the run up (its folder, the graph, the session,
+the evaluator, all owned by one ExitStack); and ``_Loop``, which runs the graph, logging,
+checkpointing and evaluating on the way.  A run whose log folder holds a checkpoint resumes
+from it: weights, momentum, global_step and the position in the input stream.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import os
 import signal
-import sys
-import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
 
-from vgg_keras import checkpoints, compat, distribute, runlock, schedules
+from vgg_keras import checkpoints, compat, distribute, evaluation, rundir, schedules
+from vgg_keras import model as model_lib
 from vgg_keras.compat import keras, tf, v1
 from vgg_keras.config import Config
-from vgg_keras.data import info, pipeline
-from vgg_keras.errors import (
-    EXIT_NONFINITE,
-    EXIT_SIGINT,
-    EXIT_SIGTERM,
-    RunError,
-    UsageError,
-    reason,
-)
-from vgg_keras.model import build_vgg
+from vgg_keras.data import pipeline
+from vgg_keras.errors import EXIT_NONFINITE, RunError, UsageError, reason
 from vgg_keras.plateau import ChancePlateau
-from vgg_keras.reporting import METRICS_FILE, Reporter
+from vgg_keras.reporting import Reporter
+from vgg_keras.signals import StopSignals
+from vgg_keras.throughput import Throughput
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # epoch length for --synthetic without a dataset
-CONFIG_FILE = "config.json"
-# Settings that define the network: a checkpoint only fits a run that agrees on all of them.
-MODEL_KEYS = ("arch", "class_num", "image_size", "width_multiplier", "preprocess")
+# What a training call returns: the values after its last step.
+STEP_OUTPUTS = ("loss", "total_loss", "lr", "finite", "step", "grad_norm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,13 +41,13 @@ MODEL_KEYS = ("arch", "class_num", "image_size", "width_multiplier", "preprocess
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
     """Mean softmax cross-entropy in float32 against smoothed one-hot labels."""
-    onehot = tf.one_hot(labels, num_classes, dtype=tf.float32)
-    if label_smoothing:
-        onehot = onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
-    per_image = tf.nn.softmax_cross_entropy_with_logits(
-        labels=onehot, logits=tf.cast(logits, tf.float32)
+    return v1.losses.softmax_cross_entropy(
+        tf.one_hot(labels, num_classes, dtype=tf.float32),
+        tf.cast(logits, tf.float32),
+        label_smoothing=label_smoothing,
+        loss_collection=None,
+        reduction=v1.losses.Reduction.MEAN,
     )
-    return tf.reduce_mean(per_image)
 
 
 def weight_decay_loss(model: keras.Model, weight_decay: float, decay_biases: bool = False):
@@ -64,7 +55,7 @@ def weight_decay_loss(model: keras.Model, weight_decay: float, decay_biases: boo
 
     ``tf.nn.l2_loss`` is half the sum of squares, the convention of TF-slim and the reference.
     """
-    weights = [w for w in model.trainable_weights if decay_biases or "kernel" in w.name]
+    weights = model.trainable_weights if decay_biases else model_lib.kernel_variables(model)
     if not weight_decay or not weights:
         return tf.constant(0.0)
     return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(w, tf.float32)) for w in weights])
@@ -93,6 +84,76 @@ class TrainGraph:
     load_device_loop: Callable[[v1.Session, int], None] | None = None
 
 
+@dataclasses.dataclass
+class _StepBuilder:
+    """Builds one training step: the next batch, forward and backward on every replica, the
+    update.  Called once for the single step and once inside the while loop's body; both share
+    the model, the optimizer and its momentum slots."""
+
+    config: Config
+    dist: distribute.Distribution
+    model: keras.Model
+    optimizer: v1.train.Optimizer
+    global_step: tf.Variable
+    skipped: tf.Variable
+    next_batch: Callable
+    learning_rate: Callable  # learning_rate(step tensor) -> the schedule at that step
+
+    def forward_backward(self, images, labels, measure_grad_norm):
+        """On one replica: [loss, total_loss, gradient norm] and the gradients of its share of
+        the batch."""
+        c = self.config
+        logits = self.model(images, training=True)
+        loss = cross_entropy(logits, labels, c.class_num, c.label_smoothing)
+        total_loss = loss + weight_decay_loss(self.model, c.weight_decay, c.decay_biases)
+        # The strategy sums gradients over replicas: the sum of these is the gradient of the
+        # mean loss over the global batch.
+        grads = self.optimizer.compute_gradients(
+            total_loss / self.dist.in_sync, self.model.trainable_weights
+        )
+        # The norm of this replica's gradient of its mean loss, on steps that end a log interval
+        # (NaN on the others: it costs a pass over every gradient): a run whose gradients vanish
+        # or explode shows it in metrics.jsonl from the first line on.
+        grad_norm = tf.cond(
+            measure_grad_norm,
+            lambda: tf.linalg.global_norm([g for g, _ in grads]) * self.dist.in_sync,
+            lambda: tf.constant(float("nan")),
+        )
+        return tf.stack([loss, total_loss, grad_norm]), grads
+
+    def apply_on_replica(self, grads):
+        with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+            return self.optimizer.apply_gradients(grads, self.global_step)
+
+    def __call__(self, measure_grad_norm):
+        """One update; returns (the STEP_OUTPUTS after it, train op)."""
+        dist = self.dist
+        images, labels = self.next_batch()
+        losses, grads = dist.run(self.forward_backward, images, labels, measure_grad_norm)
+        loss, total_loss, grad_norm = tf.unstack(dist.reduce(distribute.ReduceOp.MEAN, losses))
+        # The mean over replicas is finite only if every replica's loss is, and every worker
+        # sees the same value: all replicas take the same branch below.
+        finite = tf.math.is_finite(total_loss)
+
+        def apply():
+            return dist.group(dist.run(self.apply_on_replica, grads))
+
+        def skip():
+            return tf.group(v1.assign_add(self.global_step, 1), v1.assign_add(self.skipped, 1))
+
+        if self.config.nan_policy == "skip_step":
+            train_op = tf.cond(finite, apply, skip)
+        else:
+            train_op = apply()
+        with tf.control_dependencies([train_op]):
+            # Read after the update: the step this call ended on.  The update used the
+            # learning rate of the step before it.
+            step = self.global_step.read_value()
+            lr = self.learning_rate(step - 1)
+            outputs = (tf.identity(loss), tf.identity(total_loss), lr, finite, step, grad_norm)
+        return outputs, train_op
+
+
 def build_train_graph(
     config: Config,
     dataset_fn,
@@ -111,90 +172,34 @@ def build_train_graph(
     with graph.as_default(), dist.scope():
         v1.set_random_seed(config.seed)
         with compat.precision_policy(dist.model_precision(config.precision)):
-            model = build_vgg(
-                config.arch,
-                config.class_num,
-                config.image_size,
-                config.width_multiplier,
-                config.dropout,
-                config.dense_init,
-                config.conv_init,
-                # Keras initializers ignore the graph seed (unseeded ones draw from Python's
-                # `random`), so --seed reaches the weights only through here.
-                weight_seed=config.seed,
-            )
+            model = model_lib.from_config(config, training=True)
         global_step = v1.train.get_or_create_global_step()
         skipped = v1.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         iterator_init, next_batch = dist.input_iterator(dataset_fn)
-        # The optimizer is created once (its momentum slots must be shared by the single step
-        # and the loop body); its learning rate is the schedule tensor of the step being built.
-        step_lr = []
-        optimizer = dist.wrap_optimizer(
-            v1.train.MomentumOptimizer(
-                lambda: step_lr[-1], config.momentum, use_nesterov=config.use_nesterov
-            ),
-            config.precision,
+
+        def learning_rate(step):
+            return schedules.learning_rate(step, config, steps_per_epoch, global_batch)
+
+        # One optimizer (its momentum slots are shared by the single step and the loop body);
+        # it calls its learning rate where each step is built, reading that step's global_step.
+        optimizer = v1.train.MomentumOptimizer(
+            lambda: learning_rate(global_step), config.momentum, use_nesterov=config.use_nesterov
         )
-
-        def forward_backward(images, labels, measure_grad_norm):
-            """On one replica: [loss, total_loss, gradient norm] and the gradients of its share
-            of the batch."""
-            logits = model(images, training=True)
-            loss = cross_entropy(logits, labels, config.class_num, config.label_smoothing)
-            total_loss = loss + weight_decay_loss(model, config.weight_decay, config.decay_biases)
-            # The strategy sums gradients over replicas: the sum of these is the gradient of
-            # the mean loss over the global batch.
-            grads = optimizer.compute_gradients(total_loss / dist.in_sync, model.trainable_weights)
-            # The norm of this replica's gradient of its mean loss, on steps that end a log
-            # interval (NaN on the others: it costs a pass over every gradient): a run whose
-            # gradients vanish or explode shows it in metrics.jsonl from the first line on.
-            grad_norm = tf.cond(
-                measure_grad_norm,
-                lambda: tf.linalg.global_norm([g for g, _ in grads]) * dist.in_sync,
-                lambda: tf.constant(float("nan")),
-            )
-            return tf.stack([loss, total_loss, grad_norm]), grads
-
-        def apply_on_replica(grads):
-            with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
-                return optimizer.apply_gradients(grads, global_step)
-
-        def one_step(measure_grad_norm):
-            """One update; returns ((loss, total_loss, lr, finite, step, grad_norm) after it,
-            train op)."""
-            images, labels = next_batch()
-            lr = schedules.learning_rate(global_step, config, steps_per_epoch, global_batch)
-            step_lr.append(lr)
-            losses, grads = dist.run(forward_backward, images, labels, measure_grad_norm)
-            loss, total_loss, grad_norm = tf.unstack(dist.reduce(distribute.ReduceOp.MEAN, losses))
-            # The mean over replicas is finite only if every replica's loss is, and every
-            # worker sees the same value: all replicas take the same branch below.
-            finite = tf.math.is_finite(total_loss)
-
-            def apply():
-                return dist.group(dist.run(apply_on_replica, grads))
-
-            if config.nan_policy == "skip_step":
-
-                def skip():
-                    return tf.group(v1.assign_add(global_step, 1), v1.assign_add(skipped, 1))
-
-                train_op = tf.cond(finite, apply, skip)
-            else:
-                train_op = apply()
-            with tf.control_dependencies([train_op]):
-                # Read after the update: the step this call ended on.
-                step = global_step.read_value()
-                outputs = (tf.identity(loss), tf.identity(total_loss), lr, finite, step, grad_norm)
-            return outputs, train_op
-
+        one_step = _StepBuilder(
+            config,
+            dist,
+            model,
+            dist.wrap_optimizer(optimizer, config.precision),
+            global_step,
+            skipped,
+            next_batch,
+            learning_rate,
+        )
         # The single step is built first so that the optimizer's slot variables are created
         # outside the while loop; the loop body then reuses them.
-        names = ("loss", "total_loss", "lr", "finite", "step", "grad_norm")
         measure_grad_norm = v1.placeholder_with_default(False, [], "measure_grad_norm")
         step_outputs, step_op = one_step(measure_grad_norm)
-        step_fetches = dict(zip(names, step_outputs))
-
+        step_fetches = dict(zip(STEP_OUTPUTS, step_outputs))
         loop_steps = v1.placeholder_with_default(tf.constant(1, tf.int32), [], "loop_steps")
         device_loop = dist.device_loop(step_op)
         load_device_loop = None
@@ -202,26 +207,9 @@ def build_train_graph(
             loop_op, load_device_loop = device_loop
             loop_fetches = {**step_fetches, "device_loop": loop_op}
         else:
-            stop_on_nan = config.nan_policy == "stop"
-
-            def keep_going(i, *last):
-                more = i < loop_steps
-                return tf.logical_and(more, last[3]) if stop_on_nan else more
-
-            def body(i, *_last):
-                last_step = tf.logical_and(measure_grad_norm, tf.equal(i + 1, loop_steps))
-                return (i + 1, *one_step(last_step)[0])
-
-            zero = tf.constant(0.0)
-            initial = [zero, zero, zero, tf.constant(True), tf.constant(0, tf.int64), zero]
-            _, *last = tf.while_loop(
-                keep_going,
-                body,
-                [tf.constant(0), *initial],
-                parallel_iterations=1,
-                name="sunk_steps",
+            loop_fetches = _sunk_steps(
+                one_step, loop_steps, measure_grad_norm, config.nan_policy == "stop"
             )
-            loop_fetches = dict(zip(names, last))
         broadcast_op = dist.broadcast(model.weights)
         saver = v1.train.Saver(
             max_to_keep=config.keep_checkpoint_max, save_relative_paths=True, pad_step_number=False
@@ -243,6 +231,27 @@ def build_train_graph(
         broadcast_op,
         load_device_loop,
     )
+
+
+def _sunk_steps(one_step: _StepBuilder, loop_steps, measure_grad_norm, stop_on_nan: bool) -> dict:
+    """``loop_steps`` training steps in one tf.while_loop (loop sinking); the fetches of the
+    last step run (the gradient norm, when asked for, of the last step only).  With --nan_policy
+    stop the loop ends at the first non-finite loss."""
+
+    def keep_going(i, *last):
+        more = i < loop_steps
+        return tf.logical_and(more, last[3]) if stop_on_nan else more
+
+    def body(i, *_last):
+        last_step = tf.logical_and(measure_grad_norm, tf.equal(i + 1, loop_steps))
+        return (i + 1, *one_step(last_step)[0])
+
+    zero = tf.constant(0.0)
+    initial = [zero, zero, zero, tf.constant(True), tf.constant(0, tf.int64), zero]
+    _, *last = tf.while_loop(
+        keep_going, body, [tf.constant(0), *initial], parallel_iterations=1, name="sunk_steps"
+    )
+    return dict(zip(STEP_OUTPUTS, last))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,177 +284,17 @@ def plan_run(config: Config, train_images: int, num_replicas: int = 1) -> RunPla
     return RunPlan(train_images, global_batch, steps_per_epoch, max_steps, save_every, eval_every)
 
 
-def prepare_log_dir(config: Config, cleanup: contextlib.ExitStack) -> str | None:
-    """Lock log_dir for this run, check it against the run, write config.json; returns the
-    checkpoint to resume from.
-
-    The lock is released when ``cleanup`` closes.  Never starts afresh over a run it cannot
-    resume (another network's config.json, checkpoint files without a complete checkpoint):
-    that is refused unless ``--overwrite``, which deletes the previous run first.  Leftovers of
-    interrupted saves are deleted.
-    """
-    log_dir = config.log_dir
-    lock = cleanup.enter_context(runlock.RunLock(log_dir))
-    if lock.stale_owner:
-        owner = lock.stale_owner
-        print(f"note: took over {lock.path} from pid {owner.get('pid')}, which is not running")
-    try:
-        checkpoints.remove_partial(log_dir)
-        if config.overwrite:
-            _remove_previous_run(config)
-        previous = read_run_config(log_dir)
-        changed = [k for k in MODEL_KEYS if k in previous and previous[k] != getattr(config, k)]
-        if changed:
-            key = changed[0]
-            raise UsageError(
-                f"--log_dir {log_dir} holds a run with {key}={previous[key]}, this run has "
-                f"{key}={getattr(config, key)} (use another --log_dir, or --overwrite to delete "
-                "that run)"
-            )
-        latest = checkpoints.latest_checkpoint(log_dir)
-        named = checkpoints.state_file_target(log_dir)
-        if named and not os.path.exists(named + ".index"):
-            if latest is None:
-                raise UsageError(
-                    f"{os.path.join(log_dir, 'checkpoint')} names {named}, which is missing, and "
-                    "no other checkpoint is complete: put it back, or start afresh with --overwrite"
-                )
-            print(f"warning: {named} (the newest checkpoint on record) is missing; using {latest}")
-        leftovers = glob.glob(os.path.join(glob.escape(log_dir), f"{checkpoints.PREFIX}-*"))
-        if latest is None and leftovers:
-            raise UsageError(
-                f"--log_dir {log_dir} holds {os.path.basename(sorted(leftovers)[-1])} but no "
-                "complete checkpoint (no .index file): start afresh with --overwrite"
-            )
-        if latest is None:  # else write_config, once the checkpoint has been restored
-            write_config(config)
-    except OSError as err:
-        raise UsageError(f"--log_dir {log_dir}: cannot write there ({err.strerror})") from err
-    return latest
-
-
-def write_config(config: Config) -> None:
-    """``<log_dir>/config.json``: the resolved settings (through a temporary name)."""
-    path = os.path.join(config.log_dir, CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-        f.write(config.to_json())
-    os.replace(path + ".tmp", path)
-
-
-def read_run_config(folder: str) -> dict:
-    """The settings a run saved in ``<folder>/config.json`` ({} when there are none)."""
-    return info.read_json(os.path.join(folder, CONFIG_FILE), "run settings")
-
-
-def _remove_previous_run(config: Config) -> None:
-    """--overwrite: delete the checkpoints, logs, metrics and events of the run in log_dir."""
-    log_dir = glob.escape(config.log_dir)
-    doomed = [
-        *glob.glob(os.path.join(log_dir, f"{checkpoints.PREFIX}-*")),
-        *glob.glob(os.path.join(log_dir, "events.out.tfevents.*")),
-        *(
-            os.path.join(config.log_dir, name)
-            for name in ("checkpoint", CONFIG_FILE, METRICS_FILE, config.log_name)
-        ),
-    ]
-    removed = 0
-    for path in doomed:
-        if os.path.isfile(path):
-            os.remove(path)
-            removed += 1
-    if removed:
-        print(f"--overwrite: deleted the previous run in {config.log_dir} ({removed} files)")
-
-
-class StopSignals:
-    """SIGINT/SIGTERM become a flag the loop checks after each session call.
-
-    The first signal lets the current session call finish; the loop then saves a checkpoint
-    and exits 130 or 143.  A second one exits at once, even in the middle of a long session
-    call: Python runs signal handlers only between bytecodes of the main thread, which a session
-    call blocks, so a helper thread reads the signals from a wakeup fd instead.  Exiting there
-    cannot leave a half-written checkpoint that a reader would take (see checkpoints.py).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self) -> StopSignals:
-        read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._write_fd, False)
-        for sig in self.SIGNALS:
-            # The C-level handler writes to the wakeup fd only for signals with a Python handler.
-            self._previous[sig] = signal.signal(sig, lambda *_: None)
-        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        self._thread = threading.Thread(target=self._watch, args=(read_fd,), daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self, read_fd: int) -> None:
-        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-            while data := pipe.read(64):  # b"" once __exit__ closes the write end
-                for signum in data:
-                    if signum not in self.SIGNALS:
-                        continue
-                    if self.received is None:
-                        self.received = signum
-                    else:
-                        name = signal.Signals(signum).name
-                        print(f"{name} again: exiting at once, without saving", file=sys.stderr)
-                        os._exit(_exit_code(signum))
-
-    def __exit__(self, *exc) -> None:
-        signal.set_wakeup_fd(self._previous_fd)
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        os.close(self._write_fd)
-        self._thread.join()
-
-    @property
-    def exit_code(self) -> int:
-        return _exit_code(self.received)
-
-
-def _exit_code(signum: int) -> int:
-    return EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
-
-
 def _train_split(config: Config):
     if config.synthetic and config.data_dir is None:
         return None
     return pipeline.load_split(config.data_dir, "train", config.tfds_data_dir)
 
 
-def train(config: Config) -> int:
-    """Run ``config.mode``; returns the process exit code."""
-    if config.mode == "evaluate":
-        from vgg_keras import evaluation
-
-        return evaluation.evaluate_folder(config)
-    # Closes whatever the run holds however it ends, e.g. releases the log_dir lock.
-    with contextlib.ExitStack() as cleanup:
-        return _train(config, cleanup)
-
-
-def _train(config: Config, cleanup: contextlib.ExitStack) -> int:
-    dist = distribute.create(config)  # first: it may configure devices and start a server
-    split = _train_split(config)
-    train_images = split.num_examples if split else IMAGENET_TRAIN_IMAGES
-    plan = plan_run(config, train_images, dist.num_replicas)
-    _check_device_loop(config, plan, dist)
-    if dist.is_chief:
-        resume_from = prepare_log_dir(config, cleanup)
-    else:  # the chief prepares the log folder; the others only read its newest checkpoint
-        resume_from = None if config.overwrite else checkpoints.latest_checkpoint(config.log_dir)
-    start_step = checkpoints.checkpoint_step(resume_from) if resume_from else 0
-
-    shards = []  # (num_workers, worker_index) the strategy asked this worker's input for
+def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distribution):
+    """``dataset_fn(num_workers, worker_index)`` for build_train_graph: this worker's stream,
+    from ``start_step`` on."""
 
     def dataset_fn(num_workers: int, worker_index: int):
-        shards.append((num_workers, worker_index))
         if config.synthetic:
             return pipeline.synthetic_dataset(
                 config.batch_size, config.image_size, config.class_num, config.seed
@@ -469,104 +318,114 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> int:
             normalization=config.preprocess,
         )
 
-    tg = build_train_graph(config, dataset_fn, plan.steps_per_epoch, plan.global_batch, dist)
-    evaluator = None
-    if plan.eval_every:
-        from vgg_keras import evaluation
+    return dataset_fn
 
-        evaluator = evaluation.Evaluator(config, plan.steps_per_epoch, dist=dist)
 
-    session = dist.session(
-        tg.graph,
-        compat.session_config(config.intra_op_threads, config.inter_op_threads, config.xla),
+def train(config: Config) -> int:
+    """Train (``--mode train`` or ``train_and_evaluate``); returns the process exit code.
+
+    One ExitStack owns what the run holds (the log_dir lock, the session, the reporter, the
+    evaluator) and closes it however the run ends.
+    """
+    dist = distribute.create(config)  # first: it may configure devices and start a server
+    split = _train_split(config)
+    plan = plan_run(
+        config, split.num_examples if split else IMAGENET_TRAIN_IMAGES, dist.num_replicas
     )
-    reporter = Reporter(
-        config.log_dir,
-        config.log_name,
-        is_chief=dist.is_chief,
-        total_steps=plan.max_steps,
-        initial_step=start_step,
-        progress=config.progress,
-    )
-    try:
-        if dist.kind != "none":
-            reporter.print(dist.describe())
-        if dist.model_precision(config.precision) == "bf16" and not compat.fast_bf16():
-            reporter.print(
-                "warning: --precision bf16 on a CPU without bf16 instructions (no avx512_bf16 or "
-                "amx_bf16) and no GPU: it is emulated, many times slower than --precision fp32"
+    intervals = {"steps": plan.max_steps, "save": plan.save_every, "eval": plan.eval_every}
+    dist.check_intervals(config.iterations_per_loop, intervals)
+    with contextlib.ExitStack() as stack:
+        if dist.is_chief:
+            resume_from = rundir.prepare(config, stack)
+        else:  # the chief prepares the log folder; the others only read its newest checkpoint
+            resume_from = (
+                None if config.overwrite else checkpoints.latest_checkpoint(config.log_dir)
             )
-        if split is not None and shards[0][0] > 1:
-            reporter.print(_describe_shard(split, *shards[0]))
-        session.run(tg.init_op)
-        if resume_from:
-            checkpoints.check_compatible(resume_from, tg.model.weights)
-            checkpoints.restore(tg.saver, session, resume_from)
-            if dist.is_chief:  # only now: a checkpoint that does not fit leaves it untouched
-                write_config(config)
-            # A new Saver knows only its own checkpoints: without this, --keep_checkpoint_max
-            # would never delete the ones written before the resume.
-            tg.saver.recover_last_checkpoints(checkpoints.list_checkpoints(config.log_dir))
-            reporter.print(f"resumed from {resume_from} at step {start_step}")
-        elif config.restore_path:
-            with tg.graph.as_default():
-                restored = checkpoints.restore_subset(
-                    session,
-                    checkpoints.resolve(config.restore_path),
-                    tg.model.weights,
-                    config.restore_exclude,
-                )
-            reporter.print(f"initialised {len(restored)} variables from {config.restore_path}")
-        elif config.weights:
-            from vgg_keras import keras_weights
+        start_step = checkpoints.checkpoint_step(resume_from) if resume_from else 0
+        dataset_fn = _dataset_fn(config, split, start_step, dist)
+        tg = build_train_graph(config, dataset_fn, plan.steps_per_epoch, plan.global_batch, dist)
+        evaluator = None
+        if plan.eval_every:
+            evaluator = stack.enter_context(
+                evaluation.Evaluator(config, plan.steps_per_epoch, dist=dist)
+            )
+        session_config = compat.session_config(
+            config.intra_op_threads, config.inter_op_threads, config.xla
+        )
+        session = stack.enter_context(contextlib.closing(dist.session(tg.graph, session_config)))
+        reporter = Reporter(
+            config.log_dir,
+            config.log_name,
+            is_chief=dist.is_chief,
+            total_steps=plan.max_steps,
+            initial_step=start_step,
+            progress=config.progress,
+        )
+        stack.callback(reporter.close)
+        try:
+            _initialise(config, dist, tg, session, reporter, resume_from, split)
+            with StopSignals() as signals:
+                code = _Loop(config, plan, tg, session, reporter, evaluator, split).run(signals)
+            if code == 0 and dist.num_workers > 1:
+                # Equal on every worker when they stayed in sync (bit-identical weights).
+                weights = session.run(tg.model.weights)
+                reporter.print(f"weights fingerprint {_fingerprint(weights)}")
+            return code
+        except (tf.errors.UnavailableError, tf.errors.CancelledError) as err:
+            if dist.num_workers == 1:
+                raise
+            reporter.print(
+                f"error: lost contact with another worker ({type(err).__name__}: it stopped, or "
+                "its host is unreachable); restart every worker to resume from the newest "
+                "checkpoint"
+            )
+            return 1
 
-            loaded = keras_weights.load(
+
+def _initialise(config, dist, tg: TrainGraph, session, reporter, resume_from, split) -> None:
+    """Initial weights (a resumed checkpoint, --restore_path, --weights, or fresh ones), the
+    same on every worker; the input iterator at its start."""
+    if dist.kind != "none":
+        reporter.print(dist.describe())
+    if dist.model_precision(config.precision) == "bf16" and not compat.fast_bf16():
+        reporter.print(
+            "warning: --precision bf16 on a CPU without bf16 instructions (no avx512_bf16 or "
+            "amx_bf16) and no GPU: it is emulated, many times slower than --precision fp32"
+        )
+    if split is not None and dist.num_workers > 1:
+        reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
+    session.run(tg.init_op)
+    if resume_from:
+        checkpoints.check_compatible(resume_from, tg.model.weights)
+        checkpoints.restore(tg.saver, session, resume_from)
+        if dist.is_chief:  # only now: a checkpoint that does not fit leaves it untouched
+            rundir.write_config(config)
+        # A new Saver knows only its own checkpoints: without this, --keep_checkpoint_max
+        # would never delete the ones written before the resume.
+        tg.saver.recover_last_checkpoints(checkpoints.list_checkpoints(config.log_dir))
+        step = checkpoints.checkpoint_step(resume_from)
+        reporter.print(f"resumed from {resume_from} at step {step}")
+    elif config.restore_path:
+        with tg.graph.as_default():
+            restored = checkpoints.restore_subset(
                 session,
-                tg.model,
-                keras_weights.path_of(config.weights),
+                checkpoints.resolve(config.restore_path),
+                tg.model.weights,
                 config.restore_exclude,
             )
-            note = "" if config.preprocess == "caffe" else " (they expect --preprocess caffe)"
-            reporter.print(f"initialised {len(loaded)} layers from {config.weights}{note}")
-        if tg.broadcast_op is not None:
-            session.run(tg.broadcast_op)
-        if tg.load_device_loop is not None:
-            tg.load_device_loop(session, config.iterations_per_loop)
-        session.run(tg.iterator_init)
-        with StopSignals() as signals:
-            code = _loop(config, plan, tg, session, reporter, evaluator, signals, split)
-        if code == 0 and dist.num_workers > 1:
-            # Equal on every worker when they stayed in sync (bit-identical weights).
-            reporter.print(f"weights fingerprint {_fingerprint(session.run(tg.model.weights))}")
-        return code
-    except (tf.errors.UnavailableError, tf.errors.CancelledError) as err:
-        if dist.num_workers == 1:
-            raise
-        reporter.print(
-            f"error: lost contact with another worker ({type(err).__name__}: it stopped, or its "
-            "host is unreachable); restart every worker to resume from the newest checkpoint"
-        )
-        return 1
-    finally:
-        reporter.close()
-        session.close()
-        if evaluator:
-            evaluator.close()
+        reporter.print(f"initialised {len(restored)} variables from {config.restore_path}")
+    elif config.weights:
+        from vgg_keras import keras_weights
 
-
-def _check_device_loop(config: Config, plan: RunPlan, dist: distribute.Distribution) -> None:
-    """Ascend's device loop always runs --iterations_per_loop steps: the intervals must be
-    multiples of it, or a checkpoint or an evaluation would be skipped."""
-    n = config.iterations_per_loop
-    if dist.kind != "npu" or n == 1:
-        return
-    intervals = {"steps": plan.max_steps, "save": plan.save_every, "eval": plan.eval_every}
-    for name, every in intervals.items():
-        if every and every % n:
-            raise UsageError(
-                f"--iterations_per_loop {n}: on Ascend the {name} interval ({every} steps) "
-                "must be a multiple of it"
-            )
+        path = keras_weights.path_of(config.weights)
+        loaded = keras_weights.load(session, tg.model, path, config.restore_exclude)
+        note = "" if config.preprocess == "caffe" else " (they expect --preprocess caffe)"
+        reporter.print(f"initialised {len(loaded)} layers from {config.weights}{note}")
+    if tg.broadcast_op is not None:
+        session.run(tg.broadcast_op)
+    if tg.load_device_loop is not None:
+        tg.load_device_loop(session, config.iterations_per_loop)
+    session.run(tg.iterator_init)
 
 
 def _describe_shard(split, num_workers: int, worker_index: int) -> str:
@@ -588,145 +447,183 @@ def _fingerprint(arrays) -> str:
     return digest.hexdigest()[:16]
 
 
+def _steps_to(step: int, every: int | None) -> int:
+    """Steps from ``step`` to the next multiple of ``every`` (never, without ``every``)."""
+    return (step // every + 1) * every - step if every else 1 << 62
+
+
 def _logs_at(step: int, last_log_step: int, display_every: int, max_steps: int) -> bool:
     """Whether reaching ``step`` ends a log interval: a multiple of --display_every passed
     since the last line, or the end of the run."""
     return step // display_every > last_log_step // display_every or step >= max_steps
 
 
-def _next_multiple(step: int, every: int | None) -> int:
-    return (step // every + 1) * every if every else 1 << 62
+def _itstime(step: int, every: int | None) -> bool:
+    """True when ``step`` is a multiple of ``every`` (never, without ``every``)."""
+    return bool(every) and step % every == 0
 
 
-def _loop(config, plan, tg, session, reporter, evaluator, signals, split) -> int:
-    """Train to ``plan.max_steps``; returns the exit code.
+class _Loop:
+    """Trains to ``plan.max_steps``, logging, checkpointing and evaluating on the way.
 
     Every way out saves a checkpoint at the step reached (a signal, bad data, the end) except
     two: a non-finite loss or weights (that state is never saved, exit 3) and a checkpoint that
     cannot be written (RunError, exit 1).  Either way the newest checkpoint is the last good one.
     """
-    step = int(session.run(tg.global_step))
-    last_log_step, last_log_time = step, time.perf_counter()
-    # The starting state is a checkpoint already, or the initialisation: nothing to save.
-    last_saved = step
-    prefix = os.path.join(config.log_dir, checkpoints.PREFIX)
-    # Restored with the weights: the first message of a resumed run counts only its own steps.
-    skipped_steps = int(session.run(tg.skipped_steps))
-    bad_records = _count_bad_records(config, split, reporter)
-    plateau = ChancePlateau(config.class_num)
 
-    def newest() -> str:
-        return checkpoints.latest_checkpoint(config.log_dir) or "none"
+    def __init__(self, config, plan, tg: TrainGraph, session, reporter, evaluator, split):
+        self.config, self.plan, self.tg, self.session = config, plan, tg, session
+        self.reporter, self.evaluator, self.split = reporter, evaluator, split
+        self.prefix = os.path.join(config.log_dir, checkpoints.PREFIX)
+        self.step = int(session.run(tg.global_step))
+        # The starting state is a checkpoint already, or the initialisation: nothing to save.
+        self.last_saved = self.last_logged = self.step
+        # Restored with the weights: the first message of a resumed run counts only its own steps.
+        self.skipped_steps = int(session.run(tg.skipped_steps))
+        self.speed = Throughput(plan.global_batch)
+        self.plateau = ChancePlateau(config.class_num)
+        self.bad_records = _count_bad_records(config, split, reporter)
 
-    def save(at: int) -> None:
-        nonlocal last_saved
-        if at == last_saved or not reporter.is_chief:  # only the chief writes checkpoints
+    def run(self, signals: StopSignals) -> int:
+        """Returns the exit code."""
+        plan = self.plan
+        try:
+            while self.step < plan.max_steps:
+                out = self._train_call()
+                self.reporter.advance(self.step)
+                if self._logs_at(self.step):
+                    self._log(out)
+                if _itstime(self.step, plan.save_every):
+                    self._save(self.step)
+                if _itstime(self.step, plan.eval_every) and self.step < plan.max_steps:
+                    self._evaluate(self.step)
+                if signals.received is not None:
+                    return self._stop(signals)
+            self._save(self.step)
+            if self.evaluator is not None:
+                self._evaluate(self.step)
+        except _NonFinite as err:
+            self.reporter.print(
+                f"error: {err}; stopped without saving, the newest checkpoint is {self._newest()}"
+            )
+            return EXIT_NONFINITE
+        except OSError as err:  # the log, metrics or events could not be written
+            raise RunError(
+                f"cannot write to --log_dir {self.config.log_dir} ({_why(err)}); the newest "
+                f"checkpoint is {self._newest()}"
+            ) from err
+        summary = self.speed.summary()
+        if summary:
+            self.reporter.print(summary)
+        self.reporter.print(f"done: {self.step} steps, checkpoint {self.prefix}-{self.step}")
+        return 0
+
+    def _train_call(self) -> dict:
+        """One session call of up to --iterations_per_loop steps, ending at the next step that
+        logs, saves, evaluates or ends the run; returns its STEP_OUTPUTS."""
+        config, plan, step, tg = self.config, self.plan, self.step, self.tg
+        n = min(
+            config.iterations_per_loop,
+            plan.max_steps - step,
+            _steps_to(step, config.display_every),
+            _steps_to(step, plan.save_every),
+            _steps_to(step, plan.eval_every),
+        )
+        fetches, feed = (tg.step_fetches, {}) if n == 1 else (tg.loop_fetches, {tg.loop_steps: n})
+        if self._logs_at(step + n):
+            feed[tg.measure_grad_norm] = True
+        # Each set of fed placeholders is its own executor in the session: its first call is
+        # the warm-up of that kind.
+        kind = (n == 1, tg.measure_grad_norm in feed)
+        try:
+            out = self.speed.timed(kind, lambda: self.session.run(fetches, feed), n)
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+            explained = _explain_data_error(err, config, self.split)
+            if not isinstance(explained, UsageError):
+                raise
+            # The steps before the bad batch were applied: keep them.
+            self._save(int(self.session.run(tg.global_step)))
+            raise UsageError(f"{explained}; the newest checkpoint is {self._newest()}") from err
+        except tf.errors.OutOfRangeError as err:
+            raise UsageError(f"{config.data_dir}: training data ran out at step {step}") from err
+        self.step = int(out["step"])
+        if not out["finite"] and config.nan_policy == "stop":
+            raise _NonFinite(
+                f"loss is {out['total_loss']} at step {self.step} (lr {out['lr']:.6g})"
+            )
+        return out
+
+    def _log(self, out: dict) -> None:
+        """The log line, metrics.jsonl and TensorBoard: the last step's values, the interval's
+        training FPS."""
+        extra = self.speed.interval()
+        fps = extra.pop("fps")
+        if self.config.nan_policy == "skip_step":
+            total = int(self.session.run(self.tg.skipped_steps))
+            if total > self.skipped_steps:
+                self.reporter.print(
+                    f"skipped {total - self.skipped_steps} step(s) with a non-finite loss up to "
+                    f"step {self.step} (lr {out['lr']:.6g}); {total} in this run's history"
+                )
+            self.skipped_steps = extra["skipped_steps"] = total
+        if self.bad_records is not None:
+            extra["skipped_records"] = self.bad_records
+        epoch = self.plan.epoch(self.step)
+        self.reporter.train_step(
+            self.step,
+            epoch,
+            fps,
+            out["loss"],
+            out["total_loss"],
+            out["lr"],
+            grad_norm=out["grad_norm"],
+            **extra,
+        )
+        warning = self.plateau.observe(epoch, float(out["loss"]))
+        if warning:
+            self.reporter.print(warning)
+        self.last_logged = self.step
+
+    def _logs_at(self, step: int) -> bool:
+        return _logs_at(step, self.last_logged, self.config.display_every, self.plan.max_steps)
+
+    def _save(self, at: int) -> None:
+        if at == self.last_saved or not self.reporter.is_chief:  # only the chief writes
             return
         # The loss check stops at the first bad step; this also catches an update that made
         # the weights overflow while its own loss was still finite.
-        if not all(np.isfinite(w).all() for w in session.run(tg.model.trainable_weights)):
+        weights = self.session.run(self.tg.model.trainable_weights)
+        if not all(np.isfinite(w).all() for w in weights):
             raise _NonFinite(f"the weights are not finite at step {at}")
         try:
-            with tg.graph.as_default():  # the v1 Saver works only in graph mode
-                tg.saver.save(session, prefix, global_step=at, write_meta_graph=False)
+            with self.tg.graph.as_default():  # the v1 Saver works only in graph mode
+                self.tg.saver.save(
+                    self.session, self.prefix, global_step=at, write_meta_graph=False
+                )
         except (tf.errors.OpError, OSError) as err:
-            checkpoints.remove_partial(config.log_dir)  # give back the space a failed save took
+            checkpoints.remove_partial(self.config.log_dir)  # give back what a failed save took
             raise RunError(
-                f"cannot write checkpoint {prefix}-{at} ({_why(err)}); the newest checkpoint "
-                f"is {newest()}"
+                f"cannot write checkpoint {self.prefix}-{at} ({_why(err)}); the newest "
+                f"checkpoint is {self._newest()}"
             ) from err
-        last_saved = at
+        self.last_saved = at
 
-    def evaluate(at: int) -> None:
-        save(at)
-        result = evaluator.evaluate(f"{prefix}-{at}")
-        evaluator.report([result], reporter)
+    def _evaluate(self, at: int) -> None:
+        self._save(at)
+        result = self.evaluator.evaluate(f"{self.prefix}-{at}")
+        self.evaluator.report([result], self.reporter)
 
-    try:
-        while step < plan.max_steps:
-            n = min(
-                config.iterations_per_loop,
-                plan.max_steps - step,
-                # Calls end on log steps too, so lines fall on multiples of --display_every.
-                _next_multiple(step, config.display_every) - step,
-                _next_multiple(step, plan.save_every) - step,
-                _next_multiple(step, plan.eval_every) - step,
-            )
-            fetches = tg.step_fetches if n == 1 else tg.loop_fetches
-            feed = {} if n == 1 else {tg.loop_steps: n}
-            if _logs_at(step + n, last_log_step, config.display_every, plan.max_steps):
-                feed[tg.measure_grad_norm] = True
-            try:
-                out = session.run(fetches, feed_dict=feed)
-            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-                explained = _explain_data_error(err, config, split)
-                if not isinstance(explained, UsageError):
-                    raise
-                # The steps before the bad batch were applied: keep them.
-                save(int(session.run(tg.global_step)))
-                raise UsageError(f"{explained}; the newest checkpoint is {newest()}") from err
-            except tf.errors.OutOfRangeError as err:
-                raise UsageError(
-                    f"{config.data_dir}: training data ran out at step {step}"
-                ) from err
-            step = int(out["step"])
-            if not out["finite"] and config.nan_policy == "stop":
-                raise _NonFinite(f"loss is {out['total_loss']} at step {step} (lr {out['lr']:.6g})")
-            reporter.advance(step)
-            if _logs_at(step, last_log_step, config.display_every, plan.max_steps):
-                now = time.perf_counter()
-                fps = (step - last_log_step) * plan.global_batch / max(now - last_log_time, 1e-9)
-                extra = {}
-                if config.nan_policy == "skip_step":
-                    total = int(session.run(tg.skipped_steps))
-                    if total > skipped_steps:
-                        reporter.print(
-                            f"skipped {total - skipped_steps} step(s) with a non-finite loss up "
-                            f"to step {step} (lr {out['lr']:.6g}); {total} in this run's history"
-                        )
-                    skipped_steps = extra["skipped_steps"] = total
-                if bad_records is not None:
-                    extra["skipped_records"] = bad_records
-                reporter.train_step(
-                    step,
-                    plan.epoch(step),
-                    fps,
-                    out["loss"],
-                    out["total_loss"],
-                    out["lr"],
-                    grad_norm=out["grad_norm"],
-                    **extra,
-                )
-                warning = plateau.observe(plan.epoch(step), float(out["loss"]))
-                if warning:
-                    reporter.print(warning)
-                last_log_step, last_log_time = step, now
-            if step % plan.save_every == 0:
-                save(step)
-            if plan.eval_every and step % plan.eval_every == 0 and step < plan.max_steps:
-                evaluate(step)
-                last_log_time = time.perf_counter()  # evaluation time is not training time
-            if signals.received is not None:
-                save(step)
-                name = signal.Signals(signals.received).name
-                reporter.print(
-                    f"{name}: stopped at step {step}, saved {prefix}-{step} "
-                    f"(exit {signals.exit_code})"
-                )
-                return signals.exit_code
-        save(step)
-        if evaluator is not None:
-            evaluate(step)
-    except _NonFinite as err:
-        reporter.print(f"error: {err}; stopped without saving, the newest checkpoint is {newest()}")
-        return EXIT_NONFINITE
-    except OSError as err:  # the log, metrics or events could not be written
-        raise RunError(
-            f"cannot write to --log_dir {config.log_dir} ({_why(err)}); the newest checkpoint "
-            f"is {newest()}"
-        ) from err
-    reporter.print(f"done: {step} steps, checkpoint {prefix}-{step}")
-    return 0
+    def _stop(self, signals: StopSignals) -> int:
+        self._save(self.step)
+        name = signal.Signals(signals.received).name
+        self.reporter.print(
+            f"{name}: stopped at step {self.step}, saved {self.prefix}-{self.step} "
+            f"(exit {signals.exit_code})"
+        )
+        return signals.exit_code
+
+    def _newest(self) -> str:
+        return checkpoints.latest_checkpoint(self.config.log_dir) or "none"
 
 
 class _NonFinite(Exception):

@@ -30,9 +30,10 @@ import sys
 
 from tqdm import tqdm
 
+from vgg_keras import atomic
 from vgg_keras.compat import tf
 from vgg_keras.data import info, schema, shards
-from vgg_keras.errors import EXIT_SIGINT, UsageError, run_cli
+from vgg_keras.errors import EXIT_SIGINT, UsageError, reason, run_cli
 
 SHUFFLE_SEED = 12345  # TF-slim's seed for the training file order
 JPEG_QUALITY = 95
@@ -40,8 +41,6 @@ REPORT_FILE = "conversion_report.txt"
 STATE_DIR = ".convert"  # per-shard sidecars: record counts and skipped files of finished shards
 SOURCE_SPLITS = {"train": "train", "validation": "val"}
 
-# Start-of-frame markers (baseline, progressive, lossless, arithmetic); not DHT/JPG/DAC.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _SHARD_NAME = re.compile(r"^(train|validation)-\d{5}-of-(\d{5})$")
 
 
@@ -91,34 +90,18 @@ class ShardResult:
 
 
 def jpeg_components(data: bytes) -> int | None:
-    """Colour components from a JPEG's start-of-frame header (4 = CMYK/YCCK); None if absent."""
+    """Colour components from a JPEG's frame header (4 = CMYK/YCCK); None if it is not one.
+
+    ``tf.io.extract_jpeg_shape`` reads only the header and reports CMYK as 4 (checked on TF
+    2.21).  The start-of-image test first keeps libjpeg's "Not a JPEG file" line, which it
+    prints on stderr, out of the converter's output for PNG and other files.
+    """
     if data[:2] != b"\xff\xd8":
         return None
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length field
-            pos += 2
-            continue
-        if marker == 0xDA:  # start of scan: no frame header before it
-            return None
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker in _SOF_MARKERS:
-            return data[pos + 9] if pos + 9 < len(data) else None
-        pos += 2 + length
-    return None
-
-
-def _tf_reason(err: tf.errors.OpError) -> str:
-    """TF's message without the op/function decorations eager errors carry."""
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", err.message)
-    text = re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S)
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    try:
+        return int(tf.io.extract_jpeg_shape(data)[2])
+    except tf.errors.OpError:
+        return None
 
 
 def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
@@ -143,7 +126,7 @@ def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
             source = _format_name(data)
         jpeg = tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY).numpy()
     except tf.errors.OpError as err:
-        raise BadImage(_tf_reason(err)) from err
+        raise BadImage(reason(err)) from err
     return jpeg, pixels.shape[0], pixels.shape[1], 3, "RGB", source
 
 
@@ -196,10 +179,10 @@ def convert_shard(task: ShardTask) -> ShardResult:
         records = shards.write_shard(path, examples())
         result = ShardResult(task.name, records, tuple(skipped), tuple(reencoded))
         state = {"fingerprint": task.fingerprint, **dataclasses.asdict(result)}
-        _write_json(task.state_path, state)
+        atomic.write_text(task.state_path, json.dumps(state))
     except (OSError, tf.errors.OpError) as err:
-        reason = err.strerror if isinstance(err, OSError) else _tf_reason(err)
-        raise UsageError(f"{path}: cannot write shard ({reason})") from err
+        why = err.strerror if isinstance(err, OSError) else reason(err)
+        raise UsageError(f"{path}: cannot write shard ({why})") from err
     return result
 
 
@@ -223,12 +206,6 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
         tuple(tuple(row) for row in state["skipped"]),
         tuple(tuple(row) for row in state["reencoded"]),
     )
-
-
-def _write_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-    os.replace(path + ".tmp", path)
 
 
 def plan_shards(

@@ -16,11 +16,11 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import re
 from collections.abc import Callable, Sequence
 
 from vgg_keras.compat import tf
 from vgg_keras.data import schema
+from vgg_keras.errors import reason
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -67,8 +67,8 @@ def find_bad_record(
             if good < readable:
                 index = first_bad if first_bad >= 0 else good
                 serialized = next(iter(tf.data.TFRecordDataset(path).skip(index).take(1)))
-                reason = _reason(serialized, num_classes, label_offset, parse)
-                return BadRecord(path, index, reason)
+                why = _reason(serialized, num_classes, label_offset, parse)
+                return BadRecord(path, index, why)
             if tail is not None:
                 return BadRecord(path, readable, tail)
         return None
@@ -118,7 +118,7 @@ def _readable_records(path: str) -> tuple[int | None, str | None]:
         return None, "file not found"
     except tf.errors.OpError as err:
         # TFRecordDataset ends a file at its first unreadable record; ignore_errors counts up to it.
-        return int(_counter(True)(path)), f"truncated or corrupt record ({_short(err)})"
+        return int(_counter(True)(path)), f"truncated or corrupt record ({reason(err)})"
 
 
 @functools.cache
@@ -189,7 +189,7 @@ def _reason(serialized, num_classes: int, label_offset: int, parse: Parser) -> s
         jpeg, label, bboxes = parse(serialized, label_offset)
     except tf.errors.OpError as err:
         kind = "TF-slim " if parse is schema.parse else ""
-        return f"not a {kind}tf.train.Example ({_short(err)})"
+        return f"not a {kind}tf.train.Example ({reason(err)})"
     encoded = jpeg.numpy()
     if not encoded:
         return "no image bytes (image/encoded is missing or empty)"
@@ -208,16 +208,3 @@ def _reason(serialized, num_classes: int, label_offset: int, parse: Parser) -> s
     if boxes.size and not ((boxes >= 0) & (boxes <= 1)).all():
         return "a bounding box coordinate is outside [0, 1]"
     return "the record fails the input pipeline's checks"
-
-
-def _short(err: tf.errors.OpError) -> str:
-    """The line of TensorFlow's message that says what went wrong.
-
-    Drops the function-node prefix, the op suffix, and a graph error's traceback lines.
-    """
-    noise = ("Graph execution error", "Detected at node", "File ", "[[")
-    lines = [line.strip() for line in err.message.splitlines()]
-    lines = [line for line in lines if line and not line.startswith(noise)]
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", lines[-1] if lines else "")
-    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip()
-    return text or type(err).__name__

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from vgg_keras import atomic
 from vgg_keras.errors import UsageError
 
 INFO_FILE = "dataset_info.json"
@@ -36,9 +37,9 @@ def read_json(path: str, what: str) -> dict:
 def write_info(data_dir: str, info: dict) -> None:
     """Write dataset_info.json and labels.txt atomically (temporary name, then rename)."""
     synsets, texts = info.get("synsets", []), info.get("texts", [])
-    _atomic_write(os.path.join(data_dir, INFO_FILE), json.dumps(info, indent=1, sort_keys=True))
+    atomic.write_text(os.path.join(data_dir, INFO_FILE), json.dumps(info, indent=1, sort_keys=True))
     lines = "".join(f"{s}\t{t}\n" for s, t in zip(synsets, texts))
-    _atomic_write(os.path.join(data_dir, LABELS_FILE), lines)
+    atomic.write_text(os.path.join(data_dir, LABELS_FILE), lines)
 
 
 def read_labels(path: str) -> list[str]:
@@ -49,9 +50,3 @@ def read_labels(path: str) -> list[str]:
     except OSError as err:
         raise UsageError(f"{path}: cannot read labels ({err.strerror})") from err
     return [row.split("\t", 1)[-1] for row in rows]
-
-
-def _atomic_write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)

@@ -13,7 +13,9 @@ import dataclasses
 import glob
 import json
 import os
+from collections.abc import Callable
 
+from vgg_keras import atomic
 from vgg_keras.compat import tf
 from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
@@ -24,18 +26,16 @@ COUNTS_CACHE = "record_counts.json"
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """The shards of one split and their exact record counts."""
+    """The shards of one split, their exact record counts, and how to parse a record.
+
+    ``parse(serialized, label_offset)`` gives (jpeg, 0-based label, bboxes): ``schema.parse``
+    for the TF-slim ImageNet schema, ``schema.parse_tfds`` for a TFDS-prepared set.
+    """
 
     name: str
     files: tuple[str, ...]
     counts: tuple[int, ...]
-    record_format: str = "slim"  # "slim": TF-slim ImageNet schema; "tfds": a TFDS-prepared set
-
-    def parse(self, serialized, label_offset: int):
-        """(jpeg, 0-based label, bboxes) of one record in this split's format."""
-        if self.record_format == "tfds":
-            return schema.parse_tfds(serialized)
-        return schema.parse(serialized, label_offset)
+    parse: Callable = schema.parse
 
     @property
     def num_examples(self) -> int:
@@ -82,7 +82,8 @@ def load_split(data_dir: str, split: str, tfds_data_dir: str | None = None) -> S
     names a TFDS-prepared dataset in ``tfds_data_dir`` instead of a folder.
     """
     if data_dir.startswith(tfds_source.PREFIX):
-        return tfds_source.load_split(data_dir, split, tfds_data_dir)
+        files, counts = tfds_source.locate(data_dir, split, tfds_data_dir)
+        return Split(split, files, counts, parse=schema.parse_tfds)
     files = list_files(data_dir, split)
     known = info.read_info(data_dir).get("files", {})
     cache_path = os.path.join(data_dir, COUNTS_CACHE)
@@ -106,9 +107,7 @@ def load_split(data_dir: str, split: str, tfds_data_dir: str | None = None) -> S
         counts.append(int(entry["records"]))
     if changed:
         try:
-            with open(cache_path + ".tmp", "w") as f:
-                json.dump(cache, f, indent=1, sort_keys=True)
-            os.replace(cache_path + ".tmp", cache_path)
+            atomic.write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
         except OSError:
             pass  # a read-only data folder: count again next time
     return Split(split, tuple(files), tuple(counts))

@@ -99,10 +99,12 @@ _TFDS_FEATURES = {
 }
 
 
-def parse_tfds(serialized):
+def parse_tfds(serialized, label_offset: int = 0):
     """Parse one record of a TFDS-prepared image dataset (``image`` JPEG, ``label`` 0-based).
 
-    Returns the same (jpeg_bytes, label, bboxes) as :func:`parse`, with no boxes.
+    Returns the same (jpeg_bytes, label, bboxes) as :func:`parse`, with no boxes.  TFDS labels
+    are 0-based already: ``label_offset`` is accepted (the signature :func:`parse` has) and
+    ignored.
     """
     parsed = tf.io.parse_single_example(serialized, _TFDS_FEATURES)
     label = tf.cast(parsed["label"], tf.int32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from vgg_keras import atomic
 from vgg_keras.compat import tf
 from vgg_keras.data import schema
 
@@ -12,11 +13,10 @@ from vgg_keras.data import schema
 def write_shard(path: str, examples: Iterable[tf.train.Example]) -> int:
     """Write ``examples`` to ``path`` via ``path.tmp``; returns the record count."""
     count = 0
-    with tf.io.TFRecordWriter(path + ".tmp") as writer:
+    with atomic.replacing(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         for example in examples:
             writer.write(example.SerializeToString(deterministic=True))
             count += 1
-    os.replace(path + ".tmp", path)
     return count
 
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import os
 
-from vgg_keras.errors import UsageError
+from vgg_keras.errors import UsageError, reason
 
 PREFIX = "tfds:"
 
 
-def load_split(spec: str, split: str, tfds_data_dir: str | None):
-    """The Split (files and exact counts) of ``split`` ('train'/'validation') of a TFDS dataset."""
-    from vgg_keras.data.pipeline import Split
-
+def locate(spec: str, split: str, tfds_data_dir: str | None) -> tuple[tuple, tuple]:
+    """(files, exact record counts) of ``split`` ('train'/'validation') of a TFDS dataset."""
     parts = spec[len(PREFIX) :].split(":")
     name = parts[0]
     if not name or len(parts) > 2:
@@ -31,7 +29,7 @@ def load_split(spec: str, split: str, tfds_data_dir: str | None):
     try:
         builder = tfds.builder(name, data_dir=tfds_data_dir)
     except Exception as err:  # tfds raises several types for unknown or unprepared datasets
-        raise UsageError(f"--data_dir {spec}: {str(err).splitlines()[0]}") from err
+        raise UsageError(f"--data_dir {spec}: {reason(err)}") from err
     if not builder.is_prepared():
         raise UsageError(
             f"--data_dir {spec}: not prepared in {tfds_data_dir or 'the default TFDS folder'} "
@@ -44,4 +42,4 @@ def load_split(spec: str, split: str, tfds_data_dir: str | None):
         raise UsageError(f"--data_dir {spec}: no split {tfds_split!r} (has {known})")
     info = builder.info.splits[tfds_split]
     files = tuple(os.path.join(builder.data_dir, f) for f in info.filenames)
-    return Split(split, files, tuple(int(n) for n in info.shard_lengths), record_format="tfds")
+    return files, tuple(int(n) for n in info.shard_lengths)

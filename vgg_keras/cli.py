@@ -1,4 +1,5 @@
-"""The command-line flags of run_export.py and run_predict.py.
+"""The command-line flags of run_eval.py, run_export.py and run_predict.py (run_train.py's are
+config.py's).
 
 Kept free of TensorFlow (like config.py), so ``--help`` and a bad flag answer at once instead of
 after TensorFlow's few seconds of start-up; the scripts import the package only after parsing.
@@ -8,12 +9,63 @@ from __future__ import annotations
 
 import argparse
 
-from vgg_keras.config import UsageParser, add_config_flags
+from vgg_keras.config import NETWORK_KEYS, UsageParser, add_config_flags, names
 from vgg_keras.errors import UsageError
 
 EXPORT_FORMATS = ("savedmodel", "keras", "frozen_graph", "checkpoint")
-# The settings a user may override on the command line: those that shape the network or its input.
-MODEL_FLAGS = ("arch", "class_num", "image_size", "width_multiplier", "preprocess")
+# run_eval.py's Config flags: the network and its input, which default to config.json's values,
+# and how to run this process.  Training-only settings stay out of --help.
+EVAL_FLAGS = names("network", "evaluation", "runtime")
+CROPS = (1, 10)  # a central crop, or preprocess.ten_crop_images' ten
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    """run_eval.py's flags."""
+    parser = UsageParser(
+        prog="run_eval.py",
+        description="Evaluate VGG checkpoints (top-1, top-5, loss) on the validation split. "
+        "Model and data settings come from config.json beside the checkpoints; flags override.",
+    )
+    parser.add_argument(
+        "--ckpt",
+        help="a model.ckpt-N prefix, or a folder: its latest checkpoint (every one with "
+        "--all-ckpts)",
+    )
+    parser.add_argument(
+        "--all-ckpts",
+        "--all_ckpts",
+        dest="all_ckpts",
+        action="store_true",
+        help="evaluate every model.ckpt-N in the folder, in step order",
+    )
+    parser.add_argument("--eval_dir", help="checkpoint folder (same as --ckpt DIR)")
+    parser.add_argument(
+        "--output",
+        help="folder for eval_results.json/.csv, eval_curve.png, eval.log and TensorBoard "
+        "events under eval/ (default: the checkpoint folder)",
+    )
+    parser.add_argument(
+        "--eval_crops",
+        type=int,
+        choices=CROPS,
+        default=1,
+        help="1: central crop; 10: four corners, centre and their mirrors, logits averaged "
+        "(a batch then holds 10x the images)",
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep evaluating checkpoints as a running training writes them",
+    )
+    parser.add_argument(
+        "--watch_timeout",
+        type=float,
+        default=3600.0,
+        help="with --watch: stop after this many seconds without a new checkpoint "
+        "(default: %(default)g)",
+    )
+    add_config_flags(parser, EVAL_FLAGS)
+    return parser
 
 
 def add_source_flags(parser: argparse.ArgumentParser, model_dir: bool = False) -> None:
@@ -25,7 +77,7 @@ def add_source_flags(parser: argparse.ArgumentParser, model_dir: bool = False) -
     )
     if model_dir:
         group.add_argument("--model", help="a SavedModel folder written by run_export.py")
-    add_config_flags(parser, MODEL_FLAGS)
+    add_config_flags(parser, NETWORK_KEYS)
 
 
 def export_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,0 +1,69 @@
+"""SIGINT/SIGTERM during training: a flag the loop checks, and a second signal that exits at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from vgg_keras.errors import EXIT_SIGINT, EXIT_SIGTERM
+
+
+class StopSignals:
+    """SIGINT/SIGTERM become a flag the loop checks after each session call.
+
+    The first signal lets the current session call finish; the loop then saves a checkpoint
+    and exits 130 or 143.  A second one exits at once, even in the middle of a long session
+    call: Python runs signal handlers only between bytecodes of the main thread, which a session
+    call blocks, so a helper thread reads the signals from a wakeup fd instead.  Exiting there
+    cannot leave a half-written checkpoint that a reader would take (see checkpoints.py).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopSignals:
+        read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        for sig in self.SIGNALS:
+            # The C-level handler writes to the wakeup fd only for signals with a Python handler.
+            self._previous[sig] = signal.signal(sig, lambda *_: None)
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, args=(read_fd,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+            while True:
+                data = pipe.read(64)
+                if not data:  # __exit__ closed the write end
+                    return
+                for signum in data:
+                    if signum not in self.SIGNALS:
+                        continue
+                    if self.received is None:
+                        self.received = signum
+                    else:
+                        name = signal.Signals(signum).name
+                        print(f"{name} again: exiting at once, without saving", file=sys.stderr)
+                        os._exit(_exit_code(signum))
+
+    def __exit__(self, *exc) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        os.close(self._write_fd)
+        self._thread.join()
+
+    @property
+    def exit_code(self) -> int:
+        return _exit_code(self.received)
+
+
+def _exit_code(signum: int) -> int:
+    return EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM

@@ -1,0 +1,71 @@
+"""Training speed (FPS, images per second) counted over training alone, as the reference's
+figure is: evaluations, checkpoint saves and log writing happen between the timed calls.
+
+Each log interval's FPS is ``interval_steps * global_batch / interval_seconds``, where the
+seconds are those of the training session calls of exactly those steps.  The first session
+call of each kind (a single step, or N sunk steps) also builds and optimises its part of the
+graph; its steps and time are left out of the figure altogether, unless the interval has
+nothing else (a first log line that comes after a single call), which then counts it.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class Throughput:
+    """Times training session calls and turns them into per-interval and whole-run FPS."""
+
+    def __init__(self, global_batch: int):
+        self.global_batch = global_batch
+        self._warm = set()  # kinds of call whose first (warm-up) call is behind us
+        self._steps = self._warmup_steps = 0
+        self._seconds = self._warmup_seconds = 0.0
+        self._intervals = 0
+        self._run_steps = 0  # totals over the intervals after the first one
+        self._run_seconds = 0.0
+
+    def timed(self, kind: str, fn, steps: int):
+        """``fn()``, counting its time and ``steps`` unless it is the first call of ``kind``."""
+        started = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - started
+        if kind in self._warm:
+            self._steps += steps
+            self._seconds += seconds
+        else:
+            self._warm.add(kind)
+            self._warmup_steps += steps
+            self._warmup_seconds += seconds
+        return result
+
+    def interval(self) -> dict:
+        """{fps, interval_steps, interval_seconds} since the previous call; starts a new one."""
+        steps, seconds = self._steps, self._seconds
+        if not steps:  # only warm-up calls: better their figure than none
+            steps, seconds = self._warmup_steps, self._warmup_seconds
+        if self._intervals:  # the first interval is the run's ramp-up (caches, the pipeline)
+            self._run_steps += steps
+            self._run_seconds += seconds
+        self._intervals += 1
+        self._steps = self._warmup_steps = 0
+        self._seconds = self._warmup_seconds = 0.0
+        return {
+            "fps": self._fps(steps, seconds),
+            "interval_steps": steps,
+            "interval_seconds": seconds,
+        }
+
+    def summary(self) -> str | None:
+        """The end-of-run line: mean training FPS over every interval but the first."""
+        if not self._run_seconds:
+            return None
+        images = self._run_steps * self.global_batch
+        return (
+            f"training FPS: {self._fps(self._run_steps, self._run_seconds):.1f} images/s "
+            f"(mean over {images} images in {self._run_steps} steps, {self._run_seconds:.1f} s "
+            "of training; first log interval, evaluation and checkpoints not counted)"
+        )
+
+    def _fps(self, steps: int, seconds: float) -> float:
+        return steps * self.global_batch / seconds if seconds > 0 else 0.0
