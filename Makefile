@@ -32,7 +32,7 @@ LOG_DIR ?= runs/$(if $(DATA),vgg16,demo)
 ARGS    ?=
 DEMO    := data/demo
 
-.PHONY: install data train eval test lint bench clean
+.PHONY: install data train eval test test-quick lint bench clean
 
 install: $(STAMP)
 
@@ -81,8 +81,13 @@ eval: $(STAMP)
 	$(PY) run_eval.py $$(test -d $(EVAL_CKPT) && echo --all-ckpts --eval_dir || echo --ckpt) \
 		$(EVAL_CKPT) $(if $(DATA),--data_dir $(DATA)) $(ARGS)
 
+# `make test` runs everything (CI) and lists each skipped test with its reason; `make
+# test-quick` leaves out the tests marked slow (trainings in subprocesses, the demo run).
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -rs $(ARGS)
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -rs -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

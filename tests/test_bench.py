@@ -12,7 +12,9 @@ import math
 import random
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 from bench import common, pillow_baseline, run_all
@@ -43,6 +45,7 @@ def _rows(fig: dict) -> dict:
     return {row["what"]: row for row in fig["rows"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FIGURES)
 def test_benchmark_quick_writes_its_figure_and_keeps_the_others(tmp_path, name, capsys):
     out = tmp_path / "results.json"
@@ -193,3 +196,41 @@ def test_demo_robustness_measures_the_longest_stay_at_chance():
     )
     assert epochs_at_chance(stuck) == pytest.approx(3.0)  # from the line at 0.5 to 3.5
     assert epochs_at_chance(stuck, after_epoch=1.0) == pytest.approx(2.5)
+
+
+def _sleeping_source(seconds_per_batch: float, batch: int = 8):
+    def next_batch() -> int:
+        time.sleep(seconds_per_batch)
+        return batch
+
+    return next_batch
+
+
+def test_images_per_second_of_a_source_of_known_speed():
+    """8 images per 5 ms of sleep: at most 1600 images/s (a sleep only overshoots), and nearly
+    no CPU, so the per-CPU-second rate is far above the wall-clock one."""
+    wall, cpu = common.images_per_second(_sleeping_source(0.005), seconds=0.3)
+    assert 400 < wall <= 1600 * 1.01
+    assert cpu > 3 * wall
+    slowed, _ = common.images_per_second(_sleeping_source(0.02), seconds=0.3)
+    assert slowed <= 400 * 1.01 and common.ratio(slowed, wall) < 0.6
+
+
+def test_a_baseline_slowed_on_purpose_shows_the_project_faster():
+    """The input-pipeline benchmark's measurement and row on two tf.data pipelines, one slowed
+    by 10 ms per batch: its row's ratio (project / baseline) must be well above 1."""
+    from bench import input_pipeline
+
+    fast = tf.data.Dataset.from_tensor_slices(np.zeros((64, 4), np.float32)).repeat().batch(8)
+
+    def pause(batch):
+        time.sleep(0.01)
+        return batch
+
+    slow = fast.map(lambda x: tf.numpy_function(pause, [x], tf.float32))
+    project = input_pipeline.tf_rate(fast, threads=1, seconds=0.3)
+    baseline = input_pipeline.tf_rate(slow, threads=1, seconds=0.3)
+    assert baseline[0] <= 800 * 1.01  # 8 images per >= 10 ms
+    row = input_pipeline._row("slowed baseline", baseline, project)
+    assert row["value"] == baseline[0] and row["ratio"] == project[0] / baseline[0]
+    assert row["ratio"] > 2 and row["ratio_is"] == "project / this"

@@ -147,3 +147,15 @@ def test_default_piecewise_values_divide_by_ten():
 def test_to_json_round_trips():
     c = from_args(["--preset", "demo", "--lr_values", "1,2,3,4"])
     assert Config(**json.loads(c.to_json())) == c
+
+
+def test_the_defaults_are_the_reference_recipe():
+    """The reference implementation's values, as literals (not read back from Config)."""
+    c = from_args(DATA)
+    assert (c.momentum, c.use_nesterov) == (0.9, True)
+    assert c.label_smoothing == 0.1
+    assert c.weight_decay == 1e-4 and c.decay_biases is False
+    assert (c.max_epochs, c.batch_size, c.lr) == (150.0, 256, 0.01)
+    assert c.lr_schedule == "piecewise" and c.lr_boundaries == [50.0, 100.0, 130.0]
+    assert c.piecewise_values == pytest.approx([0.01, 0.001, 1e-4, 1e-5])
+    assert (c.arch, c.class_num, c.image_size, c.dropout) == ("vgg16", 1000, 224, 0.5)

@@ -18,10 +18,13 @@ import sys
 import termios
 import time
 
+import numpy as np
 import pytest
 
 from vgg_keras import checkpoints, evaluation
 from vgg_keras.compat import tf, v1
+from vgg_keras.config import make_config
+from vgg_keras.data import pipeline, preprocess, schema
 from vgg_keras.model import build_vgg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,3 +212,122 @@ def test_demo_run_every_checkpoint_and_final_accuracy(demo_run, tmp_path, script
         evals = [r for r in map(json.loads, f) if "eval_top1" in r]
     assert evals[-1]["step"] == results[-1]["step"]
     assert evals[-1]["eval_top1"] == pytest.approx(results[-1]["top1"], abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fewer than five classes, the image count, ten crops
+
+
+def _small_run(folder, data_dir: str, classes: int) -> str:
+    """An untrained tiny VGG16 checkpoint (model.ckpt-1) with a config.json naming the data."""
+    config = json.loads(make_config("demo", data_dir=data_dir, class_num=classes).to_json())
+    config["width_multiplier"] = 0.0625
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    with tf.Graph().as_default() as graph:
+        model = build_vgg("vgg16", classes, config["image_size"], config["width_multiplier"])
+        saver = v1.train.Saver(model.weights)
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.global_variables_initializer())
+            return saver.save(sess, os.path.join(folder, checkpoints.PREFIX), global_step=1)
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory, shard_writer) -> str:
+    """12 random 32 px validation images of 3 classes in one shard."""
+    folder = str(tmp_path_factory.mktemp("three_classes"))
+    rng = np.random.default_rng(3)
+    images = list(rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8))
+    shard_writer(folder, images, [1 + i % 3 for i in range(12)], split="validation")
+    return folder
+
+
+def test_top5_is_top_k_of_all_classes_when_there_are_fewer_than_five(
+    three_classes, tmp_path, script_runner
+):
+    run = _small_run(tmp_path / "run", three_classes, classes=3)
+    proc = script_runner("run_eval.py", "--ckpt", run, "--output", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / "out" / evaluation.RESULTS_JSON) as f:
+        (result,) = json.load(f)
+    # top-min(5, 3): every label is among the three best of three classes.
+    assert result["images"] == 12 and result["top5"] == 1.0 and result["top1"] < 1.0
+
+
+@pytest.mark.parametrize(("claimed", "batch", "evaluated"), [(13, "5", 12), (11, "5", 12)])
+def test_an_image_count_that_disagrees_with_the_split_is_an_error(
+    three_classes, tmp_path, script_runner, claimed, batch, evaluated
+):
+    data = tmp_path / "data"
+    shutil.copytree(three_classes, data)
+    meta = json.loads((data / "dataset_info.json").read_text())
+    (shard,) = meta["files"]
+    meta["files"][shard] = meta["splits"]["validation"] = claimed  # the shard was replaced
+    (data / "dataset_info.json").write_text(json.dumps(meta))
+    run = _small_run(tmp_path / "run", str(data), classes=3)
+    proc = script_runner("run_eval.py", "--ckpt", run, "--eval_batch_size", batch)
+    _assert_usage_error(proc)
+    assert proc.stderr.strip() == (
+        f"error: {data}: evaluated {evaluated} images, the split has {claimed}"
+    )
+    assert not os.path.exists(os.path.join(run, evaluation.RESULTS_JSON))
+
+
+def _ten_crop_logits(config: dict, checkpoint: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean logits over ten crops cut by hand (numpy slices of the resized image) and the
+    labels, for every validation image, one crop at a time through the restored model."""
+    size = config["image_size"]
+    side = round(size * preprocess.EVAL_RESIZE_RATIO)
+    split = pipeline.load_split(config["data_dir"], "validation")
+    crops, labels = [], []
+    for serialized in tf.data.TFRecordDataset(list(split.files)):
+        jpeg, label, _ = schema.parse(serialized)
+        resized = preprocess.resize_shorter_side(tf.io.decode_jpeg(jpeg, channels=3), side)
+        pixels = preprocess.normalize(resized).numpy()
+        bottom, right = pixels.shape[0] - size, pixels.shape[1] - size
+        corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
+        five = [pixels[t : t + size, x : x + size] for t, x in corners]
+        crops.extend(five + [crop[:, ::-1] for crop in five])
+        labels.append(int(label))
+    with tf.Graph().as_default() as graph:
+        model = build_vgg(
+            config["arch"], config["class_num"], size, config["width_multiplier"], 0.0
+        )
+        images = v1.placeholder(tf.float32, [None, size, size, 3])
+        logits = model(images, training=False)
+        saver = v1.train.Saver(model.weights)
+        with v1.Session(graph=graph) as sess:
+            saver.restore(sess, checkpoint)
+            each = np.concatenate(
+                [sess.run(logits, {images: np.stack(crops[i : i + 500])}) for i in
+                 range(0, len(crops), 500)]
+            )  # fmt: skip
+    return each.reshape(len(labels), 10, -1).mean(axis=1), np.array(labels)
+
+
+def test_ten_crops_through_the_cli_are_the_mean_over_ten_crops_cut_by_hand(
+    eval_run, tmp_path, script_runner
+):
+    prefix = checkpoints.list_checkpoints(eval_run)[-1]
+    proc = script_runner(
+        "run_eval.py", "--ckpt", prefix, "--eval_crops", "10", "--output", tmp_path,
+        "--eval_batch_size", "32",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "10 crop(s)" in proc.stdout
+    with open(tmp_path / evaluation.RESULTS_JSON) as f:
+        (result,) = json.load(f)
+    with open(os.path.join(eval_run, "config.json")) as f:
+        config = json.load(f)
+    logits, labels = _ten_crop_logits(config, prefix)
+    assert result["images"] == len(labels) == 360
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert result["loss"] == pytest.approx(-log_probs[np.arange(360), labels].mean(), rel=1e-5)
+    # Top-k can differ only for an image whose k-th and (k+1)-th logits nearly tie.
+    ranked = -np.sort(-logits, axis=1)
+    for k, key in ((1, "top1"), (5, "top5")):
+        hits = [label in np.argsort(-row)[:k] for row, label in zip(logits, labels)]
+        near_ties = int(np.sum(ranked[:, k - 1] - ranked[:, k] < 1e-4))
+        assert abs(result[key] * 360 - sum(hits)) <= near_ties, key

@@ -48,6 +48,7 @@ def test_bad_values_exit_2_with_one_line_naming_the_flag_or_file(
     assert not checkpoints.list_checkpoints(str(log_dir))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     log_dir = tmp_path / "run"
     command = [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), "--synthetic"]
@@ -72,6 +73,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_demo_reaches_97_percent_top1(demo_run):
     evals = [r for r in read_metrics(demo_run) if "eval_top1" in r]
     # --preset demo: 20 epochs of 1437 images in batches of 32, evaluated every 5 epochs.
@@ -80,6 +82,7 @@ def test_demo_reaches_97_percent_top1(demo_run):
     assert checkpoints.latest_checkpoint(demo_run).endswith("model.ckpt-898")
 
 
+@pytest.mark.slow
 def test_demo_log_prints_train_lines_and_the_evaluation_table(demo_run):
     with open(os.path.join(demo_run, "train.log")) as f:
         lines = f.read().splitlines()
@@ -90,6 +93,7 @@ def test_demo_log_prints_train_lines_and_the_evaluation_table(demo_run):
     assert lines[-1] == f"done: 898 steps, checkpoint {demo_run}/model.ckpt-898"
 
 
+@pytest.mark.slow
 def test_demo_config_json_is_the_resolved_configuration(demo_run, demo_dir):
     with open(os.path.join(demo_run, "config.json")) as f:
         written = json.load(f)

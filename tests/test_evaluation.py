@@ -1,7 +1,7 @@
 """Evaluation in process on real checkpoints (``eval_run``: steps 50, 100, 150 of a small run):
 exact image counts, top-1/top-5/loss against an independent numpy computation, ten-crop
-geometry and accuracy, one graph for many checkpoints, checkpoints deleted by rotation, and
-where the settings come from.
+geometry (its numbers: test_e2e_eval), one graph for many checkpoints, checkpoints deleted by
+rotation, and where the settings come from.
 """
 
 from __future__ import annotations
@@ -81,9 +81,14 @@ def test_every_image_counted_once_for_any_batch_size(eval_run, last_checkpoint):
         finally:
             evaluator.close()
     assert [r["images"] for r in results] == [360, 360]
-    assert results[0]["top1"] == results[1]["top1"]
-    assert results[0]["top5"] == results[1]["top5"]
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+    # Batches of another size may sum in another order: top-k can move only for an image whose
+    # k-th and (k+1)-th logits nearly tie.
+    logits, _ = _numpy_logits(_config(eval_run), last_checkpoint)
+    ranked = -np.sort(-logits, axis=1)
+    for k, key in ((1, "top1"), (5, "top5")):
+        near_ties = int(np.sum(ranked[:, k - 1] - ranked[:, k] < 1e-4))
+        assert abs(results[0][key] - results[1][key]) * 360 <= near_ties + 1e-9, key
 
 
 def _numpy_logits(config, checkpoint: str) -> tuple[np.ndarray, np.ndarray]:
@@ -130,23 +135,6 @@ def test_metrics_equal_an_independent_numpy_computation(eval_run, last_checkpoin
     assert result["top5"] == top5
     assert result["loss"] == pytest.approx(loss, rel=1e-4)
     assert 0.2 < result["top1"] <= result["top5"] <= 1  # trained: well above chance (0.1)
-
-
-def test_ten_crop_accuracy_is_plausible(eval_run, last_checkpoint):
-    results = {}
-    for crops in (1, 10):
-        evaluator = evaluation.Evaluator(_config(eval_run), crops=crops)
-        try:
-            results[crops] = evaluator.evaluate(last_checkpoint)
-        finally:
-            evaluator.close()
-    ten, one = results[10], results[1]
-    assert ten["images"] == 360
-    assert ten["top1"] <= ten["top5"]
-    # Same network, nearly the same view of each digit: close to single-crop, far above chance.
-    assert ten["top1"] > 0.2
-    assert abs(ten["top1"] - one["top1"]) < 0.15
-    assert ten["loss"] != one["loss"]  # the ten crops really changed the logits
 
 
 def test_one_graph_for_all_checkpoints_in_step_order(eval_run, tmp_path, capsys):

@@ -183,6 +183,7 @@ def test_pipelines_thread_the_normalization(demo_dir):
         np.testing.assert_allclose(from_caffe, from_ours, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_training_starts_from_a_weight_file(script_runner, demo_dir, tmp_path):
     """--weights with the default --restore_exclude keeps the file's features, not its top.
 

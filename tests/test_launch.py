@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from vgg_keras import checkpoints, compat, evaluation, launch
@@ -177,6 +178,7 @@ def killed_and_resumed(demo_dir, tmp_path_factory) -> KilledAndResumed:
     return KilledAndResumed(log_dir, killed, stopped_after, newest, resumed)
 
 
+@pytest.mark.slow
 def test_a_dead_worker_makes_the_others_stop_within_a_bounded_time(killed_and_resumed):
     run = killed_and_resumed.killed
     assert run.proc.returncode == 128 + signal.SIGKILL, "\n".join(run.lines[-30:])
@@ -187,6 +189,7 @@ def test_a_dead_worker_makes_the_others_stop_within_a_bounded_time(killed_and_re
     assert killed_and_resumed.stopped_after < 30
 
 
+@pytest.mark.slow
 def test_a_restart_resumes_every_worker_from_the_newest_checkpoint(killed_and_resumed):
     run, newest = killed_and_resumed.resumed, killed_and_resumed.newest
     step = checkpoints.checkpoint_step(newest)
@@ -200,12 +203,14 @@ def test_a_restart_resumes_every_worker_from_the_newest_checkpoint(killed_and_re
         assert "distribution: multi_worker, 2 replicas = 2 worker(s) x 1" in run.of(i)[0]
 
 
+@pytest.mark.slow
 def test_the_workers_end_with_bit_identical_weights(killed_and_resumed):
     run = killed_and_resumed.resumed
     prints = [[x for x in run.of(i) if x.startswith("weights fingerprint ")] for i in (0, 1)]
     assert len(prints[0]) == 1 and prints[0] == prints[1]
 
 
+@pytest.mark.slow
 def test_the_workers_read_disjoint_shares_that_make_up_the_training_split(
     killed_and_resumed, demo_dir
 ):
@@ -220,6 +225,7 @@ def test_the_workers_read_disjoint_shares_that_make_up_the_training_split(
     assert shares[0][1] + shares[1][1] == split.num_examples
 
 
+@pytest.mark.slow
 def test_only_the_chief_writes_logs_summaries_and_checkpoints(killed_and_resumed):
     log_dir = killed_and_resumed.log_dir
     runs = (killed_and_resumed.killed, killed_and_resumed.resumed)
@@ -235,6 +241,7 @@ def test_only_the_chief_writes_logs_summaries_and_checkpoints(killed_and_resumed
     assert saved[-1] == step + 10 and all(s % 10 == 0 for s in saved)
 
 
+@pytest.mark.slow
 def test_evaluation_under_the_strategy_counts_every_image_once(killed_and_resumed, demo_dir):
     """Both workers report the totals of one pass split between them, equal to a
     single-process evaluation of the same checkpoint."""
@@ -254,3 +261,102 @@ def test_evaluation_under_the_strategy_counts_every_image_once(killed_and_resume
     # Printed to 4 decimals; one image of 360 moves top-1 by 0.0028.
     for printed, key in ((top1, "top1"), (top5, "top5"), (loss, "loss")):
         assert float(printed) == pytest.approx(alone[key], abs=1e-4), key
+
+
+def _read_weights(prefix: str) -> dict:
+    from vgg_keras.compat import tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def _assert_same_weights(got: dict, expected: dict, what: str) -> None:
+    assert got.keys() == expected.keys(), what
+    for name, value in expected.items():
+        np.testing.assert_allclose(
+            got[name], value, rtol=1e-5, atol=1e-6, err_msg=f"{what}: {name}"
+        )
+
+
+@pytest.mark.slow
+def test_multi_worker_takes_the_steps_of_one_device_on_the_global_batch_and_resumes_on_it(
+    shard_writer, tmp_path
+):
+    """Two workers x 8 images against one device x 16, then the two-worker checkpoint resumed
+    on one device; a TF_CONFIG ``chief`` task is worker 0 and gives the same run.
+
+    The workers read disjoint files, so they see other images than the single device does; on
+    a dataset of 64 copies of one flat image (random crops and flips of it are all equal) every
+    global batch is the same, and the steps must agree when the update is the mean gradient
+    over the global batch (each worker's loss divided by the number of replicas).
+    """
+    data = tmp_path / "flat"
+    image = np.empty((32, 32, 3), np.uint8)
+    image[:] = (200, 60, 120)
+    shard_writer(str(data), [image] * 64, [4] * 64, num_shards=2, num_classes=10)
+    flags = ["--preset", "demo", "--data_dir", str(data), "--width_multiplier", "0.0625"]
+    flags += ["--iterations_per_loop", "3", "--display_every", "3", "--mode", "train"]
+    flags += ["--progress", "false", "--save_checkpoints_steps", "6", "--seed", "3"]
+    workers_dir, one_dir, chief_dir = tmp_path / "workers", tmp_path / "one", tmp_path / "chief"
+    two = Launch(
+        2, [*flags, "--batch_size", "8", "--max_train_steps", "6", "--log_dir", str(workers_dir)]
+    )
+    single = subprocess.Popen(
+        [sys.executable, "run_train.py", *flags, "--batch_size", "16", "--max_train_steps", "12"]
+        + ["--log_dir", str(one_dir)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert two.finish() == 0, "\n".join(two.lines[-40:])
+    assert single.wait(timeout=600) == 0, single.stdout.read()[-3000:]
+    assert "distribution: multi_worker, 2 replicas = 2 worker(s) x 1" in two.of(0)[0]
+    reference = _read_weights(f"{one_dir}/model.ckpt-6")
+    _assert_same_weights(_read_weights(f"{workers_dir}/model.ckpt-6"), reference, "2 workers")
+    assert np.abs(reference["fc1/kernel/Momentum"]).max() > 0  # it trained
+
+    # A chief and a worker; and the two workers' checkpoint resumed on one device.
+    ports = launch.free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
+    tasks = [{"type": "chief", "index": 0}, {"type": "worker", "index": 0}]
+    chief_cluster = [
+        subprocess.Popen(
+            [sys.executable, "run_train.py", *flags, "--batch_size", "8"]
+            + ["--max_train_steps", "6", "--log_dir", str(chief_dir)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": task})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for task in tasks
+    ]
+    resumed = subprocess.run(
+        [sys.executable, "run_train.py", *flags, "--batch_size", "16", "--max_train_steps", "12"]
+        + ["--log_dir", str(workers_dir), "--distribution", "none"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    outputs = [proc.communicate(timeout=600)[0] for proc in chief_cluster]
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert f"resumed from {workers_dir}/model.ckpt-6 at step 6" in resumed.stdout
+    _assert_same_weights(
+        _read_weights(f"{workers_dir}/model.ckpt-12"),
+        _read_weights(f"{one_dir}/model.ckpt-12"),
+        "2 workers, then one device",
+    )
+
+    for proc, output in zip(chief_cluster, outputs):
+        assert proc.returncode == 0, output[-3000:]
+    assert "; this is worker 0 (chief)" in outputs[0]
+    assert "; this is worker 1" in outputs[1] and "(chief)" not in outputs[1]
+    fingerprints = [re.findall(r"^weights fingerprint (\w+)$", out, re.M) for out in outputs]
+    assert len(fingerprints[0]) == 1 and fingerprints[0] == fingerprints[1]
+    # The chief writes the checkpoints and the log; the run is the two workers' run.
+    assert checkpoints.list_checkpoints(str(chief_dir)) == [f"{chief_dir}/model.ckpt-6"]
+    log = (chief_dir / "train.log").read_text()
+    assert "worker 0 of 2 reads" in log and "worker 1 of 2" not in log
+    _assert_same_weights(_read_weights(f"{chief_dir}/model.ckpt-6"), reference, "chief + worker")

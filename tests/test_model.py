@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,31 @@ def test_conv_init_is_he_normal_on_the_chosen_fan():
             assert std == pytest.approx(np.sqrt(2 / fan), rel=0.05)
         with pytest.raises(ValueError, match="conv_init"):
             build_vgg("vgg16", conv_init="glorot")
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+def test_logits_equal_keras_applications_given_the_same_weights(arch):
+    """Full width at 32 px (a 1x1x512 feature map into fc1): our network and
+    keras.applications' compute the same function once they hold the same weights."""
+    application = getattr(keras.applications, APPLICATIONS[arch])
+    top = {}
+    if "classifier_activation" in inspect.signature(application).parameters:
+        top["classifier_activation"] = None  # logits (TF 1.15's applications end in softmax)
+    with tf.Graph().as_default():
+        ours = build_vgg(arch, num_classes=10, image_size=32, dropout=0.0, dense_init="he")
+        reference = application(weights=None, input_shape=(32, 32, 3), classes=10, **top)
+        assert [w.shape.as_list() for w in ours.weights] == [
+            w.shape.as_list() for w in reference.weights
+        ]
+        copy = [v1.assign(theirs, mine) for theirs, mine in zip(reference.weights, ours.weights)]
+        images = tf.random.stateless_normal([4, 32, 32, 3], seed=[2, 3])
+        logits = ours(images, training=False)
+        expected = reference(images, training=False)
+        if not top:
+            logits = tf.nn.softmax(logits)
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            sess.run(copy)
+            got, want = sess.run([logits, expected])
+    assert np.std(want) > 1e-3  # not a constant output
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

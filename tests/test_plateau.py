@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from vgg_keras.plateau import ChancePlateau
 
 CHANCE_10 = math.log(10)
@@ -64,6 +66,7 @@ def test_non_finite_losses_are_ignored():
     assert feed(detector, [float("nan")] * 12) == []
 
 
+@pytest.mark.slow
 def test_run_train_warns_once_when_the_network_does_not_learn(script_runner, demo_dir, tmp_path):
     """A learning rate of 1e-9 leaves the demo net at chance: after two epochs the log says so,
     and the run still ends normally (a warning, not an error)."""
@@ -82,6 +85,7 @@ def test_run_train_warns_once_when_the_network_does_not_learn(script_runner, dem
         assert warnings[0] in f.read()
 
 
+@pytest.mark.slow
 def test_a_learning_run_logs_no_plateau_warning_and_its_gradient_norm(demo_run):
     """The README's demo: no warning; metrics.jsonl carries the gradient norm of each line's
     step, finite and non-zero from the first line on."""

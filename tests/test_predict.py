@@ -34,13 +34,22 @@ def _label(path: str) -> int:
 
 def test_predict_matches_eval_accuracy(script_runner, demo_checkpoint, image_folder):
     proc = script_runner(
-        "run_predict.py", image_folder, "--ckpt", demo_checkpoint, "--json", "--batch_size", "50"
-    )
+        "run_predict.py", image_folder, "--ckpt", demo_checkpoint, "--json", "--batch_size", "50",
+        "--top", "6",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)
-    assert len(found) == 360 and all(len(r["top"]) == 5 for r in found)
+    assert len(found) == 360 and all(len(r["top"]) == 6 for r in found)
     top1 = sum(r["top"][0]["class"] == _label(r["file"]) for r in found)
-    top5 = sum(_label(r["file"]) in [t["class"] for t in r["top"]] for r in found)
+    top5 = sum(_label(r["file"]) in [t["class"] for t in r["top"][:5]] for r in found)
+
+    # JPEG files here, TFRecords there: the logits agree to float precision, so the counts may
+    # differ only by images whose k-th and (k+1)-th classes nearly tie.
+    def near_ties(k: int) -> int:
+        return sum(
+            r["top"][k - 1]["probability"] - r["top"][k]["probability"] < 1e-4 for r in found
+        )
+
     with open(os.path.join(demo_checkpoint, "config.json")) as f:
         config = Config(**json.load(f))
     evaluator = evaluation.Evaluator(config)
@@ -50,8 +59,8 @@ def test_predict_matches_eval_accuracy(script_runner, demo_checkpoint, image_fol
         evaluator.close()
     assert result["images"] == 360
     assert 0.2 < result["top1"] < 1.0  # a real network, neither constant nor perfect
-    assert top1 == round(result["top1"] * 360)
-    assert top5 == round(result["top5"] * 360)
+    assert abs(top1 - round(result["top1"] * 360)) <= near_ties(1)
+    assert abs(top5 - round(result["top5"] * 360)) <= near_ties(5)
     names = {t["label"] for r in found for t in r["top"]}
     assert names <= {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
 

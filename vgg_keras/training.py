@@ -478,7 +478,8 @@ class _Loop:
         self.step = int(session.run(tg.global_step))
         # The starting state is a checkpoint already, or the initialisation: nothing to save.
         self.last_saved = self.last_logged = self.step
-        self.skipped_steps = 0
+        # Restored with the weights: the first message of a resumed run counts only its own steps.
+        self.skipped_steps = int(session.run(tg.skipped_steps))
         self.speed = Throughput(plan.global_batch)
         self.plateau = ChancePlateau(config.class_num)
         self.bad_records = _count_bad_records(config, split, reporter)
