@@ -370,21 +370,32 @@ def watch_checkpoints(
 
 
 def _targets(args: argparse.Namespace) -> tuple[str, Iterable[str]]:
-    """(the checkpoint folder, the checkpoints to evaluate in order; lazy with --watch)."""
+    """(the checkpoint folder, the checkpoints to evaluate in order; lazy with --watch).
+
+    ``--eval_dir DIR`` is every checkpoint in DIR (as in the reference and ``run_train.py --mode
+    evaluate``); ``--ckpt DIR`` its newest one, every one with ``--all-ckpts``; neither is the
+    default run, the newest run under ``runs/``.
+    """
     if args.ckpt and args.eval_dir:
         raise UsageError("--ckpt and --eval_dir both name checkpoints: give one of them")
+    every = args.all_ckpts or args.eval_dir is not None
     path = args.ckpt or args.eval_dir
     if not path:
-        raise UsageError("--ckpt PATH or --eval_dir DIR is required")
+        path = rundir.newest_run()
+        print(
+            f"evaluating {path}: the newest run under {rundir.RUNS_DIR}/ "
+            "(name another with --eval_dir DIR)",
+            flush=True,
+        )
     path = os.path.normpath(path)
     is_prefix = not os.path.isdir(path) and os.path.exists(path + ".index")
-    if is_prefix and (args.all_ckpts or args.watch):
-        flag = "--watch" if args.watch else "--all-ckpts"
+    if is_prefix and (every or args.watch):
+        flag = "--watch" if args.watch else "--all-ckpts" if args.all_ckpts else "--eval_dir"
         raise UsageError(f"{flag} needs a folder, {path} is one checkpoint")
     if args.watch:
         latest = checkpoints.latest_checkpoint(path)
-        # Without --all-ckpts the side-car starts from the newest checkpoint already there.
-        after = -1 if args.all_ckpts or latest is None else checkpoints.checkpoint_step(latest) - 1
+        # Without --all-ckpts or --eval_dir the side-car starts from the newest checkpoint there.
+        after = -1 if every or latest is None else checkpoints.checkpoint_step(latest) - 1
         return path, watch_checkpoints(path, args.watch_timeout, after)
     if is_prefix:
         return os.path.dirname(path), [path]
@@ -393,7 +404,7 @@ def _targets(args: argparse.Namespace) -> tuple[str, Iterable[str]]:
     found = checkpoints.list_checkpoints(path)
     if not found:
         raise UsageError(f"no model.ckpt-* checkpoints in {path}")
-    return path, found if args.all_ckpts else found[-1:]
+    return path, found if every else found[-1:]
 
 
 def resolve_config(args: argparse.Namespace, folder: str) -> Config:

@@ -1,0 +1,117 @@
+"""The command lines of the reference's users and of the project's quick start (issue 14), run as
+they are typed: real subprocesses of run_*.py, make and python -m, in a scratch folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADER = ["step", "epoch", "top1", "top5", "loss", "checkpoint_time(UTC)"]
+TINY = ["--width_multiplier", "0.0625", "--image_size", "32", "--class_num", "10"]
+TINY += ["--batch_size", "8", "--progress", "false"]
+
+
+def run(*command: str, cwd=ROOT, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    """``command`` in ``cwd`` with this interpreter for python and run_*.py, the repository
+    importable."""
+    command = [str(c) for c in command]
+    if command[0].endswith(".py"):
+        command = [sys.executable, os.path.join(ROOT, command[0]), *command[1:]]
+    elif command[0] == "python":
+        command = [sys.executable, *command[1:]]
+    env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    return subprocess.run(
+        command, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def table_steps(stdout: str) -> list[int]:
+    """The steps of the evaluation table's rows in ``stdout``."""
+    lines = stdout.splitlines()
+    start = [i for i, line in enumerate(lines) if line.split() == HEADER]
+    assert len(start) == 1, stdout
+    return [
+        int(line.split()[0])
+        for line in lines[start[0] + 1 :]
+        if len(line.split()) == 7 and line.split()[0].isdigit()
+    ]
+
+
+def make(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    """make with this interpreter, never (re)installing a virtualenv."""
+    proc = run("make", "-o", ".venv/.installed", f"PY={sys.executable}", *args, cwd=cwd)
+    assert "pip install" not in proc.stdout, proc.stdout
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------
+# run_eval.py: which checkpoints
+
+
+def test_all_ckpts_alone_evaluates_every_checkpoint_of_the_newest_run(eval_run, tmp_path):
+    older, newer = tmp_path / "runs" / "older", tmp_path / "runs" / "newer"
+    shutil.copytree(eval_run, older)
+    shutil.copytree(eval_run, newer)
+    for path in older.iterdir():
+        os.utime(path, (1e9, 1e9))  # 2001
+    proc = run("run_eval.py", "--all-ckpts", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "evaluating runs/newer: the newest run under runs/" in proc.stdout
+    assert "--eval_dir DIR" in proc.stdout
+    assert table_steps(proc.stdout) == [50, 100, 150]
+    assert (newer / "eval_results.json").exists() and not (older / "eval_results.json").exists()
+
+
+def test_all_ckpts_without_any_run_says_how_to_name_one(tmp_path):
+    proc = run("run_eval.py", "--all-ckpts", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no run with checkpoints under runs/" in proc.stderr and "--eval_dir" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_eval_dir_means_every_checkpoint_in_it(eval_run, tmp_path):
+    proc = run("run_eval.py", "--eval_dir", eval_run, "--output", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert table_steps(proc.stdout) == [50, 100, 150]
+    # --ckpt DIR stays "the newest checkpoint" (every one with --all-ckpts).
+    proc = run("run_eval.py", "--ckpt", eval_run, "--output", tmp_path)
+    assert table_steps(proc.stdout) == [150]
+
+
+def test_make_eval_evaluates_the_run_make_train_wrote():
+    def command(target: str, *args: str) -> str:
+        proc = make("-n", target, *args)
+        assert proc.returncode == 0, proc.stderr
+        return " ".join(proc.stdout.replace("\\\n", " ").split())
+
+    for data in ([], ["DATA=/x"]):
+        train, evaluate = command("train", *data), command("eval", *data)
+        log_dir = train.split("--log_dir ")[1].split()[0]
+        assert f"--eval_dir || echo --ckpt) {log_dir}" in evaluate, (train, evaluate)
+    assert "runs/vgg16" in command("eval", "DATA=/x")
+
+
+@pytest.mark.slow
+def test_run_eval_all_ckpts_after_make_train_prints_every_kept_checkpoint(demo_dir, tmp_path):
+    """The quick start as typed, in a scratch copy of the repository's top level."""
+    for name in ("Makefile", "run_train.py", "run_eval.py", "vgg_keras"):
+        os.symlink(os.path.join(ROOT, name), tmp_path / name)
+    (tmp_path / "data").mkdir()
+    os.symlink(demo_dir, tmp_path / "data" / "demo")
+    args = "--width_multiplier 0.0625 --max_train_steps 60 --save_checkpoints_steps 10"
+    proc = make("train", f"ARGS={args} --keep_checkpoint_max 3 --progress false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = run("python", "run_eval.py", "--all-ckpts", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "evaluating runs/demo" in proc.stdout
+    assert table_steps(proc.stdout) == [40, 50, 60]
+    results = json.loads((tmp_path / "runs" / "demo" / "eval_results.json").read_text())
+    assert [r["step"] for r in results] == [40, 50, 60]
+
