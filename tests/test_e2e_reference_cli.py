@@ -115,3 +115,10 @@ def test_run_eval_all_ckpts_after_make_train_prints_every_kept_checkpoint(demo_d
     results = json.loads((tmp_path / "runs" / "demo" / "eval_results.json").read_text())
     assert [r["step"] for r in results] == [40, 50, 60]
 
+
+def test_eval_resize_square_through_run_eval(eval_run, tmp_path):
+    proc = run("run_eval.py", "--ckpt", eval_run, "--eval_resize", "square", "--output", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "after the square resize" in proc.stdout and table_steps(proc.stdout) == [150]
+    proc = run("run_eval.py", "--ckpt", eval_run, "--eval_resize", "squash")
+    assert proc.returncode == 2 and "--eval_resize" in proc.stderr

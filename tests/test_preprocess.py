@@ -136,3 +136,17 @@ def test_crop_keeps_the_records_bounding_box(tmp_path, shard_writer):
     # Without the box, the whole image is the object and crops may miss the strip entirely.
     without = _train_images(tmp_path / "plain", shard_writer, image, 64, min_object_covered=0.5)
     assert _white_fraction(without).min() < 0.02
+
+
+def test_eval_resize_square_is_the_references_squash_then_central_crop():
+    """--eval_resize square: the whole image to image_size*256/224 square (37 for 32), then the
+    central crop; aspect keeps the ratio, so on a non-square image the two differ."""
+    image = tf.constant(_noise(40, 80))
+    square = preprocess.central_crop(preprocess.resize_for_eval(image, 32, "square"), 32)
+    expected = tf.image.resize(tf.cast(image, tf.float32), [37, 37])[2:34, 2:34]
+    np.testing.assert_allclose(square.numpy(), expected.numpy(), atol=1e-4)
+    aspect = preprocess.resize_for_eval(image, 32, "aspect")
+    assert aspect.shape[:2] == (37, 74)
+    assert not np.allclose(preprocess.central_crop(aspect, 32).numpy(), square.numpy())
+    with pytest.raises(ValueError, match="square"):
+        preprocess.resize_for_eval(image, 32, "squash")

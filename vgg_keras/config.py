@@ -96,6 +96,13 @@ class Config:
     skip_corrupt: bool = setting(
         False, "skip unreadable records (and count them) instead of stopping", "evaluation"
     )
+    eval_resize: str = setting(
+        "aspect",
+        "evaluation: before the central crop, resize the shorter side to image_size*256/224 "
+        "(aspect) or the whole image to that square (square, the reference's 256x256)",
+        "evaluation",
+        ("aspect", "square"),
+    )
     # Optimisation
     batch_size: int = setting(256, "images per replica per step")
     eval_batch_size: Optional[int] = setting(

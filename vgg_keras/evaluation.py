@@ -86,7 +86,8 @@ class Evaluator:
             log(
                 f"eval graph built in {time.perf_counter() - started:.1f} s: {config.arch}, "
                 f"{config.class_num} classes, {config.image_size} px, width "
-                f"{config.width_multiplier:g}, {crops} crop(s); {self.split.num_examples} images "
+                f"{config.width_multiplier:g}, {crops} crop(s) after the {config.eval_resize} resize; "
+                f"{self.split.num_examples} images "
                 f"in {config.data_dir}"
             )
 
@@ -106,6 +107,7 @@ class Evaluator:
                 skip_corrupt=config.skip_corrupt,
                 normalization=config.preprocess,
                 crops=crops,
+                resize=config.eval_resize,
                 num_workers=num_workers,
                 worker_index=worker_index,
             )
