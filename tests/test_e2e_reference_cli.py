@@ -122,3 +122,50 @@ def test_eval_resize_square_through_run_eval(eval_run, tmp_path):
     assert "after the square resize" in proc.stdout and table_steps(proc.stdout) == [150]
     proc = run("run_eval.py", "--ckpt", eval_run, "--eval_resize", "squash")
     assert proc.returncode == 2 and "--eval_resize" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# run_train.py: the reference's spellings, a settings file, the loop-length warning
+
+
+@pytest.fixture(scope="module")
+def reference_run(demo_dir, tmp_path_factory):
+    """run_train.py as the reference's users spell it, reading part of its settings from a
+    YAML-free JSON --config file: (folder, the process)."""
+    folder = tmp_path_factory.mktemp("reference_run")
+    settings = folder / "settings.json"
+    settings.write_text(json.dumps({"lr": 0.02, "max_train_steps": 4, "dtype_is_not": 1}))
+    bad = run("run_train.py", "--config", settings, f"--datadir={demo_dir}")
+    settings.write_text(json.dumps({"lr": 0.02, "max_train_steps": 4, "batch_size": "8"}))
+    proc = run(
+        "run_train.py", f"--datadir={demo_dir}", "--dtype=tf.float32", "--config", settings,
+        "--log_dir", folder / "run", "--display_every", "1", "--iterations_per_loop", "4",
+        "--restore_exclude", "['predictions']", *TINY[:6], "--progress", "false",
+    )  # fmt: skip
+    return folder, proc, bad
+
+
+def test_reference_spellings_and_a_config_file_through_run_train(reference_run, demo_dir):
+    folder, proc, bad = reference_run
+    assert bad.returncode == 2 and "unknown setting 'dtype_is_not'" in bad.stderr
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    written = json.loads((folder / "run" / "config.json").read_text())
+    assert written["data_dir"] == demo_dir and written["precision"] == "fp32"
+    assert (written["lr"], written["max_train_steps"], written["batch_size"]) == (0.02, 4, 8)
+    # The reference's default mode: train_and_evaluate.
+    assert written["mode"] == "train_and_evaluate"
+
+
+def test_display_every_below_the_loop_length_is_warned_once(reference_run):
+    _, proc, _ = reference_run
+    warnings = [line for line in proc.stdout.splitlines() if "--display_every 1 <" in line]
+    assert len(warnings) == 1 and "--iterations_per_loop 4" in warnings[0], proc.stdout
+
+
+def test_a_run_repeats_from_another_runs_config_json(reference_run):
+    folder, _, _ = reference_run
+    first = folder / "run" / "config.json"
+    proc = run("run_train.py", "--config", first, "--log_dir", folder / "again")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = json.loads((folder / "again" / "config.json").read_text())
+    assert again == {**json.loads(first.read_text()), "log_dir": str(folder / "again")}
