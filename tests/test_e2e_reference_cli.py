@@ -169,3 +169,71 @@ def test_a_run_repeats_from_another_runs_config_json(reference_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     again = json.loads((folder / "again" / "config.json").read_text())
     assert again == {**json.loads(first.read_text()), "log_dir": str(folder / "again")}
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m vgg_keras.launch --npus N: the reference's one process per Ascend device
+
+SHOW_RANK = """import json, os, sys
+keys = ("RANK_ID", "RANK_SIZE", "RANK_TABLE_FILE", "DEVICE_ID", "ASCEND_DEVICE_ID")
+print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), **{k: os.environ.get(k) for k in keys}}))
+"""
+
+
+def rank_table(path, devices) -> str:
+    """An HCCL rank table of one server in the reference's 8p.json layout."""
+    device = [
+        {"device_id": str(d), "device_ip": f"192.168.{i}.1", "rank_id": str(i)}
+        for i, d in enumerate(devices)
+    ]
+    table = {"server_count": "1", "server_list": [{"device": device, "server_id": "10.0.0.1"}]}
+    path.write_text(json.dumps(table))
+    return str(path)
+
+
+def test_npu_launch_gives_each_rank_its_environment_and_log_folder(tmp_path):
+    (tmp_path / "run_train.py").write_text(SHOW_RANK)  # stands in for training: shows what it got
+    table = rank_table(tmp_path / "2p.json", [4, 5])
+    proc = run(
+        "python", "-m", "vgg_keras.launch", "--npus", "2", "--rank_table", "2p.json",
+        "--", "run_train.py", "--data_dir", "/d", cwd=tmp_path, env={"RANK_TABLE_FILE": ""},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[launch] all 2 ranks finished" in proc.stdout
+    seen = []
+    for rank in range(2):
+        log = tmp_path / "rank_logs" / f"rank_{rank}" / "train.log"
+        seen.append(json.loads(log.read_text()))
+    assert [(s["RANK_ID"], s["DEVICE_ID"], s["ASCEND_DEVICE_ID"]) for s in seen] == [
+        ("0", "4", "4"),
+        ("1", "5", "5"),
+    ]
+    assert {s["RANK_SIZE"] for s in seen} == {"2"} and {s["RANK_TABLE_FILE"] for s in seen} == {
+        table
+    }
+    assert seen[0]["argv"] == ["--data_dir", "/d", "--rank_size", "2"]
+    assert seen[0]["cwd"] == str(tmp_path)
+    assert '"RANK_ID": "0"' in proc.stdout and '"RANK_ID": "1"' not in proc.stdout  # rank 0 shown
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--npus", "8"], "--npus 8: give --rank_table FILE"),
+        (["--npus", "8", "--rank_table", "missing.json"], "--rank_table missing.json: cannot read"),
+        (["--npus", "8", "--rank_table", "2p.json"], "--npus 8: 2p.json lists ranks [0, 1]"),
+        (["--npus", "2", "--rank_table", "bad.json"], "not an HCCL rank table"),
+    ],
+)
+def test_npu_launch_refuses_without_a_fitting_rank_table(tmp_path, args, message):
+    rank_table(tmp_path / "2p.json", [0, 1])
+    (tmp_path / "bad.json").write_text("{}")
+    (tmp_path / "run_train.py").write_text(SHOW_RANK)
+    proc = run(
+        "python", "-m", "vgg_keras.launch", *args, "--", "run_train.py",
+        cwd=tmp_path, env={"RANK_TABLE_FILE": ""},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert not (tmp_path / "rank_logs").exists()
