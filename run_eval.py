@@ -10,18 +10,10 @@ the run's config.json; flags override them.  ``make eval`` runs it on the demo r
 
 import sys
 
+from vgg_keras.commands import eval_main
 from vgg_keras.errors import run_cli
 
-
-def main(argv=None) -> int:
-    from vgg_keras import cli
-
-    args = cli.eval_parser().parse_args(argv)
-    # TensorFlow is imported only now, so a bad flag is reported at once, not after seconds.
-    from vgg_keras import evaluation
-
-    return evaluation.run(args)
-
+main = eval_main  # the same entry point as the console script vgg-eval
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -237,3 +237,52 @@ def test_npu_launch_refuses_without_a_fitting_rank_table(tmp_path, args, message
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert not (tmp_path / "rank_logs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# pip install: the console scripts; the Python API
+
+
+def test_console_scripts_after_pip_install(eval_run, tmp_path):
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 61:
+        pytest.skip("setuptools < 61 cannot build from pyproject.toml's [project] table")
+    source, target = tmp_path / "src", tmp_path / "site"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "vgg_keras"):
+        copy = shutil.copytree if name == "vgg_keras" else shutil.copy
+        copy(os.path.join(ROOT, name), source / name)
+    proc = run(
+        "python", "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+        "--no-index", "--target", target, source,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    env = {"PYTHONPATH": str(target)}  # the installed copy, not the repository
+    for name in ("vgg-train", "vgg-export", "vgg-predict"):
+        proc = run(target / "bin" / name, "--help", env=env, cwd=tmp_path)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+    proc = run(target / "bin" / "vgg-eval", "--eval_dir", eval_run, "--output", tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert table_steps(proc.stdout) == [50, 100, 150]
+    proc = run(target / "bin" / "vgg-eval", "--all-ckpts", env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+API = """
+import json, sys
+import vgg_keras
+assert "tensorflow" not in sys.modules, "import vgg_keras imported TensorFlow"
+from vgg_keras import build_vgg, evaluate, train
+run = train("demo", data_dir=sys.argv[1], log_dir=sys.argv[2], width_multiplier=0.0625,
+            max_train_steps=3, mode="train", progress=False)
+results = evaluate(run, eval_batch_size=64)
+model = build_vgg("vgg16", num_classes=10, image_size=32, width_multiplier=0.0625)
+print(json.dumps({"run": run, "steps": [r["step"] for r in results], "out": model.output.shape[-1]}))
+"""
+
+
+def test_python_api_without_tensorflow_at_import(demo_dir, tmp_path):
+    proc = run("python", "-c", API, demo_dir, tmp_path / "nb")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result == {"run": str(tmp_path / "nb"), "steps": [3], "out": 10}

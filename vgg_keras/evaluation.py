@@ -424,28 +424,29 @@ def resolve_config(args: argparse.Namespace, folder: str) -> Config:
 def run(args: argparse.Namespace) -> int:
     """run_eval.py with ``cli.eval_parser()``'s flags; returns the exit code (0 done, 1 nothing
     left to evaluate, 3 a non-finite loss, 130 interrupted)."""
-    folder, paths = _targets(args)
-    paths = iter(paths)
     try:
-        first = next(paths, None)  # with --watch: waits for training's first checkpoint
+        return _exit_code(evaluate_args(args))
     except KeyboardInterrupt:
         return EXIT_SIGINT
+
+
+def evaluate_args(args: argparse.Namespace) -> list[dict]:
+    """The results of run_eval.py's flags, one dict per checkpoint (``RESULT_KEYS`` and
+    ``checkpoint_time``); also printed and written like run_eval.py's."""
+    folder, paths = _targets(args)
+    paths = iter(paths)
+    first = next(paths, None)  # with --watch: waits for training's first checkpoint
     if first is None:
         raise UsageError(
             f"no model.ckpt-* checkpoint appeared in {folder} within {args.watch_timeout:g} s"
         )
     config = resolve_config(args, folder)
-    output = args.output or folder
     watched = f"no new checkpoint for {args.watch_timeout:g} s: stopped watching"
-    try:
-        results = _evaluate_all(
-            config,
-            folder,
-            itertools.chain([first], paths),
-            output,
-            args.eval_crops,
-            last_words=watched if args.watch else None,
-        )
-    except KeyboardInterrupt:
-        return EXIT_SIGINT
-    return _exit_code(results)
+    return _evaluate_all(
+        config,
+        folder,
+        itertools.chain([first], paths),
+        args.output or folder,
+        args.eval_crops,
+        last_words=watched if args.watch else None,
+    )
