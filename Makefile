@@ -73,12 +73,12 @@ else
 	$(PY) run_train.py --data_dir $(DATA) --log_dir $(LOG_DIR) $(ARGS)
 endif
 
-# `make eval` evaluates every checkpoint of the demo run.  CKPT= names a run folder (every
-# checkpoint in it) or one model.ckpt-N prefix; DATA= the validation shards (default: the
-# run's config.json, which names data/demo for the demo run).
-EVAL_CKPT = $(or $(CKPT),runs/demo)
+# `make eval` evaluates every checkpoint of the run `make train` wrote with the same DATA
+# (runs/demo, or runs/vgg16 with DATA=).  CKPT= names a run folder (every checkpoint in it) or
+# one model.ckpt-N prefix; DATA= the validation shards (default: the run's config.json).
+EVAL_CKPT = $(or $(CKPT),$(LOG_DIR))
 eval: $(STAMP)
-	$(PY) run_eval.py $$(test -d $(EVAL_CKPT) && echo --all-ckpts --eval_dir || echo --ckpt) \
+	$(PY) run_eval.py $$(test -d $(EVAL_CKPT) && echo --eval_dir || echo --ckpt) \
 		$(EVAL_CKPT) $(if $(DATA),--data_dir $(DATA)) $(ARGS)
 
 # `make test` runs everything (CI) and lists each skipped test with its reason; `make

@@ -8,18 +8,10 @@ vgg_keras/export.py.
 
 import sys
 
+from vgg_keras.commands import export_main
 from vgg_keras.errors import run_cli
 
-
-def main(argv=None) -> int:
-    from vgg_keras import cli
-
-    args = cli.export_args(argv)
-    # TensorFlow is imported only now, so a bad flag is reported at once, not after seconds.
-    from vgg_keras import export
-
-    return export.run(args)
-
+main = export_main  # the same entry point as the console script vgg-export
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

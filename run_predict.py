@@ -8,18 +8,10 @@ keras_imagenet:PATH).  See vgg_keras/predict.py.
 
 import sys
 
+from vgg_keras.commands import predict_main
 from vgg_keras.errors import run_cli
 
-
-def main(argv=None) -> int:
-    from vgg_keras import cli
-
-    args = cli.predict_args(argv)
-    # TensorFlow is imported only now, so a bad flag is reported at once, not after seconds.
-    from vgg_keras import predict
-
-    return predict.run(args)
-
+main = predict_main  # the same entry point as the console script vgg-predict
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

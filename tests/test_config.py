@@ -159,3 +159,58 @@ def test_the_defaults_are_the_reference_recipe():
     assert c.lr_schedule == "piecewise" and c.lr_boundaries == [50.0, 100.0, 130.0]
     assert c.piecewise_values == pytest.approx([0.01, 0.001, 1e-4, 1e-5])
     assert (c.arch, c.class_num, c.image_size, c.dropout) == ("vgg16", 1000, 224, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "precision"),
+    [
+        (["--dtype", "tf.float32"], "fp32"),
+        (["--dtype=tf.float16"], "fp16"),
+        (["--dtype", "tf.bfloat16"], "bf16"),
+        (["--precision_mode", "allow_mix_precision"], "fp16"),
+        (["--precision_mode=allow_fp32_to_fp16"], "fp32"),
+    ],
+)
+def test_the_references_dtype_and_precision_mode_values(argv, precision):
+    assert from_args(DATA + argv).precision == precision
+
+
+@pytest.mark.parametrize("flag", ["--datadir", "--data_path", "--data_dir"])
+def test_the_references_data_folder_spellings(flag):
+    assert from_args([f"{flag}=/opt/npu/slimImagenet"]).data_dir == "/opt/npu/slimImagenet"
+
+
+def test_the_references_defaults():
+    c = from_args(DATA)
+    assert c.mode == "train_and_evaluate" and c.epochs_between_evals == 5
+    assert from_args(DATA + ["--restore_exclude", "['dense_2','global_step']"]).restore_exclude == [
+        "dense_2",
+        "global_step",
+    ]
+
+
+def test_config_file_json_then_flags(tmp_path):
+    saved = from_args(["--preset", "demo", "--lr", "0.02", "--batch_size", "16"])
+    path = tmp_path / "config.json"
+    path.write_text(saved.to_json())
+    repeated = from_args(["--config", str(path), "--log_dir", "runs/again"])
+    assert repeated == dataclasses.replace(saved, log_dir="runs/again")
+    path.write_text(json.dumps({"batch_size": "8", "dtype": "x"}))
+    with pytest.raises(UsageError, match="unknown setting 'dtype'"):
+        from_args(["--config", str(path)])
+    path.write_text(json.dumps({"batch_size": "8", "precision": "tf.float16", "data_dir": "/d"}))
+    c = from_args(["--config", str(path)])
+    assert (c.batch_size, c.precision) == (8, "fp16")
+
+
+def test_config_file_yaml_when_pyyaml_is_there(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data_dir: /d\nbatch_size: 8\nlr_boundaries: [10, 20]\n")
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        with pytest.raises(UsageError, match="PyYAML"):
+            from_args(["--config", str(path)])
+        return
+    c = from_args(["--config", str(path)])
+    assert (c.batch_size, c.lr_boundaries) == (8, [10, 20])

@@ -28,7 +28,10 @@ TINY = ["--width_multiplier", "0.0625", "--progress", "false", "--mode", "train"
         (["--arch", "vgg11"], "error: argument --arch: invalid choice: 'vgg11'"),
         (["--lr_values", "0.1,0.01"], "error: --lr_values: needs 4 values for 3 boundaries, got 2"),
         (["--lr_boundaries", "30,10"], "error: --lr_boundaries: must be positive and increasing"),
-        (["--precision", "fp8"], "error: argument --precision/--dtype: invalid choice: 'fp8'"),
+        (
+            ["--precision", "fp8"],
+            "error: argument --precision/--dtype/--precision_mode: invalid choice: 'fp8'",
+        ),
         (
             ["--data_dir", "{tmp}/no_such_folder"],
             "error: data folder not found: {tmp}/no_such_folder",

@@ -204,8 +204,9 @@ def test_settings_come_from_config_json_and_flags_override(eval_run, tmp_path):
     assert (bare.arch, bare.class_num, bare.image_size) == ("vgg16", 1000, 224)
 
 
-def test_which_checkpoints_a_command_line_names(eval_run, tmp_path):
+def test_which_checkpoints_a_command_line_names(eval_run, tmp_path, monkeypatch):
     found = checkpoints.list_checkpoints(eval_run)
+    monkeypatch.chdir(tmp_path)  # no runs/ here
 
     def targets(*flags):
         folder, paths = evaluation._targets(cli.eval_parser().parse_args(list(flags)))
@@ -215,8 +216,10 @@ def test_which_checkpoints_a_command_line_names(eval_run, tmp_path):
     assert targets("--ckpt", found[0]) == (eval_run, found[:1])
     assert targets("--all-ckpts", "--eval_dir", eval_run) == (eval_run, found)
     assert targets("--all_ckpts", "--ckpt", eval_run + "/") == (eval_run, found)
+    assert targets("--eval_dir", eval_run) == (eval_run, found)  # every one, as the reference's
     for flags, message in [
-        ((), "--ckpt PATH or --eval_dir DIR is required"),
+        ((), "no run with checkpoints under runs/"),
+        (("--eval_dir", found[0]), f"--eval_dir needs a folder, {found[0]} is one"),
         (("--ckpt", found[0], "--eval_dir", eval_run), "give one of them"),
         (("--all-ckpts", "--ckpt", found[0]), f"--all-ckpts needs a folder, {found[0]} is one"),
         (("--ckpt", str(tmp_path / "nope")), "checkpoint not found"),

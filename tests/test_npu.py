@@ -102,3 +102,15 @@ def test_the_device_loop_needs_intervals_that_are_multiples_of_it(overrides, int
 
 def _intervals(plan) -> dict:
     return {"steps": plan.max_steps, "save": plan.save_every, "eval": plan.eval_every}
+
+
+def test_the_device_loop_refuses_a_log_interval_shorter_than_it():
+    """--display_every 1 (the reference's default) with a 10-step device loop: one line."""
+    config = make_config(
+        "demo", data_dir="unused", mode="train", max_train_steps=100, save_checkpoints_steps=50,
+        display_every=5, iterations_per_loop=10,
+    )  # fmt: skip
+    plan = training.plan_run(config, train_images=1437, num_replicas=8)
+    with pytest.raises(UsageError, match=re.escape("on Ascend the log interval (5 steps)")):
+        _npu().check_intervals(10, training.loop_intervals(config, plan))
+    distribute.single_device().check_intervals(10, training.loop_intervals(config, plan))

@@ -237,3 +237,17 @@ def test_train_image_is_a_function_of_the_seed_alone(jpeg_encoder):
     for a, b in zip(first, reversed(second)):
         np.testing.assert_array_equal(a, b)
     assert len({a.tobytes() for a in first}) == len(first)
+
+
+def test_eval_resize_square_is_the_references_squash_then_central_crop():
+    """--eval_resize square: the whole image to image_size*256/224 square (37 for 32), then the
+    central crop; aspect keeps the ratio, so on a non-square image the two differ."""
+    image = tf.constant(_noise(40, 80))
+    square = preprocess.central_crop(preprocess.resize_for_eval(image, 32, "square"), 32)
+    expected = tf.image.resize(tf.cast(image, tf.float32), [37, 37])[2:34, 2:34]
+    np.testing.assert_allclose(square.numpy(), expected.numpy(), atol=1e-4)
+    aspect = preprocess.resize_for_eval(image, 32, "aspect")
+    assert aspect.shape[:2] == (37, 74)
+    assert not np.allclose(preprocess.central_crop(aspect, 32).numpy(), square.numpy())
+    with pytest.raises(ValueError, match="square"):
+        preprocess.resize_for_eval(image, 32, "squash")

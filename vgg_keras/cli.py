@@ -29,16 +29,19 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ckpt",
         help="a model.ckpt-N prefix, or a folder: its latest checkpoint (every one with "
-        "--all-ckpts)",
+        "--all-ckpts); without --ckpt and --eval_dir: the newest run under runs/",
     )
     parser.add_argument(
         "--all-ckpts",
         "--all_ckpts",
         dest="all_ckpts",
         action="store_true",
-        help="evaluate every model.ckpt-N in the folder, in step order",
+        help="evaluate every model.ckpt-N in the folder (default: the newest run under runs/), "
+        "in step order",
     )
-    parser.add_argument("--eval_dir", help="checkpoint folder (same as --ckpt DIR)")
+    parser.add_argument(
+        "--eval_dir", help="checkpoint folder: every checkpoint in it (= --all-ckpts --ckpt DIR)"
+    )
     parser.add_argument(
         "--output",
         help="folder for eval_results.json/.csv, eval_curve.png, eval.log and TensorBoard "

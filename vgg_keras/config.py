@@ -34,10 +34,17 @@ WEIGHTS_PREFIX = "keras_imagenet:"  # --weights keras_imagenet:PATH (room for ot
 GROUPS = ("network", "evaluation", "runtime", "training")
 
 
-def setting(default, help: str, group: str = "training", choices=None, aliases=()):
-    """A Config field with its flag's help, choices, group and extra flag names."""
+def setting(default, help: str, group: str = "training", choices=None, aliases=(), synonyms=None):
+    """A Config field with its flag's help, choices, group, extra flag names, and ``synonyms``:
+    other spellings of its values (the reference's), read as the value they name."""
     assert group in GROUPS, group
-    metadata = {"help": help, "group": group, "choices": choices, "aliases": tuple(aliases)}
+    metadata = {
+        "help": help,
+        "group": group,
+        "choices": choices,
+        "aliases": tuple(aliases),
+        "synonyms": dict(synonyms or {}),
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -72,7 +79,10 @@ class Config:
     )
     # Data
     data_dir: Optional[str] = setting(
-        None, "folder of train-*/validation-* TFRecord shards, or tfds:NAME[:split]", "evaluation"
+        None,
+        "folder of train-*/validation-* TFRecord shards, or tfds:NAME[:split]",
+        "evaluation",
+        aliases=("--datadir", "--data_path"),  # the reference's README and test scripts
     )
     tfds_data_dir: Optional[str] = setting(
         None, "data_dir of a TFDS-prepared dataset (with --data_dir tfds:NAME)", "evaluation"
@@ -95,6 +105,13 @@ class Config:
     aspect_ratio_range: List[float] = setting([0.75, 1.33], "random crop: min,max aspect ratio")
     skip_corrupt: bool = setting(
         False, "skip unreadable records (and count them) instead of stopping", "evaluation"
+    )
+    eval_resize: str = setting(
+        "aspect",
+        "evaluation: before the central crop, resize the shorter side to image_size*256/224 "
+        "(aspect) or the whole image to that square (square, the reference's 256x256)",
+        "evaluation",
+        ("aspect", "square"),
     )
     # Optimisation
     batch_size: int = setting(256, "images per replica per step")
@@ -127,12 +144,25 @@ class Config:
         "fp32, bf16 or fp16 (mixed precision via the Keras policy)",
         "evaluation",
         ("fp32", "bf16", "fp16"),
-        aliases=("--dtype",),  # the reference's name
+        # The reference's --dtype tf.float32 and its scripts' NPU precision_mode values.
+        aliases=("--dtype", "--precision_mode"),
+        synonyms={
+            "tf.float32": "fp32",
+            "float32": "fp32",
+            "tf.float16": "fp16",
+            "float16": "fp16",
+            "tf.bfloat16": "bf16",
+            "bfloat16": "bf16",
+            "allow_fp32_to_fp16": "fp32",
+            "allow_mix_precision": "fp16",
+            "allow_mix_precision_bf16": "bf16",
+        },
     )
     # Loop
     mode: str = setting(
-        "train",
-        "train, evaluate or train_and_evaluate",
+        "train_and_evaluate",
+        "train, evaluate (every checkpoint in --eval_dir) or train_and_evaluate (evaluate every "
+        "--epochs_between_evals epochs; trains only with --synthetic and no --data_dir)",
         choices=("train", "evaluate", "train_and_evaluate"),
     )
     max_train_steps: Optional[int] = setting(
@@ -252,8 +282,10 @@ def str2bool(text: str) -> bool:
 
 def _list_of(kind):
     def parse(text: str):
+        # Also the reference's Python-literal lists: "['dense_2','global_step']".
+        parts = [p.strip(" '\"") for p in str(text).strip().strip("[]").split(",")]
         try:
-            return [kind(p) for p in str(text).split(",") if p.strip()]
+            return [kind(p) for p in parts if p]
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list: {text!r}") from err
 
@@ -271,6 +303,16 @@ def _flag_type(hint):
     return str2bool if hint is bool else hint
 
 
+def _with_synonyms(parse, synonyms: dict):
+    """``parse`` that first reads the value's other spellings."""
+
+    def read(text: str):
+        return synonyms.get(text, parse(text) if callable(parse) else text)
+
+    read.__name__ = getattr(parse, "__name__", "value")
+    return read
+
+
 class UsageParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors become a UsageError (one line, exit code 2)."""
 
@@ -286,6 +328,8 @@ def add_config_flags(parser: argparse.ArgumentParser, only=None) -> None:
         if only is not None and f.name not in only:
             continue
         kwargs = {"type": _flag_type(hints[f.name]), "default": None, "help": f.metadata["help"]}
+        if f.metadata["synonyms"]:
+            kwargs["type"] = _with_synonyms(kwargs["type"], f.metadata["synonyms"])
         if f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
         if kwargs["type"] is str2bool:
@@ -301,8 +345,60 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="imagenet", help="starting defaults"
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a JSON (or, with PyYAML installed, YAML) file with config.json's "
+        "keys, e.g. another run's config.json; flags override it",
+    )
     add_config_flags(parser)
     return parser
+
+
+def read_settings_file(path: str) -> dict:
+    """The settings in a --config file: a JSON or YAML mapping of setting names to values."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise UsageError(f"--config {path}: cannot read it ({err.strerror})") from err
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError as err:
+            raise UsageError(
+                f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); "
+                "or give the settings as JSON"
+            ) from err
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UsageError(f"--config {path}: not valid YAML ({err})") from err
+    else:
+        try:
+            values = json.loads(text)
+        except ValueError as err:
+            raise UsageError(f"--config {path}: not valid JSON ({err})") from err
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path}: expected a mapping of setting names to values")
+    unknown = sorted(set(values) - set(HELP))
+    if unknown:
+        raise UsageError(f"--config {path}: unknown setting {unknown[0]!r}")
+    return {name: _from_file(name, value) for name, value in values.items()}
+
+
+def _from_file(name: str, value):
+    """A file's value as its flag would read it when written as text (``"8"``, ``"1,2"``,
+    ``tf.float32``); other values as they are."""
+    if not isinstance(value, str):
+        return value
+    f = next(f for f in dataclasses.fields(Config) if f.name == name)
+    parse = _flag_type(typing.get_type_hints(Config)[name])
+    try:
+        value = f.metadata["synonyms"].get(value, value)
+        return value if parse is str else parse(value)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        raise UsageError(f"--config: {name}: {err}") from err
 
 
 def merge(
@@ -310,9 +406,11 @@ def merge(
     saved: Optional[dict] = None,
     flags: Optional[dict] = None,
     need_data: bool = True,
+    settings_file: Optional[dict] = None,
 ) -> Config:
     """The one way every CLI resolves its settings: defaults <- preset <- a run's config.json
-    (``saved``, without the runtime settings) <- flags given (None means not given).
+    (``saved``, without the runtime settings) <- a --config file (``settings_file``, all of
+    it) <- flags given (None means not given).
 
     Keys that are not settings are ignored (a CLI's own flags, config.json of another version).
     ``need_data=False`` for tools that need no training data (export, predict).
@@ -320,6 +418,7 @@ def merge(
     values = dict(PRESETS[preset])
     inherited = set(names()) - set(names("runtime"))
     values.update({k: v for k, v in (saved or {}).items() if k in inherited})
+    values.update({k: v for k, v in (settings_file or {}).items() if k in HELP})
     values.update({k: v for k, v in (flags or {}).items() if k in HELP and v is not None})
     config = Config(**values)
     validate(config, need_data)
@@ -333,7 +432,9 @@ def make_config(preset: str = "imagenet", **flags) -> Config:
 
 def from_args(argv: Optional[List[str]] = None) -> Config:
     args = vars(train_parser().parse_args(argv))
-    return merge(args.pop("preset"), flags=args)
+    path = args.pop("config")
+    settings_file = read_settings_file(path) if path else None
+    return merge(args.pop("preset"), flags=args, settings_file=settings_file)
 
 
 def _need(ok: bool, flag: str, message: str) -> None:

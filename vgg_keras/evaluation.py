@@ -86,7 +86,8 @@ class Evaluator:
             log(
                 f"eval graph built in {time.perf_counter() - started:.1f} s: {config.arch}, "
                 f"{config.class_num} classes, {config.image_size} px, width "
-                f"{config.width_multiplier:g}, {crops} crop(s); {self.split.num_examples} images "
+                f"{config.width_multiplier:g}, {crops} crop(s) after the {config.eval_resize} resize; "
+                f"{self.split.num_examples} images "
                 f"in {config.data_dir}"
             )
 
@@ -106,6 +107,7 @@ class Evaluator:
                 skip_corrupt=config.skip_corrupt,
                 normalization=config.preprocess,
                 crops=crops,
+                resize=config.eval_resize,
                 num_workers=num_workers,
                 worker_index=worker_index,
             )
@@ -370,21 +372,32 @@ def watch_checkpoints(
 
 
 def _targets(args: argparse.Namespace) -> tuple[str, Iterable[str]]:
-    """(the checkpoint folder, the checkpoints to evaluate in order; lazy with --watch)."""
+    """(the checkpoint folder, the checkpoints to evaluate in order; lazy with --watch).
+
+    ``--eval_dir DIR`` is every checkpoint in DIR (as in the reference and ``run_train.py --mode
+    evaluate``); ``--ckpt DIR`` its newest one, every one with ``--all-ckpts``; neither is the
+    default run, the newest run under ``runs/``.
+    """
     if args.ckpt and args.eval_dir:
         raise UsageError("--ckpt and --eval_dir both name checkpoints: give one of them")
+    every = args.all_ckpts or args.eval_dir is not None
     path = args.ckpt or args.eval_dir
     if not path:
-        raise UsageError("--ckpt PATH or --eval_dir DIR is required")
+        path = rundir.newest_run()
+        print(
+            f"evaluating {path}: the newest run under {rundir.RUNS_DIR}/ "
+            "(name another with --eval_dir DIR)",
+            flush=True,
+        )
     path = os.path.normpath(path)
     is_prefix = not os.path.isdir(path) and os.path.exists(path + ".index")
-    if is_prefix and (args.all_ckpts or args.watch):
-        flag = "--watch" if args.watch else "--all-ckpts"
+    if is_prefix and (every or args.watch):
+        flag = "--watch" if args.watch else "--all-ckpts" if args.all_ckpts else "--eval_dir"
         raise UsageError(f"{flag} needs a folder, {path} is one checkpoint")
     if args.watch:
         latest = checkpoints.latest_checkpoint(path)
-        # Without --all-ckpts the side-car starts from the newest checkpoint already there.
-        after = -1 if args.all_ckpts or latest is None else checkpoints.checkpoint_step(latest) - 1
+        # Without --all-ckpts or --eval_dir the side-car starts from the newest checkpoint there.
+        after = -1 if every or latest is None else checkpoints.checkpoint_step(latest) - 1
         return path, watch_checkpoints(path, args.watch_timeout, after)
     if is_prefix:
         return os.path.dirname(path), [path]
@@ -393,7 +406,7 @@ def _targets(args: argparse.Namespace) -> tuple[str, Iterable[str]]:
     found = checkpoints.list_checkpoints(path)
     if not found:
         raise UsageError(f"no model.ckpt-* checkpoints in {path}")
-    return path, found if args.all_ckpts else found[-1:]
+    return path, found if every else found[-1:]
 
 
 def resolve_config(args: argparse.Namespace, folder: str) -> Config:
@@ -411,28 +424,29 @@ def resolve_config(args: argparse.Namespace, folder: str) -> Config:
 def run(args: argparse.Namespace) -> int:
     """run_eval.py with ``cli.eval_parser()``'s flags; returns the exit code (0 done, 1 nothing
     left to evaluate, 3 a non-finite loss, 130 interrupted)."""
-    folder, paths = _targets(args)
-    paths = iter(paths)
     try:
-        first = next(paths, None)  # with --watch: waits for training's first checkpoint
+        return _exit_code(evaluate_args(args))
     except KeyboardInterrupt:
         return EXIT_SIGINT
+
+
+def evaluate_args(args: argparse.Namespace) -> list[dict]:
+    """The results of run_eval.py's flags, one dict per checkpoint (``RESULT_KEYS`` and
+    ``checkpoint_time``); also printed and written like run_eval.py's."""
+    folder, paths = _targets(args)
+    paths = iter(paths)
+    first = next(paths, None)  # with --watch: waits for training's first checkpoint
     if first is None:
         raise UsageError(
             f"no model.ckpt-* checkpoint appeared in {folder} within {args.watch_timeout:g} s"
         )
     config = resolve_config(args, folder)
-    output = args.output or folder
     watched = f"no new checkpoint for {args.watch_timeout:g} s: stopped watching"
-    try:
-        results = _evaluate_all(
-            config,
-            folder,
-            itertools.chain([first], paths),
-            output,
-            args.eval_crops,
-            last_words=watched if args.watch else None,
-        )
-    except KeyboardInterrupt:
-        return EXIT_SIGINT
-    return _exit_code(results)
+    return _evaluate_all(
+        config,
+        folder,
+        itertools.chain([first], paths),
+        args.output or folder,
+        args.eval_crops,
+        last_words=watched if args.watch else None,
+    )

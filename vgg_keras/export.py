@@ -145,7 +145,7 @@ def build_inference(source: ModelSource, top_k: int = TOP_K) -> InferenceGraph:
         tf.identity(model.output, name=OUTPUT_NODE)  # the frozen graph's named output
         image_bytes = v1.placeholder(tf.string, [None], name="image_bytes")
         decoded = tf.map_fn(
-            lambda jpeg: preprocess.eval_image(jpeg, size, normalization),
+            lambda jpeg: preprocess.eval_image(jpeg, size, normalization, config.eval_resize),
             image_bytes,
             dtype=tf.float32,  # (fn_output_signature is TF >= 2.3's name; both stacks take dtype)
         )

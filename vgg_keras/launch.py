@@ -1,6 +1,13 @@
-"""Start N training workers on this machine, each with its TF_CONFIG, and watch them.
+"""Start N training processes on this machine and watch them: TensorFlow workers, each with
+its TF_CONFIG, or Ascend ranks, one per NPU, each with the environment HCCL reads.
 
     python -m vgg_keras.launch --workers 2 -- run_train.py --preset demo --log_dir runs/mw
+    python -m vgg_keras.launch --npus 8 --rank_table 8p.json -- run_train.py --data_dir D ...
+
+An Ascend rank gets ``RANK_ID``, ``RANK_SIZE``, ``RANK_TABLE_FILE`` and ``DEVICE_ID`` (and
+``ASCEND_DEVICE_ID``) from the rank table, as the reference's run_8p.sh set them, and writes its
+output to ``<--rank_logs>/rank_<i>/train.log``; rank 0's is also shown.  ``run_train.py`` gets
+``--rank_size N`` when its command line has none.
 
 Each worker gets free 127.0.0.1 ports for the whole cluster and its own task index; with
 ``--distribution auto`` (the default) run_train.py then trains with MultiWorkerMirroredStrategy.
@@ -78,16 +85,61 @@ def _exit_status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-class Workers:
-    """The worker processes, their output threads and a queue of their exits."""
+def read_rank_table(path: str, npus: int) -> list[str]:
+    """The device id of each rank 0..npus-1 in an HCCL rank table (``server_list[].device[]``
+    with ``device_id`` and ``rank_id``, as the reference's 8p.json)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f)
+        devices = [d for server in table["server_list"] for d in server["device"]]
+        by_rank = {int(d["rank_id"]): str(d["device_id"]) for d in devices}
+    except OSError as err:
+        raise UsageError(f"--rank_table {path}: cannot read it ({err.strerror})") from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"--rank_table {path}: not an HCCL rank table (expected JSON with server_list[]."
+            "device[] holding device_id and rank_id)"
+        ) from err
+    if sorted(by_rank) != list(range(npus)):
+        raise UsageError(
+            f"--npus {npus}: {path} lists ranks {sorted(by_rank)}, expected 0..{npus - 1}"
+        )
+    return [by_rank[rank] for rank in range(npus)]
 
-    def __init__(self, command: list[str], count: int):
+
+def rank_environments(npus: int, rank_table: str | None, devices: list[str]) -> list[dict]:
+    """The variables each rank's process needs on top of this process's environment."""
+    envs = []
+    for rank, device in enumerate(devices):
+        env = {"RANK_ID": str(rank), "RANK_SIZE": str(npus)}
+        env.update(DEVICE_ID=device, ASCEND_DEVICE_ID=device)
+        if rank_table:
+            env["RANK_TABLE_FILE"] = os.path.abspath(rank_table)
+        envs.append(env)
+    return envs
+
+
+class Workers:
+    """The processes, their output threads and a queue of their exits.
+
+    Process ``i`` runs ``command`` with ``envs[i]`` added to this environment; with ``logs``,
+    its output goes to ``logs[i]`` and only process 0's is also printed.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        envs: list[dict],
+        label: str = "worker",
+        logs: list[str] | None = None,
+        notes: list[str] | None = None,
+    ):
         self.exits: queue.Queue[tuple[int, int]] = queue.Queue()
         self.procs: list[subprocess.Popen] = []
+        self.label = label
         self._print_lock = threading.Lock()
-        ports = free_ports(count)
-        for index, tf_config in enumerate(tf_configs(ports)):
-            env = {**os.environ, "TF_CONFIG": tf_config, "PYTHONUNBUFFERED": "1"}
+        for index, extra in enumerate(envs):
+            env = {**os.environ, **extra, "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(
                 command,
                 env=env,
@@ -98,16 +150,22 @@ class Workers:
                 errors="replace",
             )
             self.procs.append(proc)
-            self.say(f"worker {index}: pid {proc.pid}, 127.0.0.1:{ports[index]}")
-            threading.Thread(target=self._stream, args=(index, proc), daemon=True).start()
+            note = f", {notes[index]}" if notes else ""
+            self.say(f"{label} {index}: pid {proc.pid}{note}")
+            log = logs[index] if logs else None
+            threading.Thread(target=self._stream, args=(index, proc, log), daemon=True).start()
 
     def say(self, line: str, prefix: str = "launch") -> None:
         with self._print_lock:
             print(f"[{prefix}] {line}", flush=True)
 
-    def _stream(self, index: int, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            self.say(line.rstrip("\n"), f"worker {index}")
+    def _stream(self, index: int, proc: subprocess.Popen, log: str | None) -> None:
+        with open(log, "a", encoding="utf-8") if log else open(os.devnull, "w") as file:
+            for line in proc.stdout:
+                file.write(line)
+                file.flush()
+                if log is None or index == 0:
+                    self.say(line.rstrip("\n"), f"{self.label} {index}")
         self.exits.put((index, proc.wait()))
 
     def running(self) -> list[int]:
@@ -121,13 +179,48 @@ class Workers:
             try:
                 self.procs[i].wait(KILL_WAIT_SECONDS)
             except subprocess.TimeoutExpired:
-                self.say(f"worker {i} ignored SIGTERM: killing it")
+                self.say(f"{self.label} {i} ignored SIGTERM: killing it")
                 self.procs[i].kill()
 
 
 def run(command: list[str], count: int, grace: float) -> int:
     """Start ``count`` workers running ``command``; returns the launch's exit code."""
-    workers = Workers(_command(command), count)
+    ports = free_ports(count)
+    envs = [{"TF_CONFIG": tf_config} for tf_config in tf_configs(ports)]
+    notes = [f"127.0.0.1:{port}" for port in ports]
+    return watch(Workers(_command(command), envs, notes=notes), grace)
+
+
+def run_npus(
+    command: list[str], npus: int, rank_table: str | None, rank_logs: str, grace: float
+) -> int:
+    """One process per NPU, each with its rank's environment and log folder."""
+    if npus > 1 and not rank_table:
+        raise UsageError(
+            f"--npus {npus}: give --rank_table FILE (the HCCL rank table, as the reference's "
+            "8p.json), or set RANK_TABLE_FILE"
+        )
+    devices = read_rank_table(rank_table, npus) if rank_table else ["0"]
+    command = _command(command)
+    programs = {os.path.basename(arg) for arg in command[:2]}
+    training = bool(programs & {"run_train.py", "vgg-train"})
+    if training and not any(arg.split("=")[0] == "--rank_size" for arg in command):
+        command = [*command, "--rank_size", str(npus)]
+    logs = []
+    for rank in range(npus):
+        folder = os.path.join(rank_logs, f"rank_{rank}")
+        os.makedirs(folder, exist_ok=True)
+        logs.append(os.path.join(folder, "train.log"))
+    notes = [f"device {device}, log {log}" for device, log in zip(devices, logs)]
+    envs = rank_environments(npus, rank_table, devices)
+    return watch(Workers(command, envs, "rank", logs, notes), grace)
+
+
+def watch(workers: Workers, grace: float) -> int:
+    """Wait for every process; after the first exit the others get ``grace`` seconds, after a
+    failure they are told so.  Returns the launch's exit code."""
+    count = len(workers.procs)
+    label = workers.label
     codes: dict[int, int] = {}
     failed: int | None = None
     try:
@@ -138,7 +231,7 @@ def run(command: list[str], count: int, grace: float) -> int:
             except queue.Empty:
                 left = workers.running()
                 workers.say(
-                    f"worker(s) {', '.join(map(str, left))} still running {grace:g} s after "
+                    f"{label}(s) {', '.join(map(str, left))} still running {grace:g} s after "
                     "another stopped: terminating them"
                 )
                 workers.stop(left)
@@ -148,11 +241,11 @@ def run(command: list[str], count: int, grace: float) -> int:
                 failed = index
                 left = [i for i in workers.running() if i not in codes]
                 others = f"; the others get {grace:g} s to stop" if left else ""
-                workers.say(f"worker {index} {_describe_exit(code)}{others}")
+                workers.say(f"{label} {index} {_describe_exit(code)}{others}")
             elif code != 0:
-                workers.say(f"worker {index} {_describe_exit(code)}")
+                workers.say(f"{label} {index} {_describe_exit(code)}")
     except KeyboardInterrupt:  # the workers got the SIGINT too: they save and stop
-        workers.say(f"interrupted: waiting up to {grace:g} s for the workers")
+        workers.say(f"interrupted: waiting up to {grace:g} s for the {label}s")
         try:
             for proc in workers.procs:
                 proc.wait(grace)
@@ -160,7 +253,7 @@ def run(command: list[str], count: int, grace: float) -> int:
             workers.stop(workers.running())
         return 130
     if failed is None:
-        workers.say(f"all {count} workers finished")
+        workers.say(f"all {count} {label}s finished")
         return 0
     return _exit_status(codes[failed])
 
@@ -168,9 +261,25 @@ def run(command: list[str], count: int, grace: float) -> int:
 def parser() -> argparse.ArgumentParser:
     p = UsageParser(
         prog="python -m vgg_keras.launch",
-        description="Run N local training workers (MultiWorkerMirroredStrategy via TF_CONFIG).",
+        description="Run N local training workers (MultiWorkerMirroredStrategy via TF_CONFIG), "
+        "or one process per Ascend NPU (--npus, HCCL via the rank table).",
     )
     p.add_argument("--workers", type=int, default=2, help="number of worker processes")
+    p.add_argument(
+        "--npus",
+        type=int,
+        help="Ascend: one process per NPU, with RANK_ID, RANK_SIZE, RANK_TABLE_FILE, DEVICE_ID",
+    )
+    p.add_argument(
+        "--rank_table",
+        default=os.environ.get("RANK_TABLE_FILE"),
+        help="with --npus: the HCCL rank table JSON (default: $RANK_TABLE_FILE)",
+    )
+    p.add_argument(
+        "--rank_logs",
+        default="rank_logs",
+        help="with --npus: each rank's output goes to DIR/rank_<i>/train.log (default: %(default)s)",
+    )
     p.add_argument(
         "--grace",
         type=float,
@@ -190,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--workers: must be >= 1, got {args.workers}")
     if args.grace <= 0:
         raise UsageError(f"--grace: must be > 0 seconds, got {args.grace}")
+    if args.npus is not None:
+        if args.npus < 1:
+            raise UsageError(f"--npus: must be >= 1, got {args.npus}")
+        return run_npus(command, args.npus, args.rank_table, args.rank_logs, args.grace)
     return run(command, args.workers, args.grace)
 
 

@@ -17,6 +17,7 @@ from vgg_keras.errors import UsageError
 from vgg_keras.reporting import METRICS_FILE, read_metrics
 
 CONFIG_FILE = "config.json"
+RUNS_DIR = "runs"  # where --log_dir puts runs by default (runs/vgg16, runs/demo)
 
 
 def write_config(config: Config, folder: str | None = None) -> None:
@@ -27,6 +28,22 @@ def write_config(config: Config, folder: str | None = None) -> None:
 def read_config(folder: str) -> dict:
     """The settings a run saved in ``<folder>/config.json`` ({} when there are none)."""
     return info.read_json(os.path.join(folder, CONFIG_FILE), "run settings")
+
+
+def newest_run(runs_dir: str = RUNS_DIR) -> str:
+    """The folder under ``runs_dir`` whose newest checkpoint was written last."""
+    runs = []
+    if os.path.isdir(runs_dir):
+        for name in sorted(os.listdir(runs_dir)):
+            latest = checkpoints.latest_checkpoint(os.path.join(runs_dir, name))
+            if latest is not None:
+                runs.append((os.path.getmtime(latest + ".index"), os.path.join(runs_dir, name)))
+    if not runs:
+        raise UsageError(
+            f"no run with checkpoints under {runs_dir}/ (in {os.getcwd()}): name one with "
+            "--eval_dir DIR or --ckpt PATH"
+        )
+    return max(runs)[1]
 
 
 def logged_steps_per_epoch(folder: str) -> float | None:

@@ -279,9 +279,23 @@ def plan_run(config: Config, train_images: int, num_replicas: int = 1) -> RunPla
     max_steps = config.max_train_steps or max(1, round(config.max_epochs * steps_per_epoch))
     save_every = config.save_checkpoints_steps or max(1, round(steps_per_epoch))
     eval_every = None
-    if config.mode == "train_and_evaluate":
+    if config.mode == "train_and_evaluate" and not _no_validation_data(config):
         eval_every = max(1, round(config.epochs_between_evals * steps_per_epoch))
     return RunPlan(train_images, global_batch, steps_per_epoch, max_steps, save_every, eval_every)
+
+
+def _no_validation_data(config: Config) -> bool:
+    return config.synthetic and config.data_dir is None
+
+
+def loop_intervals(config: Config, plan: RunPlan) -> dict:
+    """Every interval at which the loop must stop a session call (Npu.check_intervals)."""
+    return {
+        "steps": plan.max_steps,
+        "save": plan.save_every,
+        "eval": plan.eval_every,
+        "log": config.display_every,
+    }
 
 
 def _train_split(config: Config):
@@ -332,8 +346,7 @@ def train(config: Config) -> int:
     plan = plan_run(
         config, split.num_examples if split else IMAGENET_TRAIN_IMAGES, dist.num_replicas
     )
-    intervals = {"steps": plan.max_steps, "save": plan.save_every, "eval": plan.eval_every}
-    dist.check_intervals(config.iterations_per_loop, intervals)
+    dist.check_intervals(config.iterations_per_loop, loop_intervals(config, plan))
     with contextlib.ExitStack() as stack:
         if dist.is_chief:
             resume_from = rundir.prepare(config, stack)
@@ -392,6 +405,15 @@ def _initialise(config, dist, tg: TrainGraph, session, reporter, resume_from, sp
             "warning: --precision bf16 on a CPU without bf16 instructions (no avx512_bf16 or "
             "amx_bf16) and no GPU: it is emulated, many times slower than --precision fp32"
         )
+    if config.display_every < config.iterations_per_loop:
+        reporter.print(
+            f"warning: --display_every {config.display_every} < --iterations_per_loop "
+            f"{config.iterations_per_loop}: every session call stops at the next log step, so "
+            f"loops run {config.display_every} step(s), not {config.iterations_per_loop}; raise "
+            "--display_every to keep the loop sinking"
+        )
+    if config.mode == "train_and_evaluate" and _no_validation_data(config):
+        reporter.print("note: --synthetic without --data_dir has no validation data: training only")
     if split is not None and dist.num_workers > 1:
         reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
     session.run(tg.init_op)

@@ -209,9 +209,11 @@ def eval_dataset(
     worker_index: int = 0,
     normalization: str = "imagenet",
     crops: int = 1,
+    resize: str = "aspect",
 ) -> tf.data.Dataset:
     """Every validation image exactly once, in file order, the last batch possibly smaller.
 
+    ``resize`` is ``preprocess.resize_for_eval``'s (``--eval_resize``).
     ``crops=10`` gives each image as its ten crops (``preprocess.ten_crop_images``): batches
     of shape (batch, 10, size, size, 3).
     """
@@ -225,9 +227,9 @@ def eval_dataset(
     def preprocess_record(serialized):
         jpeg, label, _ = split.parse(serialized, label_offset)
         if crops == preprocess.TEN_CROPS:
-            image = preprocess.ten_crop_images(jpeg, image_size, normalization)
+            image = preprocess.ten_crop_images(jpeg, image_size, normalization, resize)
         else:
-            image = preprocess.eval_image(jpeg, image_size, normalization)
+            image = preprocess.eval_image(jpeg, image_size, normalization, resize)
         return image, _check_label(label, num_classes)
 
     ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE)

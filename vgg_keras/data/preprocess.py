@@ -24,6 +24,9 @@ TEN_CROPS = 10  # ten_crop_images: four corners and the centre, and their mirror
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 NORMALIZATIONS = ("imagenet", "caffe")
 _BOX_ERROR = "All bounding box coordinates must be in [0.0, 1.0]:"  # as TensorFlow's own crop op
+# Before the central crop: the shorter side to image_size * 256/224 (aspect kept), or the whole
+# image squashed to that square (the reference's 256x256).
+EVAL_RESIZES = ("aspect", "square")
 
 
 def normalize(image, normalization: str = "imagenet"):
@@ -185,17 +188,16 @@ def _covers_an_object(y, x, h, w, bboxes, height, width, min_object_covered: flo
     return tf.reduce_any(covered, axis=1)
 
 
-def eval_image(jpeg, image_size: int, normalization: str = "imagenet"):
-    """Resize the shorter side to ``image_size * 256/224`` (aspect kept), central crop, normalise."""
-    image = tf.image.decode_jpeg(jpeg, channels=3)
-    image = resize_shorter_side(image, int(round(image_size * EVAL_RESIZE_RATIO)))
+def eval_image(jpeg, image_size: int, normalization: str = "imagenet", resize: str = "aspect"):
+    """``resize_for_eval``, central crop, normalise."""
+    image = resize_for_eval(tf.image.decode_jpeg(jpeg, channels=3), image_size, resize)
     image = central_crop(image, image_size)
     image = normalize(image, normalization)
     image.set_shape([image_size, image_size, 3])
     return image
 
 
-def ten_crop_images(jpeg, image_size: int, normalization: str = "imagenet"):
+def ten_crop_images(jpeg, image_size: int, normalization: str = "imagenet", resize: str = "aspect"):
     """The ten crops of multi-crop evaluation, shape (10, size, size, 3), normalised.
 
     Resized as ``eval_image``; then the four corners and the centre (index 4, ``eval_image``'s
@@ -203,8 +205,7 @@ def ten_crop_images(jpeg, image_size: int, normalization: str = "imagenet"):
     the ten-crop evaluation of AlexNet and Caffe-era accuracy tables (the VGG paper's own
     multi-crop figures use 150 crops over three scales).
     """
-    image = tf.image.decode_jpeg(jpeg, channels=3)
-    image = resize_shorter_side(image, int(round(image_size * EVAL_RESIZE_RATIO)))
+    image = resize_for_eval(tf.image.decode_jpeg(jpeg, channels=3), image_size, resize)
     shape = tf.shape(image)
     bottom, right = shape[0] - image_size, shape[1] - image_size
     corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
@@ -215,6 +216,18 @@ def ten_crop_images(jpeg, image_size: int, normalization: str = "imagenet"):
     crops = normalize(crops, normalization)
     crops.set_shape([TEN_CROPS, image_size, image_size, 3])
     return crops
+
+
+def resize_for_eval(image, image_size: int, resize: str = "aspect"):
+    """Before the central crop(s): ``aspect`` resizes the shorter side to ``image_size * 256/224``
+    (the usual ImageNet protocol); ``square`` resizes the whole image to that square, ignoring
+    its aspect ratio (the reference's 256x256 for 224)."""
+    side = int(round(image_size * EVAL_RESIZE_RATIO))
+    if resize == "square":
+        return _bilinear_resize(image, [side, side])
+    if resize != "aspect":
+        raise ValueError(f"unknown eval resize {resize!r}; expected one of {EVAL_RESIZES}")
+    return resize_shorter_side(image, side)
 
 
 def resize_shorter_side(image, side: int):
