@@ -88,6 +88,21 @@ def jpeg_encoder():
     return encode_jpeg
 
 
+def make_unwritable(folder) -> None:
+    """chmod for users; root ignores it, the immutable attribute stops root too."""
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o555)
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip(f"cannot make {folder} unwritable for root (chattr +i failed)")
+
+
+def make_writable(folder) -> None:
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o755)
+    else:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
 def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run one of the repository's ``run_*.py`` scripts in a fresh Python; output as text."""
     command = [sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)]

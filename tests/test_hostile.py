@@ -1,0 +1,109 @@
+"""Hostile input through the real command lines (issue 15): user files beside every output,
+devices that do not exist, bad validation data, stray shard copies, odd log names, resumes
+with a smaller --keep_checkpoint_max.
+
+Every test runs the real scripts in subprocesses on real files.  The network is VGG16 at 1/16
+width on 32 px images, as in test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_unwritable, make_writable
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--arch", "vgg16", "--width_multiplier", "0.0625", "--image_size", "32"]
+TINY += ["--class_num", "10", "--batch_size", "8", "--progress", "false"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def cli(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """One of the repository's scripts (or ``-m module``) in a fresh Python."""
+    command = [sys.executable, *([script] if script == "-m" else [str(ROOT / script)])]
+    return subprocess.run(
+        [*command, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=ENV,
+    )
+
+
+def train_args(data_dir, log_dir, *extra) -> list[str]:
+    return [*TINY, "--data_dir", data_dir, "--log_dir", log_dir, "--mode", "train", *extra]
+
+
+def error_line(proc: subprocess.CompletedProcess, code: int) -> str:
+    """The one ``error: ...`` line of a run that had to stop with ``code``, no traceback."""
+    out = f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == code, out
+    assert "Traceback" not in proc.stderr, out
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), out
+    return lines[-1]
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    out = f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, out
+    assert "Traceback" not in proc.stderr, out
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run20(demo_dir, tmp_path_factory) -> Path:
+    """A 20-step run of the tiny network on the demo data (checkpoints at 10 and 20)."""
+    log_dir = tmp_path_factory.mktemp("run20")
+    extra = ["--max_train_steps", "20", "--save_checkpoints_steps", "10"]
+    ok(cli("run_train.py", *train_args(demo_dir, log_dir, *extra)))
+    return log_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Export: never delete what the program did not create
+
+
+def test_export_keeps_a_users_folder_named_like_its_staging(run20, tmp_path):
+    out = tmp_path / "X"
+    mine = tmp_path / "X.tmp"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("x")
+    ok(cli("run_export.py", "--ckpt", run20, "--format", "checkpoint", "--output", out))
+    assert (mine / "thesis.txt").read_text() == "x"
+    assert (out / "export_info.json").is_file()
+    # nothing else appeared beside the output: the staging folder is gone
+    assert sorted(os.listdir(tmp_path)) == ["X", "X.tmp"]
+
+    # <output>.tmp a file of the user's: no traceback, the file stays
+    (tmp_path / "Y.tmp").write_text("y")
+    ok(cli("run_export.py", "--ckpt", run20, "--format", "checkpoint", "--output", tmp_path / "Y"))
+    assert (tmp_path / "Y.tmp").read_text() == "y"
+
+    # --output a symlink to an empty folder: the export lands in that folder
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "linkout").symlink_to(target)
+    link = tmp_path / "linkout"
+    ok(cli("run_export.py", "--ckpt", run20, "--format", "checkpoint", "--output", link))
+    assert (target / "export_info.json").is_file()
+    assert not (tmp_path / "linkout.tmp").exists()
+
+
+def test_export_into_a_read_only_parent_is_one_line(run20, tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    make_unwritable(parent)
+    try:
+        proc = cli(
+            "run_export.py", "--ckpt", run20, "--format", "checkpoint", "--output", parent / "X"
+        )
+    finally:
+        make_writable(parent)
+    line = error_line(proc, 2)
+    assert f"--output {parent / 'X'}: cannot write there" in line
