@@ -9,12 +9,15 @@ width on 32 px images, as in test_reliability.py.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import make_unwritable, make_writable
+
+from vgg_keras import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "vgg16", "--width_multiplier", "0.0625", "--image_size", "32"]
@@ -33,6 +36,10 @@ def cli(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess
         cwd=ROOT,
         env=ENV,
     )
+
+
+def steps(log_dir) -> list[int]:
+    return [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(str(log_dir))]
 
 
 def train_args(data_dir, log_dir, *extra) -> list[str]:
@@ -107,3 +114,20 @@ def test_export_into_a_read_only_parent_is_one_line(run20, tmp_path):
         make_writable(parent)
     line = error_line(proc, 2)
     assert f"--output {parent / 'X'}: cannot write there" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Devices that do not exist: one line before anything is built, never a hang
+
+
+@pytest.mark.parametrize("devices", ["gpu:0,gpu:1", "gpu:7", "cpu:0,cpu:2", "cpu:0,cpu:0"])
+def test_devices_that_do_not_exist_are_refused_at_once(demo_dir, tmp_path, devices):
+    from vgg_keras import compat
+
+    if compat.gpu_count() > 7:
+        pytest.skip("this machine has the GPUs the test names")
+    args = train_args(demo_dir, tmp_path / "run", "--max_train_steps", "2")
+    proc = cli("run_train.py", *args, "--devices", devices, timeout=120)
+    line = error_line(proc, 2)
+    assert line.startswith("error: --devices: "), line
+    assert not list((tmp_path / "run").glob("model.ckpt-*"))
