@@ -131,3 +131,21 @@ def test_devices_that_do_not_exist_are_refused_at_once(demo_dir, tmp_path, devic
     line = error_line(proc, 2)
     assert line.startswith("error: --devices: "), line
     assert not list((tmp_path / "run").glob("model.ckpt-*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. --keep_checkpoint_max holds after a resume
+
+
+def test_keep_checkpoint_max_holds_after_a_resume_with_fewer(run20, demo_dir, tmp_path):
+    log_dir = tmp_path / "run"
+    shutil.copytree(run20, log_dir)
+    # as if kill -9 cycles had left more checkpoints than the run keeps
+    for step in (3, 5):
+        for path in run20.glob("model.ckpt-10.*"):
+            shutil.copy(path, log_dir / path.name.replace("-10.", f"-{step}."))
+    assert steps(log_dir) == [3, 5, 10, 20]
+    args = train_args(demo_dir, log_dir, "--max_train_steps", "22", "--save_checkpoints_steps", "1")
+    ok(cli("run_train.py", *args, "--keep_checkpoint_max", "1"))
+    assert steps(log_dir) == [22]
+    assert not [p for p in log_dir.glob("model.ckpt-*") if not p.name.startswith("model.ckpt-22.")]

@@ -10,6 +10,7 @@ save leaves behind is only those temporary names, which ``remove_partial`` delet
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -73,6 +74,19 @@ def remove_partial(folder: str) -> list[str]:
                 os.remove(path)
             removed.append(name)
     return removed
+
+
+def remove_oldest(folder: str, keep: int) -> list[str]:
+    """Delete the complete checkpoints of ``folder`` but the newest ``keep`` (index first, then
+    data, as the Saver's own rotation).  The Saver deletes at most one per save, so a folder
+    resumed with a smaller --keep_checkpoint_max (or after kill -9 cycles) would keep its extra
+    ones for ever.  Only while no other trainer writes there; returns the prefixes removed."""
+    doomed = list_checkpoints(folder)[:-keep] if keep > 0 else []
+    for prefix in doomed:
+        for path in [prefix + ".index", *sorted(glob.glob(glob.escape(prefix) + ".data-*"))]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    return doomed
 
 
 def state_file_target(folder: str) -> str | None:

@@ -605,6 +605,11 @@ class _Loop:
                 f"cannot write checkpoint {self.prefix}-{at} ({_why(err)}); the newest "
                 f"checkpoint is {self._newest()}"
             ) from err
+        # Only after a save succeeded: never below one good checkpoint.
+        if checkpoints.remove_oldest(self.config.log_dir, self.config.keep_checkpoint_max):
+            self.tg.saver.recover_last_checkpoints(
+                checkpoints.list_checkpoints(self.config.log_dir)
+            )
         self.last_saved = at
 
     def _evaluate(self, at: int) -> None:
