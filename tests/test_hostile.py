@@ -8,6 +8,7 @@ width on 32 px images, as in test_reliability.py.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -149,3 +150,28 @@ def test_keep_checkpoint_max_holds_after_a_resume_with_fewer(run20, demo_dir, tm
     ok(cli("run_train.py", *args, "--keep_checkpoint_max", "1"))
     assert steps(log_dir) == [22]
     assert not [p for p in log_dir.glob("model.ckpt-*") if not p.name.startswith("model.ckpt-22.")]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Stray copies of shards are not read
+
+
+def _eval_images(run20, data_dir, output) -> tuple[int, str]:
+    proc = ok(cli("run_eval.py", "--ckpt", run20, "--data_dir", data_dir, "--output", output))
+    results = json.loads((Path(output) / "eval_results.json").read_text())
+    return results[-1]["images"], proc.stderr
+
+
+@pytest.mark.parametrize("with_info", [True, False], ids=["info", "no_info"])
+def test_stray_copies_of_validation_shards_are_ignored_and_named(
+    run20, demo_dir, tmp_path, with_info
+):
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    if not with_info:
+        (data / "dataset_info.json").unlink()
+    for stray in ("validation-00000-of-00002.bak", "validation-00000-of-00002 (copy)"):
+        shutil.copy(data / "validation-00000-of-00002", data / stray)
+    images, stderr = _eval_images(run20, data, tmp_path / "eval")
+    assert images == 360
+    assert "ignored validation-00000-of-00002 (copy), validation-00000-of-00002.bak" in stderr

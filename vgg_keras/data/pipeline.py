@@ -10,9 +10,10 @@ batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
+import re
+import sys
 from collections.abc import Callable
 
 from vgg_keras import atomic
@@ -56,14 +57,40 @@ class Split:
 
 
 def list_files(data_dir: str, split: str) -> list[str]:
-    """Sorted shard paths of ``split`` ('train' or 'validation') in ``data_dir``."""
+    """Sorted shard paths of ``split`` ('train' or 'validation') in ``data_dir``.
+
+    Exactly the shards dataset_info.json lists, when it lists any of this split; otherwise
+    the files named ``<prefix>-NNNNN-of-NNNNN``.  Anything else that starts with the prefix (a
+    ``.bak`` or ``(copy)`` of a shard would silently double its images) is left out, with a
+    note on stderr naming it.
+    """
     if not os.path.isdir(data_dir):
         raise UsageError(f"data folder not found: {data_dir}")
-    pattern = os.path.join(data_dir, f"{schema.SPLIT_PREFIXES[split]}-*")
-    files = sorted(f for f in glob.glob(pattern) if not f.endswith((".tmp", ".json")))
-    if not files:
-        raise UsageError(f"no {schema.SPLIT_PREFIXES[split]}-* TFRecord files in {data_dir}")
-    return files
+    prefix = schema.SPLIT_PREFIXES[split]
+    present = sorted(os.listdir(data_dir))
+    listed = sorted(n for n in info.read_info(data_dir).get("files", {}) if n.startswith(prefix))
+    if listed:
+        missing = [n for n in listed if n not in present]
+        if missing:
+            raise UsageError(
+                f"{os.path.join(data_dir, missing[0])}: listed in {info.INFO_FILE} but missing "
+                f"({len(missing)} of {len(listed)} {prefix} shards)"
+            )
+        names = listed
+    else:
+        shard = re.compile(rf"{re.escape(prefix)}-\d{{5,}}-of-\d{{5,}}")
+        names = [n for n in present if shard.fullmatch(n)]
+    ignored = [n for n in present if n.startswith(prefix + "-") and n not in names]
+    if ignored and names:
+        why = f"not listed in {info.INFO_FILE}" if listed else f"not named {prefix}-NNNNN-of-NNNNN"
+        shown = ", ".join(ignored[:3]) + (
+            f" and {len(ignored) - 3} more" if len(ignored) > 3 else ""
+        )
+        print(f"note: {data_dir}: ignored {shown} ({why})", file=sys.stderr)
+    if not names:
+        also = f" (ignored {', '.join(ignored[:3])})" if ignored else ""
+        raise UsageError(f"no {prefix}-* TFRecord files in {data_dir}{also}")
+    return [os.path.join(data_dir, n) for n in names]
 
 
 def count_records(path: str) -> int:
