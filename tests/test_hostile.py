@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_unwritable, make_writable
 
@@ -175,3 +176,52 @@ def test_stray_copies_of_validation_shards_are_ignored_and_named(
     images, stderr = _eval_images(run20, data, tmp_path / "eval")
     assert images == 360
     assert "ignored validation-00000-of-00002 (copy), validation-00000-of-00002.bak" in stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Bad validation data: the file and record in one line, or skipped with --skip_corrupt
+
+
+def _bad_validation(folder: Path, shard_writer, jpeg_encoder) -> Path:
+    """The demo's kind of data, 24 validation records in 2 shards, record 5 no JPEG."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(24)]
+    labels = [k % 10 + 1 for k in range(24)]
+    shard_writer(str(folder), images, labels, split="train", num_classes=10)
+    broken = [b"these bytes are no JPEG" if k == 5 else im for k, im in enumerate(images)]
+    shard_writer(str(folder), broken, labels, split="validation", num_shards=2, num_classes=10)
+    return folder
+
+
+def test_bad_validation_data_is_one_line_or_skipped(run20, shard_writer, jpeg_encoder, tmp_path):
+    data = _bad_validation(tmp_path / "garbage", shard_writer, jpeg_encoder)
+    out = tmp_path / "eval"
+    proc = cli("run_eval.py", "--ckpt", run20, "--data_dir", data, "--output", out)
+    line = error_line(proc, 2)
+    assert line.startswith(f"error: {data}/validation-00001-of-00002: record 2: "), line
+    assert line.endswith("(use --skip_corrupt to skip bad records)"), line
+
+    skipped = ok(
+        cli("run_eval.py", "--ckpt", run20, "--data_dir", data, "--output", out, "--skip_corrupt")
+    )
+    assert json.loads((out / "eval_results.json").read_text())[-1]["images"] == 23, skipped.stdout
+
+    # a truncated validation shard (dataset_info.json knows its count)
+    (data / "validation-00001-of-00002").write_bytes(b"")
+    with open(data / "validation-00000-of-00002", "r+b") as f:
+        f.truncate(os.path.getsize(f.name) - 100)
+    proc = cli("run_eval.py", "--ckpt", run20, "--data_dir", data, "--output", out)
+    line = error_line(proc, 2)
+    assert line.startswith(f"error: {data}/validation-00000-of-00002: record 11: truncated"), line
+
+
+def test_bad_validation_data_in_train_and_evaluate_is_one_line(
+    shard_writer, jpeg_encoder, tmp_path
+):
+    data = _bad_validation(tmp_path / "garbage", shard_writer, jpeg_encoder)
+    log_dir = tmp_path / "run"
+    args = train_args(data, log_dir, "--mode", "train_and_evaluate", "--max_train_steps", "3")
+    proc = cli("run_train.py", *args)
+    line = error_line(proc, 2)
+    assert f"{data}/validation-00001-of-00002: record 2: " in line, line
+    assert steps(log_dir) == [3]  # the checkpoint it evaluated is kept

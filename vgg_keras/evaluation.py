@@ -168,7 +168,7 @@ class Evaluator:
             disable=None if self.progress else True,  # None: only on a terminal
         ) as bar:
             for _ in range(self._batches):
-                batch = self.session.run(self._fetches)
+                batch = self._run_batch()
                 for key, value in batch.items():
                     totals[key] += value.item()
                 bar.update()
@@ -188,6 +188,18 @@ class Evaluator:
             "images": images,
             "checkpoint_time": written,
         }
+
+    def _run_batch(self) -> dict:
+        try:
+            return self.session.run(self._fetches)
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+            from vgg_keras.data import diagnose
+
+            split, config = self.split, self.config
+            explained = diagnose.explain(
+                err, list(split.files), config.class_num, config.label_offset, parse=split.parse
+            )
+            raise explained from err
 
     def report(self, results: list[dict], reporter, header: bool = True) -> None:
         """The evaluation table through ``reporter`` and the metrics in metrics.jsonl."""

@@ -660,9 +660,6 @@ def _explain_data_error(err, config: Config, split) -> Exception:
         return err
     from vgg_keras.data import diagnose
 
-    bad = diagnose.find_bad_record(
-        list(split.files), config.class_num, config.label_offset, parse=split.parse
+    return diagnose.explain(
+        err, list(split.files), config.class_num, config.label_offset, parse=split.parse
     )
-    if bad is None:
-        return err
-    return UsageError(f"{bad} (use --skip_corrupt to skip bad records)")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from vgg_keras.compat import tf
 from vgg_keras.data import schema
-from vgg_keras.errors import reason
+from vgg_keras.errors import UsageError, reason
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -74,6 +74,21 @@ def find_bad_record(
         return None
 
     return _eagerly(scan)
+
+
+def explain(
+    err: Exception,
+    files: Sequence[str],
+    num_classes: int,
+    label_offset: int = 1,
+    parse: Parser = schema.parse,
+) -> Exception:
+    """A one-line UsageError naming the file and record behind ``err``, an input pipeline's
+    TensorFlow error; ``err`` itself when no record is to blame."""
+    bad = find_bad_record(files, num_classes, label_offset, parse=parse)
+    if bad is None:
+        return err
+    return UsageError(f"{bad} (use --skip_corrupt to skip bad records)")
 
 
 def count_bad_records(

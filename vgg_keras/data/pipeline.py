@@ -71,6 +71,8 @@ def list_files(data_dir: str, split: str) -> list[str]:
     listed = sorted(n for n in info.read_info(data_dir).get("files", {}) if n.startswith(prefix))
     if listed:
         missing = [n for n in listed if n not in present]
+        if len(missing) == len(listed):
+            raise UsageError(f"no {prefix}-* TFRecord files in {data_dir}")
         if missing:
             raise UsageError(
                 f"{os.path.join(data_dir, missing[0])}: listed in {info.INFO_FILE} but missing "
