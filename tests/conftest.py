@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +87,28 @@ def shard_writer():
 def jpeg_encoder():
     """``encode_jpeg`` (see above): uint8 array -> JPEG bytes."""
     return encode_jpeg
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """Mounts a tmpfs of a given size (root only); yields the mount function, unmounts after."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+            capture_output=True,
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "--lazy", str(point)], check=False)
 
 
 def make_unwritable(folder) -> None:

@@ -225,3 +225,36 @@ def test_bad_validation_data_in_train_and_evaluate_is_one_line(
     line = error_line(proc, 2)
     assert f"{data}/validation-00001-of-00002: record 2: " in line, line
     assert steps(log_dir) == [3]  # the checkpoint it evaluated is kept
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Unwritable places: one line, never a traceback
+
+
+def test_eval_of_a_read_only_run_folder_is_one_line(run20, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run20, run)
+    make_unwritable(run)
+    try:
+        proc = cli("run_eval.py", "--ckpt", run)
+    finally:
+        make_writable(run)
+    line = error_line(proc, 2)
+    assert f"to {run} (" in line and "--output" in line, line
+
+
+def test_training_started_on_a_full_disk_is_one_line(demo_dir, small_tmpfs):
+    volume = small_tmpfs(64 * 1024)
+    filler = os.open(volume / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(filler, b"\0" * 4096)
+    except OSError:  # full
+        pass
+    finally:
+        os.close(filler)
+    log_dir = volume / "run"
+    proc = cli("run_train.py", *train_args(demo_dir, log_dir, "--max_train_steps", "2"))
+    line = error_line(proc, 1)
+    assert "No space left on device" in line, line
+    assert not (log_dir / "train.lock").exists()

@@ -342,28 +342,6 @@ def test_nan_policy_skip_step_discards_the_updates_and_counts_them(demo_dir, tmp
 # Disk full, unwritable log_dir
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """Mounts a tmpfs of a given size (root only); yields the mount function, unmounts after."""
-    mounted = []
-
-    def mount(size: int) -> Path:
-        point = tmp_path / f"tmpfs{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-            capture_output=True,
-        )
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "--lazy", str(point)], check=False)
-
-
 def test_disk_full_when_saving_keeps_the_only_good_checkpoint(base_run, demo_dir, small_tmpfs):
     size = sum(p.stat().st_size for p in base_run.glob(f"model.ckpt-{BASE_STEPS}.*"))
     # Room for one checkpoint and the logs, not for a second one beside it.

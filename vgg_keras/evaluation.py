@@ -324,7 +324,14 @@ def _evaluate_all(
     every checkpoint of the run in ``folder``; both closed however evaluation ends.
     ``last_words`` is logged when every checkpoint is done."""
     with contextlib.ExitStack() as stack:
-        reporter = Reporter(output, EVAL_LOG, progress=False, summary_subdir="eval")
+        try:
+            reporter = Reporter(output, EVAL_LOG, progress=False, summary_subdir="eval")
+        except (OSError, tf.errors.OpError) as err:
+            why = err.strerror if isinstance(err, OSError) else reason(err)
+            raise UsageError(
+                f"cannot write {EVAL_LOG} and the results to {output} ({why}): "
+                "name a writable folder with --output"
+            ) from err
         stack.callback(reporter.close)
         evaluator = stack.enter_context(
             Evaluator(
