@@ -258,3 +258,48 @@ def test_training_started_on_a_full_disk_is_one_line(demo_dir, small_tmpfs):
     line = error_line(proc, 1)
     assert "No space left on device" in line, line
     assert not (log_dir / "train.lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. --log_name cannot be one of the run's own files; 11. up-front checks
+
+
+@pytest.mark.parametrize(
+    "name", ["config.json", "metrics.jsonl", "checkpoint", "model.ckpt-5.index", "a/b.log", ".."]
+)
+def test_log_name_that_collides_with_the_runs_files_is_refused(demo_dir, tmp_path, name):
+    log_dir = tmp_path / "run"
+    proc = cli("run_train.py", *train_args(demo_dir, log_dir, "--log_name", name), timeout=60)
+    assert error_line(proc, 2).startswith("error: --log_name: "), proc.stderr
+    assert not log_dir.exists()
+
+
+def test_run_files_list_names_what_the_modules_write():
+    from vgg_keras import evaluation, reporting, rundir, runlock
+    from vgg_keras.config import RUN_FILES
+
+    for name in (rundir.CONFIG_FILE, reporting.METRICS_FILE, runlock.LOCK_FILE):
+        assert name in RUN_FILES
+    for name in (evaluation.EVAL_LOG, evaluation.RESULTS_JSON, evaluation.CURVE_PNG):
+        assert name in RUN_FILES
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "inf"], "error: --lr: must be > 0 and finite, got inf"),
+        (["--momentum", "inf"], "error: --momentum: must be >= 0 and finite, got inf"),
+        (["--class_num", "1000"], "error: --class_num 1000: the dataset in {} has 10 classes"),
+    ],
+)
+def test_bad_values_are_refused_before_training(demo_dir, tmp_path, flags, message):
+    args = [a for a in train_args(demo_dir, tmp_path / "run") if a not in ("--class_num", "10")]
+    proc = cli("run_train.py", *args, *flags, timeout=60)
+    assert error_line(proc, 2).startswith(message.format(demo_dir)), proc.stderr
+
+
+def test_class_num_defaults_to_the_datasets(demo_dir, tmp_path):
+    log_dir = tmp_path / "run"
+    args = [a for a in train_args(demo_dir, log_dir) if a not in ("--class_num", "10")]
+    ok(cli("run_train.py", *args, "--max_train_steps", "1"))
+    assert json.loads((log_dir / "config.json").read_text())["class_num"] == 10

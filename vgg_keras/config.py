@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from vgg_keras.data import info
 from vgg_keras.errors import UsageError
 
 DEMO_DATA_DIR = "data/demo"
@@ -322,10 +324,29 @@ def merge(
     values = dict(PRESETS[preset])
     inherited = set(names()) - set(names("runtime"))
     values.update({k: v for k, v in (saved or {}).items() if k in inherited})
-    values.update({k: v for k, v in (flags or {}).items() if k in HELP and v is not None})
+    given = {k: v for k, v in (flags or {}).items() if k in HELP and v is not None}
+    values.update(given)
+    _class_num_from_data(values, chosen="class_num" in given or "class_num" in (saved or {}))
     config = Config(**values)
     validate(config, need_data)
     return config
+
+
+def _class_num_from_data(values: dict, chosen: bool) -> None:
+    """class_num defaults to the dataset's (dataset_info.json's num_classes); a class count
+    chosen by flag or by the run's config.json must match it."""
+    data_dir = values.get("data_dir")
+    if not data_dir or values.get("synthetic") or not os.path.isdir(data_dir):
+        return
+    classes = info.read_info(data_dir).get("num_classes")
+    if not isinstance(classes, int) or classes == values.get("class_num"):
+        return
+    if chosen:
+        raise UsageError(
+            f"--class_num {values.get('class_num')}: the dataset in {data_dir} has {classes} "
+            f"classes ({info.INFO_FILE})"
+        )
+    values["class_num"] = classes
 
 
 def make_config(preset: str = "imagenet", **flags) -> Config:
@@ -336,6 +357,22 @@ def make_config(preset: str = "imagenet", **flags) -> Config:
 def from_args(argv: Optional[List[str]] = None) -> Config:
     args = vars(train_parser().parse_args(argv))
     return merge(args.pop("preset"), flags=args)
+
+
+# What a run keeps in its log_dir (rundir, reporting, runlock, checkpoints, evaluation): a log
+# file of that name would be appended to it.
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint",
+    "train.lock",
+    "eval.log",
+    "eval_results.json",
+    "eval_results.csv",
+    "eval_curve.png",
+    "eval",
+)
+RUN_FILE_PREFIXES = ("model.ckpt", "events.out.tfevents", ".")
 
 
 def _need(ok: bool, flag: str, message: str) -> None:
@@ -359,12 +396,16 @@ def validate(c: Config, need_data: bool = True) -> None:
         "eval_batch_size",
         f"must be >= 1, got {c.eval_batch_size}",
     )
-    _need(c.lr > 0, "lr", f"must be > 0, got {c.lr}")
-    _need(c.momentum >= 0, "momentum", f"must be >= 0, got {c.momentum}")
+    _need(0 < c.lr < math.inf, "lr", f"must be > 0 and finite, got {c.lr}")
+    _need(0 <= c.momentum < math.inf, "momentum", f"must be >= 0 and finite, got {c.momentum}")
     _need(
         0 <= c.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {c.label_smoothing}"
     )
-    _need(c.weight_decay >= 0, "weight_decay", f"must be >= 0, got {c.weight_decay}")
+    _need(
+        0 <= c.weight_decay < math.inf,
+        "weight_decay",
+        f"must be >= 0 and finite, got {c.weight_decay}",
+    )
     _need(c.T_max > 0, "T_max", f"must be > 0 epochs, got {c.T_max}")
     _need(c.eta_min >= 0, "eta_min", f"must be >= 0, got {c.eta_min}")
     _need(c.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {c.warmup_epochs}")
@@ -380,7 +421,7 @@ def validate(c: Config, need_data: bool = True) -> None:
             f"needs {len(c.lr_boundaries) + 1} values for {len(c.lr_boundaries)} boundaries, "
             f"got {len(c.lr_values)}",
         )
-        _need(all(v >= 0 for v in c.lr_values), "lr_values", "must be >= 0")
+        _need(all(0 <= v < math.inf for v in c.lr_values), "lr_values", "must be >= 0, finite")
     _validate_loop(c)
     _validate_data(c, need_data)
 
@@ -406,7 +447,18 @@ def _validate_loop(c: Config) -> None:
     )
     _need(c.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
     _need(c.rank_size >= 1, "rank_size", f"must be >= 1, got {c.rank_size}")
-    _need(c.log_name and os.sep not in c.log_name, "log_name", "must be a file name, not a path")
+    _need(
+        bool(c.log_name) and "/" not in c.log_name and os.sep not in c.log_name,
+        "log_name",
+        "must be a file name, not a path",
+    )
+    _need(
+        c.log_name not in (".", "..")
+        and not c.log_name.startswith(RUN_FILE_PREFIXES)
+        and c.log_name not in RUN_FILES,
+        "log_name",
+        f"{c.log_name} is one of the run's own files in --log_dir; choose another name",
+    )
 
 
 def _validate_data(c: Config, need_data: bool) -> None:
