@@ -303,3 +303,60 @@ def test_class_num_defaults_to_the_datasets(demo_dir, tmp_path):
     args = [a for a in train_args(demo_dir, log_dir) if a not in ("--class_num", "10")]
     ok(cli("run_train.py", *args, "--max_train_steps", "1"))
     assert json.loads((log_dir / "config.json").read_text())["class_num"] == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# No command deletes what it did not create; --overwrite deletes only the run's own files
+
+
+def _plant(folder: Path, names: list[str]) -> dict[Path, str]:
+    """A user's files (a name ending in /: a folder with a file) beside the outputs."""
+    planted = {}
+    for name in names:
+        path = folder / name
+        if name.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / "thesis.txt"
+        path.write_text(f"mine: {name}")
+        planted[path] = f"mine: {name}"
+    return planted
+
+
+def _survived(planted: dict[Path, str]) -> None:
+    lost = [str(p) for p, text in planted.items() if not p.is_file() or p.read_text() != text]
+    assert not lost, lost
+
+
+def test_user_files_beside_every_output_survive_every_command(run20, demo_dir, tmp_path):
+    run, data, out = tmp_path / "run", tmp_path / "data", tmp_path / "out"
+    shutil.copytree(run20, run)
+    shutil.copytree(demo_dir, data)
+    out.mkdir()
+    planted = _plant(run, ["model.ckpt-best.txt", "config.json.tmp", "train.log.tmp", "notes"])
+    planted.update(_plant(run, ["eval_results.json.tmp/", "checkpoint.tmp/", ".config.json.x/"]))
+    planted.update(_plant(data, ["train-00000-of-00004.tmp", "dataset_info.json.tmp"]))
+    planted.update(_plant(data, ["labels.txt.tmp/", "validation-00000-of-00002.tmp/"]))
+    planted.update(_plant(out, ["X.tmp/", "X.tmp.txt", ".X.tmp"]))
+
+    ok(cli("run_train.py", *train_args(data, run, "--max_train_steps", "22")))
+    ok(cli("run_eval.py", "--ckpt", run, "--data_dir", data))
+    ok(cli("run_export.py", "--ckpt", run, "--format", "checkpoint", "--output", out / "X"))
+    ok(cli("-m", "vgg_keras.data.demo", data))
+    _survived(planted)
+    assert (run / "eval_results.json").is_file()
+
+    overwrite = train_args(data, run, "--max_train_steps", "2", "--overwrite")
+    ok(cli("run_train.py", *overwrite))
+    _survived(planted)
+    # the previous run's evaluation went with it
+    assert not (run / "eval_results.json").exists()
+    assert steps(run) == [2]
+
+
+def test_wrong_width_names_the_widths(run20):
+    proc = cli("run_eval.py", "--ckpt", run20, "--width_multiplier", "0.125")
+    line = error_line(proc, 2)
+    assert (
+        "checkpoint has vgg16 at width 0.0625 with 10 classes, model is vgg16 at width 0.125"
+        in line
+    )

@@ -133,10 +133,17 @@ def variable_shapes(path: str) -> dict[str, list[int]]:
         raise UsageError(f"{path}: unreadable checkpoint ({reason(err)})") from err
 
 
-def _describe(shapes: dict[str, list[int]]) -> str:
+def _width(shapes: dict[str, list[int]]) -> float | None:
+    """The width multiplier: block1_conv1's filters over the full network's 64."""
+    kernel = shapes.get("block1_conv1/kernel")
+    return kernel[-1] / 64 if kernel else None
+
+
+def _describe(shapes: dict[str, list[int]], width: bool = False) -> str:
     arch = "vgg19" if any(k.startswith("block3_conv4/") for k in shapes) else "vgg16"
     classes = shapes.get("predictions/kernel", [None, "?"])[-1]
-    return f"{arch} with {classes} classes"
+    at = f" at width {_width(shapes):g}" if width and _width(shapes) is not None else ""
+    return f"{arch}{at} with {classes} classes"
 
 
 def check_compatible(path: str, variables) -> None:
@@ -155,8 +162,10 @@ def check_compatible(path: str, variables) -> None:
             detail = f"{wrong[0]} is {stored[wrong[0]]}"
         else:
             detail = f"unexpected {sorted(extra)[0]}"
+        width = _width(stored) != _width(wanted)  # else "vgg16 ..., model is vgg16 ..." alike
         raise UsageError(
-            f"{path}: checkpoint has {_describe(stored)}, model is {_describe(wanted)} ({detail})"
+            f"{path}: checkpoint has {_describe(stored, width)}, model is "
+            f"{_describe(wanted, width)} ({detail})"
         )
 
 
