@@ -360,3 +360,26 @@ def test_wrong_width_names_the_widths(run20):
         "checkpoint has vgg16 at width 0.0625 with 10 classes, model is vgg16 at width 0.125"
         in line
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Prediction reads BMP (and PNG) files; one unreadable file does not stop the others
+
+
+def test_predict_reads_bmp_and_skips_an_unreadable_file(run20, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(pixels).save(folder / "a.bmp")
+    Image.fromarray(pixels).save(folder / "b.png")
+    Image.fromarray(pixels).save(folder / "c.jpg", quality=95)
+    (folder / "d.jpg").write_text("not a picture")
+    proc = cli("run_predict.py", folder, "--ckpt", run20, "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    found = json.loads(proc.stdout)
+    assert [Path(r["file"]).name for r in found] == ["a.bmp", "b.png", "c.jpg"]
+    assert f"skipped: {folder / 'd.jpg'}: not an image the decoder reads" in proc.stderr
