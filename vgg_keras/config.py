@@ -326,7 +326,8 @@ def merge(
     values.update({k: v for k, v in (saved or {}).items() if k in inherited})
     given = {k: v for k, v in (flags or {}).items() if k in HELP and v is not None}
     values.update(given)
-    _class_num_from_data(values, chosen="class_num" in given or "class_num" in (saved or {}))
+    if need_data:  # export and predict compare the class count with the checkpoint's instead
+        _class_num_from_data(values, chosen="class_num" in given or "class_num" in (saved or {}))
     config = Config(**values)
     validate(config, need_data)
     return config
