@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -383,3 +385,39 @@ def test_predict_reads_bmp_and_skips_an_unreadable_file(run20, tmp_path):
     found = json.loads(proc.stdout)
     assert [Path(r["file"]).name for r in found] == ["a.bmp", "b.png", "c.jpg"]
     assert f"skipped: {folder / 'd.jpg'}: not an image the decoder reads" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. A signal during an in-training evaluation stops it at its next batch
+
+
+def test_sigterm_during_an_evaluation_stops_it_at_the_next_batch(demo_dir, tmp_path):
+    log_dir = tmp_path / "run"
+    args = train_args(demo_dir, log_dir, "--mode", "train_and_evaluate", "--max_train_steps", "50")
+    # an evaluation after 9 steps, one image per batch: 360 session calls, a second or more
+    args += ["--epochs_between_evals", "0.05", "--eval_batch_size", "1"]
+    args += ["--save_checkpoints_steps", "1000"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_train.py"), *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(log_dir.glob("model.ckpt-*.index")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stdout + stderr
+    (prefix,) = checkpoints.list_checkpoints(str(log_dir))
+    assert f"SIGTERM: stopped at step {checkpoints.checkpoint_step(prefix)}" in stdout, stdout
+    # the evaluation was cut short: no result of it was reported
+    metrics = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [m for m in metrics if "eval_top1" in m], stdout

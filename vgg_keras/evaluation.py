@@ -44,6 +44,10 @@ class CheckpointGone(UsageError):
     """The checkpoint's files disappeared before they were read (training's rotation)."""
 
 
+class Stopped(Exception):
+    """Evaluation given up at a batch boundary because the run was asked to stop."""
+
+
 class Evaluator:
     """Evaluates checkpoints of the network described by ``config`` on its validation split.
 
@@ -137,11 +141,13 @@ class Evaluator:
             self._barrier = dist.reduce(distribute.ReduceOp.SUM, dist.run(lambda: tf.constant(1.0)))
         self._saver = v1.train.Saver(self.model.weights)
 
-    def evaluate(self, checkpoint: str) -> dict:
+    def evaluate(self, checkpoint: str, stop: Callable[[], bool] | None = None) -> dict:
         """Metrics of one checkpoint over every validation image.
 
         Raises CheckpointGone when the files vanish before they are read; once restored into
-        the session they are no longer needed, so a later deletion does no harm.
+        the session they are no longer needed, so a later deletion does no harm.  Raises
+        Stopped before a batch when ``stop()`` is true (a signal: do not make it wait for the
+        whole pass).
         """
         if self._barrier is not None:
             self.session.run(self._barrier)
@@ -168,6 +174,8 @@ class Evaluator:
             disable=None if self.progress else True,  # None: only on a terminal
         ) as bar:
             for _ in range(self._batches):
+                if stop is not None and stop():
+                    raise Stopped(checkpoint)
                 batch = self._run_batch()
                 for key, value in batch.items():
                     totals[key] += value.item()

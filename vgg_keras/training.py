@@ -482,10 +482,12 @@ class _Loop:
         self.speed = Throughput(plan.global_batch)
         self.plateau = ChancePlateau(config.class_num)
         self.bad_records = _count_bad_records(config, split, reporter)
+        self._signals = StopSignals()  # run() puts the installed one here
 
     def run(self, signals: StopSignals) -> int:
         """Returns the exit code."""
         plan = self.plan
+        self._signals = signals
         try:
             while self.step < plan.max_steps:
                 out = self._train_call()
@@ -501,6 +503,8 @@ class _Loop:
             self._save(self.step)
             if self.evaluator is not None:
                 self._evaluate(self.step)
+            if signals.received is not None:  # during the last evaluation
+                return self._stop(signals)
         except _NonFinite as err:
             self.reporter.print(
                 f"error: {err}; stopped without saving, the newest checkpoint is {self._newest()}"
@@ -614,7 +618,12 @@ class _Loop:
 
     def _evaluate(self, at: int) -> None:
         self._save(at)
-        result = self.evaluator.evaluate(f"{self.prefix}-{at}")
+        try:
+            result = self.evaluator.evaluate(
+                f"{self.prefix}-{at}", stop=lambda: self._signals.received is not None
+            )
+        except evaluation.Stopped:
+            return  # the checkpoint is saved; the loop stops at its signal check
         self.evaluator.report([result], self.reporter)
 
     def _stop(self, signals: StopSignals) -> int:
