@@ -291,7 +291,7 @@ def test_run_files_list_names_what_the_modules_write():
     [
         (["--lr", "inf"], "error: --lr: must be > 0 and finite, got inf"),
         (["--momentum", "inf"], "error: --momentum: must be >= 0 and finite, got inf"),
-        (["--class_num", "1000"], "error: --class_num 1000: the dataset in {} has 10 classes"),
+        (["--class_num", "5"], "error: --class_num 5: the dataset in {} has 10 classes"),
     ],
 )
 def test_bad_values_are_refused_before_training(demo_dir, tmp_path, flags, message):

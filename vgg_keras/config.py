@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -334,20 +335,32 @@ def merge(
 
 
 def _class_num_from_data(values: dict, chosen: bool) -> None:
-    """class_num defaults to the dataset's (dataset_info.json's num_classes); a class count
-    chosen by flag or by the run's config.json must match it."""
+    """class_num defaults to the classes the dataset's labels need (dataset_info.json's
+    num_classes, shifted when --label_offset differs from the file's); a class count chosen by
+    flag or by the run's config.json that is smaller is refused, one that is larger (a head
+    with spare classes) is noted."""
     data_dir = values.get("data_dir")
     if not data_dir or values.get("synthetic") or not os.path.isdir(data_dir):
         return
-    classes = info.read_info(data_dir).get("num_classes")
-    if not isinstance(classes, int) or classes == values.get("class_num"):
+    meta = info.read_info(data_dir)
+    if not isinstance(meta.get("num_classes"), int):
         return
-    if chosen:
+    offset = values.get("label_offset", Config.label_offset)
+    needed = meta["num_classes"] + int(meta.get("label_offset", 1)) - offset
+    class_num = values.get("class_num", Config.class_num)
+    if not chosen:
+        values["class_num"] = needed
+    elif class_num < needed:
         raise UsageError(
-            f"--class_num {values.get('class_num')}: the dataset in {data_dir} has {classes} "
-            f"classes ({info.INFO_FILE})"
+            f"--class_num {class_num}: the dataset in {data_dir} has {needed} classes "
+            f"({info.INFO_FILE})"
         )
-    values["class_num"] = classes
+    elif class_num > needed:
+        print(
+            f"note: --class_num {class_num}: the dataset in {data_dir} has {needed} classes; "
+            f"{class_num - needed} of the network's classes have no images",
+            file=sys.stderr,
+        )
 
 
 def make_config(preset: str = "imagenet", **flags) -> Config:
