@@ -170,9 +170,7 @@ class Config:
         "on NaN/Inf loss: stop, or skip_step (discard the update)",
         choices=("stop", "skip_step"),
     )
-    overwrite: bool = setting(
-        False, "allow a fresh start in a log_dir holding another configuration's run"
-    )
+    overwrite: bool = setting(False, "allow a fresh start over a log_dir holding another run")
     # Runtime
     distribution: str = setting(
         "auto",
