@@ -421,3 +421,25 @@ def test_sigterm_during_an_evaluation_stops_it_at_the_next_batch(demo_dir, tmp_p
     # the evaluation was cut short: no result of it was reported
     metrics = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     assert not [m for m in metrics if "eval_top1" in m], stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. The converter takes images in nested folders of a class
+
+
+def test_converter_takes_images_in_nested_class_folders(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    for rel in ("train/a/1.JPEG", "train/a/sub/2.JPEG", "train/a/sub/deeper/3.JPEG",
+                "train/b/4.JPEG", "val/a/5.JPEG", "val/b/x/6.JPEG"):  # fmt: skip
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(src / rel, format="JPEG")
+    out = tmp_path / "out"
+    flags = ["--train_shards", "1", "--validation_shards", "1", "--workers", "1"]
+    ok(cli("-m", "vgg_keras.data.convert", src, out, *flags))
+    meta = json.loads((out / "dataset_info.json").read_text())
+    assert meta["splits"] == {"train": 4, "validation": 2}
+    assert meta["num_classes"] == 2

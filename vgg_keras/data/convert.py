@@ -3,7 +3,8 @@
     python -m vgg_keras.data.convert SRC OUT [--train_shards 1024] [--validation_shards 128]
         [--workers N] [--val_labels FILE] [--synset_text FILE]
 
-SRC holds ``train/<synset>/*.JPEG`` and ``val/<synset>/*.JPEG``, or ``val/*.JPEG`` flat plus
+SRC holds ``train/<synset>/*.JPEG`` and ``val/<synset>/*.JPEG`` (files in sub-folders of a
+``<synset>/`` count as that class's), or ``val/*.JPEG`` flat plus
 ``--val_labels`` (one synset per line in sorted-filename order, or ``filename synset`` lines).
 Class k (1-based, TF-slim's convention) is the k-th synset of sorted ``train/`` folders.
 
@@ -283,6 +284,14 @@ def _entries(folder: str) -> tuple[list[str], list[str]]:
     return sorted(dirs), sorted(files)
 
 
+def _files_under(folder: str) -> list[str]:
+    """Sorted paths relative to ``folder`` of the files in it and in its sub-folders (ImageNet
+    style trees sometimes nest), hidden entries left out."""
+    dirs, files = _entries(folder)
+    nested = [f"{d}/{name}" for d in dirs for name in _files_under(os.path.join(folder, d))]
+    return sorted(files + nested)
+
+
 def read_synset_text(path: str) -> dict[str, str]:
     """``n01440764<TAB>tench, Tinca tinca`` lines -> {synset: text}."""
     texts = {}
@@ -378,7 +387,7 @@ def scan_source(
             items[split] = [
                 item(f"{base}/{synset}/{name}", synset, os.path.join(folder, synset))
                 for synset in sub
-                for name in _entries(os.path.join(folder, synset))[1]
+                for name in _files_under(os.path.join(folder, synset))
             ]
         if not items[split]:
             raise UsageError(f"{folder}: no image files")
