@@ -74,7 +74,9 @@ class Evaluator:
         dist = (dist or distribute.single_device()).for_evaluation()
         self.config = config
         self.progress = progress
-        self.split = pipeline.load_split(config.data_dir, "validation", config.tfds_data_dir)
+        self.split = pipeline.load_split(
+            config.data_dir, "validation", config.tfds_data_dir, config.skip_corrupt
+        )
         self.steps_per_epoch = steps_per_epoch or _steps_per_epoch(config)
         self._batch_size = config.eval_batch_size or config.batch_size
         self._batches = dist.eval_steps(self.split, self._batch_size)

@@ -287,7 +287,9 @@ def plan_run(config: Config, train_images: int, num_replicas: int = 1) -> RunPla
 def _train_split(config: Config):
     if config.synthetic and config.data_dir is None:
         return None
-    return pipeline.load_split(config.data_dir, "train", config.tfds_data_dir)
+    return pipeline.load_split(
+        config.data_dir, "train", config.tfds_data_dir, skip_corrupt=config.skip_corrupt
+    )
 
 
 def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distribution):
@@ -657,7 +659,11 @@ def _count_bad_records(config: Config, split, reporter) -> int | None:
     from vgg_keras.data import diagnose
 
     count = diagnose.count_bad_records(
-        list(split.files), config.class_num, config.label_offset, parse=split.parse
+        list(split.files),
+        config.class_num,
+        config.label_offset,
+        parse=split.parse,
+        expected=list(split.counts),
     )
     reporter.print(f"--skip_corrupt: {count} unusable training record(s), skipped every epoch")
     return count

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from vgg_keras import atomic
 from vgg_keras.compat import tf
-from vgg_keras.data import info, schema, shards
+from vgg_keras.data import info, pipeline, schema, shards
 from vgg_keras.errors import EXIT_SIGINT, UsageError, reason, run_cli
 
 SHUFFLE_SEED = 12345  # TF-slim's seed for the training file order
@@ -190,7 +190,8 @@ def convert_shard(task: ShardTask) -> ShardResult:
 def kept_shard(task: ShardTask) -> ShardResult | None:
     """The result of an earlier run's shard if it is finished and was made from the same files.
 
-    A shard without its sidecar (the run died between the two renames) is written again.
+    A shard without its sidecar (the run died between the two renames), or whose records cannot
+    all be read back, is written again.
     """
     if not os.path.exists(os.path.join(task.out, task.name)):
         return None
@@ -200,6 +201,12 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
     except (OSError, ValueError):
         return None
     if state.get("fingerprint") != task.fingerprint:
+        return None
+    # A shard damaged since (truncated, bit rot) is written again: read it all, CRCs checked.
+    try:
+        if pipeline.count_records(os.path.join(task.out, task.name)) != int(state["records"]):
+            return None
+    except UsageError:
         return None
     return ShardResult(
         task.name,

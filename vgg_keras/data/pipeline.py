@@ -95,15 +95,23 @@ def list_files(data_dir: str, split: str) -> list[str]:
     return [os.path.join(data_dir, n) for n in names]
 
 
-def count_records(path: str) -> int:
-    """Exact number of records in one TFRecord file (a truncated file is a UsageError)."""
+def count_records(path: str, skip_corrupt: bool = False) -> int:
+    """Exact number of records in one TFRecord file (a truncated file is a UsageError; with
+    ``skip_corrupt``, the records before its break)."""
+    dataset = tf.data.TFRecordDataset(path)
+    if skip_corrupt:
+        dataset = dataset.ignore_errors()
     try:
-        return int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+        return int(dataset.reduce(0, lambda n, _: n + 1))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-        raise UsageError(f"{path}: truncated or corrupt TFRecord file") from err
+        raise UsageError(
+            f"{path}: truncated or corrupt TFRecord file (use --skip_corrupt to skip bad records)"
+        ) from err
 
 
-def load_split(data_dir: str, split: str, tfds_data_dir: str | None = None) -> Split:
+def load_split(
+    data_dir: str, split: str, tfds_data_dir: str | None = None, skip_corrupt: bool = False
+) -> Split:
     """The files of ``split`` with exact counts: from dataset_info.json, else counted once.
 
     Counting reads every record once; the result is cached beside the data when the folder is
@@ -131,7 +139,13 @@ def load_split(data_dir: str, split: str, tfds_data_dir: str | None = None) -> S
             continue
         entry = cache.get(name)
         if not entry or entry.get("bytes") != size:
-            entry = {"bytes": size, "records": count_records(path)}
+            try:
+                entry = {"bytes": size, "records": count_records(path)}
+            except UsageError:
+                if not skip_corrupt:
+                    raise
+                counts.append(count_records(path, skip_corrupt=True))  # not cached: damaged
+                continue
             cache[name], changed = entry, True
         counts.append(int(entry["records"]))
     if changed:
