@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vgg_keras import atomic
 from vgg_keras.reporting import METRICS_FILE, read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,9 +131,7 @@ def write_figure(path: str | os.PathLike, name: str, fig: dict) -> None:
             with contextlib.suppress(ValueError), open(path) as f:
                 results = json.load(f)
         results.setdefault("figures", {})[name] = fig
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic.write_text(str(path), json.dumps(results, indent=1) + "\n")
     finally:
         os.close(folder)  # releases the lock
 

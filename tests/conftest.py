@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,43 @@ def shard_writer():
 def jpeg_encoder():
     """``encode_jpeg`` (see above): uint8 array -> JPEG bytes."""
     return encode_jpeg
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """Mounts a tmpfs of a given size (root only); yields the mount function, unmounts after."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+            capture_output=True,
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "--lazy", str(point)], check=False)
+
+
+def make_unwritable(folder) -> None:
+    """chmod for users; root ignores it, the immutable attribute stops root too."""
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o555)
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip(f"cannot make {folder} unwritable for root (chattr +i failed)")
+
+
+def make_writable(folder) -> None:
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o755)
+    else:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
 def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

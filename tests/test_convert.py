@@ -262,14 +262,15 @@ def test_resume_keeps_finished_shards(tree, converted, tmp_path):
     mtimes = {name: os.stat(os.path.join(out, name)).st_mtime_ns for name in first["files"]}
     victim = "train-00001-of-00003"
     os.remove(os.path.join(out, victim))  # as if the first run died before this shard
-    with open(os.path.join(out, victim + ".tmp"), "wb") as f:
+    with open(os.path.join(out, victim + ".tmp"), "wb") as f:  # a user's file: never deleted
         f.write(b"half a shard")
     second = convert.convert(src, out, **kwargs)
     assert second == first == info.read_info(out)
     for name, mtime in mtimes.items():
         now = os.stat(os.path.join(out, name)).st_mtime_ns
         assert (now == mtime) == (name != victim), name
-    assert not os.path.exists(os.path.join(out, victim + ".tmp"))
+    with open(os.path.join(out, victim + ".tmp"), "rb") as f:
+        assert f.read() == b"half a shard"
     # the rewritten shard is the same shard, and the skipped file is still reported
     assert _examples(out, victim) == _examples(converted[0], victim)
     with open(os.path.join(out, convert.REPORT_FILE)) as f:

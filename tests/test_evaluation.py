@@ -197,11 +197,12 @@ def test_settings_come_from_config_json_and_flags_override(eval_run, tmp_path):
     assert config.width_multiplier == saved["width_multiplier"] == 0.125
     assert config.data_dir == saved["data_dir"]
     assert config.preprocess == saved["preprocess"]
-    # A folder without config.json needs --data_dir and takes the ImageNet defaults.
+    # A folder without config.json needs --data_dir and takes the ImageNet defaults, but the
+    # class count of the dataset's dataset_info.json (issue 15).
     with pytest.raises(UsageError, match=r"--data_dir is required \(no config.json in "):
         _config(str(tmp_path))
     bare = _config(str(tmp_path), "--data_dir", saved["data_dir"])
-    assert (bare.arch, bare.class_num, bare.image_size) == ("vgg16", 1000, 224)
+    assert (bare.arch, bare.class_num, bare.image_size) == ("vgg16", 10, 224)
 
 
 def test_which_checkpoints_a_command_line_names(eval_run, tmp_path, monkeypatch):

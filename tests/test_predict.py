@@ -119,7 +119,12 @@ def test_cli_non_image_file_exit_2(script_runner, demo_checkpoint, image_folder,
     good = predict.find_images([os.path.join(image_folder, "0")])[0]
     proc = script_runner("run_predict.py", good, fake, "--ckpt", demo_checkpoint)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {fake}: not an image the decoder reads (JPEG, PNG, BMP)"
+    # the bad file is skipped and named, the good one still classified
+    assert proc.stderr.strip().splitlines() == [
+        f"skipped: {fake}: not an image the decoder reads (JPEG, PNG, BMP, GIF)",
+        "error: 1 file(s) skipped, listed above",
+    ]
+    assert proc.stdout.startswith(f"{good}: ")
 
 
 def test_cli_flag_errors_come_before_tensorflow_starts(script_runner, tmp_path):

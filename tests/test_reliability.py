@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_unwritable, make_writable
 
 from vgg_keras import checkpoints
 from vgg_keras.compat import tf
@@ -538,28 +539,6 @@ def test_nan_policy_skip_step_discards_the_updates_and_counts_them_across_a_resu
 # Disk full, unwritable log_dir
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """Mounts a tmpfs of a given size (root only); yields the mount function, unmounts after."""
-    mounted = []
-
-    def mount(size: int) -> Path:
-        point = tmp_path / f"tmpfs{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-            capture_output=True,
-        )
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "--lazy", str(point)], check=False)
-
-
 def test_disk_full_when_saving_keeps_the_only_good_checkpoint(base_run, demo_dir, small_tmpfs):
     size = sum(p.stat().st_size for p in base_run.glob(f"model.ckpt-{BASE_STEPS}.*"))
     # Room for one checkpoint and the logs, not for a second one beside it.
@@ -586,21 +565,6 @@ def test_disk_full_when_saving_keeps_the_only_good_checkpoint(base_run, demo_dir
     assert steps(log_dir) == [20]
 
 
-def _make_unwritable(folder: Path) -> None:
-    """chmod for users; root ignores it, the immutable attribute stops root too."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
-        pytest.skip(f"cannot make {folder} unwritable for root (chattr +i failed)")
-
-
-def _make_writable(folder: Path) -> None:
-    if os.geteuid() != 0:
-        folder.chmod(0o755)
-    else:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
 def test_unwritable_log_dir_when_saving_stops_with_one_line(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     args = train(log_dir, demo_dir, "--max_train_steps", "100000", "--save_checkpoints_steps", "5")
@@ -608,11 +572,11 @@ def test_unwritable_log_dir_when_saving_stops_with_one_line(demo_dir, tmp_path):
     run.wait_for(r"^step:\s+5 ")
     while not steps(log_dir):
         time.sleep(0.01)
-    _make_unwritable(log_dir)
+    make_unwritable(log_dir)
     try:
         run.finish()
     finally:
-        _make_writable(log_dir)
+        make_writable(log_dir)
     assert_clean_exit(run, 1)
     message = re.fullmatch(
         r"error: cannot write (checkpoint \S+|to --log_dir \S+) \((Operation not permitted|"

@@ -2,6 +2,12 @@
 
 ``os.replace`` is atomic on POSIX within one folder, so a reader (a watching evaluator, a
 resumed run, a second converter) finds either the old file or the whole new one.
+
+The temporary name lies in a staging folder made for this one write
+(``tempfile.mkdtemp`` beside the target, ``.<name>.<random>.tmp``), and only that folder is
+removed afterwards: a file or folder of the user's that happens to be called ``<name>.tmp`` is
+never touched.  A process killed mid-write leaves its hidden staging folder behind; nothing
+deletes it automatically, since nothing can tell it from a user's.
 """
 
 from __future__ import annotations
@@ -9,25 +15,24 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 
 TMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
 def replacing(path: str):
-    """Yield the temporary name (a file or a folder) to write ``path`` under; renamed to
-    ``path`` on success, removed on failure."""
-    tmp = path.rstrip("/") + TMP_SUFFIX
+    """Yield a temporary name (a file or a folder, not yet existing) to write ``path`` under;
+    renamed to ``path`` on success (through a symlink: to its target), discarded on failure."""
+    target = os.path.realpath(path)
+    parent, name = os.path.split(target)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=TMP_SUFFIX)
     try:
+        tmp = os.path.join(staging, name)
         yield tmp
-    except BaseException:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-        raise
-    os.replace(tmp, path)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path: str, text: str) -> None:

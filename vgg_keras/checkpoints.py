@@ -10,6 +10,7 @@ save leaves behind is only those temporary names, which ``remove_partial`` delet
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -75,6 +76,19 @@ def remove_partial(folder: str) -> list[str]:
     return removed
 
 
+def remove_oldest(folder: str, keep: int) -> list[str]:
+    """Delete the complete checkpoints of ``folder`` but the newest ``keep`` (index first, then
+    data, as the Saver's own rotation).  The Saver deletes at most one per save, so a folder
+    resumed with a smaller --keep_checkpoint_max (or after kill -9 cycles) would keep its extra
+    ones for ever.  Only while no other trainer writes there; returns the prefixes removed."""
+    doomed = list_checkpoints(folder)[:-keep] if keep > 0 else []
+    for prefix in doomed:
+        for path in [prefix + ".index", *sorted(glob.glob(glob.escape(prefix) + ".data-*"))]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    return doomed
+
+
 def state_file_target(folder: str) -> str | None:
     """The checkpoint that TensorFlow's ``checkpoint`` state file in ``folder`` names, if any."""
     try:
@@ -119,10 +133,17 @@ def variable_shapes(path: str) -> dict[str, list[int]]:
         raise UsageError(f"{path}: unreadable checkpoint ({reason(err)})") from err
 
 
-def _describe(shapes: dict[str, list[int]]) -> str:
+def _width(shapes: dict[str, list[int]]) -> float | None:
+    """The width multiplier: block1_conv1's filters over the full network's 64."""
+    kernel = shapes.get("block1_conv1/kernel")
+    return kernel[-1] / 64 if kernel else None
+
+
+def _describe(shapes: dict[str, list[int]], width: bool = False) -> str:
     arch = "vgg19" if any(k.startswith("block3_conv4/") for k in shapes) else "vgg16"
     classes = shapes.get("predictions/kernel", [None, "?"])[-1]
-    return f"{arch} with {classes} classes"
+    at = f" at width {_width(shapes):g}" if width and _width(shapes) is not None else ""
+    return f"{arch}{at} with {classes} classes"
 
 
 def check_compatible(path: str, variables) -> None:
@@ -141,8 +162,10 @@ def check_compatible(path: str, variables) -> None:
             detail = f"{wrong[0]} is {stored[wrong[0]]}"
         else:
             detail = f"unexpected {sorted(extra)[0]}"
+        width = _width(stored) != _width(wanted)  # else "vgg16 ..., model is vgg16 ..." alike
         raise UsageError(
-            f"{path}: checkpoint has {_describe(stored)}, model is {_describe(wanted)} ({detail})"
+            f"{path}: checkpoint has {_describe(stored, width)}, model is "
+            f"{_describe(wanted, width)} ({detail})"
         )
 
 

@@ -22,11 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from vgg_keras.data import info
 from vgg_keras.errors import UsageError
 
 DEMO_DATA_DIR = "data/demo"
@@ -419,10 +422,43 @@ def merge(
     inherited = set(names()) - set(names("runtime"))
     values.update({k: v for k, v in (saved or {}).items() if k in inherited})
     values.update({k: v for k, v in (settings_file or {}).items() if k in HELP})
-    values.update({k: v for k, v in (flags or {}).items() if k in HELP and v is not None})
+    given = {k: v for k, v in (flags or {}).items() if k in HELP and v is not None}
+    values.update(given)
+    if need_data:  # export and predict compare the class count with the checkpoint's instead
+        chosen = any("class_num" in d for d in (given, saved or {}, settings_file or {}))
+        _class_num_from_data(values, chosen=chosen)
     config = Config(**values)
     validate(config, need_data)
     return config
+
+
+def _class_num_from_data(values: dict, chosen: bool) -> None:
+    """class_num defaults to the classes the dataset's labels need (dataset_info.json's
+    num_classes, shifted when --label_offset differs from the file's); a class count chosen by
+    flag or by the run's config.json that is smaller is refused, one that is larger (a head
+    with spare classes) is noted."""
+    data_dir = values.get("data_dir")
+    if not data_dir or values.get("synthetic") or not os.path.isdir(data_dir):
+        return
+    meta = info.read_info(data_dir)
+    if not isinstance(meta.get("num_classes"), int):
+        return
+    offset = values.get("label_offset", Config.label_offset)
+    needed = meta["num_classes"] + int(meta.get("label_offset", 1)) - offset
+    class_num = values.get("class_num", Config.class_num)
+    if not chosen:
+        values["class_num"] = needed
+    elif class_num < needed:
+        raise UsageError(
+            f"--class_num {class_num}: the dataset in {data_dir} has {needed} classes "
+            f"({info.INFO_FILE})"
+        )
+    elif class_num > needed:
+        print(
+            f"note: --class_num {class_num}: the dataset in {data_dir} has {needed} classes; "
+            f"{class_num - needed} of the network's classes have no images",
+            file=sys.stderr,
+        )
 
 
 def make_config(preset: str = "imagenet", **flags) -> Config:
@@ -435,6 +471,22 @@ def from_args(argv: Optional[List[str]] = None) -> Config:
     path = args.pop("config")
     settings_file = read_settings_file(path) if path else None
     return merge(args.pop("preset"), flags=args, settings_file=settings_file)
+
+
+# What a run keeps in its log_dir (rundir, reporting, runlock, checkpoints, evaluation): a log
+# file of that name would be appended to it.
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint",
+    "train.lock",
+    "eval.log",
+    "eval_results.json",
+    "eval_results.csv",
+    "eval_curve.png",
+    "eval",
+)
+RUN_FILE_PREFIXES = ("model.ckpt", "events.out.tfevents", ".")
 
 
 def _need(ok: bool, flag: str, message: str) -> None:
@@ -458,12 +510,16 @@ def validate(c: Config, need_data: bool = True) -> None:
         "eval_batch_size",
         f"must be >= 1, got {c.eval_batch_size}",
     )
-    _need(c.lr > 0, "lr", f"must be > 0, got {c.lr}")
-    _need(c.momentum >= 0, "momentum", f"must be >= 0, got {c.momentum}")
+    _need(0 < c.lr < math.inf, "lr", f"must be > 0 and finite, got {c.lr}")
+    _need(0 <= c.momentum < math.inf, "momentum", f"must be >= 0 and finite, got {c.momentum}")
     _need(
         0 <= c.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {c.label_smoothing}"
     )
-    _need(c.weight_decay >= 0, "weight_decay", f"must be >= 0, got {c.weight_decay}")
+    _need(
+        0 <= c.weight_decay < math.inf,
+        "weight_decay",
+        f"must be >= 0 and finite, got {c.weight_decay}",
+    )
     _need(c.T_max > 0, "T_max", f"must be > 0 epochs, got {c.T_max}")
     _need(c.eta_min >= 0, "eta_min", f"must be >= 0, got {c.eta_min}")
     _need(c.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {c.warmup_epochs}")
@@ -479,7 +535,7 @@ def validate(c: Config, need_data: bool = True) -> None:
             f"needs {len(c.lr_boundaries) + 1} values for {len(c.lr_boundaries)} boundaries, "
             f"got {len(c.lr_values)}",
         )
-        _need(all(v >= 0 for v in c.lr_values), "lr_values", "must be >= 0")
+        _need(all(0 <= v < math.inf for v in c.lr_values), "lr_values", "must be >= 0, finite")
     _validate_loop(c)
     _validate_data(c, need_data)
 
@@ -505,7 +561,18 @@ def _validate_loop(c: Config) -> None:
     )
     _need(c.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
     _need(c.rank_size >= 1, "rank_size", f"must be >= 1, got {c.rank_size}")
-    _need(c.log_name and os.sep not in c.log_name, "log_name", "must be a file name, not a path")
+    _need(
+        bool(c.log_name) and "/" not in c.log_name and os.sep not in c.log_name,
+        "log_name",
+        "must be a file name, not a path",
+    )
+    _need(
+        c.log_name not in (".", "..")
+        and not c.log_name.startswith(RUN_FILE_PREFIXES)
+        and c.log_name not in RUN_FILES,
+        "log_name",
+        f"{c.log_name} is one of the run's own files in --log_dir; choose another name",
+    )
 
 
 def _validate_data(c: Config, need_data: bool) -> None:

@@ -292,6 +292,7 @@ def _mirrored(devices: list[str] | None) -> Distribution:
     if devices:
         names = [_device_name(d) for d in devices]
         cpus = sum(1 for n in names if "CPU" in n)
+        _check_devices_exist(devices, names, cpus)
         if cpus > 1:
             _split_host_cpu(cpus)
     with tf.Graph().as_default():  # a strategy made in eager mode would configure the runtime
@@ -312,6 +313,26 @@ def _device_name(text: str) -> str:
     if spec.device_type not in ("CPU", "GPU") or spec.device_index is None:
         raise UsageError(f"--devices: {text!r} is not a device name like gpu:0 or cpu:1")
     return f"/device:{spec.device_type}:{spec.device_index}"
+
+
+def _check_devices_exist(devices: list[str], names: list[str], cpus: int) -> None:
+    """Refuse a device TensorFlow does not see (a missing GPU made MirroredStrategy wait
+    forever, or run on the CPU while naming the GPU), and a device named twice.  Naming k CPUs
+    splits the host CPU into cpu:0 .. cpu:k-1."""
+    gpus = compat.gpu_count()
+    seen = set()
+    for text, name in zip(devices, names):
+        kind, index = name.split(":")[-2:]
+        available = gpus if kind == "GPU" else cpus
+        if int(index) >= available:
+            have = ", ".join(f"gpu:{k}" for k in range(gpus)) or "no GPU"
+            raise UsageError(
+                f"--devices: {text} is not a device TensorFlow sees here ({have}; "
+                f"naming k CPUs gives cpu:0 .. cpu:k-1)"
+            )
+        if name in seen:
+            raise UsageError(f"--devices: {text} is named twice")
+        seen.add(name)
 
 
 def _split_host_cpu(count: int) -> None:

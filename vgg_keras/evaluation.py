@@ -44,6 +44,10 @@ class CheckpointGone(UsageError):
     """The checkpoint's files disappeared before they were read (training's rotation)."""
 
 
+class Stopped(Exception):
+    """Evaluation given up at a batch boundary because the run was asked to stop."""
+
+
 class Evaluator:
     """Evaluates checkpoints of the network described by ``config`` on its validation split.
 
@@ -70,7 +74,9 @@ class Evaluator:
         dist = (dist or distribute.single_device()).for_evaluation()
         self.config = config
         self.progress = progress
-        self.split = pipeline.load_split(config.data_dir, "validation", config.tfds_data_dir)
+        self.split = pipeline.load_split(
+            config.data_dir, "validation", config.tfds_data_dir, config.skip_corrupt
+        )
         self.steps_per_epoch = steps_per_epoch or _steps_per_epoch(config)
         self._batch_size = config.eval_batch_size or config.batch_size
         self._batches = dist.eval_steps(self.split, self._batch_size)
@@ -139,11 +145,13 @@ class Evaluator:
             self._barrier = dist.reduce(distribute.ReduceOp.SUM, dist.run(lambda: tf.constant(1.0)))
         self._saver = v1.train.Saver(self.model.weights)
 
-    def evaluate(self, checkpoint: str) -> dict:
+    def evaluate(self, checkpoint: str, stop: Callable[[], bool] | None = None) -> dict:
         """Metrics of one checkpoint over every validation image.
 
         Raises CheckpointGone when the files vanish before they are read; once restored into
-        the session they are no longer needed, so a later deletion does no harm.
+        the session they are no longer needed, so a later deletion does no harm.  Raises
+        Stopped before a batch when ``stop()`` is true (a signal: do not make it wait for the
+        whole pass).
         """
         if self._barrier is not None:
             self.session.run(self._barrier)
@@ -170,7 +178,9 @@ class Evaluator:
             disable=None if self.progress else True,  # None: only on a terminal
         ) as bar:
             for _ in range(self._batches):
-                batch = self.session.run(self._fetches)
+                if stop is not None and stop():
+                    raise Stopped(checkpoint)
+                batch = self._run_batch()
                 for key, value in batch.items():
                     totals[key] += value.item()
                 bar.update()
@@ -190,6 +200,18 @@ class Evaluator:
             "images": images,
             "checkpoint_time": written,
         }
+
+    def _run_batch(self) -> dict:
+        try:
+            return self.session.run(self._fetches)
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+            from vgg_keras.data import diagnose
+
+            split, config = self.split, self.config
+            explained = diagnose.explain(
+                err, list(split.files), config.class_num, config.label_offset, parse=split.parse
+            )
+            raise explained from err
 
     def report(self, results: list[dict], reporter, header: bool = True) -> None:
         """The evaluation table through ``reporter`` and the metrics in metrics.jsonl."""
@@ -314,7 +336,14 @@ def _evaluate_all(
     every checkpoint of the run in ``folder``; both closed however evaluation ends.
     ``last_words`` is logged when every checkpoint is done."""
     with contextlib.ExitStack() as stack:
-        reporter = Reporter(output, EVAL_LOG, progress=False, summary_subdir="eval")
+        try:
+            reporter = Reporter(output, EVAL_LOG, progress=False, summary_subdir="eval")
+        except (OSError, tf.errors.OpError) as err:
+            why = err.strerror if isinstance(err, OSError) else reason(err)
+            raise UsageError(
+                f"cannot write {EVAL_LOG} and the results to {output} ({why}): "
+                "name a writable folder with --output"
+            ) from err
         stack.callback(reporter.close)
         evaluator = stack.enter_context(
             Evaluator(

@@ -224,8 +224,9 @@ def export(
 ) -> list[str]:
     """Write ``formats`` of ``source`` into the folder ``output``; returns the names written.
 
-    ``output`` must be new or empty.  Everything is written to ``output.tmp`` first and renamed
-    at the end, so a server watching ``output`` never sees half an export.
+    ``output`` must be new or empty.  Everything is written to a fresh hidden folder beside it
+    first (atomic.replacing) and renamed at the end, so a server watching ``output`` never sees
+    half an export.
     """
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown or not formats:
@@ -237,10 +238,12 @@ def export(
     labels = labels or source.labels_file()
     ig = build_inference(source)
     # os.replace renames a folder over an empty one (POSIX rename), so an empty output is fine.
-    with contextlib.closing(ig), atomic.replacing(output) as tmp:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while exporting
-        class_names(labels, source.config.class_num)  # after loading: that error comes first
-        _write(ig, source, formats, labels, tmp)
+    try:
+        with contextlib.closing(ig), atomic.replacing(output) as tmp:
+            class_names(labels, source.config.class_num)  # after loading: that error comes first
+            _write(ig, source, formats, labels, tmp)
+    except OSError as err:
+        raise UsageError(f"--output {output}: cannot write there ({err.strerror or err})") from err
     return sorted(os.listdir(output))
 
 

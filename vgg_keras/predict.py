@@ -11,13 +11,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 
 import numpy as np
 
 from vgg_keras import export
 from vgg_keras.compat import tf, v1
 from vgg_keras.data import info
-from vgg_keras.errors import UsageError
+from vgg_keras.errors import EXIT_USAGE, UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # what a folder is searched for
 
@@ -100,7 +101,7 @@ class Predictor:
         batches = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            encoded = [_read(path) for path in chunk]
+            encoded = [_encoded(path) for path in chunk]
             try:
                 batches.append(self.session.run(self.probabilities, {self.image_bytes: encoded}))
             except tf.errors.InvalidArgumentError as err:
@@ -122,14 +123,39 @@ def _read(path: str) -> bytes:
         raise UsageError(f"{path}: cannot read ({err.strerror})") from err
 
 
+def _encoded(path: str) -> bytes:
+    """The file's bytes as the serving graph's JPEG decoder reads them: a JPEG as it is, any
+    other format TensorFlow decodes (PNG, BMP, GIF, CMYK JPEG) re-encoded to an RGB JPEG, as
+    the converter does for training data."""
+    from vgg_keras.data import convert
+
+    try:
+        return convert.encode_image(_read(path))[0]
+    except convert.BadImage as err:
+        raise UsageError(f"{path}: not an image the decoder reads (JPEG, PNG, BMP, GIF)") from err
+
+
 def _undecodable(paths: list[str], encoded: list[bytes]) -> UsageError | None:
     """The error naming the first file of a failed batch that the decoder rejects."""
     for path, data in zip(paths, encoded):
         try:
             tf.io.decode_jpeg(data, channels=3)
         except tf.errors.InvalidArgumentError:
-            return UsageError(f"{path}: not an image the decoder reads (JPEG, PNG, BMP)")
+            return UsageError(f"{path}: not an image the decoder reads (JPEG, PNG, BMP, GIF)")
     return None
+
+
+def usable(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(paths that can be classified, one-line reasons for those that cannot)."""
+    good, bad = [], []
+    for path in paths:
+        try:
+            _encoded(path)
+        except UsageError as err:
+            bad.append(str(err))
+        else:
+            good.append(path)
+    return good, bad
 
 
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +185,11 @@ def format_line(result: dict) -> str:
 
 def run(args) -> int:
     """run_predict.py with cli.predict_args' flags."""
-    paths = find_images(args.images)
+    paths, skipped = usable(find_images(args.images))
+    for why in skipped:
+        print(f"skipped: {why}", file=sys.stderr)
+    if not paths:
+        raise UsageError(f"none of the {len(skipped)} file(s) is an image the decoder reads")
     if args.model:
         predictor = Predictor.from_saved_model(args.model, args.labels)
     else:
@@ -174,4 +204,7 @@ def run(args) -> int:
     else:
         for result in found:
             print(format_line(result))
+    if skipped:  # the others are classified; the exit code still says that some were not
+        print(f"error: {len(skipped)} file(s) skipped, listed above", file=sys.stderr)
+        return EXIT_USAGE
     return 0

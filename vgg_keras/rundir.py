@@ -7,8 +7,8 @@ to import another's code to find out which network a checkpoint folder holds.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
+import re
 
 from vgg_keras import atomic, checkpoints, runlock
 from vgg_keras.config import NETWORK_KEYS, Config
@@ -18,6 +18,10 @@ from vgg_keras.reporting import METRICS_FILE, read_metrics
 
 CONFIG_FILE = "config.json"
 RUNS_DIR = "runs"  # where --log_dir puts runs by default (runs/vgg16, runs/demo)
+_CHECKPOINT_FILE = re.compile(rf"{re.escape(checkpoints.PREFIX)}-\d+\.(index|data-\d+-of-\d+)")
+_EVENTS = "events.out.tfevents."
+# What run_eval.py writes into the run folder by default (evaluation.py's names).
+_EVAL_FILES = ("eval.log", "eval_results.json", "eval_results.csv", "eval_curve.png")
 
 
 def write_config(config: Config, folder: str | None = None) -> None:
@@ -107,26 +111,38 @@ def _resumable_checkpoint(log_dir: str) -> str | None:
                 "no other checkpoint is complete: put it back, or start afresh with --overwrite"
             )
         print(f"warning: {named} (the newest checkpoint on record) is missing; using {latest}")
-    leftovers = glob.glob(os.path.join(glob.escape(log_dir), f"{checkpoints.PREFIX}-*"))
+    leftovers = [n for n in os.listdir(log_dir) if _CHECKPOINT_FILE.fullmatch(n)]
     if latest is None and leftovers:
         raise UsageError(
-            f"--log_dir {log_dir} holds {os.path.basename(sorted(leftovers)[-1])} but no "
+            f"--log_dir {log_dir} holds {sorted(leftovers)[-1]} but no "
             "complete checkpoint (no .index file): start afresh with --overwrite"
         )
     return latest
 
 
 def _remove_previous_run(config: Config) -> None:
-    """--overwrite: delete the checkpoints, logs, metrics and events of the run in log_dir."""
-    log_dir = glob.escape(config.log_dir)
+    """--overwrite: delete the checkpoints, logs, metrics, events and evaluation results of the
+    run in log_dir; only files of the names a run writes (``model.ckpt-<step>.index`` and
+    ``.data-*``, not a ``model.ckpt-best.txt`` of the user's)."""
+    log_dir = config.log_dir
+    names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
+    owned = (
+        "checkpoint",
+        CONFIG_FILE,
+        METRICS_FILE,
+        config.log_name,
+        *_EVAL_FILES,
+    )
     doomed = [
-        *glob.glob(os.path.join(log_dir, f"{checkpoints.PREFIX}-*")),
-        *glob.glob(os.path.join(log_dir, "events.out.tfevents.*")),
-        *(
-            os.path.join(config.log_dir, name)
-            for name in ("checkpoint", CONFIG_FILE, METRICS_FILE, config.log_name)
-        ),
+        os.path.join(log_dir, name)
+        for name in names
+        if name in owned or _CHECKPOINT_FILE.fullmatch(name) or name.startswith(_EVENTS)
     ]
+    eval_events = os.path.join(log_dir, "eval")
+    if os.path.isdir(eval_events):
+        doomed += [
+            os.path.join(eval_events, n) for n in os.listdir(eval_events) if n.startswith(_EVENTS)
+        ]
     removed = 0
     for path in doomed:
         if os.path.isfile(path):

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 
-from vgg_keras.errors import UsageError
+from vgg_keras.errors import RunError, UsageError
 
 LOCK_FILE = "train.lock"
 
@@ -68,11 +68,15 @@ class RunLock:
         previous = _read(self._file)
         if previous.get("pid") is not None:
             self.stale_owner = previous
-        self._file.seek(0)
-        self._file.truncate()
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as err:  # a full disk: the run could not write anything anyway
+            self.__exit__()
+            raise RunError(f"cannot write the lock file {self.path} ({err.strerror})") from err
         return self
 
     def __exit__(self, *exc) -> None:
@@ -82,7 +86,10 @@ class RunLock:
             os.unlink(self.path)  # while still locked: nobody can take a lock we are removing
         except OSError:
             pass  # an unwritable or vanished log_dir must not hide the run's own error
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the record never reached a full disk: closing flushes it again, and fails
         self._file = None
 
     def _open(self):

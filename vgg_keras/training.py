@@ -301,7 +301,9 @@ def loop_intervals(config: Config, plan: RunPlan) -> dict:
 def _train_split(config: Config):
     if config.synthetic and config.data_dir is None:
         return None
-    return pipeline.load_split(config.data_dir, "train", config.tfds_data_dir)
+    return pipeline.load_split(
+        config.data_dir, "train", config.tfds_data_dir, skip_corrupt=config.skip_corrupt
+    )
 
 
 def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distribution):
@@ -505,10 +507,12 @@ class _Loop:
         self.speed = Throughput(plan.global_batch)
         self.plateau = ChancePlateau(config.class_num)
         self.bad_records = _count_bad_records(config, split, reporter)
+        self._signals = StopSignals()  # run() puts the installed one here
 
     def run(self, signals: StopSignals) -> int:
         """Returns the exit code."""
         plan = self.plan
+        self._signals = signals
         try:
             while self.step < plan.max_steps:
                 out = self._train_call()
@@ -524,6 +528,8 @@ class _Loop:
             self._save(self.step)
             if self.evaluator is not None:
                 self._evaluate(self.step)
+            if signals.received is not None:  # during the last evaluation
+                return self._stop(signals)
         except _NonFinite as err:
             self.reporter.print(
                 f"error: {err}; stopped without saving, the newest checkpoint is {self._newest()}"
@@ -628,11 +634,21 @@ class _Loop:
                 f"cannot write checkpoint {self.prefix}-{at} ({_why(err)}); the newest "
                 f"checkpoint is {self._newest()}"
             ) from err
+        # Only after a save succeeded: never below one good checkpoint.
+        if checkpoints.remove_oldest(self.config.log_dir, self.config.keep_checkpoint_max):
+            self.tg.saver.recover_last_checkpoints(
+                checkpoints.list_checkpoints(self.config.log_dir)
+            )
         self.last_saved = at
 
     def _evaluate(self, at: int) -> None:
         self._save(at)
-        result = self.evaluator.evaluate(f"{self.prefix}-{at}")
+        try:
+            result = self.evaluator.evaluate(
+                f"{self.prefix}-{at}", stop=lambda: self._signals.received is not None
+            )
+        except evaluation.Stopped:
+            return  # the checkpoint is saved; the loop stops at its signal check
         self.evaluator.report([result], self.reporter)
 
     def _stop(self, signals: StopSignals) -> int:
@@ -666,7 +682,11 @@ def _count_bad_records(config: Config, split, reporter) -> int | None:
     from vgg_keras.data import diagnose
 
     count = diagnose.count_bad_records(
-        list(split.files), config.class_num, config.label_offset, parse=split.parse
+        list(split.files),
+        config.class_num,
+        config.label_offset,
+        parse=split.parse,
+        expected=list(split.counts),
     )
     reporter.print(f"--skip_corrupt: {count} unusable training record(s), skipped every epoch")
     return count
@@ -678,9 +698,6 @@ def _explain_data_error(err, config: Config, split) -> Exception:
         return err
     from vgg_keras.data import diagnose
 
-    bad = diagnose.find_bad_record(
-        list(split.files), config.class_num, config.label_offset, parse=split.parse
+    return diagnose.explain(
+        err, list(split.files), config.class_num, config.label_offset, parse=split.parse
     )
-    if bad is None:
-        return err
-    return UsageError(f"{bad} (use --skip_corrupt to skip bad records)")

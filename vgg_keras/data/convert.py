@@ -3,7 +3,8 @@
     python -m vgg_keras.data.convert SRC OUT [--train_shards 1024] [--validation_shards 128]
         [--workers N] [--val_labels FILE] [--synset_text FILE]
 
-SRC holds ``train/<synset>/*.JPEG`` and ``val/<synset>/*.JPEG``, or ``val/*.JPEG`` flat plus
+SRC holds ``train/<synset>/*.JPEG`` and ``val/<synset>/*.JPEG`` (files in sub-folders of a
+``<synset>/`` count as that class's), or ``val/*.JPEG`` flat plus
 ``--val_labels`` (one synset per line in sorted-filename order, or ``filename synset`` lines).
 Class k (1-based, TF-slim's convention) is the k-th synset of sorted ``train/`` folders.
 
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from vgg_keras import atomic
 from vgg_keras.compat import tf
-from vgg_keras.data import info, schema, shards
+from vgg_keras.data import info, pipeline, schema, shards
 from vgg_keras.errors import EXIT_SIGINT, UsageError, reason, run_cli
 
 SHUFFLE_SEED = 12345  # TF-slim's seed for the training file order
@@ -191,7 +192,8 @@ def convert_shard(task: ShardTask) -> ShardResult:
 def kept_shard(task: ShardTask) -> ShardResult | None:
     """The result of an earlier run's shard if it is finished and was made from the same files.
 
-    A shard without its sidecar (the run died between the two renames) is written again.
+    A shard without its sidecar (the run died between the two renames), or whose records cannot
+    all be read back, is written again.
     """
     if not os.path.exists(os.path.join(task.out, task.name)):
         return None
@@ -201,6 +203,12 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
     except (OSError, ValueError):
         return None
     if state.get("fingerprint") != task.fingerprint:
+        return None
+    # A shard damaged since (truncated, bit rot) is written again: read it all, CRCs checked.
+    try:
+        if pipeline.count_records(os.path.join(task.out, task.name)) != int(state["records"]):
+            return None
+    except UsageError:
         return None
     return ShardResult(
         task.name,
@@ -287,6 +295,14 @@ def _entries(folder: str) -> tuple[list[str], list[str]]:
             elif entry.is_file():
                 files.append(entry.name)
     return sorted(dirs), sorted(files)
+
+
+def _files_under(folder: str) -> list[str]:
+    """Sorted paths relative to ``folder`` of the files in it and in its sub-folders (ImageNet
+    style trees sometimes nest), hidden entries left out."""
+    dirs, files = _entries(folder)
+    nested = [f"{d}/{name}" for d in dirs for name in _files_under(os.path.join(folder, d))]
+    return sorted(files + nested)
 
 
 def read_synset_text(path: str) -> dict[str, str]:
@@ -384,7 +400,7 @@ def scan_source(
             items[split] = [
                 item(f"{base}/{synset}/{name}", synset, os.path.join(folder, synset))
                 for synset in sub
-                for name in _entries(os.path.join(folder, synset))[1]
+                for name in _files_under(os.path.join(folder, synset))
             ]
         if not items[split]:
             raise UsageError(f"{folder}: no image files")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from vgg_keras import compat
 from vgg_keras.compat import tf
 from vgg_keras.data import schema
-from vgg_keras.errors import reason
+from vgg_keras.errors import UsageError, reason
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
 
@@ -77,24 +77,43 @@ def find_bad_record(
     return _eagerly(scan)
 
 
+def explain(
+    err: Exception,
+    files: Sequence[str],
+    num_classes: int,
+    label_offset: int = 1,
+    parse: Parser = schema.parse,
+) -> Exception:
+    """A one-line UsageError naming the file and record behind ``err``, an input pipeline's
+    TensorFlow error; ``err`` itself when no record is to blame."""
+    bad = find_bad_record(files, num_classes, label_offset, parse=parse)
+    if bad is None:
+        return err
+    return UsageError(f"{bad} (use --skip_corrupt to skip bad records)")
+
+
 def count_bad_records(
     files: Sequence[str],
     num_classes: int,
     label_offset: int = 1,
     parse: Parser = schema.parse,
+    expected: Sequence[int] | None = None,
 ) -> int:
-    """Bad records in ``files``; a file's unreadable tail (truncation, corruption) counts one,
-    as does a missing file."""
+    """Bad records in ``files``.  With ``expected`` (each file's record count, from
+    dataset_info.json) every record a truncated file lost is counted; without, a file's
+    unreadable tail (truncation, corruption) counts one, as does a missing file."""
 
     def scan() -> int:
         total = 0
-        for path in files:
+        for k, path in enumerate(files):
             readable, tail = _readable_records(path)
+            want = expected[k] if expected is not None else None
             if readable is None:
-                total += 1
+                total += want if want else 1
                 continue
             good, _ = _check_file(path, num_classes, label_offset, parse)
-            total += readable - good + (tail is not None)
+            lost = max(want - readable, int(tail is not None)) if want else int(tail is not None)
+            total += readable - good + lost
         return total
 
     return _eagerly(scan)

@@ -10,9 +10,10 @@ batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
+import re
+import sys
 from collections.abc import Callable
 
 from vgg_keras import atomic, compat
@@ -56,25 +57,61 @@ class Split:
 
 
 def list_files(data_dir: str, split: str) -> list[str]:
-    """Sorted shard paths of ``split`` ('train' or 'validation') in ``data_dir``."""
+    """Sorted shard paths of ``split`` ('train' or 'validation') in ``data_dir``.
+
+    Exactly the shards dataset_info.json lists, when it lists any of this split; otherwise
+    the files named ``<prefix>-NNNNN-of-NNNNN``.  Anything else that starts with the prefix (a
+    ``.bak`` or ``(copy)`` of a shard would silently double its images) is left out, with a
+    note on stderr naming it.
+    """
     if not os.path.isdir(data_dir):
         raise UsageError(f"data folder not found: {data_dir}")
-    pattern = os.path.join(data_dir, f"{schema.SPLIT_PREFIXES[split]}-*")
-    files = sorted(f for f in glob.glob(pattern) if not f.endswith((".tmp", ".json")))
-    if not files:
-        raise UsageError(f"no {schema.SPLIT_PREFIXES[split]}-* TFRecord files in {data_dir}")
-    return files
+    prefix = schema.SPLIT_PREFIXES[split]
+    present = sorted(os.listdir(data_dir))
+    listed = sorted(n for n in info.read_info(data_dir).get("files", {}) if n.startswith(prefix))
+    if listed:
+        missing = [n for n in listed if n not in present]
+        if len(missing) == len(listed):
+            raise UsageError(f"no {prefix}-* TFRecord files in {data_dir}")
+        if missing:
+            raise UsageError(
+                f"{os.path.join(data_dir, missing[0])}: listed in {info.INFO_FILE} but missing "
+                f"({len(missing)} of {len(listed)} {prefix} shards)"
+            )
+        names = listed
+    else:
+        shard = re.compile(rf"{re.escape(prefix)}-\d{{5,}}-of-\d{{5,}}")
+        names = [n for n in present if shard.fullmatch(n)]
+    ignored = [n for n in present if n.startswith(prefix + "-") and n not in names]
+    if ignored and names:
+        why = f"not listed in {info.INFO_FILE}" if listed else f"not named {prefix}-NNNNN-of-NNNNN"
+        shown = ", ".join(ignored[:3]) + (
+            f" and {len(ignored) - 3} more" if len(ignored) > 3 else ""
+        )
+        print(f"note: {data_dir}: ignored {shown} ({why})", file=sys.stderr)
+    if not names:
+        also = f" (ignored {', '.join(ignored[:3])})" if ignored else ""
+        raise UsageError(f"no {prefix}-* TFRecord files in {data_dir}{also}")
+    return [os.path.join(data_dir, n) for n in names]
 
 
-def count_records(path: str) -> int:
-    """Exact number of records in one TFRecord file (a truncated file is a UsageError)."""
+def count_records(path: str, skip_corrupt: bool = False) -> int:
+    """Exact number of records in one TFRecord file (a truncated file is a UsageError; with
+    ``skip_corrupt``, the records before its break)."""
+    dataset = tf.data.TFRecordDataset(path)
+    if skip_corrupt:
+        dataset = dataset.ignore_errors()
     try:
-        return int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+        return int(dataset.reduce(0, lambda n, _: n + 1))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-        raise UsageError(f"{path}: truncated or corrupt TFRecord file") from err
+        raise UsageError(
+            f"{path}: truncated or corrupt TFRecord file (use --skip_corrupt to skip bad records)"
+        ) from err
 
 
-def load_split(data_dir: str, split: str, tfds_data_dir: str | None = None) -> Split:
+def load_split(
+    data_dir: str, split: str, tfds_data_dir: str | None = None, skip_corrupt: bool = False
+) -> Split:
     """The files of ``split`` with exact counts: from dataset_info.json, else counted once.
 
     Counting reads every record once; the result is cached beside the data when the folder is
@@ -102,7 +139,13 @@ def load_split(data_dir: str, split: str, tfds_data_dir: str | None = None) -> S
             continue
         entry = cache.get(name)
         if not entry or entry.get("bytes") != size:
-            entry = {"bytes": size, "records": count_records(path)}
+            try:
+                entry = {"bytes": size, "records": count_records(path)}
+            except UsageError:
+                if not skip_corrupt:
+                    raise
+                counts.append(count_records(path, skip_corrupt=True))  # not cached: damaged
+                continue
             cache[name], changed = entry, True
         counts.append(int(entry["records"]))
     if changed:
