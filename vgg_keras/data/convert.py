@@ -127,7 +127,7 @@ def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
             pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
         jpeg = tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY).numpy()
     except tf.errors.OpError as err:
-        if components is None and source == "non-JPEG":  # TF 1.15 words this differently
+        if source == "non-JPEG" and data[:2] != b"\xff\xd8":  # TF 1.15 words this differently
             raise BadImage("Unknown image file format") from err
         raise BadImage(reason(err)) from err
     return jpeg, pixels.shape[0], pixels.shape[1], 3, "RGB", source
