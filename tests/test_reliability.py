@@ -708,7 +708,7 @@ def test_bad_checkpoints_are_refused_with_a_message_never_a_fresh_start(
             run_all(
                 *(
                     train(folder, demo_dir, *steps_flag)
-                    + {"arch": ["--arch", "vgg19"], "classes": ["--class_num", "7"]}.get(name, [])
+                    + {"arch": ["--arch", "vgg19"], "classes": ["--class_num", "12"]}.get(name, [])
                     for name, folder in cases.items()
                 )
             ),
@@ -721,7 +721,7 @@ def test_bad_checkpoints_are_refused_with_a_message_never_a_fresh_start(
         "arch": rf"{cases['arch']}/{newest}: checkpoint has vgg16 with 10 classes, "
         r"model is vgg19 with 10 classes \(missing block3_conv4/kernel\)",
         "classes": rf"{cases['classes']}/{newest}: checkpoint has vgg16 with 10 classes, "
-        r"model is vgg16 with 7 classes \(predictions/kernel is \[\d+, 10\]\)",
+        r"model is vgg16 with 12 classes \(predictions/kernel is \[\d+, 10\]\)",
         "state_only": rf"{cases['state_only']}/checkpoint names {cases['state_only']}/{newest}, "
         r"which is missing, and no other checkpoint is complete: put it back, or start afresh "
         r"with --overwrite",
