@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import make_unwritable, make_writable
 
-from vgg_keras import checkpoints
+from vgg_keras import checkpoints, compat
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "vgg16", "--width_multiplier", "0.0625", "--image_size", "32"]
@@ -456,6 +456,9 @@ def _truncate_half(path: Path) -> None:
 
 
 @pytest.mark.parametrize("with_info", [True, False], ids=["info", "no_info"])
+@pytest.mark.skipif(
+    compat.TF1, reason="TF 1.15 reads a truncated shard differently (open, issue 15 item 9)"
+)
 def test_truncated_training_shard_under_skip_corrupt_counts_lost_records(
     demo_dir, tmp_path, with_info
 ):

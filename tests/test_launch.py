@@ -279,6 +279,7 @@ def _assert_same_weights(got: dict, expected: dict, what: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not compat.MULTI_WORKER, reason="multi-worker training needs TF 2")
 def test_multi_worker_takes_the_steps_of_one_device_on_the_global_batch_and_resumes_on_it(
     shard_writer, tmp_path
 ):
