@@ -45,8 +45,13 @@ def table_steps(stdout: str) -> list[int]:
 
 
 def make(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    """make with this interpreter, never (re)installing a virtualenv."""
-    proc = run("make", "-o", ".venv/.installed", f"PY={sys.executable}", *args, cwd=cwd)
+    """make with this interpreter, never (re)installing a virtualenv.
+
+    Both stamps are marked old: under `make test TF=1.15` the child make inherits TF=1.15 through
+    MAKEFLAGS and so depends on .venv-tf115's stamp, not .venv's.
+    """
+    stamps = ("-o", ".venv/.installed", "-o", ".venv-tf115/.installed")
+    proc = run("make", *stamps, f"PY={sys.executable}", *args, cwd=cwd)
     assert "pip install" not in proc.stdout, proc.stdout
     return proc
 
