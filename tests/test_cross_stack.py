@@ -49,16 +49,16 @@ def test_checkpoints_evaluate_and_resume_on_the_other_stack(demo_dir, tmp_path):
         "--progress", "false",
     ]  # fmt: skip
     crossed, straight = tmp_path / "crossed", tmp_path / "straight"
-    # 20 steps here, then 20 more there: the other stack resumes weights, momentum, step.
+    # 20 steps here, then 2 more there: the other stack resumes weights, momentum, step, stream.
     _run(here, "run_train.py", *flags, "--max_train_steps", 20, "--log_dir", crossed)
     _run(other, "run_eval.py", "--ckpt", crossed, "--output", tmp_path / "eval_there")
     there = json.loads((tmp_path / "eval_there" / "eval_results.json").read_text())
     assert [r["step"] for r in there] == [20] and there[0]["images"] == 360
-    _run(other, "run_train.py", *flags, "--max_train_steps", 40, "--log_dir", crossed)
+    _run(other, "run_train.py", *flags, "--max_train_steps", 22, "--log_dir", crossed)
     # ... and back: this stack evaluates the other's checkpoint the same way.
     _run(here, "run_eval.py", "--ckpt", crossed, "--output", tmp_path / "eval_here")
     back = json.loads((tmp_path / "eval_here" / "eval_results.json").read_text())
-    assert [r["step"] for r in back] == [40] and back[0]["images"] == 360
+    assert [r["step"] for r in back] == [22] and back[0]["images"] == 360
     # The same step-20 checkpoint gives the same numbers on both stacks.
     _run(here, "run_eval.py", "--ckpt", crossed / "model.ckpt-20", "--output", tmp_path / "e20")
     here20 = json.loads((tmp_path / "e20" / "eval_results.json").read_text())[0]
@@ -66,12 +66,14 @@ def test_checkpoints_evaluate_and_resume_on_the_other_stack(demo_dir, tmp_path):
     assert here20["loss"] == pytest.approx(there[0]["loss"], rel=1e-4)
     # The crossed run ends where an uninterrupted run on this stack ends: same variable names,
     # same optimizer slots, same input stream and augmentation after the switch.  Not bit for
-    # bit: the two TensorFlows' kernels round differently, and 20 steps amplify that (measured:
-    # up to 1.1% in fc2's momentum slot, TF 1.15 -> TF 2.21; under 0.1% the other way).
-    _run(here, "run_train.py", *flags, "--max_train_steps", 40, "--log_dir", straight)
+    # bit: the two TensorFlows' kernels round differently (~2e-6 after one step), and this plain
+    # net amplifies that fast: measured after 2 steps <= 1.6e-6 both ways, with and without
+    # oneDNN; after 5 steps up to 2.7e-4; after 20 steps 1e-1.  So only 2 steps are compared.  A
+    # lost momentum slot would be off by ~80%, a batch from the wrong place in the stream by %.
+    _run(here, "run_train.py", *flags, "--max_train_steps", 22, "--log_dir", straight)
     a, b = final_variables(crossed), final_variables(straight)
     assert a.keys() == b.keys()
-    assert a["global_step"] == b["global_step"] == 40
+    assert a["global_step"] == b["global_step"] == 22
     for name in a:
         gap = np.linalg.norm(np.float64(a[name]) - b[name]) / (np.linalg.norm(b[name]) + 1e-12)
-        assert gap < 5e-2, f"{name}: relative difference {gap:.2e}"
+        assert gap < 1e-3, f"{name}: relative difference {gap:.2e}"
