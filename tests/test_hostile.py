@@ -127,8 +127,6 @@ def test_export_into_a_read_only_parent_is_one_line(run20, tmp_path):
 
 @pytest.mark.parametrize("devices", ["gpu:0,gpu:1", "gpu:7", "cpu:0,cpu:2", "cpu:0,cpu:0"])
 def test_devices_that_do_not_exist_are_refused_at_once(demo_dir, tmp_path, devices):
-    from vgg_keras import compat
-
     if compat.gpu_count() > 7:
         pytest.skip("this machine has the GPUs the test names")
     args = train_args(demo_dir, tmp_path / "run", "--max_train_steps", "2")
@@ -456,9 +454,6 @@ def _truncate_half(path: Path) -> None:
 
 
 @pytest.mark.parametrize("with_info", [True, False], ids=["info", "no_info"])
-@pytest.mark.skipif(
-    compat.TF1, reason="TF 1.15 reads a truncated shard differently (open, issue 15 item 9)"
-)
 def test_truncated_training_shard_under_skip_corrupt_counts_lost_records(
     demo_dir, tmp_path, with_info
 ):

@@ -100,7 +100,7 @@ def count_records(path: str, skip_corrupt: bool = False) -> int:
     ``skip_corrupt``, the records before its break)."""
     dataset = tf.data.TFRecordDataset(path)
     if skip_corrupt:
-        dataset = dataset.ignore_errors()
+        dataset = compat.ignore_errors(dataset)
     try:
         return int(dataset.reduce(0, lambda n, _: n + 1))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
