@@ -422,6 +422,53 @@ def test_sigterm_during_an_evaluation_stops_it_at_the_next_batch(demo_dir, tmp_p
     assert not [m for m in metrics if "eval_top1" in m], stdout
 
 
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+def test_ctrl_c_while_the_converter_starts_its_workers_prints_one_line(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    for k in range(16):
+        rel = f"train/{'ab'[k % 2]}/{k}.JPEG"
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(src / rel)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "vgg_keras.data.convert", src, out, "--train_shards", "4"]
+    command += ["--workers", "2"]
+    # Its own process group, as a shell job: Ctrl-C reaches the converter and its workers.
+    proc = subprocess.Popen(
+        list(map(str, command)), cwd=ROOT, env=ENV, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(proc.pid)) < 2:  # the workers are starting (importing TensorFlow)
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "interrupted: finished shards are kept; run again to resume"
+    ), stderr
+    flags = ["--train_shards", "4", "--workers", "2"]
+    ok(cli("-m", "vgg_keras.data.convert", src, out, *flags))
+    assert json.loads((out / "dataset_info.json").read_text())["splits"] == {"train": 16}
+
+
 # ---------------------------------------------------------------------------------------------
 # 10. The converter takes images in nested folders of a class
 

@@ -19,7 +19,7 @@ under a temporary name, and a finished shard is kept when the converter runs aga
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,7 +27,9 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import sys
+import threading
 
 from tqdm import tqdm
 
@@ -238,6 +240,21 @@ def _init_worker() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while worker processes are spawned: they inherit that, and Ctrl-C (sent to
+    the whole process group) reaches only this process, which stops them, instead of printing a
+    traceback from each worker's import of TensorFlow."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[ShardResult]:
     """Keep finished shards, write the others over ``workers`` processes, one bar over shards."""
     results, todo = [], []
@@ -257,24 +274,22 @@ def run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[Shar
                 bar.update()
             return results
         # spawn: a forked child would inherit TensorFlow's threads in an undefined state.
-        pool = concurrent.futures.ProcessPoolExecutor(
-            min(workers, len(todo)),
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-        )
-        futures = []
+        # multiprocessing.Pool rather than ProcessPoolExecutor: its terminate() stops the workers
+        # at once, where the executor's thread prints tracebacks when its workers are killed.
+        context = multiprocessing.get_context("spawn")
+        with _sigint_ignored():  # the workers start ignoring Ctrl-C
+            pool = context.Pool(min(workers, len(todo)), initializer=_init_worker)
         try:
-            for task in todo:
-                futures.append(pool.submit(convert_shard, task))
-            for future in concurrent.futures.as_completed(futures):
-                results.append(future.result())
+            for result in pool.imap_unordered(convert_shard, todo):
+                results.append(result)
                 bar.update()
         except BaseException:
-            for future in futures:  # shutdown(cancel_futures=True) is Python >= 3.9
-                future.cancel()
-            pool.shutdown(wait=False)
+            pool.terminate()  # a half-written shard stays a .tmp, rewritten by a re-run
             raise
-        pool.shutdown()
+        else:
+            pool.close()
+        finally:
+            pool.join()
         return results
     finally:
         bar.close()
