@@ -166,11 +166,6 @@ def test_each_optimizer_and_loss_flag_reaches_the_update(default_steps, change):
     ), change
 
 
-@pytest.mark.skipif(
-    compat.TF1,
-    reason="TF 1.15: the loss-scale optimizer skips an overflowing step but does not lower its "
-    "scale in our graph (open: see the README's stack table)",
-)
 def test_fp16_overflow_halves_the_loss_scale_skips_the_update_and_the_scale_is_resumed(
     train_tiny, tmp_path
 ):

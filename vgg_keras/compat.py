@@ -152,6 +152,11 @@ else:
 def set_precision_policy(precision: str) -> None:
     """Apply the Keras dtype policy for 'fp32', 'bf16' or 'fp16' (variables stay float32)."""
     name = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
+    if TF1:
+        # Keras 2.2.4-tf's "mixed_float16" policy makes a dynamic loss scale of its own, whose
+        # variables take the name current_loss_scale before the optimizer's (then unused, and
+        # the checkpoint's current_loss_scale would be that one): the optimizer scales the loss.
+        name = keras.mixed_precision.experimental.Policy(name, loss_scale=None)
     _set_global_policy(name)
 
 
