@@ -431,42 +431,64 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_ctrl_c_while_the_converter_starts_its_workers_prints_one_line(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    src = tmp_path / "src"
-    for k in range(16):
-        rel = f"train/{'ab'[k % 2]}/{k}.JPEG"
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(src / rel)
-    out = tmp_path / "out"
+def _interrupt_converter(src: Path, out: Path, ready) -> subprocess.CompletedProcess:
+    """Run the converter with 2 workers as a shell job, Ctrl-C its process group (what a
+    terminal does) once ``ready(pid)`` holds, and return how it ended."""
     command = [sys.executable, "-m", "vgg_keras.data.convert", src, out, "--train_shards", "4"]
-    command += ["--workers", "2"]
-    # Its own process group, as a shell job: Ctrl-C reaches the converter and its workers.
     proc = subprocess.Popen(
-        list(map(str, command)), cwd=ROOT, env=ENV, text=True, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        list(map(str, [*command, "--workers", "2"])), cwd=ROOT, env=ENV, text=True,
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while len(_children(proc.pid)) < 2:  # the workers are starting (importing TensorFlow)
+        while not ready(proc.pid):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.01)
-        time.sleep(0.5)
+            time.sleep(0.002)
         os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, stdout + stderr
-    assert "Traceback" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1] == (
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("when", ["workers_starting", "shard_half_written"])
+def test_ctrl_c_in_the_converter_prints_one_line_and_leaves_no_staging_folder(tmp_path, when):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    count, side = (16, 24) if when == "workers_starting" else (400, 160)
+    for k in range(count):
+        rel = f"train/{'ab'[k % 2]}/{k}.JPEG"
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(src / rel)
+    out = tmp_path / "out"
+
+    def staging() -> list[str]:
+        return [n for n in os.listdir(out) if n.endswith(".tmp")] if out.exists() else []
+
+    if when == "workers_starting":  # both workers exist and are importing TensorFlow
+        seen = []
+
+        def workers_starting(pid: int) -> bool:
+            # 0.3 s after both appear: the converter has spawned them (it ignores Ctrl-C for
+            # those few milliseconds) and they are still importing TensorFlow (seconds)
+            if not seen and len(_children(pid)) >= 2:
+                seen.append(time.monotonic())
+            return bool(seen) and time.monotonic() > seen[0] + 0.3
+
+        proc = _interrupt_converter(src, out, workers_starting)
+    else:  # a worker is writing a shard into its staging folder
+        proc = _interrupt_converter(src, out, lambda pid: bool(staging()))
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
         "interrupted: finished shards are kept; run again to resume"
-    ), stderr
-    flags = ["--train_shards", "4", "--workers", "2"]
-    ok(cli("-m", "vgg_keras.data.convert", src, out, *flags))
-    assert json.loads((out / "dataset_info.json").read_text())["splits"] == {"train": 16}
+    ), proc.stderr
+    assert staging() == []  # the workers removed what they had half written
+    ok(cli("-m", "vgg_keras.data.convert", src, out, "--train_shards", "4", "--workers", "2"))
+    assert json.loads((out / "dataset_info.json").read_text())["splits"] == {"train": count}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,21 +238,29 @@ def _init_worker() -> None:
     # One thread per process: the pool already uses every core.
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    # Pool.terminate() sends SIGTERM: leave through the finally clauses, which remove the
+    # staging folder of a half-written shard.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager
 def _sigint_ignored():
-    """SIGINT ignored while worker processes are spawned: they inherit that, and Ctrl-C (sent to
-    the whole process group) reaches only this process, which stops them, instead of printing a
-    traceback from each worker's import of TensorFlow."""
+    """SIGINT ignored while worker processes are spawned (milliseconds: a Ctrl-C then is lost).
+    They inherit that (an ignored signal stays ignored through exec), so Ctrl-C, which the
+    terminal sends to the whole process group, reaches only this process, which stops them,
+    instead of printing a traceback from each worker's import of TensorFlow."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, handler)
 
 
 def run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[ShardResult]:
@@ -276,20 +284,22 @@ def run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[Shar
         # spawn: a forked child would inherit TensorFlow's threads in an undefined state.
         # multiprocessing.Pool rather than ProcessPoolExecutor: its terminate() stops the workers
         # at once, where the executor's thread prints tracebacks when its workers are killed.
-        context = multiprocessing.get_context("spawn")
-        with _sigint_ignored():  # the workers start ignoring Ctrl-C
-            pool = context.Pool(min(workers, len(todo)), initializer=_init_worker)
+        context, pool = multiprocessing.get_context("spawn"), None
         try:
+            with _sigint_ignored():  # the workers start ignoring Ctrl-C
+                pool = context.Pool(min(workers, len(todo)), initializer=_init_worker)
             for result in pool.imap_unordered(convert_shard, todo):
                 results.append(result)
                 bar.update()
         except BaseException:
-            pool.terminate()  # a half-written shard stays a .tmp, rewritten by a re-run
+            if pool is not None:
+                pool.terminate()  # a half-written shard is discarded, written by a re-run
             raise
         else:
             pool.close()
         finally:
-            pool.join()
+            if pool is not None:
+                pool.join()
         return results
     finally:
         bar.close()
