@@ -22,6 +22,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Box = "tuple[float, float, float, float]"
 
 
+# Modules whose tests run the CLIs in subprocesses (each start imports TensorFlow, seconds):
+# all slow, so that `make test-quick` (-m "not slow") stays an edit-test loop of a few minutes.
+SUBPROCESS_MODULES = ("test_e2e_", "test_hostile", "test_cross_stack", "test_launch")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if item.module.__name__.startswith(SUBPROCESS_MODULES):
+            item.add_marker(pytest.mark.slow)
+
+
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
     """JPEG bytes of a uint8 (H, W) or (H, W, C) array (C = 1 or 3)."""
     pixels = np.asarray(image, dtype=np.uint8)
