@@ -131,9 +131,9 @@ def _signal_rms(conv_init: str) -> dict:
 
 
 def test_fan_in_init_keeps_the_forward_signal_that_fan_out_shrinks():
-    """Why --conv_init fan_in is the default (issue 11): He on fan-out scales each conv's output
-    power by c_in/c_out, 3/16 * (1/2)^3 ~ 1/43 through VGG16's widening blocks, and a plain VGG
-    that starts with a signal that small can sit at chance for epochs; fan-in keeps it."""
+    """Why the demo uses --conv_init fan_in (issue 11): He on fan-out scales each conv's output
+    power by c_in/c_out, 3/16 * (1/2)^3 ~ 1/43 through VGG16's widening blocks, and a small
+    plain VGG that starts with a signal that small can sit at chance for epochs; fan-in keeps it."""
     fan_in, fan_out = _signal_rms("fan_in"), _signal_rms("fan_out")  # measured: 1.43, 0.22
     assert 0.3 < fan_in["block5_conv3"] < 3
     assert fan_out["block5_conv3"] < 0.35

@@ -76,8 +76,9 @@ class Config:
         choices=("normal", "he"),
     )
     conv_init: str = setting(
-        "fan_in",
-        "conv init: He-normal on fan_in (keeps the forward signal) or fan_out (the reference)",
+        "fan_out",
+        "conv init: He-normal on fan_out (the reference's; keeps the gradients' scale) or fan_in "
+        "(keeps the forward signal; the demo's)",
         choices=("fan_in", "fan_out"),
     )
     # Data
@@ -257,6 +258,7 @@ PRESETS: dict[str, dict] = {
         "width_multiplier": 0.25,
         "dropout": 0.0,
         "dense_init": "he",
+        "conv_init": "fan_in",
         "batch_size": 32,
         "lr": 0.01,
         "lr_schedule": "cosine",
