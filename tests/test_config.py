@@ -159,7 +159,7 @@ def test_the_defaults_are_the_reference_recipe():
     assert c.lr_schedule == "piecewise" and c.lr_boundaries == [50.0, 100.0, 130.0]
     assert c.piecewise_values == pytest.approx([0.01, 0.001, 1e-4, 1e-5])
     assert (c.arch, c.class_num, c.image_size, c.dropout) == ("vgg16", 1000, 224, 0.5)
-    # He-normal convolutions on fan-out, as the reference (fan-in diverges at lr 0.01 here)
+    # He-normal convolutions on fan-out: the reference's, published with lr 0.01
     assert (c.conv_init, c.dense_init) == ("fan_out", "normal")
 
 

@@ -93,7 +93,10 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 def fast_bf16() -> bool:
     """False where bf16 arithmetic would be emulated: no GPU and a CPU known to lack bf16
     instructions (an x86 CPU without AVX-512-BF16/AMX there runs bf16 many times slower than
-    fp32).  True where it cannot be told (no /proc/cpuinfo)."""
+    fp32), and always on TF 1.15 (no oneDNN bf16 kernels).  True where it cannot be told (no
+    /proc/cpuinfo)."""
+    if TF1:
+        return False
     flags = cpu_flags()
     return bool(gpu_count()) or not flags or any(f in flags for f in BF16_CPU_FLAGS)
 

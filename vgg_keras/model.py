@@ -38,9 +38,9 @@ def build_vgg(
     Convolutions are 3x3 SAME with bias and ReLU, initialised He-normal on fan-out
     (``conv_init="fan_out"``, the reference's and torchvision's choice: it keeps the gradients'
     power through every layer but scales each layer's output power by c_in/c_out, about 1/170
-    through VGG16) or on fan-in (``"fan_in"``: the forward signal's power is kept, the
-    gradients of the first layers grow by the same factor; the small demo network needs the
-    signal, the full VGG16 at lr 0.01 diverges with those gradients).  Dense kernels are N(0, 0.01) as published (``dense_init="normal"``) or
+    through VGG16) or on fan-in (``"fan_in"``: the forward signal's power is kept; the small
+    demo network needs that signal, while the full VGG16 at lr 0.01 diverged sooner with it on
+    a repeated synthetic batch: see the README's Initialisation).  Dense kernels are N(0, 0.01) as published (``dense_init="normal"``) or
     He-normal on fan-in (``dense_init="he"``): a width-scaled network's narrow dense layers would
     shrink the signal to nothing with N(0, 0.01), so the small demo networks use He.  The logits
     are float32 even under a mixed-precision policy, so the softmax and the loss are computed in

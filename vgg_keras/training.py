@@ -404,8 +404,8 @@ def _initialise(config, dist, tg: TrainGraph, session, reporter, resume_from, sp
         reporter.print(dist.describe())
     if dist.model_precision(config.precision) == "bf16" and not compat.fast_bf16():
         reporter.print(
-            "warning: --precision bf16 on a CPU without bf16 instructions (no avx512_bf16 or "
-            "amx_bf16) and no GPU: it is emulated, many times slower than --precision fp32"
+            "warning: --precision bf16 is emulated here (a CPU without avx512_bf16 or amx_bf16 "
+            "and no GPU, or TensorFlow 1.15): many times slower than --precision fp32"
         )
     if config.display_every < config.iterations_per_loop:
         reporter.print(
