@@ -40,9 +40,10 @@ def build_vgg(
     power through every layer but scales each layer's output power by c_in/c_out, about 1/170
     through VGG16) or on fan-in (``"fan_in"``: the forward signal's power is kept; the small
     demo network needs that signal, while the full VGG16 at lr 0.01 diverged sooner with it on
-    a repeated synthetic batch: see the README's Initialisation).  Dense kernels are N(0, 0.01) as published (``dense_init="normal"``) or
-    He-normal on fan-in (``dense_init="he"``): a width-scaled network's narrow dense layers would
-    shrink the signal to nothing with N(0, 0.01), so the small demo networks use He.  The logits
+    a repeated synthetic batch: see the README's Initialisation).  Dense kernels are
+    N(0, 0.01) as published (``dense_init="normal"``) or He-normal on fan-in
+    (``dense_init="he"``): a width-scaled network's narrow dense layers would shrink the signal
+    to nothing with N(0, 0.01), so the small demo networks use He.  The logits
     are float32 even under a mixed-precision policy, so the softmax and the loss are computed in
     float32.
     """
