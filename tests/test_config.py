@@ -49,6 +49,8 @@ def test_every_setting_has_a_flag_and_help():
         (["--image_size", "16"], "--image_size"),
         (["--dropout", "1"], "--dropout"),
         (["--label_smoothing", "1.5"], "--label_smoothing"),
+        (["--clip_grad_norm", "-1"], "--clip_grad_norm"),
+        (["--clip_grad_norm", "inf"], "--clip_grad_norm"),
         (["--lr_boundaries", "60,30"], "--lr_boundaries"),
         (["--lr_values", "0.1,0.01"], "--lr_values"),
         (["--area_range", "0.5"], "--area_range"),
@@ -155,6 +157,7 @@ def test_the_defaults_are_the_reference_recipe():
     assert (c.momentum, c.use_nesterov) == (0.9, True)
     assert c.label_smoothing == 0.1
     assert c.weight_decay == 1e-4 and c.decay_biases is False
+    assert c.clip_grad_norm == 0.0  # no clipping
     assert (c.max_epochs, c.batch_size, c.lr) == (150.0, 256, 0.01)
     assert c.lr_schedule == "piecewise" and c.lr_boundaries == [50.0, 100.0, 130.0]
     assert c.piecewise_values == pytest.approx([0.01, 0.001, 1e-4, 1e-5])

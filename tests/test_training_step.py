@@ -31,6 +31,7 @@ def _config(**overrides):
         lr_boundaries=[1000.0],
         warmup_epochs=0.0,
         weight_decay=1e-4,
+        clip_grad_norm=0.0,  # the reference's update; the demo clips
         seed=5,
     )
     values.update(overrides)
@@ -61,14 +62,17 @@ def _train_steps(config, steps: int, scale: float = 1.0, save_to: str | None = N
         sess.run(tg.init_op)
         sess.run(tg.iterator_init)
         history.append(dict(zip(names, sess.run(tg.model.trainable_weights))))
+        grad_norms = []
         for _ in range(steps):
-            sess.run(tg.step_fetches)
+            out = sess.run(tg.step_fetches, {tg.measure_grad_norm: True})
+            grad_norms.append(float(out["grad_norm"]))
             history.append(dict(zip(names, sess.run(tg.model.trainable_weights))))
         others = {
             v.op.name: sess.run(v)
             for v in tg.graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES)
             if v.op.name in ("global_step", "skipped_steps", "current_loss_scale")
         }
+        others["grad_norms"] = grad_norms
         if save_to:
             with tg.graph.as_default():
                 tg.saver.save(sess, save_to, global_step=int(others["global_step"]))
@@ -98,6 +102,18 @@ def _gradients(config, weights: dict) -> dict:
             return dict(zip(names, sess.run(grads)))
 
 
+def _global_norm(grads: dict) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads.values())))
+
+
+def _clipped(grads: dict, clip_norm: float) -> dict:
+    """``grads`` scaled to a global norm of at most ``clip_norm`` (0: as they are)."""
+    if clip_norm <= 0:
+        return grads
+    factor = min(1.0, clip_norm / _global_norm(grads))
+    return {name: g * factor for name, g in grads.items()}
+
+
 def _expected_steps(config, history: list[dict], steps: int) -> list[dict]:
     """Each step's weights from the previous step's by numpy momentum SGD."""
     m = config.momentum
@@ -105,7 +121,7 @@ def _expected_steps(config, history: list[dict], steps: int) -> list[dict]:
     expected = []
     for step in range(steps):
         before = history[step]
-        grads = _gradients(config, before)
+        grads = _clipped(_gradients(config, before), config.clip_grad_norm)
         after = {}
         for name, w in before.items():
             accumulators[name] = m * accumulators[name] + grads[name]
@@ -148,6 +164,7 @@ def test_two_steps_are_nesterov_momentum_sgd_on_the_smoothed_loss_plus_decay(def
         {"label_smoothing": 0.0},
         {"weight_decay": 0.05},
         {"decay_biases": True, "weight_decay": 0.05},
+        {"clip_grad_norm": 0.5},  # the first step's gradient norm is 1.6
     ],
     ids=lambda change: ",".join(change),
 )
@@ -164,6 +181,15 @@ def test_each_optimizer_and_loss_flag_reaches_the_update(default_steps, change):
         not np.allclose(final[n] - history[0][n], default_final[n] - history[0][n], rtol=2e-2)
         for n in final
     ), change
+
+
+def test_the_logged_gradient_norm_is_the_norm_before_clipping():
+    config = _config(clip_grad_norm=0.5)
+    history, others = _train_steps(config, 2)
+    for step in range(2):
+        norm = _global_norm(_gradients(config, history[step]))
+        assert norm > 2 * config.clip_grad_norm  # the step was clipped
+        assert others["grad_norms"][step] == pytest.approx(norm, rel=1e-3)
 
 
 def test_fp16_overflow_halves_the_loss_scale_skips_the_update_and_the_scale_is_resumed(

@@ -111,15 +111,26 @@ class _StepBuilder:
         grads = self.optimizer.compute_gradients(
             total_loss / self.dist.in_sync, self.model.trainable_weights
         )
-        # The norm of this replica's gradient of its mean loss, on steps that end a log interval
-        # (NaN on the others: it costs a pass over every gradient): a run whose gradients vanish
-        # or explode shows it in metrics.jsonl from the first line on.
+        gradients, variables = [g for g, _ in grads], [v for _, v in grads]
+        norm = None
+        if c.clip_grad_norm > 0:
+            # Each replica clips the gradient of its own mean loss (the update is the mean of
+            # the clipped ones: no extra all-reduce).  A non-finite norm makes every gradient
+            # NaN, which the loss-scale optimizer and --nan_policy see as before.
+            gradients, norm = tf.clip_by_global_norm(
+                gradients, c.clip_grad_norm / self.dist.in_sync
+            )
+        # The norm of this replica's gradient of its mean loss (before clipping), on steps that
+        # end a log interval (NaN on the others: it costs a pass over every gradient): a run
+        # whose gradients vanish or explode shows it in metrics.jsonl from the first line on.
         grad_norm = tf.cond(
             measure_grad_norm,
-            lambda: tf.linalg.global_norm([g for g, _ in grads]) * self.dist.in_sync,
+            lambda: (
+                (tf.linalg.global_norm(gradients) if norm is None else norm) * self.dist.in_sync
+            ),
             lambda: tf.constant(float("nan")),
         )
-        return tf.stack([loss, total_loss, grad_norm]), grads
+        return tf.stack([loss, total_loss, grad_norm]), list(zip(gradients, variables))
 
     def apply_on_replica(self, grads):
         with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
