@@ -23,6 +23,7 @@ from vgg_keras.reporting import read_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO_WORKERS = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+CLIP = 0.1  # below the gradient norms of these runs (about 0.18)
 
 
 def _config(**overrides):
@@ -128,10 +129,12 @@ def test_mirrored_on_two_cpus_matches_one_device_on_the_same_global_batches(
     """Two replicas of 8 images take the same steps as one device with batches of 16.
 
     Loop sinking (3 steps per session call) runs inside the strategy, and the evaluations in
-    between count every validation image once across the two replicas.
+    between count every validation image once across the two replicas.  The gradients are
+    clipped (to a norm below theirs), by the norm of the global batch's gradient.
     """
     flags = ["--preset", "demo", "--data_dir", demo_dir, "--width_multiplier", "0.0625"]
     flags += ["--max_train_steps", "9", "--iterations_per_loop", "3", "--display_every", "3"]
+    flags += ["--clip_grad_norm", str(CLIP)]
     flags += ["--mode", "train_and_evaluate", "--epochs_between_evals", "0.05"]
     flags += ["--progress", "false", "--save_checkpoints_steps", "9", "--seed", "3"]
     runs = {
@@ -156,6 +159,10 @@ def test_mirrored_on_two_cpus_matches_one_device_on_the_same_global_batches(
     train_one = [(m["step"], m["loss"]) for m in metrics_one if "loss" in m]
     train_two = [(m["step"], m["loss"]) for m in metrics_two if "loss" in m]
     assert [s for s, _ in train_two] == [3, 6, 9]
+    norms_one = [m["grad_norm"] for m in metrics_one if "loss" in m]
+    norms_two = [m["grad_norm"] for m in metrics_two if "loss" in m]
+    assert min(norms_one) > CLIP, "every logged step was clipped"
+    np.testing.assert_allclose(norms_two, norms_one, rtol=1e-5)
     np.testing.assert_allclose([x for _, x in train_two], [x for _, x in train_one], rtol=1e-5)
     evals_one = [m for m in metrics_one if "eval_top1" in m]
     evals_two = [m for m in metrics_two if "eval_top1" in m]

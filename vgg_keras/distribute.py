@@ -117,6 +117,14 @@ class Distribution:
         """A per-replica value reduced over all replicas of all workers."""
         return self.strategy.reduce(op, value, axis=None)
 
+    def sum_over_replicas(self, values: list) -> list:
+        """Each of ``run``'s per-replica ``values`` summed over all replicas of all workers.
+        (On Ascend, one replica per process: NPUDistributedOptimizer's compute_gradients has
+        already averaged the gradients over the ranks.)"""
+        if self.in_sync == 1:
+            return values
+        return [self.reduce(ReduceOp.SUM, v) for v in values]
+
     def group(self, value) -> tf.Operation:
         return self.strategy.group(value)
 

@@ -111,28 +111,24 @@ class _StepBuilder:
         grads = self.optimizer.compute_gradients(
             total_loss / self.dist.in_sync, self.model.trainable_weights
         )
-        gradients, variables = [g for g, _ in grads], [v for _, v in grads]
-        norm = None
-        if c.clip_grad_norm > 0:
-            # Each replica clips the gradient of its own mean loss (the update is the mean of
-            # the clipped ones: no extra all-reduce).  A non-finite norm makes every gradient
-            # NaN, which the loss-scale optimizer and --nan_policy see as before.
-            gradients, norm = tf.clip_by_global_norm(
-                gradients, c.clip_grad_norm / self.dist.in_sync
-            )
-        # The norm of this replica's gradient of its mean loss (before clipping), on steps that
-        # end a log interval (NaN on the others: it costs a pass over every gradient): a run
-        # whose gradients vanish or explode shows it in metrics.jsonl from the first line on.
+        # The norm of this replica's gradient of its mean loss, on steps that end a log interval
+        # (NaN on the others: it costs a pass over every gradient): a run whose gradients vanish
+        # or explode shows it in metrics.jsonl from the first line on.
         grad_norm = tf.cond(
             measure_grad_norm,
-            lambda: (
-                (tf.linalg.global_norm(gradients) if norm is None else norm) * self.dist.in_sync
-            ),
+            lambda: tf.linalg.global_norm([g for g, _ in grads]) * self.dist.in_sync,
             lambda: tf.constant(float("nan")),
         )
-        return tf.stack([loss, total_loss, grad_norm]), list(zip(gradients, variables))
+        return tf.stack([loss, total_loss, grad_norm]), grads
 
-    def apply_on_replica(self, grads):
+    def apply_on_replica(self, grads, clip_by_norm=None):
+        """The update, with the gradients scaled by ``clip_grad_norm / clip_by_norm`` when that
+        is below 1 (NaN when the norm is not finite: the loss-scale optimizer then skips)."""
+        if clip_by_norm is not None:
+            clipped, _ = tf.clip_by_global_norm(
+                [g for g, _ in grads], self.config.clip_grad_norm, use_norm=clip_by_norm
+            )
+            grads = [(g, v) for g, (_, v) in zip(clipped, grads)]
         with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
             return self.optimizer.apply_gradients(grads, self.global_step)
 
@@ -145,9 +141,17 @@ class _StepBuilder:
         # The mean over replicas is finite only if every replica's loss is, and every worker
         # sees the same value: all replicas take the same branch below.
         finite = tf.math.is_finite(total_loss)
+        clip_by_norm = None
+        if self.config.clip_grad_norm > 0:
+            # Clipped by the norm of the global batch's gradient (the sum of the replicas'
+            # shares: one more all-reduce on several replicas), so that N replicas still take
+            # the steps of one device.  It is also the norm logged, before clipping.
+            summed = dist.sum_over_replicas([g for g, _ in grads])
+            clip_by_norm = tf.linalg.global_norm(summed)
+            grad_norm = clip_by_norm
 
         def apply():
-            return dist.group(dist.run(self.apply_on_replica, grads))
+            return dist.group(dist.run(self.apply_on_replica, grads, clip_by_norm))
 
         def skip():
             return tf.group(v1.assign_add(self.global_step, 1), v1.assign_add(self.skipped, 1))
