@@ -27,7 +27,7 @@ def test_warns_once_when_the_loss_sits_at_chance_for_more_than_two_epochs():
     warnings = feed(detector, noisy_chance)
     assert len(warnings) == 1
     assert "ln(class_num) = 2.303" in warnings[0]
-    assert "--lr" in warnings[0] and "--conv_init" in warnings[0]
+    assert all(f in warnings[0] for f in ("--lr", "--clip_grad_norm", "--conv_init"))
 
 
 def test_the_warning_comes_after_two_epochs_not_before():

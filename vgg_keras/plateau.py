@@ -48,7 +48,8 @@ class ChancePlateau:
             f"warning: the training loss has stayed at chance level (mean {mean:.3f}, "
             f"ln(class_num) = {self.chance:.3f}) for {self.epochs:g} epochs, up to epoch "
             f"{epoch:.1f}: the network is not learning. Likely causes: a learning rate too high "
-            "for a plain VGG (lower --lr, --clip_grad_norm, or longer --warmup_epochs), the initialisation "
-            "(--conv_init fan_in; --dense_init he for width-scaled networks), labels that do not "
-            "match the data (--label_offset, --class_num), or fp16 underflow (--precision fp32)"
+            "for a plain VGG (lower --lr, --clip_grad_norm, or longer --warmup_epochs), the "
+            "initialisation (--conv_init fan_in; --dense_init he for width-scaled networks), "
+            "labels that do not match the data (--label_offset, --class_num), or fp16 underflow "
+            "(--precision fp32)"
         )
