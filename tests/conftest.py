@@ -6,6 +6,7 @@ Tests run in eager mode; graph mode only inside explicit ``with tf.Graph().as_de
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,14 @@ Box = "tuple[float, float, float, float]"
 # Modules whose tests run the CLIs in subprocesses (each start imports TensorFlow, seconds):
 # all slow, so that `make test-quick` (-m "not slow") stays an edit-test loop of a few minutes.
 SUBPROCESS_MODULES = ("test_e2e_", "test_hostile", "test_cross_stack", "test_launch")
+
+
+def pytest_configure(config) -> None:
+    """A suite started in the background by a shell without job control (``make test &``,
+    ``nohup``) inherits SIGINT ignored, and so would every CLI it starts: the tests that Ctrl-C
+    a CLI would see it run on.  A handler here makes the children start with the default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items) -> None:
