@@ -10,10 +10,7 @@ the run's config.json; flags override them.  ``make eval`` runs it on the demo r
 
 import sys
 
-from vgg_keras.commands import eval_main
-from vgg_keras.errors import run_cli
-
-main = eval_main  # the same entry point as the console script vgg-eval
+from vgg_keras import commands
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(commands.main("eval"))  # the same program as the console script vgg-eval

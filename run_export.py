@@ -8,10 +8,7 @@ vgg_keras/export.py.
 
 import sys
 
-from vgg_keras.commands import export_main
-from vgg_keras.errors import run_cli
-
-main = export_main  # the same entry point as the console script vgg-export
+from vgg_keras import commands
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(commands.main("export"))  # the same program as the console script vgg-export

@@ -8,10 +8,7 @@ keras_imagenet:PATH).  See vgg_keras/predict.py.
 
 import sys
 
-from vgg_keras.commands import predict_main
-from vgg_keras.errors import run_cli
-
-main = predict_main  # the same entry point as the console script vgg-predict
+from vgg_keras import commands
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(commands.main("predict"))  # the same program as the console script vgg-predict

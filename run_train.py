@@ -7,10 +7,7 @@ dataset (built on first use) to >= 97% top-1 in a few minutes on two CPU cores.
 
 import sys
 
-from vgg_keras.commands import train_main
-from vgg_keras.errors import run_cli
-
-main = train_main  # the same entry point as the console script vgg-train
+from vgg_keras import commands
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(commands.main("train"))  # the same program as the console script vgg-train

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vgg_keras import atomic
-from vgg_keras.reporting import METRICS_FILE, read_metrics
+from vgg_keras.reporting import read_metrics
+from vgg_keras.rundir import METRICS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.json"

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from bench import common
-from vgg_keras import compat
+from vgg_keras import compat, config
 from vgg_keras.compat import tf
 from vgg_keras.data import info, pipeline, preprocess, schema, shards
 
@@ -42,7 +42,7 @@ IMAGE_SIZE = 224
 TRAIN_SHARDS, EVAL_SHARDS = 8, 2
 JPEG_QUALITY = 90
 # The reference crop settings (config.Config defaults), shared by the project and baseline (a).
-AREA_RANGE, ASPECT_RANGE, MIN_COVERED = (0.08, 1.0), (0.75, 1.33), 0.1
+AREA_RANGE, ASPECT_RANGE, MIN_COVERED = (0.08, 1.0), (0.75, 1.333), 0.1
 SKIMAGE_PHOTOS = (
     "astronaut",
     "coffee",
@@ -183,15 +183,22 @@ def minimal_eval(jpegs: list[bytes]) -> tf.data.Dataset:
     return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.experimental.AUTOTUNE)
 
 
+def _project_config(data_dir: str, num_classes: int):
+    settings = {"data_dir": data_dir, "class_num": num_classes, "batch_size": BATCH}
+    return config.resolve(settings={**settings, "image_size": IMAGE_SIZE})
+
+
 def project_train(data_dir: str, num_classes: int) -> tf.data.Dataset:
-    split = pipeline.load_split(data_dir, "train")
-    return pipeline.train_dataset(split, BATCH, IMAGE_SIZE, num_classes)
+    c = _project_config(data_dir, num_classes)
+    split = pipeline.load_split(c.input, "train")
+    return pipeline.train_dataset(split, c.network, c.input, c.loop.seed)
 
 
 def project_eval(data_dir: str, num_classes: int) -> tf.data.Dataset:
-    split = pipeline.load_split(data_dir, "validation")
+    c = _project_config(data_dir, num_classes)
+    split = pipeline.load_split(c.input, "validation")
     # One pass is a few seconds of data: repeat it so the timing window never runs dry.
-    return pipeline.eval_dataset(split, BATCH, IMAGE_SIZE, num_classes).repeat()
+    return pipeline.eval_dataset(split, c.network, c.input, BATCH).repeat()
 
 
 def tf_rate(ds: tf.data.Dataset, threads: int, seconds: float) -> tuple[float, float]:

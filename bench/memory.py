@@ -21,9 +21,9 @@ import time
 import numpy as np
 
 from bench import common
+from vgg_keras.api import build_vgg
 from vgg_keras.compat import tf
 from vgg_keras.data import demo
-from vgg_keras.model import build_vgg
 
 NAME = "memory"
 MB = 1_000_000  # decimal, as the issue writes 553 MB

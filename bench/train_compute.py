@@ -21,9 +21,9 @@ import tempfile
 import time
 
 from bench import common
-from vgg_keras import compat, config, training
+from vgg_keras import compat, config, train_graph
+from vgg_keras import model as model_lib
 from vgg_keras.compat import keras, tf, v1
-from vgg_keras.model import build_vgg
 
 NAME = "train_compute"
 PRECISIONS = ("fp32", "bf16")
@@ -81,26 +81,21 @@ def bare_rates(cfg: config.Config, s: dict, precision: str) -> tuple[float, floa
     sess.run loop."""
     graph = tf.Graph()
     with graph.as_default(), compat.precision_policy(precision):
-        v1.set_random_seed(cfg.seed)
-        model = build_vgg(
-            cfg.arch,
-            cfg.class_num,
-            cfg.image_size,
-            cfg.width_multiplier,
-            cfg.dropout,
-            cfg.dense_init,
-        )
+        v1.set_random_seed(cfg.loop.seed)
+        model = model_lib.build(cfg.network, training=True)
         flops = training_flops_per_image(model)
-        shape = [cfg.batch_size, cfg.image_size, cfg.image_size, 3]
+        net, batch = cfg.network, cfg.input.batch_size
+        shape = [batch, net.image_size, net.image_size, 3]
         images = v1.Variable(tf.random.stateless_normal(shape, [0, 1]), trainable=False)
         labels = v1.Variable(
-            tf.random.stateless_uniform([cfg.batch_size], [0, 2], 0, cfg.class_num, tf.int32),
+            tf.random.stateless_uniform([batch], [0, 2], 0, net.class_num, tf.int32),
             trainable=False,
         )
         logits = model(images.value(), training=True)  # a tensor: Keras casts those for bf16
-        loss = training.cross_entropy(logits, labels, cfg.class_num, cfg.label_smoothing)
-        loss += training.weight_decay_loss(model, cfg.weight_decay, cfg.decay_biases)
-        optimizer = v1.train.MomentumOptimizer(cfg.lr, cfg.momentum, use_nesterov=cfg.use_nesterov)
+        o = cfg.optimizer
+        loss = train_graph.cross_entropy(logits, labels, net.class_num, o.label_smoothing)
+        loss += train_graph.weight_decay_loss(model, o)
+        optimizer = v1.train.MomentumOptimizer(o.lr, o.momentum, use_nesterov=o.use_nesterov)
         train_op = optimizer.minimize(loss, var_list=model.trainable_weights)
         init = v1.global_variables_initializer()
     with v1.Session(graph=graph) as session:
@@ -112,7 +107,7 @@ def bare_rates(cfg: config.Config, s: dict, precision: str) -> tuple[float, floa
         for _ in range(s["steps"]):
             session.run(fetches)
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    images = s["steps"] * cfg.batch_size
+    images = s["steps"] * cfg.input.batch_size
     return images / seconds, images / cpu, flops
 
 
@@ -151,10 +146,12 @@ def _row(what, rates, other=None, ratio_is="", invert=False) -> dict:
 def run(quick: bool) -> dict:
     start = time.perf_counter()
     s = settings(quick)
-    cfg = config.make_config(
-        synthetic=True,
-        lr=LR,
-        **{k: s[k] for k in ("image_size", "width_multiplier", "batch_size", "class_num")},
+    cfg = config.resolve(
+        settings=dict(
+            synthetic=True,
+            lr=LR,
+            **{k: s[k] for k in ("image_size", "width_multiplier", "batch_size", "class_num")},
+        )
     )
     # Emulated bf16 (a CPU without AVX-512-BF16/AMX) runs the full VGG16 at well under 1 image/s:
     # time it only where the hardware has it (--quick's tiny net is fast either way).

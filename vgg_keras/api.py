@@ -5,11 +5,14 @@
     model = build_vgg("vgg16", num_classes=10, image_size=32)   # a keras.Model
 
 ``train`` and ``evaluate`` take the settings of ``run_train.py``/``run_eval.py`` as keyword
-arguments (``batch_size=8``, ``eval_resize="square"``), resolve them exactly as the command
-lines do, and print the same log and table; bad settings raise ``UsageError``.
+arguments (``batch_size=8``, ``eval_resize="square"``), build the same ``Config`` the command
+lines build and call the same functions, and print the same log and table; an unknown or bad
+setting raises ``UsageError`` naming it.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from vgg_keras.errors import RunError
 
@@ -19,45 +22,50 @@ def train(preset: str = "imagenet", config_file: str | None = None, **settings) 
 
     ``preset`` is ``--preset``, ``config_file`` is ``--config``; ``settings`` are the flags.
     """
-    from vgg_keras import commands
-    from vgg_keras import config as config_lib
+    from vgg_keras import cli, commands
 
-    read = config_lib.read_settings_file(config_file) if config_file else None
-    config = config_lib.merge(preset, flags=settings, settings_file=read)
-    from vgg_keras import evaluation, training
-
-    commands.ensure_demo_data(config.data_dir)
-    if config.mode == "evaluate":
-        code = evaluation.evaluate_folder(config)
-    else:
-        code = training.train(config)
+    args = cli.TrainArgs(preset, config_file, settings)
+    config = commands.train_config(args, source="train()")
+    code = commands.train(config)
     if code != 0:
-        raise RunError(f"training in {config.log_dir} ended with exit code {code}")
-    return config.log_dir
+        raise RunError(f"training in {config.loop.log_dir} ended with exit code {code}")
+    return config.loop.log_dir
 
 
-def evaluate(path: str | None = None, all_ckpts: bool = True, **flags) -> list[dict]:
+def evaluate(path: str | None = None, all_ckpts: bool = True, **settings) -> list[dict]:
     """Evaluate the checkpoints of a run folder (every one, or the newest with
     ``all_ckpts=False``) or one ``model.ckpt-N`` prefix (``run_eval.py``); returns one dict per
     checkpoint: checkpoint, step, epoch, top1, top5, loss, images.  Without ``path``: the newest
-    run under runs/.  ``flags`` are run_eval.py's (``data_dir=...``, ``eval_crops=10``)."""
-    from vgg_keras import cli
+    run under runs/.  ``settings`` are run_eval.py's flags (``data_dir=...``,
+    ``eval_crops=10``): its own options and the evaluation settings."""
+    from vgg_keras import cli, commands
+    from vgg_keras import config as config_lib
+    from vgg_keras.errors import UsageError
 
-    argv = ["--all-ckpts"] if all_ckpts else []
-    if path is not None:
-        argv += ["--ckpt", str(path)]
-    for name, value in flags.items():
-        if isinstance(value, (list, tuple)):
-            value = ",".join(map(str, value))
-        argv += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
-    args = cli.eval_parser().parse_args(argv)
-    from vgg_keras import evaluation
-
-    return evaluation.evaluate_args(args)
+    own = {f.name for f in dataclasses.fields(cli.EvalOptions)}
+    values = {"ckpt": path, "all_ckpts": all_ckpts}
+    values.update({k: v for k, v in settings.items() if k in own})
+    options = cli.read_options(cli.EvalOptions, values, "evaluate()")
+    rest = {k: v for k, v in settings.items() if k not in own}
+    unknown = sorted(set(rest) - set(config_lib.EVALUATION))
+    if unknown:
+        raise UsageError(f"evaluate(): unknown setting {unknown[0]!r}")
+    return commands.evaluate(options, rest)
 
 
-def build_vgg(*args, **kwargs):
-    """``vgg_keras.model.build_vgg``: the VGG16/VGG19 keras.Model, logits out."""
+def build_vgg(
+    arch: str = "vgg16",
+    num_classes: int = 1000,
+    image_size: int = 224,
+    width_multiplier: float = 1.0,
+    **network,
+):
+    """The keras.Model of a VGG (logits out): the network settings of ``run_train.py``
+    (``dropout``, ``conv_init``, ``dense_init``, ``preprocess``, ``precision``) by keyword."""
+    from vgg_keras import config as config_lib
     from vgg_keras import model
 
-    return model.build_vgg(*args, **kwargs)
+    values = dict(arch=arch, class_num=num_classes, image_size=image_size, **network)
+    values["width_multiplier"] = width_multiplier
+    config = config_lib.resolve(settings=values, need_data=False, source="build_vgg()")
+    return model.build(config.network)

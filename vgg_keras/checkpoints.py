@@ -1,212 +1,226 @@
-"""Checkpoints: ``<log_dir>/model.ckpt-<step>``, listing them, checking they fit, restoring.
+"""Checkpoints' variables: which network a checkpoint holds, in which layout, and restoring it.
 
-A checkpoint counts only when its ``.index`` file exists: TensorFlow writes the data shards
-first and the index last, so a run killed while saving leaves nothing a reader would take.
-(Checked on TF 2.21: ``SaveV2`` writes ``<prefix>.data-00000-of-00001.tempstate<random>``,
-renames it, then writes the index under a temporary name and renames that; a sharded save
-works in ``<prefix>_temp/`` first.  Rotation deletes the index before the data.)  What a killed
-save leaves behind is only those temporary names, which ``remove_partial`` deletes.
+Two layouts are read everywhere a checkpoint is read (evaluation, export, prediction,
+fine-tuning, resuming): ours, named by keras.applications' layers (``block1_conv1/kernel``), and
+the reference implementation's, named by ``tf.compat.v1.layers`` in creation order
+(``conv2d/kernel`` ... ``dense_2/bias``, see arch.py); both with ``.../Momentum`` slots and
+``global_step``.  ``Contents`` says what a checkpoint holds; ``stored_name`` maps one of our
+variables to its name there.  Restoring reads the values and feeds them to the variables'
+initializers (``assign``): no ops are added, so it works on a finalized graph, for any layout.
+We always save in our layout.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import os
-import re
-import shutil
+import dataclasses
 
+from vgg_keras import arch
+from vgg_keras.arch import BLOCK_FILTERS
 from vgg_keras.compat import tf
 from vgg_keras.errors import UsageError, reason
 
-PREFIX = "model.ckpt"
-_STEP = re.compile(rf"^{re.escape(PREFIX)}-(\d+)\.index$")
-# Temporary names of an unfinished save (see the module docstring).
-_PARTIAL = re.compile(rf"{re.escape(PREFIX)}-\d+(\..*\.tempstate\d*|_temp.*)|checkpoint\.tmp\w+")
-_DATA = re.compile(rf"{re.escape(PREFIX)}-(\d+)\.data-\d+-of-\d+")
-_LAYER_VARIABLE = re.compile(r"[^/]+/(kernel|bias)")  # not optimizer slots like .../Momentum
-
-
-def checkpoint_step(path: str) -> int:
-    """The global step in a ``model.ckpt-<step>`` prefix."""
-    match = re.search(r"-(\d+)$", path)
-    if not match:
-        raise UsageError(f"{path}: not a model.ckpt-<step> checkpoint prefix")
-    return int(match.group(1))
-
-
-def list_checkpoints(folder: str) -> list[str]:
-    """Every complete ``model.ckpt-N`` prefix in ``folder``, in step order."""
-    if not os.path.isdir(folder):
-        return []
-    found = []
-    for name in os.listdir(folder):
-        match = _STEP.match(name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(folder, name[: -len(".index")])))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(folder: str) -> str | None:
-    found = list_checkpoints(folder)
-    return found[-1] if found else None
-
-
-def remove_partial(folder: str) -> list[str]:
-    """Delete what interrupted saves left in ``folder``: temporary data and index files,
-    ``_temp`` folders of sharded saves, temporary copies of the ``checkpoint`` state file, and
-    the data files of a checkpoint older than the newest whose index is gone (a rotation cut
-    short between its two deletions).
-
-    Only while no trainer writes there (hold the run lock).  Returns the names removed.
-    """
-    complete = [checkpoint_step(path) for path in list_checkpoints(folder)]
-    removed = []
-    for path in glob.glob(os.path.join(glob.escape(folder), "*")):
-        name = os.path.basename(path)
-        data = _DATA.fullmatch(name)
-        step = int(data[1]) if data else None
-        rotated = step is not None and step not in complete and step < max(complete, default=-1)
-        if rotated or _PARTIAL.fullmatch(name):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.remove(path)
-            removed.append(name)
-    return removed
-
-
-def remove_oldest(folder: str, keep: int) -> list[str]:
-    """Delete the complete checkpoints of ``folder`` but the newest ``keep`` (index first, then
-    data, as the Saver's own rotation).  The Saver deletes at most one per save, so a folder
-    resumed with a smaller --keep_checkpoint_max (or after kill -9 cycles) would keep its extra
-    ones for ever.  Only while no other trainer writes there; returns the prefixes removed."""
-    doomed = list_checkpoints(folder)[:-keep] if keep > 0 else []
-    for prefix in doomed:
-        for path in [prefix + ".index", *sorted(glob.glob(glob.escape(prefix) + ".data-*"))]:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-    return doomed
-
-
-def state_file_target(folder: str) -> str | None:
-    """The checkpoint that TensorFlow's ``checkpoint`` state file in ``folder`` names, if any."""
-    try:
-        state = tf.train.get_checkpoint_state(folder)
-    except (tf.errors.OpError, ValueError):  # an unparsable state file names nothing
-        return None
-    if state is None or not state.model_checkpoint_path:
-        return None
-    # get_checkpoint_state already joins a relative entry to ``folder``.
-    return state.model_checkpoint_path
-
-
-def restore(saver, session, path: str) -> None:
-    """``saver.restore`` with a one-line UsageError naming the file when it cannot be read."""
-    try:
-        with session.graph.as_default():  # the v1 Saver works only in graph mode
-            saver.restore(session, path)
-    except (tf.errors.OpError, ValueError) as err:
-        raise UsageError(
-            f"{path}: unreadable checkpoint ({reason(err)}); move its files away to "
-            f"resume from an earlier one"
-        ) from err
-
-
-def resolve(path: str) -> str:
-    """A checkpoint prefix from a prefix or a folder (its latest checkpoint)."""
-    if os.path.isdir(path):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise UsageError(f"no model.ckpt-* checkpoints in {path}")
-        return latest
-    if not os.path.exists(path + ".index"):
-        raise UsageError(f"checkpoint not found: {path} (no {os.path.basename(path)}.index)")
-    return path
+OURS, REFERENCE = "ours", "reference"
+GLOBAL_STEP = "global_step"  # the same in both layouts, never restored by --restore_path
 
 
 def variable_shapes(path: str) -> dict[str, list[int]]:
-    """{variable name: shape} stored in a checkpoint (a corrupt file is a UsageError)."""
+    """{variable name: shape} stored in a checkpoint (an unreadable one is a UsageError)."""
     try:
         return tf.train.load_checkpoint(path).get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as err:
         raise UsageError(f"{path}: unreadable checkpoint ({reason(err)})") from err
 
 
-def _width(shapes: dict[str, list[int]]) -> float | None:
-    """The width multiplier: block1_conv1's filters over the full network's 64."""
-    kernel = shapes.get("block1_conv1/kernel")
-    return kernel[-1] / 64 if kernel else None
+@dataclasses.dataclass(frozen=True)
+class Contents:
+    """What a checkpoint holds: its variables' shapes, its layout and its network."""
 
+    path: str
+    shapes: dict
+    layout: str
+    arch: arch.Arch | None  # None: layers that are no VGG of the table
 
-def _describe(shapes: dict[str, list[int]], width: bool = False) -> str:
-    arch = "vgg19" if any(k.startswith("block3_conv4/") for k in shapes) else "vgg16"
-    classes = shapes.get("predictions/kernel", [None, "?"])[-1]
-    at = f" at width {_width(shapes):g}" if width and _width(shapes) is not None else ""
-    return f"{arch}{at} with {classes} classes"
+    @property
+    def layers(self) -> set[str]:
+        """The layer (or reference scope) names that have a kernel."""
+        return {n.split("/")[0] for n in self.shapes if n.endswith("/kernel") and n.count("/") == 1}
 
-
-def check_compatible(path: str, variables) -> None:
-    """Raise a UsageError naming both sides when ``path`` does not hold ``variables``."""
-    stored = variable_shapes(path)
-    wanted = {v.op.name: v.shape.as_list() for v in variables}
-    missing = [name for name in wanted if name not in stored]
-    wrong = [n for n in wanted if n in stored and list(stored[n]) != wanted[n]]
-    # Layers the model lacks: a VGG19 checkpoint holds every VGG16 variable with the same
-    # shapes, so without this a VGG16 model would silently load a VGG19 checkpoint.
-    extra = [n for n in stored if _LAYER_VARIABLE.fullmatch(n) and n not in wanted]
-    if missing or wrong or extra:
-        if missing:
-            detail = f"missing {missing[0]}"
-        elif wrong:
-            detail = f"{wrong[0]} is {stored[wrong[0]]}"
-        else:
-            detail = f"unexpected {sorted(extra)[0]}"
-        width = _width(stored) != _width(wanted)  # else "vgg16 ..., model is vgg16 ..." alike
-        raise UsageError(
-            f"{path}: checkpoint has {_describe(stored, width)}, model is "
-            f"{_describe(wanted, width)} ({detail})"
+    def first_conv(self) -> list[int] | None:
+        return self.shapes.get(
+            "conv2d/kernel" if self.layout == REFERENCE else "block1_conv1/kernel"
         )
 
+    def settings(self) -> dict:
+        """The network settings the variables say: arch, class_num, width_multiplier and,
+        from fc1's input (image_size/32 squared cells of the last filters), image_size."""
+        if self.arch is None:
+            return {}
+        names = self.arch.reference_names() if self.layout == REFERENCE else {}
+        top, fc1 = names.get("predictions", "predictions"), names.get("fc1", "fc1")
+        last_conv = names.get(self.arch.conv_layers()[-1], self.arch.conv_layers()[-1])
+        found = {"arch": self.arch.name}
+        if f"{top}/kernel" in self.shapes:
+            found["class_num"] = self.shapes[f"{top}/kernel"][-1]
+        conv, last = self.first_conv(), self.shapes.get(f"{last_conv}/kernel")
+        if conv:
+            found["width_multiplier"] = conv[-1] / BLOCK_FILTERS[0]
+        if last and f"{fc1}/kernel" in self.shapes:
+            cells = self.shapes[f"{fc1}/kernel"][0] / last[-1]
+            found["image_size"] = int(round(cells**0.5)) * 32
+        return found
 
-def restore_subset(sess, path: str, variables, exclude: list[str]) -> list[str]:
-    """Initialise ``variables`` from ``path`` except those under an ``exclude`` scope.
+    def describe(self, width: bool = False) -> str:
+        """``vgg16 with 10 classes`` (``at width 0.25`` when asked), as messages show it."""
+        name = self.arch.name if self.arch else "an unknown network"
+        top = "dense_2" if self.layout == REFERENCE else "predictions"
+        classes = self.shapes.get(f"{top}/kernel", [None, "?"])[-1]
+        conv = self.first_conv()
+        at = f" at width {conv[-1] / BLOCK_FILTERS[0]:g}" if width and conv else ""
+        return f"{name}{at} with {classes} classes"
 
-    For fine-tuning: a variable absent from the checkpoint or of another shape is an error
-    (so a typo in --restore_exclude does not silently train from scratch).  Returns the names
-    restored.
+
+def read_contents(path: str) -> Contents:
+    """The contents of the checkpoint at ``path``; a checkpoint that is neither layout is one
+    line naming what it found."""
+    shapes = variable_shapes(path)
+    if "block1_conv1/kernel" in shapes:
+        layout = OURS
+    elif "conv2d/kernel" in shapes:
+        layout = REFERENCE
+    else:
+        found = ", ".join(sorted(shapes)[:4]) + (" ..." if len(shapes) > 4 else "")
+        raise UsageError(
+            f"{path}: not a VGG checkpoint of this project or of the reference (it holds "
+            f"{found or 'no variables'}; expected block1_conv1/kernel ... or conv2d/kernel ...)"
+        )
+    contents = Contents(path, shapes, layout, None)
+    if layout == REFERENCE:
+        return dataclasses.replace(contents, arch=arch.from_reference_scopes(contents.layers))
+    batch_norm = any(name.endswith("/moving_mean") for name in shapes)
+    return dataclasses.replace(contents, arch=arch.from_layers(contents.layers, batch_norm))
+
+
+def stored_name(name: str, contents: Contents) -> str:
+    """Our variable ``name`` (``block1_conv1/kernel/Momentum``) as ``contents`` names it."""
+    if contents.layout == OURS or contents.arch is None:
+        return name
+    layer, sep, rest = name.partition("/")
+    return contents.arch.reference_names().get(layer, layer) + sep + rest
+
+
+def our_scope(scope: str, contents: Contents | None) -> str:
+    """A --restore_exclude scope in the checkpoint's own names (``dense_2``) as ours."""
+    if contents is None or contents.layout == OURS or contents.arch is None:
+        return scope
+    ours = {ref: our for our, ref in contents.arch.reference_names().items()}
+    layer, sep, rest = scope.rstrip("/").partition("/")
+    return ours.get(layer, layer) + sep + rest
+
+
+def check_network(contents: Contents, model) -> None:
+    """Raise a UsageError naming both sides when the checkpoint holds another network than the
+    keras ``model`` (named by its arch, as model.py names it): arch, class count or width."""
+    wanted = {v.op.name: v.shape.as_list() for v in model.weights}
+    stored = {name: contents.shapes.get(stored_name(name, contents)) for name in wanted}
+    missing = [n for n, shape in stored.items() if shape is None]
+    wrong = [n for n, shape in stored.items() if shape is not None and list(shape) != wanted[n]]
+    ours = arch.get(model.name)
+    # A VGG19 checkpoint holds every VGG16 variable with the same shapes: the layers decide.
+    other = contents.arch != ours
+    if not (missing or wrong or other):
+        return
+    if missing:
+        detail = f"missing {stored_name(missing[0], contents)}"
+    elif wrong:
+        detail = f"{stored_name(wrong[0], contents)} is {list(stored[wrong[0]])}"
+    else:
+        extra = sorted(contents.layers - {n.split("/")[0] for n in wanted})
+        detail = f"unexpected {extra[0]}" if extra else "other layers"
+    model = Contents("", wanted, OURS, ours)
+    width = contents.first_conv() != model.first_conv()
+    raise UsageError(
+        f"{contents.path}: checkpoint has {contents.describe(width)}, model is "
+        f"{model.describe(width)} ({detail})"
+    )
+
+
+def restore(session, path: str, model, required=(), optional=()) -> list:
+    """Set the keras ``model``'s weights (checked with ``check_network``), ``required`` and,
+    where the checkpoint has them, ``optional`` variables from the checkpoint at ``path``
+    (either layout); returns the optional variables it lacked."""
+    contents = read_contents(path)
+    check_network(contents, model)
+    required = [*model.weights, *required]
+    variables, names, absent = [], [], []
+    for variable in required:
+        name = stored_name(variable.op.name, contents)
+        if name not in contents.shapes:
+            raise UsageError(f"{path}: has no variable {name} (needed to resume)")
+        variables.append(variable)
+        names.append(name)
+    for variable in optional:
+        name = stored_name(variable.op.name, contents)
+        if name in contents.shapes and list(contents.shapes[name]) == variable.shape.as_list():
+            variables.append(variable)
+            names.append(name)
+        else:
+            absent.append(variable)
+    assign(session, variables, read_values(path, names))
+    return absent
+
+
+def read_values(path: str, names: list[str]) -> list:
+    """The stored values of ``names`` (a damaged file is a UsageError naming it)."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        return [reader.get_tensor(name) for name in names]
+    except (tf.errors.OpError, ValueError) as err:
+        raise UsageError(
+            f"{path}: unreadable checkpoint ({reason(err)}); move its files away to resume "
+            "from an earlier one"
+        ) from err
+
+
+def restore_subset(session, path: str, variables, exclude) -> list[str]:
+    """Initialise ``variables`` from ``path`` except those under an ``exclude`` scope
+    (fine-tuning, ``--restore_path``; scopes in our names or the checkpoint's own).
+
+    A variable absent from the checkpoint or of another shape is an error (so a typo in
+    --restore_exclude does not silently train from scratch), and so is a scope that names
+    nothing.  Returns the names restored.
     """
-    stored = variable_shapes(path)
-    for scope in exclude:
+    contents = read_contents(path)
+    scopes = [our_scope(s, contents) for s in exclude if s != GLOBAL_STEP]
+    for given, scope in zip([s for s in exclude if s != GLOBAL_STEP], scopes):
         if not any(excluded(v.op.name, [scope]) for v in variables):
             # A misspelt scope would otherwise restore the layer it meant to leave out.
-            raise UsageError(f"--restore_exclude {scope}: the model has no such variable or scope")
-    chosen = [v for v in variables if not excluded(v.op.name, exclude)]
+            raise UsageError(f"--restore_exclude {given}: the model has no such variable or scope")
+    chosen = [v for v in variables if not excluded(v.op.name, scopes)]
     for v in chosen:
-        name = v.op.name
-        if name not in stored:
+        name = stored_name(v.op.name, contents)
+        if name not in contents.shapes:
             raise UsageError(f"--restore_path {path}: has no variable {name}")
-        if list(stored[name]) != v.shape.as_list():
+        if list(contents.shapes[name]) != v.shape.as_list():
             raise UsageError(
-                f"--restore_path {path}: {name} is {stored[name]}, model needs "
+                f"--restore_path {path}: {name} is {contents.shapes[name]}, model needs "
                 f"{v.shape.as_list()} (add its scope to --restore_exclude)"
             )
-    reader = tf.train.load_checkpoint(path)
-    assign(sess, chosen, [reader.get_tensor(v.op.name) for v in chosen])
-    return [v.op.name for v in chosen]
+    names = [stored_name(v.op.name, contents) for v in chosen]
+    assign(session, chosen, read_values(path, names))
+    return names
 
 
-def excluded(name: str, scopes: list[str]) -> bool:
+def excluded(name: str, scopes) -> bool:
     """True when ``name`` is one of ``scopes`` or lies under one (``fc1`` covers ``fc1/kernel``)."""
     return any(name == s or name.startswith(s.rstrip("/") + "/") for s in scopes)
 
 
-def assign(sess, variables, values) -> None:
+def assign(session, variables, values) -> None:
     """Set graph-mode ``variables`` to numpy ``values`` in one session call.
 
-    Feeds each variable's initializer instead of building assign ops or a Saver: the training
-    graph is finalized before its variables are initialised, so nothing may add ops then.  A
-    mirrored variable is set through each of its per-device copies.
+    Feeds each variable's initializer instead of building assign ops or a Saver: the graphs are
+    finalized before their variables are set, so nothing may add ops then.  A mirrored variable
+    is set through each of its per-device copies.
     """
     initializers, feeds = [], {}
     variables, values = list(variables), list(values)
@@ -217,4 +231,4 @@ def assign(sess, variables, values) -> None:
             initializers.append(part.initializer)
             feeds[part.initializer.inputs[1]] = value
     if initializers:
-        sess.run(initializers, feed_dict=feeds)
+        session.run(initializers, feed_dict=feeds)

@@ -1,35 +1,45 @@
-"""The four programs: ``run_train.py``, ``run_eval.py``, ``run_export.py``, ``run_predict.py``
-and the console scripts ``vgg-train``, ``vgg-eval``, ``vgg-export``, ``vgg-predict`` that
-``pip install .`` puts on the PATH both call these.
+"""The four programs, in one table: ``run_train.py``, ``run_eval.py``, ``run_export.py``,
+``run_predict.py`` and the console scripts ``vgg-train``, ``vgg-eval``, ``vgg-export``,
+``vgg-predict`` that ``pip install .`` puts on the PATH all call ``main``.
 
-Each ``*_main(argv)`` parses its flags before importing TensorFlow, so ``--help`` and a bad flag
-answer at once, and returns the exit code; ``*_console()`` is the console-script entry point
-(errors become one line, see ``errors.run_cli``).
+Each program parses its flags before importing TensorFlow (``cli.py`` is TensorFlow-free), so
+``--help`` and a bad flag answer at once; then it calls the same function the Python API calls
+(``train``, ``evaluate``): one way in, whichever door.  Errors become one line and an exit
+code in ``errors.run_cli``, the one place that also handles Ctrl-C.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 
-from vgg_keras.errors import run_cli
+from vgg_keras import cli
+from vgg_keras import config as config_lib
+from vgg_keras.errors import UsageError, run_cli
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    from vgg_keras import config as config_lib
+def train(config: config_lib.Config) -> int:
+    """Train (or, with --mode evaluate, evaluate every checkpoint of --eval_dir); the exit code."""
+    from vgg_keras import training
 
-    config = config_lib.from_args(argv)
-    from vgg_keras import evaluation, training
-
-    ensure_demo_data(config.data_dir)
-    if config.mode == "evaluate":
-        return evaluation.evaluate_folder(config)
+    if config.loop.mode == "evaluate":
+        raise UsageError("--mode evaluate: call evaluate() (run_eval.py) to evaluate a run")
+    ensure_demo_data(config.input.data_dir)
     return training.train(config)
+
+
+def evaluate(options: cli.EvalOptions, settings: dict) -> list[dict]:
+    """Evaluate the checkpoints ``options`` name, with the run's settings overridden by
+    ``settings``; the results, one dict per checkpoint."""
+    from vgg_keras import evaluation
+
+    ensure_demo_data(settings.get("data_dir"))
+    return evaluation.run(options, settings)
 
 
 def ensure_demo_data(data_dir: str | None) -> None:
     """Build the embedded demo dataset on first use of its folder."""
-    from vgg_keras import config as config_lib
     from vgg_keras.data import demo
 
     if data_dir == config_lib.DEMO_DATA_DIR and not demo.built_info(data_dir):
@@ -38,44 +48,86 @@ def ensure_demo_data(data_dir: str | None) -> None:
         subprocess.run([sys.executable, "-m", "vgg_keras.data.demo", data_dir], check=True)
 
 
-def eval_main(argv: list[str] | None = None) -> int:
-    from vgg_keras import cli
+def train_config(args: cli.TrainArgs, source: str = "") -> config_lib.Config:
+    """The Config of a training command line (or of the API's keywords: ``source``)."""
+    from vgg_keras.data import pipeline
 
-    args = cli.eval_parser().parse_args(argv)
+    return config_lib.resolve(
+        args.preset,
+        args.settings,
+        settings_file=args.settings_file,
+        dataset_classes=pipeline.needed_classes,
+        source=source,
+    )
+
+
+def _train_main(argv: list[str] | None) -> int:
+    args = cli.train_args(argv)
+    if args.settings.get("mode") == "evaluate":
+        return _evaluate_mode(args)
+    return train(train_config(args))
+
+
+def _evaluate_mode(args: cli.TrainArgs) -> int:
+    """``run_train.py --mode evaluate``: ``run_eval.py --eval_dir`` (default --log_dir), with
+    the run's config.json and the flags given over it."""
     from vgg_keras import evaluation
 
-    return evaluation.run(args)
+    given = {k: v for k, v in args.settings.items() if v is not None}
+    if config_lib.SETTINGS["synthetic"].read(given.get("synthetic", "false")):
+        raise UsageError("--synthetic: --mode evaluate needs the validation data (--data_dir)")
+    preset_log_dir = config_lib.PRESETS[args.preset].get("log_dir", config_lib.Loop.log_dir)
+    folder = given.get("eval_dir") or given.get("log_dir") or preset_log_dir
+    evaluating = {k: v for k, v in given.items() if k in config_lib.EVALUATION}
+    options = cli.EvalOptions(eval_dir=folder)
+    return evaluation.exit_code(evaluate(options, evaluating))
 
 
-def export_main(argv: list[str] | None = None) -> int:
-    from vgg_keras import cli
+def _eval_main(argv: list[str] | None) -> int:
+    from vgg_keras import evaluation
 
+    args = cli.eval_args(argv)
+    return evaluation.exit_code(evaluate(args.options, args.settings))
+
+
+def _export_main(argv: list[str] | None) -> int:
     args = cli.export_args(argv)
     from vgg_keras import export
 
     return export.run(args)
 
 
-def predict_main(argv: list[str] | None = None) -> int:
-    from vgg_keras import cli
-
+def _predict_main(argv: list[str] | None) -> int:
     args = cli.predict_args(argv)
     from vgg_keras import predict
 
     return predict.run(args)
 
 
+PROGRAMS: dict[str, Callable[[list[str] | None], int]] = {
+    "train": _train_main,
+    "eval": _eval_main,
+    "export": _export_main,
+    "predict": _predict_main,
+}
+
+
+def main(program: str, argv: list[str] | None = None) -> int:
+    """Run ``program`` (a key of PROGRAMS) with ``argv``; returns the exit code."""
+    return run_cli(PROGRAMS[program], argv)
+
+
 def train_console() -> int:
-    return run_cli(train_main)
+    return main("train")
 
 
 def eval_console() -> int:
-    return run_cli(eval_main)
+    return main("eval")
 
 
 def export_console() -> int:
-    return run_cli(export_main)
+    return main("export")
 
 
 def predict_console() -> int:
-    return run_cli(predict_main)
+    return main("predict")

@@ -101,16 +101,10 @@ def fast_bf16() -> bool:
     return bool(gpu_count()) or not flags or any(f in flags for f in BF16_CPU_FLAGS)
 
 
-def session_config(
-    intra_op_threads: int = 0,
-    inter_op_threads: int = 0,
-    xla: bool = False,
-    log_device_placement: bool = False,
-) -> v1.ConfigProto:
+def session_config(intra_op_threads: int, inter_op_threads: int, xla: bool) -> v1.ConfigProto:
     """A ConfigProto for CPU/GPU sessions: soft placement, GPU memory growth, optional XLA."""
     config = v1.ConfigProto(
         allow_soft_placement=True,
-        log_device_placement=log_device_placement,
         intra_op_parallelism_threads=intra_op_threads,
         inter_op_parallelism_threads=inter_op_threads,
     )
@@ -161,10 +155,6 @@ def set_precision_policy(precision: str) -> None:
         # the checkpoint's current_loss_scale would be that one): the optimizer scales the loss.
         name = keras.mixed_precision.experimental.Policy(name, loss_scale=None)
     _set_global_policy(name)
-
-
-def global_policy_name() -> str:
-    return _global_policy().name
 
 
 @contextlib.contextmanager

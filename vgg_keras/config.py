@@ -1,158 +1,120 @@
-"""Every setting in one dataclass: its flag, help, choices and group; presets; merging; validation.
+"""Every setting, declared once: its type, default, bounds, choices, flag names and help.
 
-Flag names follow the reference implementation (``--rank_size --mode --max_train_steps
---iterations_per_loop ... --class_num``); the rest are additions.  Two presets exist:
-``imagenet`` (the full recipe, the defaults below) and ``demo`` (a width-scaled VGG16 on the
-embedded digits dataset, trained to >= 97% top-1 in a few minutes on two CPU cores).
+A run's settings are a frozen ``Config`` of five frozen parts, each passed whole to the code that
+reads it: ``network`` (what a checkpoint holds and how it computes), ``input`` (the data and its
+preprocessing), ``optimizer`` (the update and its learning rate), ``loop`` (the run's length,
+intervals, folder and seed) and ``runtime`` (how this process runs; never inherited from a run's
+config.json).  Flags keep one flat name space (the reference implementation's names:
+``--rank_size --mode --max_train_steps --iterations_per_loop ... --class_num``).
 
-Each field's metadata says which group it belongs to, and the group decides who reads it:
+``resolve`` is the one way a Config is made, whichever way the values arrive (flags, a
+``--config`` file, a run's config.json, the Python API): each value is read and checked against
+its field's declaration (type, range, finiteness, choices) in ``Setting.read``, then the rules
+that tie settings together are checked in ``_check``.  Nothing below this module repeats a
+default or re-checks a choice.  No TensorFlow here, so a bad flag is answered at once.
 
-- ``network``: defines the network a checkpoint holds; a run folder keeps them fixed, and
-  every CLI that loads a checkpoint may override them;
-- ``evaluation``: what evaluating a checkpoint needs besides the network (its data);
-- ``runtime``: how this process runs; never inherited from a run's config.json;
-- ``training``: the rest, read by training only.
-
-The annotations use ``typing.Optional``/``typing.List`` so that ``typing.get_type_hints`` can
-evaluate them on every Python this project supports (3.7 included); flag types come from there.
+The annotations use ``typing.Optional``/``typing.Tuple`` so that ``typing.get_type_hints`` can
+evaluate them on every Python this project supports (3.7 included).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional, Tuple
 
-from vgg_keras.data import info
+from vgg_keras import arch, rundir
 from vgg_keras.errors import UsageError
 
 DEMO_DATA_DIR = "data/demo"
-WEIGHTS_PREFIX = "keras_imagenet:"  # --weights keras_imagenet:PATH (room for other sources)
-GROUPS = ("network", "evaluation", "runtime", "training")
+KERAS_WEIGHTS = "keras_imagenet:"  # --weights keras_imagenet:PATH, a keras.applications file
+IMAGENET_WEIGHTS = "imagenet"  # --weights imagenet: that file from Keras' cache or its URL
+FLOAT32_MAX = 3.4028234663852886e38
+INT_LIMIT = 2**62  # what TensorFlow's int64 and numpy take without overflow
+SEED_MAX = 2**31 - 1 - 10_000  # numpy seeds are 32-bit; layers add their index
+# The seed's learning-rate table changes at these steps of 5,004 steps per epoch (1,281,167
+# images // 256); its `elif i > 625000` keeps 1e-4 through step 625,000.
+REFERENCE_STEPS_PER_EPOCH = 5004
+REFERENCE_LR_STEPS = (330_000, 520_000, 625_001)
+REFERENCE_LR_EPOCHS = tuple(s / REFERENCE_STEPS_PER_EPOCH for s in REFERENCE_LR_STEPS)
 
 
-def setting(default, help: str, group: str = "training", choices=None, aliases=(), synonyms=None):
-    """A Config field with its flag's help, choices, group, extra flag names, and ``synonyms``:
-    other spellings of its values (the reference's), read as the value they name."""
-    assert group in GROUPS, group
+def setting(
+    default,
+    help: str,
+    *,
+    choices=None,
+    at_least=None,
+    above=None,
+    at_most=None,
+    below=None,
+    length: int | None = None,
+    aliases=(),
+    synonyms=None,
+    identity: bool = False,
+    evaluation: bool = False,
+):
+    """A field with everything its flag and its check need.
+
+    Bounds apply to a number or to each element of a list; ``length`` is a list's.
+    ``synonyms`` are other spellings of values (the reference's), read as the value they name.
+    ``identity``: the network a checkpoint holds (a run folder keeps them; export and predict
+    take them as flags).  ``evaluation``: evaluation needs it too (run_eval.py's flags).
+    """
     metadata = {
         "help": help,
-        "group": group,
-        "choices": choices,
+        "choices": tuple(choices) if choices else None,
+        "bounds": (at_least, above, at_most, below),
+        "length": length,
         "aliases": tuple(aliases),
         "synonyms": dict(synonyms or {}),
+        "identity": identity,
+        "evaluation": evaluation or identity,
     }
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-@dataclass
-class Config:
-    # Network
-    arch: str = setting("vgg16", "network: vgg16 or vgg19", "network", ("vgg16", "vgg19"))
-    class_num: int = setting(1000, "number of classes (ImageNet: 1000)", "network")
-    image_size: int = setting(224, "training/eval crop size in pixels", "network")
+# ---------------------------------------------------------------------------------------------
+# The parts of a Config
+
+
+@dataclass(frozen=True)
+class Network:
+    arch: str = setting(
+        "vgg16",
+        "network: vgg11, vgg13, vgg16, vgg19, or the same with batch norm (vgg16_bn ...)",
+        choices=arch.NAMES,
+        identity=True,
+    )
+    class_num: int = setting(
+        1000, "number of classes (ImageNet: 1000)", at_least=2, at_most=1_000_000, identity=True
+    )
+    image_size: int = setting(
+        224, "training/eval crop size in pixels", at_least=32, at_most=4096, identity=True
+    )
     width_multiplier: float = setting(
-        1.0, "scales every layer's width (1.0 = the published network)", "network"
+        1.0,
+        "scales every layer's width (1.0 = the published network)",
+        above=0,
+        at_most=16,
+        identity=True,
     )
     preprocess: str = setting(
         "imagenet",
         "input normalisation: imagenet (mean/std, RGB) or caffe (BGR minus mean, what the "
         "published Keras weights expect)",
-        "network",
-        ("imagenet", "caffe"),
-    )
-    dropout: float = setting(0.5, "dropout rate after fc1 and fc2")
-    dense_init: str = setting(
-        "normal",
-        "fc1/fc2 init: normal (N(0, 0.01), published) or he (for width-scaled nets)",
-        choices=("normal", "he"),
-    )
-    conv_init: str = setting(
-        "fan_out",
-        "conv init: He-normal on fan_out (the reference's; keeps the gradients' scale) or fan_in "
-        "(keeps the forward signal; the demo's)",
-        choices=("fan_in", "fan_out"),
-    )
-    # Data
-    data_dir: Optional[str] = setting(
-        None,
-        "folder of train-*/validation-* TFRecord shards, or tfds:NAME[:split]",
-        "evaluation",
-        aliases=("--datadir", "--data_path"),  # the reference's README and test scripts
-    )
-    tfds_data_dir: Optional[str] = setting(
-        None, "data_dir of a TFDS-prepared dataset (with --data_dir tfds:NAME)", "evaluation"
-    )
-    synthetic: bool = setting(
-        False, "device-resident random data of the same shapes (throughput upper bound)"
-    )
-    label_offset: int = setting(
-        1,
-        "subtracted from stored labels (TF-slim ImageNet: 1, since 0 is background)",
-        "evaluation",
-    )
-    shuffle_buffer: int = setting(10000, "records in the training shuffle buffer")
-    min_object_covered: float = setting(
-        0.1, "random crop: minimum fraction of the bounding box kept"
-    )
-    area_range: List[float] = setting(
-        [0.08, 1.0], "random crop: min,max fraction of the image area"
-    )
-    aspect_ratio_range: List[float] = setting([0.75, 1.33], "random crop: min,max aspect ratio")
-    skip_corrupt: bool = setting(
-        False, "skip unreadable records (and count them) instead of stopping", "evaluation"
-    )
-    eval_resize: str = setting(
-        "aspect",
-        "evaluation: before the central crop, resize the shorter side to image_size*256/224 "
-        "(aspect) or the whole image to that square (square, the reference's 256x256)",
-        "evaluation",
-        ("aspect", "square"),
-    )
-    # Optimisation
-    batch_size: int = setting(256, "images per replica per step")
-    eval_batch_size: Optional[int] = setting(
-        None, "images per eval batch (default: --batch_size)", "evaluation"
-    )
-    lr: float = setting(0.01, "base learning rate")
-    lr_schedule: str = setting("piecewise", "piecewise or cosine", choices=("piecewise", "cosine"))
-    lr_boundaries: List[float] = setting(
-        [50.0, 100.0, 130.0], "piecewise: epoch boundaries, comma-separated"
-    )
-    lr_values: Optional[List[float]] = setting(
-        None, "piecewise: values, one more than boundaries (default: lr, lr/10, ...)"
-    )
-    T_max: float = setting(150.0, "cosine: epochs until eta_min")
-    eta_min: float = setting(0.0, "cosine: final learning rate")
-    warmup_epochs: float = setting(
-        0.0,
-        "linear warmup over this many epochs: step k (from 0) gets (k+1)/warmup_steps of the "
-        "learning rate",
-    )
-    scale_lr: bool = setting(False, "linear scaling rule: lr = lr * global_batch / 256")
-    momentum: float = setting(0.9, "momentum")
-    use_nesterov: bool = setting(True, "Nesterov momentum")
-    label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy")
-    weight_decay: float = setting(1e-4, "L2 weight decay factor on kernels")
-    decay_biases: bool = setting(False, "also decay biases (as the reference did)")
-    clip_grad_norm: float = setting(
-        0.0,
-        "clip each step's gradient to this global norm (0: off, the reference's); keeps one "
-        "outsized step from knocking a plain VGG back to chance (the demo's: 5)",
+        choices=("imagenet", "caffe"),
+        identity=True,
     )
     precision: str = setting(
         "fp32",
         "fp32, bf16 or fp16 (mixed precision via the Keras policy)",
-        "evaluation",
-        ("fp32", "bf16", "fp16"),
+        choices=("fp32", "bf16", "fp16"),
         # The reference's --dtype tf.float32 and its scripts' NPU precision_mode values.
         aliases=("--dtype", "--precision_mode"),
         synonyms={
@@ -166,8 +128,149 @@ class Config:
             "allow_mix_precision": "fp16",
             "allow_mix_precision_bf16": "bf16",
         },
+        evaluation=True,
     )
-    # Loop
+    dropout: float = setting(0.5, "dropout rate after fc1 and fc2", at_least=0, below=1)
+    conv_init: str = setting(
+        "fan_out",
+        "conv init, truncated normal: He on fan_out (the reference's: keeps the gradients' "
+        "scale) or on fan_in (keeps the forward signal; the demo's)",
+        choices=("fan_out", "fan_in"),
+    )
+    dense_init: str = setting(
+        "normal",
+        "fc1/fc2 init: normal (N(0, 0.01), the reference's) or he (for width-scaled nets)",
+        choices=("normal", "he"),
+    )
+
+
+@dataclass(frozen=True)
+class Input:
+    data_dir: Optional[str] = setting(
+        None,
+        "folder of train-*/validation-* TFRecord shards, or tfds:NAME[:split]",
+        aliases=("--datadir", "--data_path"),  # the reference's README and test scripts
+        evaluation=True,
+    )
+    tfds_data_dir: Optional[str] = setting(
+        None, "data_dir of a TFDS-prepared dataset (with --data_dir tfds:NAME)", evaluation=True
+    )
+    synthetic: bool = setting(
+        False, "device-resident random data of the same shapes (throughput upper bound)"
+    )
+    input_mode: str = setting(
+        "standard",
+        "standard, or reference: the reference's input tensors exactly (its JPEG decode "
+        "options, TF 1's resize without half-pixel centres, the 256x256 squash before the "
+        "central crop)",
+        choices=("standard", "reference"),
+        evaluation=True,
+    )
+    label_offset: int = setting(
+        1,
+        "subtracted from stored labels (TF-slim ImageNet: 1, since 0 is background)",
+        at_least=-INT_LIMIT,
+        at_most=INT_LIMIT,
+        evaluation=True,
+    )
+    batch_size: int = setting(256, "images per replica per step", at_least=1, at_most=65536)
+    eval_batch_size: Optional[int] = setting(
+        None,
+        "images per eval batch (default: --batch_size)",
+        at_least=1,
+        at_most=65536,
+        evaluation=True,
+    )
+    shuffle_buffer: int = setting(
+        10000, "records in the training shuffle buffer", at_least=1, at_most=2**31 - 1
+    )
+    min_object_covered: float = setting(
+        0.1, "random crop: minimum fraction of the bounding box kept", at_least=0, at_most=1
+    )
+    area_range: Tuple[float, ...] = setting(
+        (0.08, 1.0), "random crop: min,max fraction of the image area", above=0, at_most=1, length=2
+    )
+    aspect_ratio_range: Tuple[float, ...] = setting(
+        (0.75, 1.333), "random crop: min,max aspect ratio", above=0, at_most=100, length=2
+    )
+    eval_resize: Optional[str] = setting(
+        None,
+        "evaluation: before the central crop, resize the shorter side to image_size*256/224 "
+        "(aspect; standard input's default) or the whole image to that square (square; "
+        "reference input's)",
+        choices=("aspect", "square"),
+        evaluation=True,
+    )
+    skip_corrupt: bool = setting(
+        False, "skip unreadable records (and count them) instead of stopping", evaluation=True
+    )
+
+    @property
+    def resize(self) -> str:
+        """The evaluation resize: --eval_resize, else the input mode's."""
+        return self.eval_resize or ("square" if self.input_mode == "reference" else "aspect")
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    lr: float = setting(0.01, "base learning rate", above=0)
+    lr_schedule: str = setting(
+        "piecewise",
+        "piecewise, cosine (per step) or cosine_epoch (constant within each epoch, as the "
+        "reference's VGG16 and torchvision step it)",
+        choices=("piecewise", "cosine", "cosine_epoch"),
+    )
+    lr_boundaries: Tuple[float, ...] = setting(
+        REFERENCE_LR_EPOCHS,
+        "piecewise: epochs at which the rate drops, comma-separated (default: the reference's "
+        "steps 330000, 520000, 625001 at 5004 steps per epoch)",
+        above=0,
+    )
+    lr_values: Optional[Tuple[float, ...]] = setting(
+        None, "piecewise: values, one more than boundaries (default: lr, lr/10, ...)", at_least=0
+    )
+    T_max: float = setting(150.0, "cosine: epochs until eta_min", above=0)
+    eta_min: float = setting(0.0, "cosine: final learning rate", at_least=0)
+    warmup_epochs: float = setting(
+        0.0,
+        "linear warmup over this many epochs: step k (from 0) gets (k+1)/warmup_steps of lr",
+        at_least=0,
+        at_most=1e6,
+    )
+    scale_lr: bool = setting(False, "linear scaling rule: lr = lr * global_batch / 256")
+    momentum: float = setting(0.9, "momentum", at_least=0, at_most=1)
+    use_nesterov: bool = setting(True, "Nesterov momentum")
+    label_smoothing: float = setting(
+        0.1, "label smoothing of the cross-entropy", at_least=0, below=1
+    )
+    weight_decay: float = setting(1e-4, "L2 weight decay factor", at_least=0)
+    decay_biases: bool = setting(
+        True,
+        "decay every trainable variable, biases included, as the reference does (false: "
+        "kernels only)",
+    )
+    clip_grad_norm: float = setting(
+        0.0,
+        "clip each step's gradient to this global norm (0: off, the reference's); keeps one "
+        "outsized step from knocking a plain VGG back to chance (the demo's: 5)",
+        at_least=0,
+    )
+    nan_policy: str = setting(
+        "stop",
+        "on NaN/Inf loss: stop, or skip_step (discard the update)",
+        choices=("stop", "skip_step"),
+    )
+
+    @property
+    def piecewise_values(self) -> tuple[float, ...]:
+        """The piecewise values; by default lr, lr/10, lr/100, ... (the reference's divisions)."""
+        if self.lr_values:
+            return tuple(self.lr_values)
+        return tuple(self.lr / 10**i for i in range(len(self.lr_boundaries) + 1))
+
+
+@dataclass(frozen=True)
+class Loop:
     mode: str = setting(
         "train_and_evaluate",
         "train, evaluate (every checkpoint in --eval_dir) or train_and_evaluate (evaluate every "
@@ -175,39 +278,50 @@ class Config:
         choices=("train", "evaluate", "train_and_evaluate"),
     )
     max_train_steps: Optional[int] = setting(
-        None, "stop after this many global steps (overrides --max_epochs)"
+        None,
+        "stop after this many global steps (overrides --max_epochs)",
+        at_least=1,
+        at_most=INT_LIMIT,
     )
-    max_epochs: float = setting(150.0, "epochs to train")
-    epochs_between_evals: float = setting(5.0, "train_and_evaluate: epochs between evaluations")
-    iterations_per_loop: int = setting(10, "training steps per session call (loop sinking)")
-    display_every: int = setting(100, "steps between log lines")
+    max_epochs: float = setting(150.0, "epochs to train", above=0, at_most=1e6)
+    epochs_between_evals: float = setting(
+        5.0, "train_and_evaluate: epochs between evaluations", above=0, at_most=1e6
+    )
+    iterations_per_loop: int = setting(
+        10, "training steps per session call (loop sinking)", at_least=1, at_most=1_000_000
+    )
+    display_every: int = setting(100, "steps between log lines", at_least=1, at_most=INT_LIMIT)
     log_name: str = setting("train.log", "log file name inside --log_dir")
     log_dir: str = setting(
         "runs/vgg16", "checkpoints, logs, metrics.jsonl, config.json, TensorBoard events"
     )
     save_checkpoints_steps: Optional[int] = setting(
-        None, "steps between checkpoints (default: one epoch)"
+        None, "steps between checkpoints (default: one epoch)", at_least=1, at_most=INT_LIMIT
     )
-    keep_checkpoint_max: int = setting(5, "checkpoints kept")
+    keep_checkpoint_max: int = setting(5, "checkpoints kept", at_least=1, at_most=1_000_000)
     restore_path: Optional[str] = setting(None, "initialise from this checkpoint (fine-tuning)")
-    restore_exclude: List[str] = setting(
-        ["predictions"],
-        "with --restore_path or --weights: scopes (layers) not loaded, comma-separated",
+    restore_exclude: Tuple[str, ...] = setting(
+        ("predictions",),
+        "with --restore_path or --weights: scopes (layers) not loaded, comma-separated (the "
+        "reference's names too: dense_2, global_step)",
     )
     weights: Optional[str] = setting(
         None,
-        "initialise from keras_imagenet:PATH, a keras.applications VGG16/VGG19 .h5 weight file, "
-        "by layer name (never downloaded)",
+        "initialise from published weights: imagenet (keras.applications' VGG16/VGG19 file, "
+        "from Keras' cache or downloaded) or keras_imagenet:PATH (such a file)",
     )
     eval_dir: Optional[str] = setting(None, "checkpoint folder to evaluate (default: --log_dir)")
-    seed: int = setting(0, "random seed (weight init, dropout, shuffling, augmentation)")
-    nan_policy: str = setting(
-        "stop",
-        "on NaN/Inf loss: stop, or skip_step (discard the update)",
-        choices=("stop", "skip_step"),
+    seed: int = setting(
+        0,
+        "random seed (weight init, dropout, shuffling, augmentation)",
+        at_least=0,
+        at_most=SEED_MAX,
     )
     overwrite: bool = setting(False, "allow a fresh start over a log_dir holding another run")
-    # Runtime
+
+
+@dataclass(frozen=True)
+class Runtime:
     distribution: str = setting(
         "auto",
         "none, mirrored (local GPUs), multi_worker (TF_CONFIG), npu (Ascend), or auto: "
@@ -215,43 +329,235 @@ class Config:
         "imports, else none",
         choices=("auto", "none", "mirrored", "multi_worker", "npu"),
     )
-    devices: Optional[List[str]] = setting(
+    devices: Optional[Tuple[str, ...]] = setting(
         None,
         "mirrored: devices, comma-separated (default: all GPUs); cpu:0,cpu:1 splits the host "
         "CPU into two devices",
     )
     rank_size: int = setting(
-        1, "npu: devices (processes) in the job, with RANK_ID and RANK_TABLE_FILE set"
+        1,
+        "npu: devices (processes) in the job, with RANK_ID and RANK_TABLE_FILE set",
+        at_least=1,
+        at_most=65536,
     )
-    intra_op_threads: int = setting(0, "threads inside one op (0: TensorFlow's choice)", "runtime")
-    inter_op_threads: int = setting(0, "ops run in parallel (0: TensorFlow's choice)", "runtime")
-    xla: bool = setting(False, "XLA auto-clustering", "runtime")
-    progress: bool = setting(True, "show tqdm progress bars", "runtime")
+    intra_op_threads: int = setting(
+        0,
+        "threads inside one op (0: TensorFlow's choice)",
+        at_least=0,
+        at_most=4096,
+        evaluation=True,
+    )
+    inter_op_threads: int = setting(
+        0,
+        "ops run in parallel (0: TensorFlow's choice)",
+        at_least=0,
+        at_most=4096,
+        evaluation=True,
+    )
+    xla: bool = setting(False, "XLA auto-clustering", evaluation=True)
+    progress: bool = setting(True, "show tqdm progress bars", evaluation=True)
 
-    @property
-    def piecewise_values(self) -> list[float]:
-        """The piecewise LR values; by default lr, lr/10, lr/100, ... one more than boundaries."""
-        if self.lr_values:
-            return list(self.lr_values)
-        return [self.lr * 0.1**i for i in range(len(self.lr_boundaries) + 1)]
+
+PARTS = {"network": Network, "input": Input, "optimizer": Optimizer, "loop": Loop}
+PARTS["runtime"] = Runtime
+
+
+@dataclass(frozen=True)
+class Config:
+    """A run's validated settings (use ``resolve`` to make one)."""
+
+    network: Network = field(default_factory=Network)
+    input: Input = field(default_factory=Input)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    loop: Loop = field(default_factory=Loop)
+    runtime: Runtime = field(default_factory=Runtime)
+
+    def value(self, name: str):
+        return getattr(getattr(self, SETTINGS[name].part), name)
+
+    def flat(self) -> dict:
+        """{setting name: value} with lists for tuples: config.json's content."""
+        return {name: _plain(self.value(name)) for name in SETTINGS}
+
+    def identity(self) -> dict:
+        """The settings that define the network a checkpoint holds."""
+        return {name: self.value(name) for name in IDENTITY}
+
+    def changed_identity(self, saved: dict, source: str) -> list[tuple]:
+        """(name, saved value, ours) for each network setting that ``saved`` (a run's
+        config.json, read from ``source``) holds with another value."""
+        changes = []
+        for name in IDENTITY:
+            if name in saved:
+                old = SETTINGS[name].read(saved[name], source)
+                if old != self.value(name):
+                    changes.append((name, old, self.value(name)))
+        return changes
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.flat(), indent=2, sort_keys=True)
+
+    def replace(self, **values) -> Config:
+        """This config with some settings changed, checked like any other."""
+        return resolve(settings={**self.flat(), **values}, need_data=False, source="")
 
 
-def names(*groups: str) -> tuple[str, ...]:
-    """The settings of ``groups`` (all of them without arguments), in field order."""
-    return tuple(
-        f.name for f in dataclasses.fields(Config) if not groups or f.metadata["group"] in groups
-    )
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
-# Read from the fields, for the tests and for readers; the fields are the one definition.
-HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
-CHOICES = {
-    f.name: f.metadata["choices"] for f in dataclasses.fields(Config) if f.metadata["choices"]
-}
-NETWORK_KEYS = names("network")  # a checkpoint fits only a run that agrees on all of them
+# ---------------------------------------------------------------------------------------------
+# Reading and checking one value
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One declared setting: where it lives and how a value of it is read and checked."""
+
+    name: str
+    part: str
+    kind: type  # int, float, str or bool (of each element, for a list)
+    is_list: bool
+    optional: bool
+    metadata: dict
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name}"
+
+    def read(self, value, source: str = ""):
+        """``value`` (text as a flag gives it, or a JSON/Python value) as this setting's type,
+        checked; a UsageError names the source and the setting otherwise."""
+        where = f"{source}: {self.name}" if source else self.flag
+        try:
+            value = self._convert(value)
+            self._check(value)
+        except ValueError as err:
+            raise UsageError(f"{where}: {err}") from None
+        return value
+
+    def _convert(self, value):
+        if value is None:
+            if self.optional:
+                return None
+            raise ValueError("must be given (null is not a value here)")
+        if isinstance(value, str):
+            value = self.metadata["synonyms"].get(value, value)
+        if not self.is_list:
+            return _scalar(self.kind, value)
+        if isinstance(value, str):
+            # Also the reference's Python-literal lists: "['dense_2','global_step']".
+            parts = [p.strip(" '\"") for p in value.strip().strip("[]").split(",")]
+            value = [p for p in parts if p]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a comma-separated list, got {value!r}")
+        return tuple(_scalar(self.kind, item) for item in value)
+
+    def _check(self, value) -> None:
+        if value is None:
+            return
+        meta = self.metadata
+        items = value if self.is_list else (value,)
+        if meta["length"] is not None and len(items) != meta["length"]:
+            raise ValueError(f"expected {meta['length']} values min,max, got {_shown(value)}")
+        for item in items:
+            if meta["choices"] and item not in meta["choices"]:
+                raise ValueError(
+                    f"must be one of {', '.join(map(str, meta['choices']))}, got {item!r}"
+                )
+            if self.kind in (int, float):
+                _check_number(item, meta["bounds"], _shown(value))
+
+
+def _scalar(kind: type, value):
+    """``value`` as ``kind``: text is parsed as a flag would parse it; a bool is never a
+    number, a fraction never an integer."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("1", "true", "yes", "y", "on"):
+                return True
+            if text in ("0", "false", "no", "n", "off"):
+                return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if kind is str:
+        if isinstance(value, str) and value:
+            return value
+        raise ValueError(f"expected a non-empty text, got {value!r}")
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = kind(value.strip()) if kind is float else int(value.strip(), 10)
+        except ValueError:
+            raise ValueError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {value!r}"
+            ) from None
+    if kind is int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < INT_LIMIT:
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _check_number(value, bounds, shown: str) -> None:
+    at_least, above, at_most, below = bounds
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {shown}")
+    if abs(value) > (FLOAT32_MAX if isinstance(value, float) else INT_LIMIT):
+        raise ValueError(f"is too large, got {shown}")
+    for limit, ok, words in (
+        (at_least, lambda v, x: v >= x, ">="),
+        (above, lambda v, x: v > x, ">"),
+        (at_most, lambda v, x: v <= x, "<="),
+        (below, lambda v, x: v < x, "<"),
+    ):
+        if limit is not None and not ok(value, limit):
+            raise ValueError(f"must be {words} {limit:g}, got {shown}")
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _declared() -> dict[str, Setting]:
+    found = {}
+    for part, cls in PARTS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            found[f.name] = declared_setting(f, hints[f.name], part)
+    return found
+
+
+def declared_setting(f: dataclasses.Field, hint, part: str) -> Setting:
+    """The Setting of a dataclass field declared with ``setting`` (also the programs' own
+    options in cli.py)."""
+    args = getattr(hint, "__args__", None) or ()
+    optional = getattr(hint, "__origin__", None) is typing.Union
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+        args = getattr(hint, "__args__", None) or ()
+    is_list = getattr(hint, "__origin__", None) in (tuple, Tuple)
+    kind = args[0] if is_list else hint
+    return Setting(f.name, part, kind, is_list, optional, dict(f.metadata))
+
+
+SETTINGS = _declared()
+IDENTITY = tuple(n for n, s in SETTINGS.items() if s.metadata["identity"])
+EVALUATION = tuple(n for n, s in SETTINGS.items() if s.metadata["evaluation"])
+INHERITED = tuple(n for n, s in SETTINGS.items() if s.part != "runtime")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets and resolution
 
 
 PRESETS: dict[str, dict] = {
@@ -270,10 +576,11 @@ PRESETS: dict[str, dict] = {
         "T_max": 20.0,
         "warmup_epochs": 1.0,
         "clip_grad_norm": 5.0,
+        "decay_biases": False,
         "max_epochs": 20.0,
         "epochs_between_evals": 5.0,
-        "area_range": [0.6, 1.0],
-        "aspect_ratio_range": [0.85, 1.18],
+        "area_range": (0.6, 1.0),
+        "aspect_ratio_range": (0.85, 1.18),
         "shuffle_buffer": 2000,
         "display_every": 50,
         "log_dir": "runs/demo",
@@ -282,97 +589,145 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def str2bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "y", "on"):
-        return True
-    if value in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def resolve(
+    preset: str = "imagenet",
+    settings: Optional[dict] = None,
+    *,
+    saved: Optional[dict] = None,
+    settings_file: Optional[str] = None,
+    need_data: bool = True,
+    dataset_classes: Optional[Callable[[str, int], Optional[int]]] = None,
+    source: str = "",
+    saved_source: str = "config.json",
+) -> Config:
+    """The one way a Config is made: defaults <- ``preset`` <- a run's config.json (``saved``,
+    without the runtime settings) <- a --config file (``settings_file``, all of it) <-
+    ``settings`` given (flags or keyword arguments; None means not given).  ``settings_file``
+    is the --config file's path.
+
+    Every value is read and checked by its Setting (naming ``source``: "" for flags, else a
+    file or "train()"); a name that is not a setting is refused, except in ``saved`` (a
+    config.json of another version keeps working).  ``dataset_classes(data_dir, label_offset)``
+    gives the classes the dataset's labels need (training and evaluation pass
+    data.info's; export and predict compare the class count with the checkpoint instead).
+    """
+    if preset not in PRESETS:
+        raise UsageError(f"--preset: must be one of {', '.join(PRESETS)}, got {preset!r}")
+    values = {name: SETTINGS[name].read(v, "preset") for name, v in PRESETS[preset].items()}
+    for name, value in (saved or {}).items():
+        if name in INHERITED:
+            values[name] = SETTINGS[name].read(value, saved_source)
+    from_file = read_settings_file(settings_file) if settings_file else {}
+    values.update(read_all(from_file, f"--config {settings_file}"))
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    values.update(read_all(given, source))
+    if need_data and dataset_classes is not None:
+        chosen = any("class_num" in d for d in (given, saved or {}, from_file))
+        _class_num_from_data(values, dataset_classes, chosen)
+    parts = {}
+    for part, cls in PARTS.items():
+        names = [f.name for f in dataclasses.fields(cls)]
+        parts[part] = cls(**{n: values[n] for n in names if n in values})
+    config = Config(**parts)
+    _check(config, need_data)
+    return config
 
 
-def _list_of(kind):
-    def parse(text: str):
-        # Also the reference's Python-literal lists: "['dense_2','global_step']".
-        parts = [p.strip(" '\"") for p in str(text).strip().strip("[]").split(",")]
-        try:
-            return [kind(p) for p in parts if p]
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list: {text!r}") from err
-
-    parse.__name__ = f"list of {kind.__name__}"
-    return parse
+def read_all(values: dict, source: str) -> dict:
+    """Each of ``values`` read by its Setting; an unknown name is refused, naming it."""
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        where = f"{source}: " if source else ""
+        raise UsageError(f"{where}unknown setting {unknown[0]!r}")
+    return {name: SETTINGS[name].read(value, source) for name, value in values.items()}
 
 
-def _flag_type(hint):
-    """argparse type for a field's type hint: Optional[X] is X, List[X] a comma-separated list."""
-    args = getattr(hint, "__args__", None) or ()
-    if getattr(hint, "__origin__", None) is typing.Union:  # Optional[X]
-        return _flag_type(next(a for a in args if a is not type(None)))
-    if getattr(hint, "__origin__", None) in (list, List):
-        return _list_of(args[0])
-    return str2bool if hint is bool else hint
+def _class_num_from_data(values: dict, dataset_classes, chosen: bool) -> None:
+    """class_num defaults to the classes the dataset's labels need; a class count chosen by
+    flag or by the run's config.json that is smaller is refused, a larger one (a head with
+    spare classes) is noted."""
+    data_dir = values.get("data_dir")
+    if not data_dir or values.get("synthetic"):
+        return
+    needed = dataset_classes(data_dir, values.get("label_offset", Input.label_offset))
+    if needed is None:
+        return
+    class_num = values.get("class_num", Network.class_num)
+    if not chosen:
+        values["class_num"] = SETTINGS["class_num"].read(needed, f"{data_dir} (its classes)")
+    elif class_num < needed:
+        raise UsageError(f"--class_num {class_num}: the dataset in {data_dir} has {needed} classes")
+    elif class_num > needed:
+        print(
+            f"note: --class_num {class_num}: the dataset in {data_dir} has {needed} classes; "
+            f"{class_num - needed} of the network's classes have no images",
+            file=sys.stderr,
+        )
 
 
-def _with_synonyms(parse, synonyms: dict):
-    """``parse`` that first reads the value's other spellings."""
-
-    def read(text: str):
-        return synonyms.get(text, parse(text) if callable(parse) else text)
-
-    read.__name__ = getattr(parse, "__name__", "value")
-    return read
+def _need(ok: bool, flag: str, message: str) -> None:
+    if not ok:
+        raise UsageError(f"--{flag}: {message}")
 
 
-class UsageParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors become a UsageError (one line, exit code 2)."""
-
-    def error(self, message: str):
-        raise UsageError(message)
-
-
-def add_config_flags(parser: argparse.ArgumentParser, only=None) -> None:
-    """Add one flag per Config field (all of them, or those in ``only``); defaults are None, so
-    that ``merge`` can tell a flag given from one left out."""
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        if only is not None and f.name not in only:
-            continue
-        kwargs = {"type": _flag_type(hints[f.name]), "default": None, "help": f.metadata["help"]}
-        if f.metadata["synonyms"]:
-            kwargs["type"] = _with_synonyms(kwargs["type"], f.metadata["synonyms"])
-        if f.metadata["choices"]:
-            kwargs["choices"] = f.metadata["choices"]
-        if kwargs["type"] is str2bool:
-            kwargs.update(nargs="?", const=True)
-        parser.add_argument(f"--{f.name}", *f.metadata["aliases"], dest=f.name, **kwargs)
-
-
-def train_parser() -> argparse.ArgumentParser:
-    parser = UsageParser(
-        prog="run_train.py",
-        description="Train VGG16/VGG19 on TF-slim ImageNet TFRecords.",
+def _check(c: Config, need_data: bool) -> None:
+    """The rules that tie settings together (each value alone was checked by its Setting)."""
+    o, i, loop = c.optimizer, c.input, c.loop
+    _need(
+        list(o.lr_boundaries) == sorted(o.lr_boundaries),
+        "lr_boundaries",
+        f"must be increasing, got {_shown(o.lr_boundaries)}",
     )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="imagenet", help="starting defaults"
+    if o.lr_values is not None:
+        _need(
+            len(o.lr_values) == len(o.lr_boundaries) + 1,
+            "lr_values",
+            f"needs {len(o.lr_boundaries) + 1} values for {len(o.lr_boundaries)} boundaries, "
+            f"got {len(o.lr_values)}",
+        )
+    for name in ("area_range", "aspect_ratio_range"):
+        low, high = getattr(i, name)
+        _need(low <= high, name, f"must be min,max with min <= max, got {_shown((low, high))}")
+    _need(
+        i.synthetic or i.data_dir is not None or not need_data,
+        "data_dir",
+        "is required (or use --synthetic, or --preset demo)",
     )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="settings from a JSON (or, with PyYAML installed, YAML) file with config.json's "
-        "keys, e.g. another run's config.json; flags override it",
+    name = loop.log_name
+    _need(
+        "/" not in name and name not in (".", ".."), "log_name", "must be a file name, not a path"
     )
-    add_config_flags(parser)
-    return parser
+    _need(
+        not rundir.is_own_name(name),
+        "log_name",
+        f"{name} is one of the run's own files in --log_dir; choose another name",
+    )
+    if loop.weights is not None:
+        spec = loop.weights
+        _need(
+            spec == IMAGENET_WEIGHTS or (spec.startswith(KERAS_WEIGHTS) and spec != KERAS_WEIGHTS),
+            "weights",
+            f"expected {IMAGENET_WEIGHTS} or {KERAS_WEIGHTS}PATH, got {spec!r}",
+        )
+        _need(loop.restore_path is None, "weights", "use either --weights or --restore_path")
+        _need(
+            arch.get(c.network.arch).keras_weights,
+            "weights",
+            f"keras.applications publishes ImageNet weights for vgg16 and vgg19 only, not "
+            f"{c.network.arch}",
+        )
 
 
 def read_settings_file(path: str) -> dict:
-    """The settings in a --config file: a JSON or YAML mapping of setting names to values."""
+    """The settings in a --config file: a JSON or YAML mapping of setting names to values
+    (a run's config.json included: what the run recorded there is left out)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as err:
         raise UsageError(f"--config {path}: cannot read it ({err.strerror})") from err
+    except ValueError as err:
+        raise UsageError(f"--config {path}: not a UTF-8 text file ({err})") from err
     if path.endswith((".yaml", ".yml")):
         try:
             import yaml
@@ -392,224 +747,5 @@ def read_settings_file(path: str) -> dict:
             raise UsageError(f"--config {path}: not valid JSON ({err})") from err
     if not isinstance(values, dict):
         raise UsageError(f"--config {path}: expected a mapping of setting names to values")
-    unknown = sorted(set(values) - set(HELP))
-    if unknown:
-        raise UsageError(f"--config {path}: unknown setting {unknown[0]!r}")
-    return {name: _from_file(name, value) for name, value in values.items()}
-
-
-def _from_file(name: str, value):
-    """A file's value as its flag would read it when written as text (``"8"``, ``"1,2"``,
-    ``tf.float32``); other values as they are."""
-    if not isinstance(value, str):
-        return value
-    f = next(f for f in dataclasses.fields(Config) if f.name == name)
-    parse = _flag_type(typing.get_type_hints(Config)[name])
-    try:
-        value = f.metadata["synonyms"].get(value, value)
-        return value if parse is str else parse(value)
-    except (ValueError, argparse.ArgumentTypeError) as err:
-        raise UsageError(f"--config: {name}: {err}") from err
-
-
-def merge(
-    preset: str = "imagenet",
-    saved: Optional[dict] = None,
-    flags: Optional[dict] = None,
-    need_data: bool = True,
-    settings_file: Optional[dict] = None,
-) -> Config:
-    """The one way every CLI resolves its settings: defaults <- preset <- a run's config.json
-    (``saved``, without the runtime settings) <- a --config file (``settings_file``, all of
-    it) <- flags given (None means not given).
-
-    Keys that are not settings are ignored (a CLI's own flags, config.json of another version).
-    ``need_data=False`` for tools that need no training data (export, predict).
-    """
-    values = dict(PRESETS[preset])
-    inherited = set(names()) - set(names("runtime"))
-    values.update({k: v for k, v in (saved or {}).items() if k in inherited})
-    values.update({k: v for k, v in (settings_file or {}).items() if k in HELP})
-    given = {k: v for k, v in (flags or {}).items() if k in HELP and v is not None}
-    values.update(given)
-    if need_data:  # export and predict compare the class count with the checkpoint's instead
-        chosen = any("class_num" in d for d in (given, saved or {}, settings_file or {}))
-        _class_num_from_data(values, chosen=chosen)
-    config = Config(**values)
-    validate(config, need_data)
-    return config
-
-
-def _class_num_from_data(values: dict, chosen: bool) -> None:
-    """class_num defaults to the classes the dataset's labels need (dataset_info.json's
-    num_classes, shifted when --label_offset differs from the file's); a class count chosen by
-    flag or by the run's config.json that is smaller is refused, one that is larger (a head
-    with spare classes) is noted."""
-    data_dir = values.get("data_dir")
-    if not data_dir or values.get("synthetic") or not os.path.isdir(data_dir):
-        return
-    meta = info.read_info(data_dir)
-    if not isinstance(meta.get("num_classes"), int):
-        return
-    offset = values.get("label_offset", Config.label_offset)
-    needed = meta["num_classes"] + int(meta.get("label_offset", 1)) - offset
-    class_num = values.get("class_num", Config.class_num)
-    if not chosen:
-        values["class_num"] = needed
-    elif class_num < needed:
-        raise UsageError(
-            f"--class_num {class_num}: the dataset in {data_dir} has {needed} classes "
-            f"({info.INFO_FILE})"
-        )
-    elif class_num > needed:
-        print(
-            f"note: --class_num {class_num}: the dataset in {data_dir} has {needed} classes; "
-            f"{class_num - needed} of the network's classes have no images",
-            file=sys.stderr,
-        )
-
-
-def make_config(preset: str = "imagenet", **flags) -> Config:
-    """``merge(preset, flags=flags)``: a validated Config from a preset and explicit values."""
-    return merge(preset, flags=flags)
-
-
-def from_args(argv: Optional[List[str]] = None) -> Config:
-    args = vars(train_parser().parse_args(argv))
-    path = args.pop("config")
-    settings_file = read_settings_file(path) if path else None
-    return merge(args.pop("preset"), flags=args, settings_file=settings_file)
-
-
-# What a run keeps in its log_dir (rundir, reporting, runlock, checkpoints, evaluation): a log
-# file of that name would be appended to it.
-RUN_FILES = (
-    "config.json",
-    "metrics.jsonl",
-    "checkpoint",
-    "train.lock",
-    "eval.log",
-    "eval_results.json",
-    "eval_results.csv",
-    "eval_curve.png",
-    "eval",
-)
-RUN_FILE_PREFIXES = ("model.ckpt", "events.out.tfevents", ".")
-
-
-def _need(ok: bool, flag: str, message: str) -> None:
-    if not ok:
-        raise UsageError(f"--{flag}: {message}")
-
-
-def validate(c: Config, need_data: bool = True) -> None:
-    """Reject values that cannot work, naming the flag."""
-    for name, choices in CHOICES.items():
-        _need(getattr(c, name) in choices, name, f"must be one of {', '.join(choices)}")
-    _need(c.class_num >= 2, "class_num", f"needs at least 2 classes, got {c.class_num}")
-    _need(
-        c.image_size >= 32, "image_size", f"must be at least 32 (5 max-pools), got {c.image_size}"
-    )
-    _need(c.width_multiplier > 0, "width_multiplier", f"must be > 0, got {c.width_multiplier}")
-    _need(0 <= c.dropout < 1, "dropout", f"must be in [0, 1), got {c.dropout}")
-    _need(c.batch_size >= 1, "batch_size", f"must be >= 1, got {c.batch_size}")
-    _need(
-        c.eval_batch_size is None or c.eval_batch_size >= 1,
-        "eval_batch_size",
-        f"must be >= 1, got {c.eval_batch_size}",
-    )
-    _need(0 < c.lr < math.inf, "lr", f"must be > 0 and finite, got {c.lr}")
-    _need(0 <= c.momentum < math.inf, "momentum", f"must be >= 0 and finite, got {c.momentum}")
-    _need(
-        0 <= c.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {c.label_smoothing}"
-    )
-    _need(
-        0 <= c.weight_decay < math.inf,
-        "weight_decay",
-        f"must be >= 0 and finite, got {c.weight_decay}",
-    )
-    _need(
-        0 <= c.clip_grad_norm < math.inf,
-        "clip_grad_norm",
-        f"must be >= 0 and finite (0: off), got {c.clip_grad_norm}",
-    )
-    _need(c.T_max > 0, "T_max", f"must be > 0 epochs, got {c.T_max}")
-    _need(c.eta_min >= 0, "eta_min", f"must be >= 0, got {c.eta_min}")
-    _need(c.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {c.warmup_epochs}")
-    _need(
-        list(c.lr_boundaries) == sorted(c.lr_boundaries) and all(b > 0 for b in c.lr_boundaries),
-        "lr_boundaries",
-        f"must be positive and increasing, got {c.lr_boundaries}",
-    )
-    if c.lr_values is not None:
-        _need(
-            len(c.lr_values) == len(c.lr_boundaries) + 1,
-            "lr_values",
-            f"needs {len(c.lr_boundaries) + 1} values for {len(c.lr_boundaries)} boundaries, "
-            f"got {len(c.lr_values)}",
-        )
-        _need(all(0 <= v < math.inf for v in c.lr_values), "lr_values", "must be >= 0, finite")
-    _validate_loop(c)
-    _validate_data(c, need_data)
-
-
-def _validate_loop(c: Config) -> None:
-    _need(
-        c.max_train_steps is None or c.max_train_steps >= 1,
-        "max_train_steps",
-        f"must be >= 1, got {c.max_train_steps}",
-    )
-    _need(c.max_epochs > 0, "max_epochs", f"must be > 0, got {c.max_epochs}")
-    _need(c.epochs_between_evals > 0, "epochs_between_evals", "must be > 0")
-    _need(
-        c.iterations_per_loop >= 1,
-        "iterations_per_loop",
-        f"must be >= 1, got {c.iterations_per_loop}",
-    )
-    _need(c.display_every >= 1, "display_every", f"must be >= 1, got {c.display_every}")
-    _need(
-        c.save_checkpoints_steps is None or c.save_checkpoints_steps >= 1,
-        "save_checkpoints_steps",
-        "must be >= 1",
-    )
-    _need(c.keep_checkpoint_max >= 1, "keep_checkpoint_max", "must be >= 1")
-    _need(c.rank_size >= 1, "rank_size", f"must be >= 1, got {c.rank_size}")
-    _need(
-        bool(c.log_name) and "/" not in c.log_name and os.sep not in c.log_name,
-        "log_name",
-        "must be a file name, not a path",
-    )
-    _need(
-        c.log_name not in (".", "..")
-        and not c.log_name.startswith(RUN_FILE_PREFIXES)
-        and c.log_name not in RUN_FILES,
-        "log_name",
-        f"{c.log_name} is one of the run's own files in --log_dir; choose another name",
-    )
-
-
-def _validate_data(c: Config, need_data: bool) -> None:
-    _need(c.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
-    _need(0 <= c.min_object_covered <= 1, "min_object_covered", "must be in [0, 1]")
-    _need(
-        len(c.area_range) == 2 and 0 < c.area_range[0] <= c.area_range[1] <= 1,
-        "area_range",
-        f"must be two fractions min,max in (0, 1], got {c.area_range}",
-    )
-    _need(
-        len(c.aspect_ratio_range) == 2 and 0 < c.aspect_ratio_range[0] <= c.aspect_ratio_range[1],
-        "aspect_ratio_range",
-        f"must be two ratios min,max, got {c.aspect_ratio_range}",
-    )
-    _need(
-        c.synthetic or c.data_dir is not None or not need_data,
-        "data_dir",
-        "is required (or use --synthetic, or --preset demo)",
-    )
-    if c.weights is not None:
-        _need(
-            c.weights.startswith(WEIGHTS_PREFIX) and len(c.weights) > len(WEIGHTS_PREFIX),
-            "weights",
-            f"expected {WEIGHTS_PREFIX}PATH, got {c.weights!r}",
-        )
-        _need(c.restore_path is None, "weights", "use either --weights or --restore_path")
+    values.pop(rundir.RECORDED, None)
+    return values

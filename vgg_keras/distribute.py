@@ -37,7 +37,7 @@ from typing import ClassVar
 
 from vgg_keras import compat, npu
 from vgg_keras.compat import tf, v1
-from vgg_keras.config import Config
+from vgg_keras.config import Config, Runtime
 from vgg_keras.data import pipeline
 from vgg_keras.errors import UsageError
 
@@ -86,8 +86,13 @@ class Distribution:
         """Where variables, the model and the optimizer must be created."""
         return self.strategy.scope()
 
-    def session(self, graph: tf.Graph, config: v1.ConfigProto) -> v1.Session:
-        return v1.Session(target=self.target, graph=graph, config=self.configure_session(config))
+    def session(self, graph: tf.Graph, runtime: Runtime) -> v1.Session:
+        """A session for ``graph`` with --intra_op_threads, --inter_op_threads and --xla; every
+        graph of the project (training, evaluation, export, prediction) gets one here."""
+        proto = compat.session_config(
+            runtime.intra_op_threads, runtime.inter_op_threads, runtime.xla
+        )
+        return v1.Session(target=self.target, graph=graph, config=self.configure_session(proto))
 
     def input_iterator(self, dataset_fn: Callable[[int, int], tf.data.Dataset]):
         """(initializer op, get_next function) over per-replica batches.
@@ -138,8 +143,8 @@ class Distribution:
         shares = [split.for_worker(self.num_workers, i)[2] for i in range(self.num_workers)]
         return max(1, math.ceil(max(shares) / (batch_size * self.local_replicas)))
 
-    def model_precision(self, precision: str) -> str:
-        """The Keras policy's precision."""
+    def precision(self, precision: str) -> str:
+        """The Keras policy of every graph of a run (training, evaluation) for --precision."""
         return precision
 
     def wrap_optimizer(self, optimizer, precision: str):
@@ -157,7 +162,7 @@ class Distribution:
         """None: the training graph sinks its loop into a tf.while_loop (see Npu)."""
         return None
 
-    def check_intervals(self, iterations_per_loop: int, intervals: dict) -> None:
+    def check_plan(self, plan) -> None:
         """Session calls are cut short at log, save and eval steps: any interval works."""
 
 
@@ -187,8 +192,8 @@ class Npu(Distribution):
         optimizer here)."""
         return dataclasses.replace(self, num_replicas=1, num_workers=1, worker_index=0)
 
-    def model_precision(self, precision: str) -> str:
-        """The graph stays float32; the NPU mixes precision itself (its precision_mode)."""
+    def precision(self, precision: str) -> str:
+        """The graphs stay float32; the NPU mixes precision itself (its precision_mode)."""
         return "fp32"
 
     def wrap_optimizer(self, optimizer, precision: str):
@@ -202,16 +207,9 @@ class Npu(Distribution):
         """(op running N steps per call, load(session, N)): the device repeats the step."""
         return npu.device_loop(train_op)
 
-    def check_intervals(self, iterations_per_loop: int, intervals: dict) -> None:
-        """The device loop always runs --iterations_per_loop steps: the intervals must be
-        multiples of it, or a checkpoint or an evaluation would be skipped."""
-        n = iterations_per_loop
-        for name, every in intervals.items():
-            if n > 1 and every and every % n:
-                raise UsageError(
-                    f"--iterations_per_loop {n}: on Ascend the {name} interval ({every} steps) "
-                    "must be a multiple of it"
-                )
+    def check_plan(self, plan) -> None:
+        """The device loop always runs --iterations_per_loop steps."""
+        plan.check_fixed_calls()
 
 
 def pad_batches(dataset: tf.data.Dataset, batch_size: int, batches: int) -> tf.data.Dataset:
@@ -232,11 +230,12 @@ def pad_batches(dataset: tf.data.Dataset, batch_size: int, batches: int) -> tf.d
 
 def resolve_kind(config: Config, cluster: dict | None = None) -> str:
     """The distribution ``auto`` stands for, or the one asked for."""
-    if config.distribution != "auto":
-        return config.distribution
+    runtime = config.runtime
+    if runtime.distribution != "auto":
+        return runtime.distribution
     if cluster is not None:
         return "multi_worker"
-    if config.devices:
+    if runtime.devices:
         return "mirrored"
     if compat.npu_available():
         return "npu"
@@ -252,12 +251,13 @@ def create(config: Config) -> Distribution:
     tf_config = _read_tf_config()
     cluster = tf_config.get("cluster") if tf_config else None
     kind = resolve_kind(config, cluster)
-    if kind != "npu" and config.rank_size > 1:
+    runtime = config.runtime
+    if kind != "npu" and runtime.rank_size > 1:
         raise UsageError(
             f"--rank_size applies to --distribution npu; {kind} takes its size from "
             "--devices or TF_CONFIG"
         )
-    if kind != "mirrored" and config.devices:
+    if kind != "mirrored" and runtime.devices:
         raise UsageError(f"--devices applies to --distribution mirrored, not {kind}")
     if kind == "multi_worker":
         return _multi_worker(tf_config)
@@ -267,7 +267,7 @@ def create(config: Config) -> Distribution:
             "(use multi_worker or auto, or unset TF_CONFIG)"
         )
     if kind == "mirrored":
-        return _mirrored(config.devices)
+        return _mirrored(runtime.devices)
     if kind == "npu":
         return _npu(config)
     return single_device()
@@ -414,19 +414,22 @@ def _npu(config: Config) -> Distribution:
         rank_id = int(os.environ.get("RANK_ID", "0"))
     except ValueError as err:
         raise UsageError(f"RANK_ID must be an integer, got {os.environ['RANK_ID']!r}") from err
-    if config.rank_size > 1:
+    ranks = config.runtime.rank_size
+    if ranks > 1:
         missing = [v for v in ("RANK_ID", "RANK_TABLE_FILE") if not os.environ.get(v)]
         if missing:
-            raise UsageError(f"--rank_size {config.rank_size}: set {' and '.join(missing)}")
-        if not 0 <= rank_id < config.rank_size:
-            raise UsageError(f"RANK_ID {rank_id} is outside --rank_size {config.rank_size}")
+            raise UsageError(f"--rank_size {ranks}: set {' and '.join(missing)}")
+        if not 0 <= rank_id < ranks:
+            raise UsageError(f"RANK_ID {rank_id} is outside --rank_size {ranks}")
     return Npu(
         tf.distribute.get_strategy(),
-        num_replicas=config.rank_size,
-        num_workers=config.rank_size,
-        worker_index=rank_id if config.rank_size > 1 else 0,
-        is_chief=rank_id == 0 or config.rank_size == 1,
+        num_replicas=ranks,
+        num_workers=ranks,
+        worker_index=rank_id if ranks > 1 else 0,
+        is_chief=rank_id == 0 or ranks == 1,
         configure_session=lambda base: npu.session_config(
-            base, precision=config.precision, iterations_per_loop=config.iterations_per_loop
+            base,
+            precision=config.network.precision,
+            iterations_per_loop=config.loop.iterations_per_loop,
         ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Callable
@@ -19,6 +20,22 @@ class UsageError(Exception):
 
 class RunError(Exception):
     """A run that cannot go on (a checkpoint cannot be written): one line, exit code 1."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C with what the user should know about it (``run_cli`` prints it)."""
+
+
+@contextlib.contextmanager
+def on_interrupt(message: str):
+    """Ctrl-C inside becomes ``Interrupted(message)``: the one place that handles Ctrl-C,
+    ``run_cli``, then prints ``message`` instead of a bare "interrupted"."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(message) from None
 
 
 # Lines of a TensorFlow graph error that say where, not what.
@@ -58,6 +75,6 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(str(err) or "interrupted", file=sys.stderr)
         return EXIT_SIGINT

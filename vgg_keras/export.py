@@ -23,7 +23,6 @@ Exports always compute in float32, whatever precision the network was trained in
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -31,14 +30,13 @@ import os
 import shutil
 import warnings
 
-from vgg_keras import atomic, checkpoints, compat, keras_weights, rundir
+from vgg_keras import atomic, checkpoints, cli, compat, distribute, keras_weights, rundir
 from vgg_keras import config as config_lib
 from vgg_keras import model as model_lib
-from vgg_keras.cli import EXPORT_FORMATS
 from vgg_keras.compat import keras, tf, v1
-from vgg_keras.config import NETWORK_KEYS, Config
+from vgg_keras.config import Config
 from vgg_keras.data import info, preprocess
-from vgg_keras.errors import UsageError
+from vgg_keras.errors import UsageError, reason
 
 INPUT_NODE = "input"  # build_vgg's keras.Input: in graph mode, a placeholder of that name
 OUTPUT_NODE = "logits"
@@ -48,6 +46,7 @@ EXPORT_INFO_FILE = "export_info.json"
 BYTES_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "serving_pixels"
 TOP_K = 5
+PRECISION = "fp32"  # exports compute in float32, whatever precision the network trained in
 
 
 @dataclasses.dataclass
@@ -60,19 +59,18 @@ class ModelSource:
 
     @property
     def step(self) -> int:
-        return checkpoints.checkpoint_step(self.checkpoint) if self.checkpoint else 0
+        return rundir.checkpoint_step(self.checkpoint) if self.checkpoint else 0
 
     def restore(self, session, model: keras.Model) -> None:
-        """Load the weights into ``model`` (call with ``model``'s graph as the default graph)."""
+        """Load the weights into ``model`` (a checkpoint of either layout, or a weight file)."""
         if self.checkpoint:
-            checkpoints.check_compatible(self.checkpoint, model.weights)
-            checkpoints.restore(v1.train.Saver(model.weights), session, self.checkpoint)
+            checkpoints.restore(session, self.checkpoint, model)
         else:
             keras_weights.load(session, model, self.weights_file)
 
     def labels_file(self) -> str | None:
         """The dataset's labels.txt, when the config names a data folder that has one."""
-        data_dir = self.config.data_dir
+        data_dir = self.config.input.data_dir
         if data_dir and os.path.isfile(os.path.join(data_dir, info.LABELS_FILE)):
             return os.path.join(data_dir, info.LABELS_FILE)
         return None
@@ -88,20 +86,30 @@ def class_names(labels: str | None, class_num: int) -> list[str]:
     return names
 
 
-def from_checkpoint(path: str, overrides: dict | None = None) -> ModelSource:
-    """A checkpoint prefix (or folder: its latest) with the settings of the run that wrote it."""
-    checkpoint = checkpoints.resolve(path)
-    saved = rundir.read_config(os.path.dirname(checkpoint))
-    config = config_lib.merge(saved=saved, flags=overrides, need_data=False)
+def from_checkpoint(path: str, settings: dict | None = None) -> ModelSource:
+    """A checkpoint prefix (or folder: its newest) with the settings of the run that wrote it
+    (a reference checkpoint without config.json: the network read from its variables)."""
+    (checkpoint,) = rundir.resolve_checkpoint(path)
+    folder = os.path.dirname(checkpoint)
+    saved = rundir.read_config(folder) or checkpoints.read_contents(checkpoint).settings()
+    config = config_lib.resolve(
+        settings=settings,
+        saved=saved,
+        need_data=False,
+        saved_source=os.path.join(folder, rundir.CONFIG_FILE),
+    )
     return ModelSource(config, checkpoint=checkpoint)
 
 
-def from_keras_weights(spec: str, overrides: dict | None = None) -> ModelSource:
-    """A ``keras_imagenet:PATH`` weight file with the network it describes, caffe preprocessing."""
-    path = keras_weights.path_of(spec)
-    settings = keras_weights.infer_settings(path, keras_weights.read_layers(path))
-    saved = {"preprocess": "caffe", **settings}
-    config = config_lib.merge(saved=saved, flags=overrides, need_data=False)
+def from_keras_weights(spec: str, settings: dict | None = None, say=print) -> ModelSource:
+    """A published weight file with the network it describes, caffe preprocessing."""
+    arch_name = (settings or {}).get("arch") or "vgg16"
+    path = keras_weights.locate(spec, arch_name, say)
+    saved = {
+        "preprocess": "caffe",
+        **keras_weights.infer_settings(path, keras_weights.read_layers(path)),
+    }
+    config = config_lib.resolve(settings=settings, saved=saved, need_data=False, saved_source=path)
     return ModelSource(config, weights_file=path)
 
 
@@ -135,28 +143,31 @@ def _heads(logits, k: int) -> dict:
 
 
 def build_inference(source: ModelSource, top_k: int = TOP_K) -> InferenceGraph:
-    """The inference graph of ``source`` in a new session with the weights restored."""
+    """The inference graph of ``source`` in a new session with the weights restored (batch
+    norm, where the network has it, in inference mode: the moving statistics)."""
     config = source.config
-    size, normalization = config.image_size, config.preprocess
+    network, size = config.network, config.network.image_size
     graph = tf.Graph()
     with graph.as_default():
-        with compat.precision_policy("fp32"):
-            model = model_lib.from_config(config)
-        tf.identity(model.output, name=OUTPUT_NODE)  # the frozen graph's named output
+        with compat.precision_policy(PRECISION):
+            model = model_lib.build(network)
+        # The frozen graph's named output, from its input placeholder ``input``.
+        tf.identity(model(model.input, training=False), name=OUTPUT_NODE)
         image_bytes = v1.placeholder(tf.string, [None], name="image_bytes")
         decoded = tf.map_fn(
-            lambda jpeg: preprocess.eval_image(jpeg, size, normalization, config.eval_resize),
+            lambda jpeg: preprocess.eval_image(jpeg, network, config.input),
             image_bytes,
             dtype=tf.float32,  # (fn_output_signature is TF >= 2.3's name; both stacks take dtype)
         )
         pixels = v1.placeholder(tf.float32, [None, size, size, 3], name="pixels")
-        k = min(top_k, config.class_num)
+        k = min(top_k, network.class_num)
+        normalized = preprocess.normalize(pixels, network.preprocess)
         outputs = {
             "image_bytes": _heads(model(decoded, training=False), k),
-            "pixels": _heads(model(preprocess.normalize(pixels, normalization), training=False), k),
+            "pixels": _heads(model(normalized, training=False), k),
         }
-        session = v1.Session(graph=graph, config=compat.session_config())
-        source.restore(session, model)
+    session = distribute.single_device().session(graph, config.runtime)
+    source.restore(session, model)
     return InferenceGraph(config, graph, session, model, image_bytes, pixels, outputs)
 
 
@@ -187,7 +198,7 @@ def _write_savedmodel(ig: InferenceGraph, out: str) -> None:
 def _write_keras(ig: InferenceGraph, out: str) -> None:
     # Keras writes its files only from eager variables: copy the values into an eager twin.
     values = ig.session.run(ig.model.weights)
-    model = model_lib.from_config(ig.config)
+    model = model_lib.build(ig.config.network)
     model.set_weights(values)
     for name in KERAS_FILES:
         with warnings.catch_warnings():
@@ -205,8 +216,9 @@ def _write_frozen_graph(ig: InferenceGraph, out: str) -> None:
 def _write_checkpoint(ig: InferenceGraph, out: str, step: int) -> None:
     with ig.graph.as_default():
         saver = v1.train.Saver(ig.model.weights, save_relative_paths=True, pad_step_number=False)
-        saver.save(ig.session, os.path.join(out, checkpoints.PREFIX), step, write_meta_graph=False)
-    rundir.write_config(dataclasses.replace(ig.config, weights=None, restore_path=None), out)
+        prefix = os.path.join(out, rundir.CHECKPOINT_PREFIX)
+        saver.save(ig.session, prefix, step, write_meta_graph=False)
+    rundir.write_config(out, ig.config.replace(weights=None, restore_path=None).flat())
 
 
 def _normalization_info(normalization: str) -> dict:
@@ -228,22 +240,19 @@ def export(
     first (atomic.replacing) and renamed at the end, so a server watching ``output`` never sees
     half an export.
     """
-    unknown = [f for f in formats if f not in EXPORT_FORMATS]
-    if unknown or not formats:
-        raise UsageError(
-            f"--format: expected some of {', '.join(EXPORT_FORMATS)}, got {','.join(formats)}"
-        )
     if (os.path.isdir(output) and os.listdir(output)) or os.path.isfile(output):
         raise UsageError(f"--output {output}: exists and is not an empty folder")
     labels = labels or source.labels_file()
     ig = build_inference(source)
     # os.replace renames a folder over an empty one (POSIX rename), so an empty output is fine.
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with contextlib.closing(ig), atomic.replacing(output) as tmp:
-            class_names(labels, source.config.class_num)  # after loading: that error comes first
+            class_names(labels, source.config.network.class_num)  # after loading: errors first
             _write(ig, source, formats, labels, tmp)
-    except OSError as err:
-        raise UsageError(f"--output {output}: cannot write there ({err.strerror or err})") from err
+    except (OSError, tf.errors.OpError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else reason(err)
+        raise UsageError(f"--output {output}: cannot write there ({why})") from err
     return sorted(os.listdir(output))
 
 
@@ -261,13 +270,14 @@ def _write(ig: InferenceGraph, source: ModelSource, formats, labels: str | None,
         shutil.copyfile(labels, os.path.join(out, info.LABELS_FILE))
     c = source.config
     export_info = {
-        "source": source.checkpoint or f"keras_imagenet:{source.weights_file}",
+        "source": source.checkpoint or f"{config_lib.KERAS_WEIGHTS}{source.weights_file}",
         "step": source.step,
         "formats": list(formats),
-        **{key: getattr(c, key) for key in NETWORK_KEYS},
+        **c.identity(),
         # What a client of the frozen graph or the Keras files must do to an image first.
-        "normalization": _normalization_info(c.preprocess),
-        "eval_resize_shorter_side": int(round(c.image_size * preprocess.EVAL_RESIZE_RATIO)),
+        "normalization": _normalization_info(c.network.preprocess),
+        "eval_resize": c.input.resize,
+        "eval_resize_side": int(round(c.network.image_size * preprocess.EVAL_RESIZE_RATIO)),
     }
     if "savedmodel" in formats:
         export_info["signatures"] = [BYTES_SIGNATURE, PIXELS_SIGNATURE]
@@ -281,17 +291,19 @@ def _write(ig: InferenceGraph, source: ModelSource, formats, labels: str | None,
 # Command line
 
 
-def source_from_args(args: argparse.Namespace) -> ModelSource:
-    """The model named by cli.add_source_flags' --ckpt or --weights, with overrides."""
-    overrides = {name: getattr(args, name) for name in NETWORK_KEYS}
-    if args.ckpt:
-        return from_checkpoint(args.ckpt, overrides)
-    return from_keras_weights(args.weights, overrides)
+def source_from_args(args: cli.ProgramArgs) -> ModelSource:
+    """The model named by --ckpt or --weights, with the settings given as overrides."""
+    if args.extra.get("ckpt"):
+        return from_checkpoint(args.extra["ckpt"], args.settings)
+    return from_keras_weights(args.extra["weights"], args.settings)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: cli.ProgramArgs) -> int:
     """run_export.py with cli.export_args' flags."""
     source = source_from_args(args)
-    written = export(source, args.formats, args.output, args.labels)
-    print(f"exported {source.checkpoint or args.weights} to {args.output}: {', '.join(written)}")
+    options = args.options
+    written = export(source, list(options.format), options.output, options.labels)
+    print(
+        f"exported {source.checkpoint or source.weights_file} to {options.output}: {', '.join(written)}"
+    )
     return 0

@@ -1,37 +1,91 @@
 """The published keras.applications VGG16/VGG19 weight files, loaded into our model by layer name.
 
 ``vgg16_weights_tf_dim_ordering_tf_kernels.h5`` (and ``_notop``, and the VGG19 pair) are the
-files ``keras.applications.VGG16(weights="imagenet")`` downloads.  We never download: the user
-passes the file as ``--weights keras_imagenet:PATH``.  The weights came from Caffe and expect
-``--preprocess caffe`` input; keras.applications lists them at about 71.3% top-1 on ImageNet
-validation.  Our layer names are keras.applications' names, so loading is a lookup by name; inside
-a layer the file keeps the weights in the layer's own order (kernel, bias), which is how Keras
-itself reads them, since the stored weight names differ between Keras versions.
+files ``keras.applications.VGG16(weights="imagenet")`` uses.  ``--weights imagenet`` takes the
+one it needs from Keras' cache (``~/.keras/models``, or ``$KERAS_HOME/models``) and otherwise
+downloads it from keras.applications' address, with its checksum, saying where from and how big
+it is first; ``--weights keras_imagenet:PATH`` names a file.  The weights came from Caffe and
+expect ``--preprocess caffe`` input; keras.applications lists them at about 71.3% (VGG16) and
+71.3% (VGG19) top-1 on ImageNet validation.  Our layer names are keras.applications' names, so
+loading is a lookup by name; inside a layer the file keeps the weights in the layer's own order
+(kernel, bias), which is how Keras itself reads them.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import h5py
 import numpy as np
 
-from vgg_keras import checkpoints
+from vgg_keras import arch, checkpoints
+from vgg_keras.arch import BLOCK_FILTERS, TOP_LAYERS
 from vgg_keras.compat import keras
-from vgg_keras.config import WEIGHTS_PREFIX
+from vgg_keras.config import IMAGENET_WEIGHTS, KERAS_WEIGHTS
 from vgg_keras.errors import UsageError
-from vgg_keras.model import BLOCK_FILTERS
 
-TOP_LAYERS = ("fc1", "fc2", "predictions")  # what a ``_notop`` file leaves out
+BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications"
+# (file name, bytes, md5) of keras.applications' files, per network and with/without the top.
+PUBLISHED = {
+    ("vgg16", True): (
+        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+        553_467_096,
+        "64373286793e3c8b2b4e3219cbf3544b",
+    ),
+    ("vgg16", False): (
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        58_889_256,
+        "6d6bbae143d832006294945121d1f1fc",
+    ),
+    ("vgg19", True): (
+        "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
+        574_710_816,
+        "cbe5617147190e668d6c5d5026f83318",
+    ),
+    ("vgg19", False): (
+        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        80_134_624,
+        "253f8cb515780f3b799900260a226db6",
+    ),
+}
 
 
-def path_of(spec: str) -> str:
-    """The file of a ``keras_imagenet:PATH`` spec (``--weights``)."""
-    if not spec.startswith(WEIGHTS_PREFIX) or len(spec) == len(WEIGHTS_PREFIX):
-        raise UsageError(f"--weights: expected {WEIGHTS_PREFIX}PATH, got {spec!r}")
-    return spec[len(WEIGHTS_PREFIX) :]
+def cache_dir() -> str:
+    """Keras' cache of downloaded models."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "models")
+
+
+def locate(spec: str, arch_name: str, say: Callable[[str], None], top: bool = True) -> str:
+    """The weight file of a --weights spec: ``keras_imagenet:PATH``'s PATH, or for
+    ``imagenet`` keras.applications' file for ``arch_name`` (with the top layers, or without:
+    ``top=False``), from Keras' cache or downloaded."""
+    if spec.startswith(KERAS_WEIGHTS):
+        return spec[len(KERAS_WEIGHTS) :]
+    if spec != IMAGENET_WEIGHTS or not arch.get(arch_name).keras_weights:
+        raise UsageError(f"--weights {spec}: published weights exist for vgg16 and vgg19 only")
+    name, size, md5 = PUBLISHED[(arch_name, top)]
+    cached = os.path.join(cache_dir(), name)
+    if os.path.isfile(cached):
+        say(f"--weights imagenet: {cached} (from Keras' cache)")
+        return cached
+    url = f"{BASE_URL}/{arch_name}/{name}"
+    say(f"--weights imagenet: downloading {url} ({size / 2**20:.0f} MiB) into {cache_dir()}")
+    try:
+        return keras.utils.get_file(
+            name, url, cache_subdir="models", file_hash=md5, cache_dir=os.path.dirname(cache_dir())
+        )
+    except Exception as err:  # get_file raises several types for network and hash failures
+        raise UsageError(
+            f"--weights imagenet: cannot download {url} ({err}); put the file in {cache_dir()}"
+        ) from err
+
+
+def wants_top(exclude: Sequence[str]) -> bool:
+    """Whether a fine-tuning that leaves ``exclude`` out needs the file with the top layers."""
+    return not any(checkpoints.excluded(layer, list(exclude)) for layer in ("fc1", "fc2"))
 
 
 def read_layers(path: str) -> dict[str, list[np.ndarray]]:
@@ -68,8 +122,10 @@ def infer_settings(path: str, layers: dict[str, list[np.ndarray]]) -> dict:
     """
     if "block1_conv1" not in layers or "block5_conv1" not in layers:
         raise UsageError(f"{path}: no block1_conv1/block5_conv1 layers (not a VGG weight file)")
+    kernels = [name for name in layers if name.split("_")[-1].startswith("conv")]
+    row = arch.from_layers(kernels + list(TOP_LAYERS), batch_norm=False)
     settings = {
-        "arch": "vgg19" if "block5_conv4" in layers else "vgg16",
+        "arch": row.name if row else "vgg16",
         "width_multiplier": layers["block1_conv1"][0].shape[-1] / BLOCK_FILTERS[0],
     }
     if "predictions" in layers:

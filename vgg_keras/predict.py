@@ -15,7 +15,8 @@ import sys
 
 import numpy as np
 
-from vgg_keras import export
+from vgg_keras import config as config_lib
+from vgg_keras import distribute, export
 from vgg_keras.compat import tf, v1
 from vgg_keras.data import info
 from vgg_keras.errors import EXIT_USAGE, UsageError
@@ -60,7 +61,7 @@ class Predictor:
         ig = export.build_inference(source)  # first: a model that does not load is the error
         try:
             labels = export.class_names(
-                labels_file or source.labels_file(), source.config.class_num
+                labels_file or source.labels_file(), source.config.network.class_num
             )
         except UsageError:
             ig.close()
@@ -69,13 +70,13 @@ class Predictor:
         return cls(ig.session, ig.image_bytes, heads["probabilities"], labels)
 
     @classmethod
-    def from_saved_model(cls, folder: str, labels_file: str | None = None):
+    def from_saved_model(cls, folder: str, labels_file: str | None, runtime):
         if not os.path.isfile(os.path.join(folder, "saved_model.pb")):
             raise UsageError(f"--model {folder}: no saved_model.pb (export with run_export.py)")
         own = os.path.join(folder, info.LABELS_FILE)
         labels_file = labels_file or (own if os.path.isfile(own) else None)
         graph = tf.Graph()
-        session = v1.Session(graph=graph)
+        session = distribute.single_device().session(graph, runtime)
         try:
             with graph.as_default():
                 meta = v1.saved_model.loader.load(
@@ -95,17 +96,17 @@ class Predictor:
             raise
         return cls(session, image_bytes, probabilities, labels)
 
-    def predict(self, paths: list[str], batch_size: int = 32) -> np.ndarray:
-        """float32 [len(paths), classes] probabilities of one or more images, ``batch_size`` per
-        session call."""
+    def predict(self, images: list[tuple[str, bytes]], batch_size: int) -> np.ndarray:
+        """float32 [len(images), classes] probabilities of (path, encoded bytes) pairs,
+        ``batch_size`` per session call."""
         batches = []
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            encoded = [_encoded(path) for path in chunk]
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            encoded = [data for _, data in chunk]
             try:
                 batches.append(self.session.run(self.probabilities, {self.image_bytes: encoded}))
             except tf.errors.InvalidArgumentError as err:
-                bad = _undecodable(chunk, encoded)
+                bad = _undecodable(chunk)
                 if bad is None:
                     raise
                 raise bad from err
@@ -135,9 +136,9 @@ def _encoded(path: str) -> bytes:
         raise UsageError(f"{path}: not an image the decoder reads (JPEG, PNG, BMP, GIF)") from err
 
 
-def _undecodable(paths: list[str], encoded: list[bytes]) -> UsageError | None:
+def _undecodable(images: list[tuple[str, bytes]]) -> UsageError | None:
     """The error naming the first file of a failed batch that the decoder rejects."""
-    for path, data in zip(paths, encoded):
+    for path, data in images:
         try:
             tf.io.decode_jpeg(data, channels=3)
         except tf.errors.InvalidArgumentError:
@@ -145,16 +146,15 @@ def _undecodable(paths: list[str], encoded: list[bytes]) -> UsageError | None:
     return None
 
 
-def usable(paths: list[str]) -> tuple[list[str], list[str]]:
-    """(paths that can be classified, one-line reasons for those that cannot)."""
+def usable(paths: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """((path, the bytes the decoder reads) of the images that can be classified, one-line
+    reasons for those that cannot)."""
     good, bad = [], []
     for path in paths:
         try:
-            _encoded(path)
+            good.append((path, _encoded(path)))
         except UsageError as err:
             bad.append(str(err))
-        else:
-            good.append(path)
     return good, bad
 
 
@@ -185,21 +185,23 @@ def format_line(result: dict) -> str:
 
 def run(args) -> int:
     """run_predict.py with cli.predict_args' flags."""
-    paths, skipped = usable(find_images(args.images))
+    options = args.options
+    images, skipped = usable(find_images(args.extra["images"]))
     for why in skipped:
         print(f"skipped: {why}", file=sys.stderr)
-    if not paths:
+    if not images:
         raise UsageError(f"none of the {len(skipped)} file(s) is an image the decoder reads")
-    if args.model:
-        predictor = Predictor.from_saved_model(args.model, args.labels)
+    if args.extra.get("model"):
+        runtime = config_lib.resolve(settings=args.settings, need_data=False).runtime
+        predictor = Predictor.from_saved_model(args.extra["model"], options.labels, runtime)
     else:
-        predictor = Predictor.from_source(export.source_from_args(args), args.labels)
+        predictor = Predictor.from_source(export.source_from_args(args), options.labels)
     try:
-        probabilities = predictor.predict(paths, args.batch_size)
+        probabilities = predictor.predict(images, options.batch_size)
     finally:
         predictor.close()
-    found = results(paths, probabilities, predictor.labels, args.top)
-    if args.json:
+    found = results([path for path, _ in images], probabilities, predictor.labels, options.top)
+    if options.json:
         print(json.dumps(found, indent=1))
     else:
         for result in found:

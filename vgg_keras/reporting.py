@@ -1,7 +1,12 @@
-"""What a run tells its user: log lines, a tqdm bar, metrics.jsonl, TensorBoard scalars.
+"""What a run tells its user: log lines, a progress bar (or plain progress lines), metrics.jsonl,
+TensorBoard scalars.
 
-The log line keeps the reference implementation's format so existing log parsers still work:
-``step:%6i  epoch:%5.1f  FPS:%7.1f  loss:%6.3f  total_loss:%6.3f  lr:%7.5f``.
+The log line starts with the time and keeps the reference implementation's fields, so its
+log parsers still work, then adds the batch's training top-1 and the time left:
+``2026-12-01 21:05:09  step:   100  epoch:  2.3  FPS:  812.4  loss: 1.234  total_loss: 1.301
+lr:0.01000  top1: 62.5%  eta 0:03:10``.  On a terminal a tqdm bar shows the steps; elsewhere
+(``nohup``, a cluster's log file) a plain ``progress:`` line is printed every
+``PROGRESS_SECONDS`` instead.
 """
 
 from __future__ import annotations
@@ -11,40 +16,38 @@ import json
 import math
 import os
 import sys
+import time
 
 from tqdm import tqdm
 
+from vgg_keras import rundir
 from vgg_keras.compat import tf
 
-METRICS_FILE = "metrics.jsonl"
+PROGRESS_SECONDS = 60.0  # between plain progress lines where stderr is not a terminal
 # tf.summary.scalar lives in the tensorboard package, which TensorFlow no longer requires; the
 # raw summary op plus the scalars plugin's metadata writes the same event.
 _SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
     plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
 ).SerializeToString()
-EVAL_HEADER = (
-    f"{'step':>8}  {'epoch':>6}  {'top1':>7}  {'top5':>7}  {'loss':>7}  checkpoint_time(UTC)"
-)
 
 
-def format_train_line(step, epoch, fps, loss, total_loss, lr) -> str:
+def timestamp(when: float | None = None) -> str:
+    return datetime.datetime.fromtimestamp(when or time.time()).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(seconds: float | None) -> str:
+    """``1:02:03`` (``-`` when unknown)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+def format_train_line(step, epoch, fps, out, eta_seconds=None) -> str:
+    """The reference's fields (step, epoch, FPS, loss, total_loss, lr), then top-1 and ETA."""
     return (
-        f"step:{step:6d}  epoch:{epoch:5.1f}  FPS:{fps:7.1f}  loss:{loss:6.3f}  "
-        f"total_loss:{total_loss:6.3f}  lr:{lr:7.5f}"
-    )
-
-
-def format_eval_row(result: dict) -> str:
-    """One row of the evaluation table from an evaluation result dict."""
-    when = result.get("checkpoint_time")
-    stamp = (
-        datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        if when
-        else "-"
-    )
-    return (
-        f"{result['step']:8d}  {result['epoch']:6.1f}  {result['top1']:7.4f}  "
-        f"{result['top5']:7.4f}  {result['loss']:7.4f}  {stamp}"
+        f"{timestamp()}  step:{step:6d}  epoch:{epoch:5.1f}  FPS:{fps:7.1f}  "
+        f"loss:{out.loss:6.3f}  total_loss:{out.total_loss:6.3f}  lr:{out.lr:7.5f}  "
+        f"top1:{100 * out.top1:5.1f}%  eta {duration(eta_seconds)}"
     )
 
 
@@ -57,36 +60,37 @@ def _json_number(value):
 
 def read_metrics(log_dir: str) -> list[dict]:
     """The records of ``<log_dir>/metrics.jsonl`` in file order (what ``Reporter.metrics`` wrote)."""
-    with open(os.path.join(log_dir, METRICS_FILE)) as f:
+    with open(os.path.join(log_dir, rundir.METRICS_FILE)) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 class Reporter:
-    """Writes log lines (console + log file), metrics.jsonl and TensorBoard scalars.
-
-    Only the chief worker writes files; every worker may show a progress bar.
-    """
+    """Writes log lines (console + log file), metrics.jsonl (``metrics``) and TensorBoard
+    scalars.  Only the chief worker writes files; every worker may show progress."""
 
     def __init__(
         self,
         log_dir: str,
-        log_name: str = "train.log",
+        log_name: str,
         *,
         is_chief: bool = True,
         total_steps: int | None = None,
         initial_step: int = 0,
         progress: bool = True,
         summary_subdir: str = "",
+        metrics: bool = True,
     ):
         self.is_chief = is_chief
-        self._log = self._metrics = self._writer = None
+        self._log = self._metrics = self._writer = self._bar = None
         if is_chief:
             os.makedirs(log_dir, exist_ok=True)
             self._log = open(os.path.join(log_dir, log_name), "a")
-            self._metrics = open(os.path.join(log_dir, METRICS_FILE), "a")
+            if metrics:
+                self._metrics = open(os.path.join(log_dir, rundir.METRICS_FILE), "a")
             self._writer = tf.summary.create_file_writer(os.path.join(log_dir, summary_subdir))
-        self._bar = None
-        if progress and total_steps and sys.stderr.isatty():
+        self._total = total_steps if progress else None
+        self._last_progress = time.monotonic()
+        if self._total and sys.stderr.isatty():
             self._bar = tqdm(
                 total=total_steps,
                 initial=initial_step,
@@ -106,38 +110,51 @@ class Reporter:
             self._log.write(text + "\n")
             self._log.flush()
 
-    def advance(self, step: int) -> None:
+    def advance(self, step: int, eta_seconds: float | None = None) -> None:
+        """The bar at ``step``; without a terminal, a plain line every PROGRESS_SECONDS."""
         if self._bar is not None:
             self._bar.n = step
             self._bar.refresh()
+        elif self._total and time.monotonic() - self._last_progress >= PROGRESS_SECONDS:
+            self._last_progress = time.monotonic()
+            done = 100 * step / self._total
+            line = f"progress: step {step}/{self._total} ({done:.1f}%), eta {duration(eta_seconds)}"
+            print(f"{timestamp()}  {line}", file=sys.stderr, flush=True)
 
-    def train_step(self, step: int, epoch: float, fps: float, loss, total_loss, lr, **extra):
-        self.print(format_train_line(step, epoch, fps, loss, total_loss, lr))
+    def train_step(self, step: int, epoch: float, out, fps: float, eta_seconds=None, **extra):
+        """The log line and the metrics of a training step's StepOutputs ``out``."""
+        self.print(format_train_line(step, epoch, fps, out, eta_seconds))
         self.metrics(
             step,
             epoch=epoch,
             fps=fps,
-            loss=loss,
-            total_loss=total_loss,
-            lr=lr,
+            loss=out.loss,
+            total_loss=out.total_loss,
+            lr=out.lr,
+            train_top1=out.top1,
+            grad_norm=out.grad_norm,
+            eta_seconds=eta_seconds,
+            time=time.time(),
             **extra,
         )
 
     def metrics(self, step: int, **values) -> None:
-        """One JSON line in metrics.jsonl and the same scalars in TensorBoard."""
+        """One JSON line in metrics.jsonl (with ``metrics``) and the same scalars in
+        TensorBoard."""
         if not self.is_chief:
             return
-        record = {"step": int(step), **{k: _json_number(_plain(v)) for k, v in values.items()}}
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
+        values = {k: _plain(v) for k, v in values.items() if v is not None}
+        if self._metrics is not None:
+            record = {"step": int(step), **{k: _json_number(v) for k, v in values.items()}}
+            self._metrics.write(json.dumps(record) + "\n")
+            self._metrics.flush()
         # Eager summary ops on the host keep the training graph free of summary ops.  init_scope
         # only lifts them out of a tf.function; inside `with graph.as_default()` the eager
         # writer cannot be used, so callers report outside their graph blocks.
         # (The step is given per write: TF 1.15's writer.as_default takes no step.)
         with tf.init_scope(), self._writer.as_default():
             for key, value in values.items():
-                value = _plain(value)
-                if isinstance(value, (int, float)) and key != "epoch":
+                if isinstance(value, (int, float)) and key not in ("epoch", "time"):
                     tf.summary.write(key, float(value), int(step), metadata=_SCALAR_METADATA)
         self._writer.flush()
 

@@ -1,37 +1,235 @@
-"""A run's folder (``--log_dir``): its config.json, the network it holds, getting it ready.
+"""A run's folder (``--log_dir``): the one owner of every file name in it.
 
-Training, evaluation, export and prediction all read a run through here, so none of them has
-to import another's code to find out which network a checkpoint folder holds.
+    config.json            the resolved settings, and what the run recorded ("run": steps per
+                           epoch, global batch, training images)
+    model.ckpt-<step>.*    checkpoints (``.index`` last: a checkpoint counts once it exists)
+    checkpoint             TensorFlow's state file naming the newest
+    best_checkpoint.json   the checkpoint with the best validation top-1, kept out of rotation
+    train.log  metrics.jsonl  events.out.tfevents.*    the log, one JSON line per log line,
+                           TensorBoard
+    train.lock             one trainer at a time (runlock.py)
+    eval_results[.<tag>].json/.csv, eval_curve[.<tag>].png, eval.log, eval/  what run_eval.py
+                           writes; the tag names evaluation settings other than the run's own
+
+No TensorFlow here: the settings (config.py) validate a log file name against these names, and
+listing checkpoints is a matter of file names.  (Checked on TF 2.21: ``SaveV2`` writes
+``<prefix>.data-00000-of-00001.tempstate<random>``, renames it, then writes the index under a
+temporary name and renames that; a sharded save works in ``<prefix>_temp/`` first.  A killed
+save therefore leaves only temporary names, which ``remove_partial`` deletes.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
 import os
 import re
+import shutil
 
-from vgg_keras import atomic, checkpoints, runlock
-from vgg_keras.config import NETWORK_KEYS, Config
-from vgg_keras.data import info
+from vgg_keras import atomic, runlock
 from vgg_keras.errors import UsageError
-from vgg_keras.reporting import METRICS_FILE, read_metrics
 
 CONFIG_FILE = "config.json"
+RECORDED = "run"  # config.json's key for what the run recorded; not a setting
+METRICS_FILE = "metrics.jsonl"
+STATE_FILE = "checkpoint"
+CHECKPOINT_PREFIX = "model.ckpt"
+BEST_FILE = "best_checkpoint.json"
+LOCK_FILE = runlock.LOCK_FILE
+EVAL_LOG = "eval.log"
+EVAL_RESULTS = "eval_results"
+EVAL_CURVE = "eval_curve"
+EVAL_EVENTS = "eval"  # TensorBoard events of run_eval.py, beside training's
+EVENTS_PREFIX = "events.out.tfevents."
 RUNS_DIR = "runs"  # where --log_dir puts runs by default (runs/vgg16, runs/demo)
-_CHECKPOINT_FILE = re.compile(rf"{re.escape(checkpoints.PREFIX)}-\d+\.(index|data-\d+-of-\d+)")
-_EVENTS = "events.out.tfevents."
-# What run_eval.py writes into the run folder by default (evaluation.py's names).
-_EVAL_FILES = ("eval.log", "eval_results.json", "eval_results.csv", "eval_curve.png")
+# Names a --log_name must not take (it would be appended to one of them).
+OWN_NAMES = (CONFIG_FILE, METRICS_FILE, STATE_FILE, BEST_FILE, LOCK_FILE, EVAL_LOG, EVAL_EVENTS)
+OWN_PREFIXES = (CHECKPOINT_PREFIX, EVENTS_PREFIX, EVAL_RESULTS, EVAL_CURVE, ".")
+
+_INDEX = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}-(\d+)\.index$")
+_FILE = re.compile(rf"{re.escape(CHECKPOINT_PREFIX)}-(\d+)\.(index|data-\d+-of-\d+|meta)")
+_DATA = re.compile(rf"{re.escape(CHECKPOINT_PREFIX)}-(\d+)\.data-\d+-of-\d+")
+# Temporary names of an unfinished save (see the module docstring).
+_PARTIAL = re.compile(
+    rf"{re.escape(CHECKPOINT_PREFIX)}-\d+(\..*\.tempstate\d*|_temp.*)|checkpoint\.tmp\w+"
+)
 
 
-def write_config(config: Config, folder: str | None = None) -> None:
-    """``<folder>/config.json`` (default: the run's log_dir): the resolved settings."""
-    atomic.write_text(os.path.join(folder or config.log_dir, CONFIG_FILE), config.to_json())
+def is_own_name(name: str) -> bool:
+    """True for a file name the run itself writes (a log file may not take it)."""
+    return name in OWN_NAMES or name in (".", "..") or name.startswith(OWN_PREFIXES)
+
+
+def results_name(tag: str = "", suffix: str = ".json") -> str:
+    """``eval_results.json``, or ``eval_results.<tag>.json`` for other evaluation settings."""
+    return f"{EVAL_RESULTS}{'.' + tag if tag else ''}{suffix}"
+
+
+def curve_name(tag: str = "") -> str:
+    return f"{EVAL_CURVE}{'.' + tag if tag else ''}.png"
+
+
+def per_class_name(step: int, tag: str = "") -> str:
+    """The stem of one checkpoint's per-class files: ``eval_results[.<tag>].step<N>``."""
+    return f"{EVAL_RESULTS}{'.' + tag if tag else ''}.step{step}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints, by name
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step in a ``model.ckpt-<step>`` prefix."""
+    match = re.search(r"-(\d+)$", path)
+    if not match:
+        raise UsageError(f"{path}: not a model.ckpt-<step> checkpoint prefix")
+    return int(match.group(1))
+
+
+def list_checkpoints(folder: str) -> list[str]:
+    """Every complete ``model.ckpt-N`` prefix in ``folder``, in step order."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        match = _INDEX.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(folder, name[: -len(".index")])))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(folder: str) -> str | None:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def checkpoint_prefix(folder: str, step: int) -> str:
+    return os.path.join(folder, f"{CHECKPOINT_PREFIX}-{step}")
+
+
+def resolve_checkpoint(path: str, every: bool = False) -> list[str]:
+    """The checkpoints a path names: a ``model.ckpt-N`` prefix, or a folder's newest (all of
+    them with ``every``); a one-line UsageError when there are none."""
+    path = os.path.normpath(path)
+    if os.path.isdir(path):
+        found = list_checkpoints(path)
+        if not found:
+            raise UsageError(f"no model.ckpt-* checkpoints in {path}")
+        return found if every else found[-1:]
+    if not os.path.exists(path + ".index"):
+        raise UsageError(f"checkpoint not found: {path} (neither a folder nor {path}.index)")
+    if every:
+        raise UsageError(f"{path} is one checkpoint; name its folder to evaluate every one")
+    return [path]
+
+
+def remove_partial(folder: str) -> list[str]:
+    """Delete what interrupted saves left in ``folder``: temporary data and index files,
+    ``_temp`` folders of sharded saves, temporary copies of the state file, and the data files
+    of a checkpoint older than the newest whose index is gone (a rotation cut short between
+    its two deletions).  Only while no trainer writes there (hold the run lock)."""
+    complete = [checkpoint_step(path) for path in list_checkpoints(folder)]
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(folder), "*")):
+        name = os.path.basename(path)
+        data = _DATA.fullmatch(name)
+        step = int(data[1]) if data else None
+        rotated = step is not None and step not in complete and step < max(complete, default=-1)
+        if rotated or _PARTIAL.fullmatch(name):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+            removed.append(name)
+    return removed
+
+
+def remove_oldest(folder: str, keep: int, protect: int | None = None) -> list[str]:
+    """Delete the complete checkpoints of ``folder`` but the newest ``keep`` and the one at
+    step ``protect`` (the best), index first, then data and meta.  Only while no other
+    trainer writes there; returns the prefixes removed."""
+    found = [p for p in list_checkpoints(folder) if checkpoint_step(p) != protect]
+    doomed = found[:-keep] if keep > 0 else []
+    for prefix in doomed:
+        rest = sorted(glob.glob(glob.escape(prefix) + ".data-*")) + [prefix + ".meta"]
+        for path in [prefix + ".index", *rest]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    return doomed
+
+
+def state_file_target(folder: str) -> str | None:
+    """The checkpoint TensorFlow's ``checkpoint`` state file names (joined to ``folder``)."""
+    try:
+        with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, ValueError):
+        return None
+    match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.M)
+    if not match:
+        return None
+    return os.path.join(folder, match.group(1))
+
+
+def checkpoint_leftovers(folder: str) -> list[str]:
+    """Checkpoint files in ``folder`` (complete or not)."""
+    return (
+        sorted(n for n in os.listdir(folder) if _FILE.fullmatch(n)) if os.path.isdir(folder) else []
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json, the best checkpoint, the newest run
+
+
+def write_config(folder: str, settings: dict, recorded: dict | None = None) -> None:
+    """``<folder>/config.json``: the resolved settings, and what the run recorded."""
+    document = dict(settings)
+    if recorded:
+        document[RECORDED] = recorded
+    atomic.write_text(
+        os.path.join(folder, CONFIG_FILE), json.dumps(document, indent=2, sort_keys=True)
+    )
+
+
+def read_json(path: str, what: str) -> dict:
+    """The JSON object in ``path``, or {} when the file is absent; anything else that is not a
+    readable JSON object is a one-line UsageError naming the file."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+        raise UsageError(f"{path}: unreadable {what} ({err})") from err
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: unreadable {what} (not a JSON object)")
+    return value
 
 
 def read_config(folder: str) -> dict:
     """The settings a run saved in ``<folder>/config.json`` ({} when there are none)."""
-    return info.read_json(os.path.join(folder, CONFIG_FILE), "run settings")
+    saved = read_json(os.path.join(folder, CONFIG_FILE), "run settings")
+    saved.pop(RECORDED, None)
+    return saved
+
+
+def read_recorded(folder: str) -> dict:
+    """What the run recorded in config.json (steps_per_epoch, ...), {} for none."""
+    recorded = read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def read_best(folder: str) -> dict | None:
+    """best_checkpoint.json: {"step", "top1", "checkpoint"} of the best evaluation, or None."""
+    best = read_json(os.path.join(folder, BEST_FILE), "best checkpoint record")
+    return best if isinstance(best.get("step"), int) else None
+
+
+def write_best(folder: str, step: int, top1: float) -> None:
+    record = {"checkpoint": f"{CHECKPOINT_PREFIX}-{step}", "step": step, "top1": top1}
+    atomic.write_text(os.path.join(folder, BEST_FILE), json.dumps(record) + "\n")
 
 
 def newest_run(runs_dir: str = RUNS_DIR) -> str:
@@ -39,7 +237,7 @@ def newest_run(runs_dir: str = RUNS_DIR) -> str:
     runs = []
     if os.path.isdir(runs_dir):
         for name in sorted(os.listdir(runs_dir)):
-            latest = checkpoints.latest_checkpoint(os.path.join(runs_dir, name))
+            latest = latest_checkpoint(os.path.join(runs_dir, name))
             if latest is not None:
                 runs.append((os.path.getmtime(latest + ".index"), os.path.join(runs_dir, name)))
     if not runs:
@@ -50,103 +248,93 @@ def newest_run(runs_dir: str = RUNS_DIR) -> str:
     return max(runs)[1]
 
 
-def logged_steps_per_epoch(folder: str) -> float | None:
-    """Steps per epoch as the run's training logged them (its global batch over all replicas),
-    from the newest training line of ``<folder>/metrics.jsonl``; None without one."""
-    if not os.path.exists(os.path.join(folder, METRICS_FILE)):
-        return None
-    try:
-        lines = [r for r in read_metrics(folder) if "fps" in r and r.get("epoch") and r["step"]]
-    except (OSError, ValueError):
-        return None
-    return lines[-1]["step"] / lines[-1]["epoch"] if lines else None
+# ---------------------------------------------------------------------------------------------
+# Getting a folder ready for a run
 
 
-def prepare(config: Config, cleanup: contextlib.ExitStack) -> str | None:
-    """Lock log_dir for this run, check it against the run, write config.json; returns the
-    checkpoint to resume from.
+def prepare(config, cleanup: contextlib.ExitStack, resume: str | None = None) -> str | None:
+    """Lock log_dir for this run and check it against the run; returns the checkpoint to
+    resume from (``resume``, or the newest one there).
 
-    The lock is released when ``cleanup`` closes.  Never starts afresh over a run it cannot
+    The lock is released when ``cleanup`` closes.  Never starts afresh over a run it could
     resume (another network's config.json, checkpoint files without a complete checkpoint):
-    that is refused unless ``--overwrite``, which deletes the previous run first.  Leftovers of
-    interrupted saves are deleted.
+    refused unless ``--overwrite``, which deletes the previous run first.  A folder that holds
+    no checkpoint (a start that failed) never blocks a corrected command.  Leftovers of
+    interrupted saves are deleted.  ``config`` is a config.Config (not imported: config.py
+    reads this module's names).
     """
-    log_dir = config.log_dir
+    log_dir = config.loop.log_dir
     lock = cleanup.enter_context(runlock.RunLock(log_dir))
     if lock.stale_owner:
         owner = lock.stale_owner
         print(f"note: took over {lock.path} from pid {owner.get('pid')}, which is not running")
     try:
-        checkpoints.remove_partial(log_dir)
-        if config.overwrite:
-            _remove_previous_run(config)
-        _check_network(config, read_config(log_dir))
+        remove_partial(log_dir)
+        if config.loop.overwrite:
+            _remove_previous_run(log_dir, config.loop.log_name)
         latest = _resumable_checkpoint(log_dir)
-        if latest is None:  # else write_config, once the checkpoint has been restored
-            write_config(config)
+        if latest is not None:
+            _check_network(config, log_dir)
     except OSError as err:
         raise UsageError(f"--log_dir {log_dir}: cannot write there ({err.strerror})") from err
-    return latest
+    return resume or latest
 
 
-def _check_network(config: Config, previous: dict) -> None:
-    changed = [k for k in NETWORK_KEYS if k in previous and previous[k] != getattr(config, k)]
+def _check_network(config, log_dir: str) -> None:
+    source = os.path.join(log_dir, CONFIG_FILE)
+    changed = config.changed_identity(read_config(log_dir), source)
     if changed:
-        key = changed[0]
+        key, old, new = changed[0]
         raise UsageError(
-            f"--log_dir {config.log_dir} holds a run with {key}={previous[key]}, this run has "
-            f"{key}={getattr(config, key)} (use another --log_dir, or --overwrite to delete "
-            "that run)"
+            f"--log_dir {log_dir} holds a run with {key}={old}, this run has {key}={new} (use "
+            "another --log_dir, or --overwrite to delete that run)"
         )
 
 
 def _resumable_checkpoint(log_dir: str) -> str | None:
     """The newest complete checkpoint; refuses a folder whose checkpoints are all broken."""
-    latest = checkpoints.latest_checkpoint(log_dir)
-    named = checkpoints.state_file_target(log_dir)
+    latest = latest_checkpoint(log_dir)
+    named = state_file_target(log_dir)
     if named and not os.path.exists(named + ".index"):
         if latest is None:
             raise UsageError(
-                f"{os.path.join(log_dir, 'checkpoint')} names {named}, which is missing, and "
-                "no other checkpoint is complete: put it back, or start afresh with --overwrite"
+                f"{os.path.join(log_dir, STATE_FILE)} names {named}, which is missing, and no "
+                "other checkpoint is complete: put it back, or start afresh with --overwrite"
             )
         print(f"warning: {named} (the newest checkpoint on record) is missing; using {latest}")
-    leftovers = [n for n in os.listdir(log_dir) if _CHECKPOINT_FILE.fullmatch(n)]
+    leftovers = checkpoint_leftovers(log_dir)
     if latest is None and leftovers:
         raise UsageError(
-            f"--log_dir {log_dir} holds {sorted(leftovers)[-1]} but no "
-            "complete checkpoint (no .index file): start afresh with --overwrite"
+            f"--log_dir {log_dir} holds {leftovers[-1]} but no complete checkpoint (no .index "
+            "file): start afresh with --overwrite"
         )
     return latest
 
 
-def _remove_previous_run(config: Config) -> None:
-    """--overwrite: delete the checkpoints, logs, metrics, events and evaluation results of the
-    run in log_dir; only files of the names a run writes (``model.ckpt-<step>.index`` and
-    ``.data-*``, not a ``model.ckpt-best.txt`` of the user's)."""
-    log_dir = config.log_dir
+def _remove_previous_run(log_dir: str, log_name: str) -> None:
+    """--overwrite: delete the files a run writes (checkpoints, logs, metrics, events,
+    evaluation results), nothing else (not a ``model.ckpt-best.txt`` of the user's)."""
     names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
-    owned = (
-        "checkpoint",
-        CONFIG_FILE,
-        METRICS_FILE,
-        config.log_name,
-        *_EVAL_FILES,
-    )
+    owned = {CONFIG_FILE, METRICS_FILE, STATE_FILE, BEST_FILE, EVAL_LOG, log_name}
+    results = re.compile(rf"({EVAL_RESULTS}|{EVAL_CURVE})(\.[\w.-]+)?\.(json|csv|png)")
     doomed = [
         os.path.join(log_dir, name)
         for name in names
-        if name in owned or _CHECKPOINT_FILE.fullmatch(name) or name.startswith(_EVENTS)
+        if name in owned
+        or _FILE.fullmatch(name)
+        or results.fullmatch(name)
+        or name.startswith(EVENTS_PREFIX)
     ]
-    eval_events = os.path.join(log_dir, "eval")
-    if os.path.isdir(eval_events):
-        doomed += [
-            os.path.join(eval_events, n) for n in os.listdir(eval_events) if n.startswith(_EVENTS)
-        ]
+    for sub in (EVAL_EVENTS,):
+        events = os.path.join(log_dir, sub)
+        if os.path.isdir(events):
+            doomed += [
+                os.path.join(events, n) for n in os.listdir(events) if n.startswith(EVENTS_PREFIX)
+            ]
     removed = 0
     for path in doomed:
         if os.path.isfile(path):
             os.remove(path)
             removed += 1
     if removed:
-        print(f"--overwrite: deleted the previous run in {config.log_dir} ({removed} files)")
+        print(f"--overwrite: deleted the previous run in {log_dir} ({removed} files)")

@@ -42,7 +42,9 @@ class RunLock:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
         except OSError as err:
-            raise UsageError(f"--log_dir {os.path.dirname(self.path)}: {err.strerror}") from err
+            folder = os.path.dirname(self.path)
+            why = "a file, not a folder" if os.path.isfile(folder) else err.strerror
+            raise UsageError(f"--log_dir {folder}: {why}") from err
         while self._file is None:
             handle = self._open()
             try:

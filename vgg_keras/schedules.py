@@ -1,41 +1,62 @@
-"""Learning rates as graph ops of global_step: piecewise constant or cosine, with linear warmup.
+"""Learning rates as graph ops of global_step: piecewise constant, cosine per step, or cosine
+constant within each epoch; with linear warmup.
 
-Boundaries, T_max and warmup are given in epochs and converted with ``steps_per_epoch``.  Every
-schedule is defined for every step, also past the planned end (piecewise keeps its last value,
-cosine stays at ``eta_min``).
+Boundaries, T_max and warmup are given in epochs of ``steps_per_epoch`` (the training images
+// the global batch, the reference's arithmetic), so another batch size keeps the same epochs.
+At batch 256 on ImageNet's 1,281,167 images the defaults are the reference's per-step table
+exactly: the seed's piecewise 0.01 -> 1e-3 -> 1e-4 -> 1e-5 at steps 330,000, 520,000 and
+625,001, and ``cosine_epoch`` the VGG16 copy's ``0.005 (1 + cos(pi floor(step / 5004) / 150))``.
+Values are computed in float64 and rounded to float32 once, as the reference's numpy table is.
+Every schedule is defined for every step, also past the planned end (piecewise keeps its last
+value, cosine stays at ``eta_min``), and for a tensor of steps of any shape.
 """
 
 from __future__ import annotations
 
 import math
 
-from vgg_keras.compat import tf, v1
-from vgg_keras.config import Config
+from vgg_keras.compat import tf
+from vgg_keras.config import Optimizer
 
 
-def base_scale(config: Config, global_batch: int) -> float:
+def base_scale(optimizer: Optimizer, global_batch: int) -> float:
     """The linear-scaling rule, ``lr = base_lr * global_batch / 256``, when --scale_lr is set."""
-    return global_batch / 256.0 if config.scale_lr else 1.0
+    return global_batch / 256.0 if optimizer.scale_lr else 1.0
 
 
-def learning_rate(global_step, config: Config, steps_per_epoch: float, global_batch: int):
-    """float32 scalar learning rate at ``global_step`` (an int64 tensor)."""
-    scale = base_scale(config, global_batch)
-    step = tf.cast(global_step, tf.float32)
-    if config.lr_schedule == "piecewise" and not config.lr_boundaries:
-        lr = tf.constant(config.piecewise_values[0] * scale, tf.float32)
-    elif config.lr_schedule == "piecewise":
-        # piecewise_constant keeps values[i] while step <= boundaries[i]; the next value starts
-        # at the boundary step itself, hence boundary - 1 on the integer step.
-        boundaries = [int(round(b * steps_per_epoch)) - 1 for b in config.lr_boundaries]
-        values = [float(v * scale) for v in config.piecewise_values]
-        lr = v1.train.piecewise_constant(tf.cast(global_step, tf.int64), boundaries, values)
+def learning_rate(step, optimizer: Optimizer, steps_per_epoch: int, global_batch: int):
+    """float32 learning rate at ``step`` (an int64 tensor)."""
+    o, scale = optimizer, base_scale(optimizer, global_batch)
+    step = tf.cast(step, tf.int64)
+    if o.lr_schedule == "piecewise":
+        boundaries = [int(round(b * steps_per_epoch)) for b in o.lr_boundaries]
+        values = tf.constant([v * scale for v in o.piecewise_values], tf.float64)
+        passed = tf.cast(tf.expand_dims(step, -1) >= tf.constant(boundaries, tf.int64), tf.int32)
+        lr = tf.gather(values, tf.reduce_sum(passed, axis=-1))
+    elif o.lr_schedule == "cosine_epoch":
+        lr = tf.gather(_cosine_table(o, scale), _epoch_index(step, o.T_max, steps_per_epoch))
     else:
-        base, floor = config.lr * scale, config.eta_min
-        t_max = max(config.T_max * steps_per_epoch, 1.0)
-        progress = tf.minimum(step, t_max) / t_max
-        lr = floor + (base - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-    warmup_steps = config.warmup_epochs * steps_per_epoch
+        t_max = max(o.T_max * steps_per_epoch, 1.0)
+        progress = tf.minimum(tf.cast(step, tf.float64), t_max) / t_max
+        lr = o.eta_min + (o.lr * scale - o.eta_min) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    warmup_steps = int(o.warmup_epochs * steps_per_epoch)
     if warmup_steps > 0:
-        lr = lr * tf.minimum(1.0, (step + 1.0) / warmup_steps)
-    return tf.identity(lr, name="learning_rate")
+        ramp = (o.lr * scale / warmup_steps) * tf.cast(step + 1, tf.float64)
+        lr = tf.where(step < warmup_steps, ramp, lr)
+    return tf.identity(tf.cast(lr, tf.float32), name="learning_rate")
+
+
+def _cosine_table(o: Optimizer, scale: float):
+    """The rate of each epoch 0 .. ceil(T_max), in float64, term for term as the reference
+    computes it (so that the float32 values are the same)."""
+    base, t_max = o.lr * scale, o.T_max
+    values = [
+        o.eta_min + (base - o.eta_min) * (1.0 + math.cos(math.pi * min(e, t_max) / t_max)) / 2
+        for e in range(math.ceil(t_max) + 1)
+    ]
+    return tf.constant(values, tf.float64)
+
+
+def _epoch_index(step, t_max: float, steps_per_epoch: int):
+    last = math.ceil(t_max)
+    return tf.minimum(step // max(steps_per_epoch, 1), last)

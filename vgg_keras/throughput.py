@@ -16,8 +16,11 @@ import time
 class Throughput:
     """Times training session calls and turns them into per-interval and whole-run FPS."""
 
-    def __init__(self, global_batch: int):
+    def __init__(self, global_batch: int, max_steps: int | None = None, start_step: int = 0):
         self.global_batch = global_batch
+        self._left = None if max_steps is None else max_steps - start_step
+        self._wall_start = time.monotonic()
+        self._done = 0  # steps of every call, warm-ups included (for the ETA)
         self._warm = set()  # kinds of call whose first (warm-up) call is behind us
         self._steps = self._warmup_steps = 0
         self._seconds = self._warmup_seconds = 0.0
@@ -25,11 +28,13 @@ class Throughput:
         self._run_steps = 0  # totals over the intervals after the first one
         self._run_seconds = 0.0
 
-    def timed(self, kind: str, fn, steps: int):
-        """``fn()``, counting its time and ``steps`` unless it is the first call of ``kind``."""
+    def timed(self, kind, fn, steps: int):
+        """``fn()``, counting its time and ``steps`` unless it is the first call of ``kind``
+        (any hashable: one per executor a call's feeds make)."""
         started = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - started
+        self._done += steps
         if kind in self._warm:
             self._steps += steps
             self._seconds += seconds
@@ -38,6 +43,14 @@ class Throughput:
             self._warmup_steps += steps
             self._warmup_seconds += seconds
         return result
+
+    def eta_seconds(self) -> float | None:
+        """Wall-clock seconds to the run's end at the pace so far (evaluations and saves
+        included); None before the first step or without an end."""
+        if self._left is None or not self._done:
+            return None
+        elapsed = time.monotonic() - self._wall_start
+        return max(0, self._left - self._done) * elapsed / self._done
 
     def interval(self) -> dict:
         """{fps, interval_steps, interval_seconds} since the previous call; starts a new one."""

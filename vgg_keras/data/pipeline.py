@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from vgg_keras import atomic, compat
 from vgg_keras.compat import tf
+from vgg_keras.config import Input, Network
 from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
 
@@ -109,17 +110,16 @@ def count_records(path: str, skip_corrupt: bool = False) -> int:
         ) from err
 
 
-def load_split(
-    data_dir: str, split: str, tfds_data_dir: str | None = None, skip_corrupt: bool = False
-) -> Split:
+def load_split(inp: Input, split: str) -> Split:
     """The files of ``split`` with exact counts: from dataset_info.json, else counted once.
 
     Counting reads every record once; the result is cached beside the data when the folder is
     writable, keyed by file size so a changed shard is counted again.  ``tfds:NAME[:SPLIT]``
     names a TFDS-prepared dataset in ``tfds_data_dir`` instead of a folder.
     """
+    data_dir, skip_corrupt = inp.data_dir, inp.skip_corrupt
     if data_dir.startswith(tfds_source.PREFIX):
-        files, counts = tfds_source.locate(data_dir, split, tfds_data_dir)
+        files, counts = tfds_source.locate(data_dir, split, inp.tfds_data_dir)
         return Split(split, files, counts, parse=schema.parse_tfds)
     files = list_files(data_dir, split)
     known = info.read_info(data_dir).get("files", {})
@@ -131,6 +131,7 @@ def load_split(
                 cache = json.load(f)
         except (OSError, ValueError):
             cache = {}
+    cache = cache if isinstance(cache, dict) else {}
     counts, changed = [], False
     for path in files:
         name, size = os.path.basename(path), os.path.getsize(path)
@@ -138,7 +139,7 @@ def load_split(
             counts.append(int(known[name]))
             continue
         entry = cache.get(name)
-        if not entry or entry.get("bytes") != size:
+        if not isinstance(entry, dict) or entry.get("bytes") != size:
             try:
                 entry = {"bytes": size, "records": count_records(path)}
             except UsageError:
@@ -156,6 +157,17 @@ def load_split(
     return Split(split, tuple(files), tuple(counts))
 
 
+def needed_classes(data_dir: str, label_offset: int) -> int | None:
+    """The classes a dataset's labels need: dataset_info.json's num_classes, shifted when
+    --label_offset differs from the file's; None when the folder does not say."""
+    if data_dir.startswith(tfds_source.PREFIX) or not os.path.isdir(data_dir):
+        return None
+    meta = info.read_info(data_dir)
+    if not isinstance(meta.get("num_classes"), int):
+        return None
+    return meta["num_classes"] + int(meta.get("label_offset", 1)) - label_offset
+
+
 def _check_label(label, num_classes: int):
     with tf.control_dependencies(
         [
@@ -168,27 +180,18 @@ def _check_label(label, num_classes: int):
 
 def train_dataset(
     split: Split,
-    batch_size: int,
-    image_size: int,
-    num_classes: int,
+    network: Network,
+    inp: Input,
+    seed: int,
     *,
-    seed: int = 0,
     start_step: int = 0,
-    label_offset: int = 1,
-    shuffle_buffer: int = 10000,
-    min_object_covered: float = 0.1,
-    area_range=(0.08, 1.0),
-    aspect_ratio_range=(0.75, 1.33),
-    skip_corrupt: bool = False,
     num_workers: int = 1,
     worker_index: int = 0,
-    normalization: str = "imagenet",
 ) -> tf.data.Dataset:
-    """Endless shuffled, augmented training batches of (float32 images, int32 labels).
-
-    ``start_step`` resumes the stream after ``start_step`` batches of ``batch_size``;
-    ``normalization`` is ``preprocess.normalize``'s (``--preprocess``).
-    """
+    """Endless shuffled, augmented training batches of (float32 images, int32 labels), of
+    ``inp.batch_size`` (one replica's); ``start_step`` resumes the stream after that many
+    batches."""
+    batch_size = inp.batch_size
     files, by_record, epoch_size = split.for_worker(num_workers, worker_index)
     if epoch_size < batch_size:
         raise UsageError(
@@ -212,29 +215,20 @@ def train_dataset(
         )
         if by_record:
             records = records.shard(num_workers, worker_index)
-        records = records.shuffle(shuffle_buffer, seed=epoch * 7919 + seed + 1)
+        records = records.shuffle(inp.shuffle_buffer, seed=epoch * 7919 + seed + 1)
         return records.enumerate().map(
             lambda i, r: (r, tf.stack([epoch * 1_000_003 + seed, i])),
             num_parallel_calls=None,
         )
 
     def preprocess_record(serialized, record_seed):
-        jpeg, label, bboxes = split.parse(serialized, label_offset)
-        image = preprocess.train_image(
-            jpeg,
-            bboxes,
-            record_seed,
-            image_size,
-            min_object_covered=min_object_covered,
-            area_range=area_range,
-            aspect_ratio_range=aspect_ratio_range,
-            normalization=normalization,
-        )
-        return image, _check_label(label, num_classes)
+        jpeg, label, bboxes = split.parse(serialized, inp.label_offset)
+        image = preprocess.train_image(jpeg, bboxes, record_seed, network, inp)
+        return image, _check_label(label, network.class_num)
 
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).skip(offset)
     ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE)
-    if skip_corrupt:
+    if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(AUTOTUNE)
@@ -242,47 +236,41 @@ def train_dataset(
 
 def eval_dataset(
     split: Split,
+    network: Network,
+    inp: Input,
     batch_size: int,
-    image_size: int,
-    num_classes: int,
     *,
-    label_offset: int = 1,
-    skip_corrupt: bool = False,
+    crops: int = 1,
     num_workers: int = 1,
     worker_index: int = 0,
-    normalization: str = "imagenet",
-    crops: int = 1,
-    resize: str = "aspect",
 ) -> tf.data.Dataset:
     """Every validation image exactly once, in file order, the last batch possibly smaller.
 
-    ``resize`` is ``preprocess.resize_for_eval``'s (``--eval_resize``).
     ``crops=10`` gives each image as its ten crops (``preprocess.ten_crop_images``): batches
     of shape (batch, 10, size, size, 3).
     """
-    if crops not in (1, preprocess.TEN_CROPS):
-        raise ValueError(f"crops must be 1 or {preprocess.TEN_CROPS}, got {crops}")
     files, by_record, _ = split.for_worker(num_workers, worker_index)
     ds = tf.data.TFRecordDataset(list(files))
     if by_record:
         ds = ds.shard(num_workers, worker_index)
 
     def preprocess_record(serialized):
-        jpeg, label, _ = split.parse(serialized, label_offset)
+        jpeg, label, _ = split.parse(serialized, inp.label_offset)
         if crops == preprocess.TEN_CROPS:
-            image = preprocess.ten_crop_images(jpeg, image_size, normalization, resize)
+            image = preprocess.ten_crop_images(jpeg, network, inp)
         else:
-            image = preprocess.eval_image(jpeg, image_size, normalization, resize)
-        return image, _check_label(label, num_classes)
+            image = preprocess.eval_image(jpeg, network, inp)
+        return image, _check_label(label, network.class_num)
 
     ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE)
-    if skip_corrupt:
+    if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
 
 
-def synthetic_dataset(batch_size: int, image_size: int, num_classes: int, seed: int = 0):
+def synthetic_dataset(network: Network, batch_size: int, seed: int):
     """One fixed random batch repeated forever: no input cost, the throughput upper bound."""
+    image_size, num_classes = network.image_size, network.class_num
     images = tf.random.stateless_normal([batch_size, image_size, image_size, 3], seed=[seed, 1])
     labels = tf.random.stateless_uniform(
         [batch_size], seed=[seed, 2], minval=0, maxval=num_classes, dtype=tf.int32

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_keras.compat import tf
+from vgg_keras.compat import tf, v1
+from vgg_keras.config import Input, Network
 
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -22,14 +23,12 @@ EVAL_RESIZE_RATIO = 256 / 224  # shorter side before the central crop, relative 
 TEN_CROPS = 10  # ten_crop_images: four corners and the centre, and their mirrors
 # The published keras.applications VGG weights came from Caffe: BGR input minus these means.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-NORMALIZATIONS = ("imagenet", "caffe")
+MAX_ATTEMPTS = 10  # crop attempts, as the reference's sample_distorted_bounding_box
+_FULL_SIZE_MAX = 2**22  # larger images broadcast: a full-size constant would bloat the graph
 _BOX_ERROR = "All bounding box coordinates must be in [0.0, 1.0]:"  # as TensorFlow's own crop op
-# Before the central crop: the shorter side to image_size * 256/224 (aspect kept), or the whole
-# image squashed to that square (the reference's 256x256).
-EVAL_RESIZES = ("aspect", "square")
 
 
-def normalize(image, normalization: str = "imagenet"):
+def normalize(image, normalization: str):
     """float32 RGB in 0..255 -> the network's input.
 
     ``imagenet``: zero mean, unit variance per channel (ImageNet statistics), what our training
@@ -39,10 +38,6 @@ def normalize(image, normalization: str = "imagenet"):
     image = tf.cast(image, tf.float32)
     if normalization == "caffe":
         return image[..., ::-1] - _per_pixel(CAFFE_MEAN_BGR, image)
-    if normalization != "imagenet":
-        raise ValueError(
-            f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}"
-        )
     return (image - _per_pixel(MEAN_RGB, image)) / _per_pixel(STDDEV_RGB, image)
 
 
@@ -54,51 +49,43 @@ def _per_pixel(values, image):
     that way, a third of all training preprocessing (bench/input_pipeline.py).  Bit-identical.
     """
     pixels = image.shape[-3:]
-    if pixels.rank == 3 and pixels.is_fully_defined():
+    if pixels.rank == 3 and pixels.is_fully_defined() and pixels.num_elements() <= _FULL_SIZE_MAX:
         return tf.constant(np.broadcast_to(np.float32(values), pixels.as_list()))
     return tf.constant(values, tf.float32)
 
 
-def train_image(
-    jpeg,
-    bboxes,
-    seed,
-    image_size: int,
-    min_object_covered: float = 0.1,
-    area_range=(0.08, 1.0),
-    aspect_ratio_range=(0.75, 1.33),
-    max_attempts: int = 10,
-    normalization: str = "imagenet",
-):
-    """Random-crop (guided by the record's boxes when present), resize, flip, normalise.
+def train_image(jpeg, bboxes, seed, network: Network, inp: Input):
+    """Random crop (guided by the record's boxes when present), resize, flip, normalise.
 
     ``seed`` is an int32/int64 tensor of shape [2]; ``bboxes`` is (1, n, 4) with n >= 0.
     """
-    uniforms = tf.random.stateless_uniform([max_attempts * 4 + 1], seed=seed)
+    uniforms = tf.random.stateless_uniform([MAX_ATTEMPTS * 4 + 1], seed=seed)
     window = sample_crop(
         tf.image.extract_jpeg_shape(jpeg),
         bboxes,
-        tf.reshape(uniforms[:-1], [max_attempts, 4]),
-        min_object_covered,
-        area_range,
-        aspect_ratio_range,
+        tf.reshape(uniforms[:-1], [MAX_ATTEMPTS, 4]),
+        inp.min_object_covered,
+        inp.area_range,
+        inp.aspect_ratio_range,
     )
+    return crop_flip_normalize(jpeg, window, uniforms[-1] < 0.5, network, inp.input_mode)
+
+
+def crop_flip_normalize(jpeg, window, flip, network: Network, input_mode: str):
+    """Decode ``window`` [y, x, height, width] of ``jpeg``, resize it to the network's size,
+    mirror it when ``flip``, normalise.  The reference's input mode resizes as TF 1's
+    ``resize_images`` did (no half-pixel centres); its decode of the crop keeps TensorFlow's
+    default options, as the reference's does."""
+    size = network.image_size
     image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
-    image = _bilinear_resize(image, [image_size, image_size])
-    image = tf.where(uniforms[-1] < 0.5, tf.reverse(image, axis=[1]), image)  # per-image flip
-    image = normalize(image, normalization)
-    image.set_shape([image_size, image_size, 3])
+    image = _bilinear_resize(image, [size, size], input_mode)
+    image = tf.where(flip, tf.reverse(image, axis=[1]), image)  # per-image flip
+    image = normalize(image, network.preprocess)
+    image.set_shape([size, size, 3])
     return image
 
 
-def sample_crop(
-    shape,
-    bboxes,
-    uniforms,
-    min_object_covered: float = 0.1,
-    area_range=(0.08, 1.0),
-    aspect_ratio_range=(0.75, 1.33),
-):
+def sample_crop(shape, bboxes, uniforms, min_object_covered, area_range, aspect_ratio_range):
     """A crop window [y, x, height, width] of an image of ``shape`` (H, W, C), drawn as
     ``tf.image.sample_distorted_bounding_box`` draws it, from ``uniforms`` in [0, 1) of shape
     (attempts, 4).
@@ -188,16 +175,25 @@ def _covers_an_object(y, x, h, w, bboxes, height, width, min_object_covered: flo
     return tf.reduce_any(covered, axis=1)
 
 
-def eval_image(jpeg, image_size: int, normalization: str = "imagenet", resize: str = "aspect"):
+def decode(jpeg, input_mode: str):
+    """The whole image as RGB: the reference's input mode decodes validation JPEGs as it did
+    (no fancy upsampling of the chroma, the fast integer DCT)."""
+    if input_mode == "reference":
+        return tf.image.decode_jpeg(jpeg, 3, fancy_upscaling=False, dct_method="INTEGER_FAST")
+    return tf.image.decode_jpeg(jpeg, channels=3)
+
+
+def eval_image(jpeg, network: Network, inp: Input):
     """``resize_for_eval``, central crop, normalise."""
-    image = resize_for_eval(tf.image.decode_jpeg(jpeg, channels=3), image_size, resize)
-    image = central_crop(image, image_size)
-    image = normalize(image, normalization)
-    image.set_shape([image_size, image_size, 3])
+    size = network.image_size
+    image = resize_for_eval(decode(jpeg, inp.input_mode), size, inp.resize, inp.input_mode)
+    image = central_crop(image, size)
+    image = normalize(image, network.preprocess)
+    image.set_shape([size, size, 3])
     return image
 
 
-def ten_crop_images(jpeg, image_size: int, normalization: str = "imagenet", resize: str = "aspect"):
+def ten_crop_images(jpeg, network: Network, inp: Input):
     """The ten crops of multi-crop evaluation, shape (10, size, size, 3), normalised.
 
     Resized as ``eval_image``; then the four corners and the centre (index 4, ``eval_image``'s
@@ -205,49 +201,54 @@ def ten_crop_images(jpeg, image_size: int, normalization: str = "imagenet", resi
     the ten-crop evaluation of AlexNet and Caffe-era accuracy tables (the VGG paper's own
     multi-crop figures use 150 crops over three scales).
     """
-    image = resize_for_eval(tf.image.decode_jpeg(jpeg, channels=3), image_size, resize)
+    size = network.image_size
+    image = resize_for_eval(decode(jpeg, inp.input_mode), size, inp.resize, inp.input_mode)
     shape = tf.shape(image)
-    bottom, right = shape[0] - image_size, shape[1] - image_size
+    bottom, right = shape[0] - size, shape[1] - size
     corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
-    crops = tf.stack(
-        [tf.slice(image, [top, left, 0], [image_size, image_size, 3]) for top, left in corners]
-    )
+    crops = tf.stack([tf.slice(image, [top, left, 0], [size, size, 3]) for top, left in corners])
     crops = tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
-    crops = normalize(crops, normalization)
-    crops.set_shape([TEN_CROPS, image_size, image_size, 3])
+    crops = normalize(crops, network.preprocess)
+    crops.set_shape([TEN_CROPS, size, size, 3])
     return crops
 
 
-def resize_for_eval(image, image_size: int, resize: str = "aspect"):
-    """Before the central crop(s): ``aspect`` resizes the shorter side to ``image_size * 256/224``
-    (the usual ImageNet protocol); ``square`` resizes the whole image to that square, ignoring
-    its aspect ratio (the reference's 256x256 for 224)."""
+def resize_for_eval(image, image_size: int, resize: str, input_mode: str):
+    """Before the central crop(s): ``aspect`` resizes the shorter side to ``image_size *
+    256/224`` (the usual ImageNet protocol); ``square`` resizes the whole image to that square,
+    ignoring its aspect ratio (the reference's 256x256 for 224)."""
     side = int(round(image_size * EVAL_RESIZE_RATIO))
     if resize == "square":
-        return _bilinear_resize(image, [side, side])
-    if resize != "aspect":
-        raise ValueError(f"unknown eval resize {resize!r}; expected one of {EVAL_RESIZES}")
-    return resize_shorter_side(image, side)
+        return _bilinear_resize(image, [side, side], input_mode)
+    return resize_shorter_side(image, side, input_mode)
 
 
-def resize_shorter_side(image, side: int):
+def resize_shorter_side(image, side: int, input_mode: str):
     shape = tf.shape(image)
     height = tf.cast(shape[0], tf.float32)
     width = tf.cast(shape[1], tf.float32)
     scale = tf.cast(side, tf.float32) / tf.minimum(height, width)
     new_h = tf.maximum(side, tf.cast(tf.round(height * scale), tf.int32))
     new_w = tf.maximum(side, tf.cast(tf.round(width * scale), tf.int32))
-    return _bilinear_resize(image, [new_h, new_w])
+    return _bilinear_resize(image, [new_h, new_w], input_mode)
 
 
-def _bilinear_resize(image, size):
-    """``tf.image.resize(image, size, "bilinear")`` as float32, with the float kernel.
+def _bilinear_resize(image, size, input_mode: str):
+    """Bilinear resize to ``size`` as float32, with the float kernel: half-pixel centres
+    (``tf.image.resize``), or the reference's TF 1 ``resize_images`` (corners not aligned, no
+    half-pixel centres).
 
     TensorFlow's float kernel is vectorised and its uint8 one is not: casting a decoded JPEG
     first gives the same values 5-30% faster (20-110 us per 224x224 image on one core,
     bench/input_pipeline.py).
     """
-    return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+    image = tf.cast(image, tf.float32)
+    if input_mode == "reference":
+        resized = v1.image.resize_bilinear(
+            image[None], size, align_corners=False, half_pixel_centers=False
+        )
+        return resized[0]
+    return tf.image.resize(image, size, method="bilinear")
 
 
 def central_crop(image, size: int):

@@ -1,0 +1,225 @@
+"""Evaluation results: the table people read (percent), the files programs read (fractions),
+the curve, and per-class accuracy with the confusion matrix.
+
+    eval_results[.<tag>].json   [{checkpoint, step, epoch, top1, top5, loss, images, crops,
+                                  resize, input_mode, data_dir}, ...], one per checkpoint
+    eval_results[.<tag>].csv    the same rows
+    eval_curve[.<tag>].png      top-1/top-5 and loss against step (two or more checkpoints)
+    eval_results[.<tag>].step<N>.per_class.csv / .confusion.json / .confusion.png  (--per_class)
+
+A file's rows are merged by step: evaluating one checkpoint again replaces its row and keeps
+the others.  The tag names the settings that differ from the run's own evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import re
+
+import numpy as np
+
+from vgg_keras import atomic, rundir
+from vgg_keras.config import Config
+from vgg_keras.data import info
+
+SUMS = ("top1", "top5", "loss", "images")  # what the evaluation graph sums
+KEYS = ("checkpoint", "step", "epoch", "top1", "top5", "loss", "images")
+SETTINGS = ("crops", "resize", "input_mode", "data_dir")  # recorded with every row
+HEADER = (
+    f"{'step':>8}  {'epoch':>6}  {'top1 %':>7}  {'top5 %':>7}  {'loss':>7}  checkpoint_time(UTC)"
+)
+
+
+def row(
+    checkpoint: str, step: int, steps_per_epoch: int | None, totals: dict, written: float
+) -> dict:
+    images = max(int(totals["images"]), 1)
+    return {
+        "checkpoint": checkpoint,
+        "step": step,
+        "epoch": round(step / steps_per_epoch, 3) if steps_per_epoch else None,
+        "top1": totals["top1"] / images,
+        "top5": totals["top5"] / images,
+        "loss": totals["loss"] / images,
+        "images": int(totals["images"]),
+        "checkpoint_time": written,
+    }
+
+
+def format_row(result: dict) -> str:
+    """One row of the evaluation table: accuracies in percent, as TF-slim and torchvision
+    print them."""
+    when = result.get("checkpoint_time")
+    stamp = (
+        datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        if when
+        else "-"
+    )
+    epoch = f"{result['epoch']:6.1f}" if result.get("epoch") is not None else f"{'-':>6}"
+    return (
+        f"{result['step']:8d}  {epoch}  {100 * result['top1']:7.2f}  "
+        f"{100 * result['top5']:7.2f}  {result['loss']:7.4f}  {stamp}"
+    )
+
+
+def tag(config: Config, crops: int, saved: dict) -> str:
+    """What distinguishes this evaluation from the run's own (one central crop, the run's data,
+    resize and input mode, from its config.json ``saved``): "" when nothing does."""
+    parts = [f"crops{crops}"] if crops != 1 else []
+    if saved:
+        inp = config.input
+        own = config.replace(**{k: saved[k] for k in ("eval_resize", "input_mode") if k in saved})
+        if inp.resize != own.input.resize:
+            parts.append(f"resize-{inp.resize}")
+        if inp.input_mode != own.input.input_mode:
+            parts.append(f"input-{inp.input_mode}")
+        data = saved.get("data_dir")
+        if data and os.path.normpath(str(data)) != os.path.normpath(inp.data_dir):
+            parts.append("data-" + _slug(inp.data_dir))
+    return ".".join(parts)
+
+
+def _slug(path: str) -> str:
+    name = os.path.basename(os.path.normpath(path)) or "data"
+    return re.sub(r"[^\w-]+", "_", name)[:40]
+
+
+def write(rows: list[dict], config: Config, output: str, tag: str, crops: int) -> None:
+    """The results files in ``output``: the JSON and CSV (merged with the rows already there),
+    the curve, and per-class files for rows that carry a confusion matrix."""
+    os.makedirs(output, exist_ok=True)
+    settings = {
+        "crops": crops,
+        "resize": config.input.resize,
+        "input_mode": config.input.input_mode,
+        "data_dir": config.input.data_dir,
+    }
+    new = [{**{k: r[k] for k in KEYS}, **settings} for r in rows]
+    merged = _merge(os.path.join(output, rundir.results_name(tag)), new)
+    atomic.write_text(
+        os.path.join(output, rundir.results_name(tag)), json.dumps(merged, indent=1) + "\n"
+    )
+    text = io.StringIO()
+    writer = csv.DictWriter(text, KEYS + SETTINGS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(merged)
+    atomic.write_text(os.path.join(output, rundir.results_name(tag, ".csv")), text.getvalue())
+    if len(merged) > 1:
+        plot_curve(merged, os.path.join(output, rundir.curve_name(tag)))
+    names = _class_names(config)
+    for r in rows:
+        if "confusion" in r:
+            write_per_class(r, names, output, tag)
+
+
+def _merge(path: str, new: list[dict]) -> list[dict]:
+    """The rows of the file at ``path`` with those of ``new`` in place of the same steps."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = []
+    steps = {r["step"] for r in new}
+    kept = [
+        r
+        for r in old
+        if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] not in steps
+    ]
+    return sorted(kept + new, key=lambda r: r["step"])
+
+
+def _class_names(config: Config) -> list[str]:
+    labels = os.path.join(config.input.data_dir or "", info.LABELS_FILE)
+    names = info.read_labels(labels) if os.path.isfile(labels) else []
+    classes = config.network.class_num
+    return names if len(names) == classes else [str(k) for k in range(classes)]
+
+
+def write_per_class(result: dict, names: list[str], output: str, tag: str) -> None:
+    """Per-class accuracy (CSV) and the confusion matrix (JSON, PNG) of one checkpoint."""
+    confusion = np.asarray(result["confusion"], dtype=np.int64)
+    images = confusion.sum(axis=1)
+    correct = np.diag(confusion)
+    base = os.path.join(output, rundir.per_class_name(result["step"], tag))
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["class", "name", "images", "correct", "top1"])
+    for k, name in enumerate(names):
+        accuracy = correct[k] / images[k] if images[k] else float("nan")
+        writer.writerow([k, name, int(images[k]), int(correct[k]), f"{accuracy:.6f}"])
+    atomic.write_text(base + ".per_class.csv", text.getvalue())
+    document = {
+        "checkpoint": result["checkpoint"],
+        "classes": names,
+        "rows": "label",
+        "columns": "prediction",
+        "matrix": confusion.tolist(),
+    }
+    atomic.write_text(base + ".confusion.json", json.dumps(document) + "\n")
+    plot_confusion(confusion, names, base + ".confusion.png", result["checkpoint"])
+
+
+def _figure(size):
+    # The Agg canvas directly, not pyplot: no global backend state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: str) -> None:
+    figure.tight_layout()
+    with atomic.replacing(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def plot_curve(rows: list[dict], path: str) -> None:
+    """Top-1/top-5 (percent, the y-range fitted to the values) and the loss against step."""
+    figure = _figure((9, 4))
+    accuracy, loss = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    steps = [r["step"] for r in rows]
+    for key, style in (("top1", "o-"), ("top5", "s--")):
+        accuracy.plot(steps, [100 * r[key] for r in rows], style, label=key.replace("top", "top-"))
+    values = [100 * r[k] for r in rows for k in ("top1", "top5")]
+    margin = max(0.5, 0.1 * (max(values) - min(values)))
+    accuracy.set(
+        xlabel="step",
+        ylabel="accuracy (%)",
+        ylim=(max(0, min(values) - margin), min(100, max(values) + margin)),
+    )
+    accuracy.legend(loc="lower right")
+    loss.plot(steps, [r["loss"] for r in rows], "o-", color="tab:red")
+    loss.set(xlabel="step", ylabel="loss")
+    for axes in (accuracy, loss):
+        axes.grid(alpha=0.3)
+    figure.suptitle(os.path.dirname(rows[0]["checkpoint"]) or ".", fontsize=9)
+    _save(figure, path)
+
+
+def plot_confusion(confusion: np.ndarray, names: list[str], path: str, title: str) -> None:
+    """The confusion matrix, each row (a true class) as fractions of its images."""
+    classes = len(names)
+    figure = _figure((max(4, min(16, 0.4 * classes + 2)),) * 2)
+    axes = figure.add_subplot()
+    totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    image = axes.imshow(confusion / totals, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    if classes <= 40:
+        axes.set_xticks(range(classes))
+        axes.set_yticks(range(classes))
+        axes.set_xticklabels(names, rotation=90, fontsize=7)
+        axes.set_yticklabels(names, fontsize=7)
+        if classes <= 20:
+            for i in range(classes):
+                for j in range(classes):
+                    if confusion[i, j]:
+                        axes.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7)
+    axes.set(xlabel="predicted", ylabel="true")
+    axes.set_title(title, fontsize=8)
+    _save(figure, path)

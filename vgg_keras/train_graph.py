@@ -1,0 +1,265 @@
+"""The training graph: input iterator -> Keras model -> loss -> Nesterov momentum -> train op,
+the same step also wrapped in a ``tf.while_loop`` for loop sinking.
+
+The loss is the reference's: the label-smoothed softmax cross-entropy plus ``weight_decay *
+sum(tf.nn.l2_loss(v))`` over every trainable variable (``--decay_biases false``: kernels only).
+Under a strategy every replica computes the gradients of its share of the global batch, the
+strategy sums them over all replicas and every replica applies the same update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+
+from vgg_keras import compat, distribute, schedules
+from vgg_keras import model as model_lib
+from vgg_keras.clock import Plan
+from vgg_keras.compat import keras, tf, v1
+from vgg_keras.config import Config, Optimizer
+
+
+class StepOutputs(typing.NamedTuple):
+    """What a training call returns: the values of its last step."""
+
+    loss: typing.Any  # the label-smoothed cross-entropy of the batch (before the update)
+    total_loss: typing.Any  # loss + weight decay
+    lr: typing.Any  # the learning rate the update used
+    finite: typing.Any  # whether total_loss was finite
+    step: typing.Any  # global_step after the call
+    grad_norm: typing.Any  # the gradient's global norm (NaN unless measured)
+    top1: typing.Any  # the batch's training top-1
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
+    """Mean softmax cross-entropy in float32 against smoothed one-hot labels."""
+    return v1.losses.softmax_cross_entropy(
+        tf.one_hot(labels, num_classes, dtype=tf.float32),
+        tf.cast(logits, tf.float32),
+        label_smoothing=label_smoothing,
+        loss_collection=None,
+        reduction=v1.losses.Reduction.MEAN,
+    )
+
+
+def weight_decay_loss(model: keras.Model, optimizer: Optimizer):
+    """``weight_decay * sum(l2_loss(w))``; ``tf.nn.l2_loss`` is half the sum of squares, the
+    convention of TF-slim and the reference."""
+    weights = model_lib.decayed_variables(model, optimizer.decay_biases)
+    if not optimizer.weight_decay or not weights:
+        return tf.constant(0.0)
+    return optimizer.weight_decay * tf.add_n(
+        [tf.nn.l2_loss(tf.cast(w, tf.float32)) for w in weights]
+    )
+
+
+@dataclasses.dataclass
+class TrainGraph:
+    graph: tf.Graph
+    model: keras.Model
+    global_step: tf.Variable
+    init_op: tf.Operation
+    iterator_init: tf.Operation
+    step_fetches: dict  # one training step: StepOutputs' fields
+    loop_fetches: dict  # ``loop_steps`` training steps in one tf.while_loop: the same
+    loop_steps: tf.Tensor  # placeholder: how many steps the while loop runs
+    measure_grad_norm: tf.Tensor  # placeholder: compute the call's last gradient norm
+    skipped_steps: tf.Variable
+    saver: v1.train.Saver
+    # What a resume restores besides the model's weights: global_step (required), and the
+    # rest (momentum slots, loss scale, skipped steps) where the checkpoint has them.
+    state: list
+    # Ascend only: gives every rank rank 0's weights (run after init/restore); sets the number
+    # of steps its device loop runs per session call.
+    broadcast_op: tf.Operation | None = None
+    load_device_loop: Callable[[v1.Session, int], None] | None = None
+
+
+@dataclasses.dataclass
+class _StepBuilder:
+    """Builds one training step: the next batch, forward and backward on every replica, the
+    update.  Called once for the single step and once inside the while loop's body; both share
+    the model, the optimizer and its momentum slots."""
+
+    config: Config
+    dist: distribute.Distribution
+    model: keras.Model
+    optimizer: v1.train.Optimizer
+    global_step: tf.Variable
+    skipped: tf.Variable
+    next_batch: Callable
+    learning_rate: Callable  # learning_rate(step tensor) -> the schedule at that step
+
+    def forward_backward(self, images, labels, measure_grad_norm):
+        """On one replica: [loss, total_loss, gradient norm, top-1] and the gradients of its
+        share of the batch; the gradients wait for batch norm's moving-statistics updates."""
+        network, o = self.config.network, self.config.optimizer
+        logits = self.model(images, training=True)
+        loss = cross_entropy(logits, labels, network.class_num, o.label_smoothing)
+        total_loss = loss + weight_decay_loss(self.model, o)
+        # The strategy sums gradients over replicas: the sum of these is the gradient of the
+        # mean loss over the global batch.
+        grads = self.optimizer.compute_gradients(
+            total_loss / self.dist.in_sync, self.model.trainable_weights
+        )
+        updates = model_lib.update_ops(self.model, images)
+        if updates:
+            with tf.control_dependencies(updates):
+                grads = [(tf.identity(g), v) for g, v in grads]
+        # The norm of this replica's gradient of its mean loss, on steps that end a log interval
+        # (NaN on the others: it costs a pass over every gradient).
+        grad_norm = tf.cond(
+            measure_grad_norm,
+            lambda: tf.linalg.global_norm([g for g, _ in grads]) * self.dist.in_sync,
+            lambda: tf.constant(float("nan")),
+        )
+        hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+        top1 = tf.reduce_mean(tf.cast(hits, tf.float32))
+        return tf.stack([loss, total_loss, grad_norm, top1]), grads
+
+    def apply_on_replica(self, grads, clip_by_norm=None):
+        """The update, with the gradients scaled by ``clip_grad_norm / clip_by_norm`` when that
+        is below 1 (NaN when the norm is not finite: the loss-scale optimizer then skips)."""
+        if clip_by_norm is not None:
+            clipped, _ = tf.clip_by_global_norm(
+                [g for g, _ in grads], self.config.optimizer.clip_grad_norm, use_norm=clip_by_norm
+            )
+            grads = [(g, v) for g, (_, v) in zip(clipped, grads)]
+        return self.optimizer.apply_gradients(grads, self.global_step)
+
+    def __call__(self, measure_grad_norm) -> tuple[StepOutputs, tf.Operation]:
+        """One update; returns (the StepOutputs after it, train op)."""
+        dist, o = self.dist, self.config.optimizer
+        images, labels = self.next_batch()
+        values, grads = dist.run(self.forward_backward, images, labels, measure_grad_norm)
+        loss, total_loss, grad_norm, top1 = tf.unstack(
+            dist.reduce(distribute.ReduceOp.MEAN, values)
+        )
+        # The mean over replicas is finite only if every replica's loss is, and every worker
+        # sees the same value: all replicas take the same branch below.
+        finite = tf.math.is_finite(total_loss)
+        clip_by_norm = None
+        if o.clip_grad_norm > 0:
+            # Clipped by the norm of the global batch's gradient (the sum of the replicas'
+            # shares: one more all-reduce on several replicas), so that N replicas still take
+            # the steps of one device.  It is also the norm logged, before clipping.
+            summed = dist.sum_over_replicas([g for g, _ in grads])
+            clip_by_norm = tf.linalg.global_norm(summed)
+            grad_norm = clip_by_norm
+
+        def apply():
+            return dist.group(dist.run(self.apply_on_replica, grads, clip_by_norm))
+
+        def skip():
+            return tf.group(v1.assign_add(self.global_step, 1), v1.assign_add(self.skipped, 1))
+
+        train_op = tf.cond(finite, apply, skip) if o.nan_policy == "skip_step" else apply()
+        with tf.control_dependencies([train_op]):
+            # Read after the update: the step this call ended on.  The update used the
+            # learning rate of the step before it.
+            step = self.global_step.read_value()
+            lr = self.learning_rate(step - 1)
+            outputs = StepOutputs(
+                tf.identity(loss), tf.identity(total_loss), lr, finite, step, grad_norm, top1
+            )
+        return outputs, train_op
+
+
+def build(
+    config: Config,
+    dataset_fn,
+    plan: Plan,
+    dist: distribute.Distribution,
+    precision: str,
+) -> TrainGraph:
+    """Build the training graph; ``dataset_fn(num_workers, worker_index)`` returns this worker's
+    tf.data.Dataset of per-replica batches; ``precision`` is the run's resolved precision."""
+    graph = tf.Graph()
+    with graph.as_default(), dist.scope():
+        v1.set_random_seed(config.loop.seed)
+        with compat.precision_policy(precision):
+            model = model_lib.build(config.network, training=True, seed=config.loop.seed)
+        global_step = v1.train.get_or_create_global_step()
+        skipped = v1.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
+        iterator_init, next_batch = dist.input_iterator(dataset_fn)
+
+        def learning_rate(step):
+            return schedules.learning_rate(
+                step, config.optimizer, plan.steps_per_epoch, plan.global_batch
+            )
+
+        # One optimizer (its momentum slots are shared by the single step and the loop body);
+        # it calls its learning rate where each step is built, reading that step's global_step.
+        o = config.optimizer
+        optimizer = v1.train.MomentumOptimizer(
+            lambda: learning_rate(global_step), o.momentum, use_nesterov=o.use_nesterov
+        )
+        one_step = _StepBuilder(
+            config,
+            dist,
+            model,
+            # --precision itself: on Ascend the graph stays float32 while the device mixes.
+            dist.wrap_optimizer(optimizer, config.network.precision),
+            global_step,
+            skipped,
+            next_batch,
+            learning_rate,
+        )
+        # The single step is built first so that the optimizer's slot variables are created
+        # outside the while loop; the loop body then reuses them.
+        measure_grad_norm = v1.placeholder_with_default(False, [], "measure_grad_norm")
+        step_outputs, step_op = one_step(measure_grad_norm)
+        step_fetches = step_outputs._asdict()
+        loop_steps = v1.placeholder_with_default(tf.constant(1, tf.int32), [], "loop_steps")
+        device_loop = dist.device_loop(step_op)
+        load_device_loop = None
+        if device_loop is not None:  # Ascend: the device repeats the step itself
+            loop_op, load_device_loop = device_loop
+            loop_fetches = {**step_fetches, "device_loop": loop_op}
+        else:
+            loop_fetches = _sunk_steps(one_step, loop_steps, measure_grad_norm, o.nan_policy)
+        broadcast_op = dist.broadcast(model.weights)
+        # Rotation is the run folder's (rundir.remove_oldest): it keeps the best checkpoint.
+        saver = v1.train.Saver(max_to_keep=None, save_relative_paths=True, pad_step_number=False)
+        weights = {id(w) for w in model.weights}
+        state = [v for v in v1.global_variables() if id(v) not in weights]
+        init_op = v1.global_variables_initializer()
+    graph.finalize()  # from here on, nothing may add ops: the loop would grow the graph
+    return TrainGraph(
+        graph,
+        model,
+        global_step,
+        init_op,
+        iterator_init,
+        step_fetches,
+        loop_fetches,
+        loop_steps,
+        measure_grad_norm,
+        skipped,
+        saver,
+        state,
+        broadcast_op,
+        load_device_loop,
+    )
+
+
+def _sunk_steps(one_step: _StepBuilder, loop_steps, measure_grad_norm, nan_policy: str) -> dict:
+    """``loop_steps`` training steps in one tf.while_loop (loop sinking); the fetches of the
+    last step run (the gradient norm, when asked for, of the last step only).  With --nan_policy
+    stop the loop ends at the first non-finite loss."""
+
+    def keep_going(i, last: StepOutputs):
+        more = i < loop_steps
+        return tf.logical_and(more, last.finite) if nan_policy == "stop" else more
+
+    def body(i, _last):
+        last_step = tf.logical_and(measure_grad_norm, tf.equal(i + 1, loop_steps))
+        return i + 1, one_step(last_step)[0]
+
+    zero = tf.constant(0.0)
+    initial = StepOutputs(zero, zero, zero, tf.constant(True), tf.constant(0, tf.int64), zero, zero)
+    _, last = tf.while_loop(
+        keep_going, body, [tf.constant(0), initial], parallel_iterations=1, name="sunk_steps"
+    )
+    return last._asdict()
