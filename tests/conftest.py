@@ -90,6 +90,15 @@ def write_shards(
     return [os.path.join(out_dir, name) for name in sorted(counts)]
 
 
+def demo_config(preset: str = "demo", **settings):
+    """A validated Config: ``preset`` with ``settings`` over it (as run_train.py resolves its
+    flags; class_num from the dataset like training)."""
+    from vgg_keras import config
+    from vgg_keras.data import pipeline
+
+    return config.resolve(preset, settings, dataset_classes=pipeline.needed_classes)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> str:
     """The embedded digits dataset, built once per session. Treat it as read-only."""
@@ -196,12 +205,11 @@ def demo_run(demo_dir, tmp_path_factory) -> str:
 def train_tiny(demo_dir):
     """Train in this process on the demo data with a tiny VGG16 (width 0.0625, log every step).
 
-    ``train_tiny(log_dir, **overrides)`` returns ``(exit code, Config)``; overrides go to
-    ``make_config("demo", ...)``.  The Keras dtype policy is global, so it is put back to
+    ``train_tiny(log_dir, **overrides)`` returns ``(exit code, Config)``; overrides are
+    settings over the demo preset's.  The Keras dtype policy is global, so it is put back to
     float32 afterwards for the tests that follow a bf16/fp16 run.
     """
     from vgg_keras import compat, training
-    from vgg_keras.config import make_config
 
     def run(log_dir, **overrides):
         values = dict(
@@ -211,7 +219,7 @@ def train_tiny(demo_dir):
             display_every=1,
             progress=False,
         )
-        config = make_config("demo", log_dir=str(log_dir), **{**values, **overrides})
+        config = demo_config(log_dir=str(log_dir), **{**values, **overrides})
         try:
             return training.train(config), config
         finally:
@@ -227,11 +235,9 @@ def eval_run(demo_dir, tmp_path_factory) -> str:
     ~10 s).  Returns its log folder (with config.json).  Treat it as read-only.
     """
     from vgg_keras import training
-    from vgg_keras.config import make_config
 
     log_dir = str(tmp_path_factory.mktemp("eval_run"))
-    config = make_config(
-        "demo",
+    config = demo_config(
         data_dir=demo_dir,
         log_dir=log_dir,
         width_multiplier=0.125,
