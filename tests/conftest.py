@@ -250,3 +250,57 @@ def eval_run(demo_dir, tmp_path_factory) -> str:
     )
     assert training.train(config) == 0
     return log_dir
+
+
+def write_reference_checkpoint(
+    folder: str,
+    arch: str = "vgg16",
+    width: float = 0.0625,
+    image_size: int = 32,
+    class_num: int = 10,
+    steps: int = 2,
+) -> str:
+    """A checkpoint in the reference implementation's layout, written the way its Estimator
+    writes one: a ``tf.compat.v1.layers`` VGG (``conv2d`` ... ``dense_2``, named by creation
+    order), its label-smoothed loss plus weight decay over every trainable variable, Nesterov
+    momentum (``.../Momentum`` slots) and ``global_step``, trained ``steps`` steps on a random
+    batch and saved as ``<folder>/model.ckpt-<steps>``.  Returns the prefix."""
+    from vgg_keras import arch as arch_lib
+    from vgg_keras.compat import v1
+
+    row = arch_lib.get(arch)
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(steps)
+        images = tf.random.stateless_normal([4, image_size, image_size, 3], seed=[1, 2])
+        labels = tf.constant([0, 1, 2, 3]) % class_num
+        x = images
+        for repeats, filters in zip(row.convs_per_block, arch_lib.BLOCK_FILTERS):
+            for _ in range(repeats):
+                x = v1.layers.conv2d(
+                    x, max(1, round(filters * width)), 3, padding="same", activation=tf.nn.relu
+                )
+            x = v1.layers.max_pooling2d(x, 2, 2, padding="same")
+        x = tf.reshape(x, [-1, int(np.prod(x.shape[1:]))])
+        for _ in range(2):
+            x = v1.layers.dense(x, max(1, round(arch_lib.FC_UNITS * width)), tf.nn.relu)
+        logits = v1.layers.dense(x, class_num)
+        loss = v1.losses.softmax_cross_entropy(
+            tf.one_hot(labels, class_num), logits, label_smoothing=0.1
+        )
+        loss += 1e-4 * tf.add_n([tf.nn.l2_loss(v) for v in v1.trainable_variables()])
+        step = v1.train.get_or_create_global_step()
+        train = v1.train.MomentumOptimizer(0.01, 0.9, use_nesterov=True).minimize(loss, step)
+        saver = v1.train.Saver()
+        init = v1.global_variables_initializer()
+    with v1.Session(graph=graph) as sess, graph.as_default():
+        sess.run(init)
+        for _ in range(steps):
+            sess.run(train)
+        return saver.save(sess, os.path.join(folder, "model.ckpt"), global_step=steps)
+
+
+@pytest.fixture(scope="session")
+def reference_checkpoint_writer():
+    """``write_reference_checkpoint`` (see above)."""
+    return write_reference_checkpoint

@@ -1,4 +1,5 @@
-"""The VGG model: published parameter counts and layer names, width scaling, float32 logits."""
+"""The VGG family: torchvision's parameter counts for every row of the table, keras.applications'
+layer names, the reference's truncated initialisation, batch norm, width scaling, float32 logits."""
 
 from __future__ import annotations
 
@@ -7,21 +8,41 @@ import inspect
 import numpy as np
 import pytest
 
-from vgg_keras import compat
+from vgg_keras import arch as arch_lib
+from vgg_keras import model as model_lib
+from vgg_keras.api import build_vgg
 from vgg_keras.compat import keras, set_precision_policy, tf, v1
-from vgg_keras.model import build_vgg, kernel_variables
+from vgg_keras.errors import UsageError
 
-# The full networks are only graph construction (no weights are allocated), about 0.2 s each.
-PUBLISHED = {"vgg16": 138_357_544, "vgg19": 143_667_240}
+# torchvision's parameter counts at 1000 classes (Keras also counts batch norm's moving
+# statistics, torchvision's buffers: compared here are the trainable ones).  The full networks
+# are only graph construction (no weights are allocated), about 0.2 s each.
+TORCHVISION = {
+    "vgg11": 132_863_336,
+    "vgg11_bn": 132_868_840,
+    "vgg13": 133_047_848,
+    "vgg13_bn": 133_053_736,
+    "vgg16": 138_357_544,
+    "vgg16_bn": 138_365_992,
+    "vgg19": 143_667_240,
+    "vgg19_bn": 143_678_248,
+}
 APPLICATIONS = {"vgg16": "VGG16", "vgg19": "VGG19"}
 
 
-@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
-def test_published_parameter_count(arch):
+def test_the_table_is_torchvisions_family():
+    assert set(arch_lib.NAMES) == set(TORCHVISION)
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION))
+def test_trainable_parameters_equal_torchvisions(arch):
     with tf.Graph().as_default():
         model = build_vgg(arch, num_classes=1000, image_size=224)
-        assert model.count_params() == PUBLISHED[arch]
+        trainable = sum(w.shape.num_elements() for w in model.trainable_weights)
+        assert trainable == TORCHVISION[arch]
         assert model.output.shape.as_list() == [None, 1000]
+        moving = [w for w in model.non_trainable_weights if "moving" in w.name]
+        assert len(moving) == (2 * len(arch_lib.get(arch).conv_layers()) if "_bn" in arch else 0)
 
 
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
@@ -38,15 +59,30 @@ def test_weights_match_keras_applications_by_name_and_shape(arch):
             ]
 
         assert weighted(ours) == weighted(reference)
-        # Without dropout the layer lists are the same apart from the input layer's name.
-        plain = build_vgg(arch, dropout=0.0)
-        assert [la.name for la in plain.layers[1:]] == [la.name for la in reference.layers[1:]]
+        # Without dropout (as evaluation builds it) the layer lists are the same apart from the
+        # input layer's name.
+        assert [la.name for la in ours.layers[1:]] == [la.name for la in reference.layers[1:]]
 
 
-def test_dropout_layers_follow_fc1_and_fc2():
+def _network(**settings):
+    from vgg_keras.config import resolve
+
+    return resolve(settings=settings, need_data=False).network
+
+
+def test_dropout_layers_follow_fc1_and_fc2_when_training():
     with tf.Graph().as_default():
-        names = [layer.name for layer in build_vgg("vgg16", 10, 32, 0.125, dropout=0.5).layers]
+        network = _network(class_num=10, image_size=32, width_multiplier=0.125)
+        names = [layer.name for layer in model_lib.build(network, training=True).layers]
     assert names[-5:] == ["fc1", "dropout1", "fc2", "dropout2", "predictions"]
+
+
+def test_batch_norm_follows_every_convolution():
+    with tf.Graph().as_default():
+        network = _network(arch="vgg11_bn", class_num=10, image_size=32, width_multiplier=0.125)
+        names = [layer.name for layer in model_lib.build(network).layers]
+    assert names[1:5] == ["block1_conv1", "block1_bn1", "block1_conv1_relu", "block1_pool"]
+    assert names.count("block4_bn2") == 1 and "block4_bn3" not in names
 
 
 def test_width_multiplier_scales_every_layer_but_the_logits():
@@ -59,17 +95,20 @@ def test_width_multiplier_scales_every_layer_but_the_logits():
         assert small.count_params() < full.count_params() / 50
 
 
-def test_kernel_variables_are_the_weight_matrices():
+def test_decayed_variables_are_every_trainable_one_or_the_kernels():
     with tf.Graph().as_default():
-        for arch, layers in (("vgg16", 16), ("vgg19", 19)):
-            kernels = kernel_variables(build_vgg(arch, 10, 32, 0.125))
+        for arch, layers in (("vgg16", 16), ("vgg19", 19), ("vgg11_bn", 11)):
+            model = build_vgg(arch, 10, 32, 0.125)
+            kernels = model_lib.decayed_variables(model, decay_biases=False)
             assert len(kernels) == layers
             assert all(len(k.shape) in (2, 4) for k in kernels)
+            everything = model_lib.decayed_variables(model, decay_biases=True)
+            assert everything == list(model.trainable_weights)
 
 
 def test_unknown_arch():
-    with pytest.raises(ValueError, match="vgg11"):
-        build_vgg("vgg11")
+    with pytest.raises(UsageError, match="vgg13_bn"):
+        build_vgg("vgg12")
 
 
 def test_logits_are_float32_under_mixed_bfloat16():
@@ -83,12 +122,12 @@ def test_logits_are_float32_under_mixed_bfloat16():
             assert all(w.dtype == tf.float32 for w in model.weights), "variables stay float32"
     finally:
         set_precision_policy("fp32")
-    assert compat.global_policy_name() == "float32"
 
 
 def _initial_weights(seed):
     with tf.Graph().as_default():
-        model = build_vgg("vgg16", 10, 32, 0.125, weight_seed=seed)
+        network = _network(class_num=10, image_size=32, width_multiplier=0.125)
+        model = model_lib.build(network, seed=seed)
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
             return sess.run(model.weights)
@@ -117,7 +156,8 @@ def test_forward_pass_in_a_session():
 def _signal_rms(conv_init: str) -> dict:
     """RMS of the first and last conv outputs for unit-variance input, VGG16 x0.25 at 224 px."""
     with tf.Graph().as_default():
-        model = build_vgg("vgg16", 10, 224, 0.25, dropout=0.0, conv_init=conv_init, weight_seed=3)
+        network = _network(class_num=10, width_multiplier=0.25, conv_init=conv_init)
+        model = model_lib.build(network, seed=3)
         images = tf.random.stateless_normal([2, 224, 224, 3], seed=[0, 1])
         outputs = {}
         x = images
@@ -131,25 +171,28 @@ def _signal_rms(conv_init: str) -> dict:
 
 
 def test_fan_in_init_keeps_the_forward_signal_that_fan_out_shrinks():
-    """Why the demo uses --conv_init fan_in (issue 11): He on fan-out scales each conv's output
-    power by c_in/c_out, 3/16 * (1/2)^3 ~ 1/43 through VGG16's widening blocks, and a small
-    plain VGG that starts with a signal that small can sit at chance for epochs; fan-in keeps it."""
-    fan_in, fan_out = _signal_rms("fan_in"), _signal_rms("fan_out")  # measured: 1.43, 0.22
-    assert 0.3 < fan_in["block5_conv3"] < 3
-    assert fan_out["block5_conv3"] < 0.35
+    """Why the demo uses --conv_init fan_in: He on fan-out scales each conv's output power by
+    c_in/c_out, 3/16 * (1/2)^3 ~ 1/43 through VGG16's widening blocks, and a small plain VGG
+    that starts with a signal that small can sit at chance for epochs; fan-in keeps it."""
+    fan_in, fan_out = _signal_rms("fan_in"), _signal_rms("fan_out")  # measured: 3.12, 0.48
+    assert 0.3 < fan_in["block5_conv3"] < 10
     assert fan_in["block5_conv3"] > 3 * fan_out["block5_conv3"]
 
 
-def test_conv_init_is_he_normal_on_the_chosen_fan():
+def test_conv_init_is_the_references_truncated_normal_on_the_chosen_fan():
+    """tf.initializers.variance_scaling(2.0, mode) on TF 1.15, the reference's: a normal
+    truncated at two of its standard deviations, rescaled (/0.8796) to variance 2/fan."""
     with tf.Graph().as_default():
-        for conv_init, fan in (("fan_in", 9 * 16), ("fan_out", 9 * 32)):
-            model = build_vgg("vgg16", 10, 32, 0.25, conv_init=conv_init, weight_seed=0)
-            kernel = model.get_layer("block2_conv1").kernel  # 3x3, 16 -> 32 channels
+        for conv_init, fan in (("fan_in", 9 * 64), ("fan_out", 9 * 128)):
+            network = _network(class_num=10, image_size=32, conv_init=conv_init)
+            kernel = model_lib.build(network, seed=0).get_layer("block2_conv1").kernel
             with v1.Session() as sess:
                 sess.run(v1.global_variables_initializer())
-                std = sess.run(kernel).std()
-            assert std == pytest.approx(np.sqrt(2 / fan), rel=0.05)
-        with pytest.raises(ValueError, match="conv_init"):
+                values = sess.run(kernel) / np.sqrt(2 / fan)  # 3x3, 64 -> 128 channels
+            assert values.std() == pytest.approx(1.0, rel=0.02)
+            assert np.abs(values).max() <= 2 / 0.87962566103423978 + 1e-6  # 2.2737
+            assert np.abs(values).max() > 2.2  # truncated, not narrower
+        with pytest.raises(UsageError, match="conv_init"):
             build_vgg("vgg16", conv_init="glorot")
 
 
@@ -162,7 +205,7 @@ def test_logits_equal_keras_applications_given_the_same_weights(arch):
     if "classifier_activation" in inspect.signature(application).parameters:
         top["classifier_activation"] = None  # logits (TF 1.15's applications end in softmax)
     with tf.Graph().as_default():
-        ours = build_vgg(arch, num_classes=10, image_size=32, dropout=0.0, dense_init="he")
+        ours = build_vgg(arch, num_classes=10, image_size=32, dense_init="he")
         reference = application(weights=None, input_shape=(32, 32, 3), classes=10, **top)
         assert [w.shape.as_list() for w in ours.weights] == [
             w.shape.as_list() for w in reference.weights

@@ -117,10 +117,20 @@ def our_scope(scope: str, contents: Contents | None) -> str:
     return ours.get(layer, layer) + sep + rest
 
 
+def weight_names(model) -> list[tuple[str, object]]:
+    """(``layer/weight`` name, variable) of a keras model's weights: the names a checkpoint of
+    ours stores, whatever suffix the graph gave the variables (a second model in one graph)."""
+    return [
+        (f"{layer.name}/{w.op.name.split('/')[-1]}", w)
+        for layer in model.layers
+        for w in layer.weights
+    ]
+
+
 def check_network(contents: Contents, model) -> None:
     """Raise a UsageError naming both sides when the checkpoint holds another network than the
     keras ``model`` (named by its arch, as model.py names it): arch, class count or width."""
-    wanted = {v.op.name: v.shape.as_list() for v in model.weights}
+    wanted = {name: v.shape.as_list() for name, v in weight_names(model)}
     stored = {name: contents.shapes.get(stored_name(name, contents)) for name in wanted}
     missing = [n for n, shape in stored.items() if shape is None]
     wrong = [n for n, shape in stored.items() if shape is not None and list(shape) != wanted[n]]
@@ -150,10 +160,10 @@ def restore(session, path: str, model, required=(), optional=()) -> list:
     (either layout); returns the optional variables it lacked."""
     contents = read_contents(path)
     check_network(contents, model)
-    required = [*model.weights, *required]
+    own = [*weight_names(model), *[(v.op.name, v) for v in required]]
     variables, names, absent = [], [], []
-    for variable in required:
-        name = stored_name(variable.op.name, contents)
+    for ours, variable in own:
+        name = stored_name(ours, contents)
         if name not in contents.shapes:
             raise UsageError(f"{path}: has no variable {name} (needed to resume)")
         variables.append(variable)
