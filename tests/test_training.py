@@ -1,33 +1,33 @@
-"""The training graph and Session loop: the loss against a hand computation, loop sinking equal to
-single steps, the exact stop step, resume (global_step, LR, input stream, keep_checkpoint_max),
-refusing another configuration's log folder, and mixed precision.
+"""The Session loop: loop sinking equal to single steps, the exact stop step, resume (global_step,
+LR, input stream, keep_checkpoint_max), a resume that changes precision, resuming the reference
+implementation's checkpoints, the best checkpoint kept out of rotation, refusing another
+configuration's log folder, and mixed precision.
 
 Runs are real: a tiny VGG16 (width 0.0625, 32 px) on the demo TFRecords, real checkpoints.
 """
 
 from __future__ import annotations
 
-import collections
+import json
 import os
 
 import numpy as np
 import pytest
+from conftest import demo_config, write_reference_checkpoint
 
-from vgg_keras import checkpoints, compat, training
-from vgg_keras.compat import keras, tf, v1
-from vgg_keras.config import make_config
-from vgg_keras.data import pipeline
+from vgg_keras import arch, rundir, training
+from vgg_keras.compat import tf, v1
 from vgg_keras.errors import UsageError
 from vgg_keras.reporting import read_metrics
 
 
 def checkpoint_steps(log_dir) -> list[int]:
-    return [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(str(log_dir))]
+    return [rundir.checkpoint_step(p) for p in rundir.list_checkpoints(str(log_dir))]
 
 
 def final_variables(log_dir) -> dict[str, np.ndarray]:
     """Every variable (weights, momentum slots, global_step) of the newest checkpoint."""
-    reader = tf.train.load_checkpoint(checkpoints.latest_checkpoint(str(log_dir)))
+    reader = tf.train.load_checkpoint(rundir.latest_checkpoint(str(log_dir)))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
@@ -35,56 +35,6 @@ def assert_same_variables(left: dict, right: dict) -> None:
     assert left.keys() == right.keys()
     for name in left:
         np.testing.assert_allclose(left[name], right[name], rtol=1e-6, atol=1e-7, err_msg=name)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss
-
-
-def numpy_log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
-@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
-def test_cross_entropy_with_label_smoothing_matches_hand_computation(smoothing, dtype):
-    rng = np.random.default_rng(3)
-    logits = rng.normal(0, 2, (6, 5)).astype(np.float32)
-    labels = np.array([0, 4, 2, 2, 1, 3], np.int32)
-    with tf.Graph().as_default() as graph:
-        loss = training.cross_entropy(
-            tf.cast(tf.constant(logits), dtype), tf.constant(labels), 5, smoothing
-        )
-    with v1.Session(graph=graph) as sess:
-        got = sess.run(loss)
-    assert loss.dtype == tf.float32, "the loss is float32 whatever the logits' dtype"
-    if dtype == tf.bfloat16:
-        logits = tf.cast(tf.cast(logits, tf.bfloat16), tf.float32).numpy()
-    targets = np.full((6, 5), smoothing / 5) + (1 - smoothing) * np.eye(5)[labels]
-    expected = -(targets * numpy_log_softmax(logits.astype(np.float64))).sum(axis=1).mean()
-    assert got == pytest.approx(expected, rel=1e-5)
-
-
-def test_weight_decay_loss_is_half_sum_of_squares_of_kernels_or_all_weights():
-    init = keras.initializers.RandomNormal(stddev=0.5, seed=1)
-    with tf.Graph().as_default() as graph:
-        inputs = keras.Input((4,))
-        hidden = keras.layers.Dense(3, kernel_initializer=init, bias_initializer=init, name="fc1")
-        outputs = keras.layers.Dense(2, kernel_initializer=init, bias_initializer=init)
-        model = keras.Model(inputs, outputs(hidden(inputs)))
-        kernels_only = training.weight_decay_loss(model, 1e-2)
-        with_biases = training.weight_decay_loss(model, 1e-2, decay_biases=True)
-        no_decay = training.weight_decay_loss(model, 0.0)
-        init_op = v1.global_variables_initializer()
-    with v1.Session(graph=graph) as sess:
-        sess.run(init_op)
-        values = dict(zip([w.name for w in model.weights], sess.run(model.weights)))
-        got = sess.run([kernels_only, with_biases, no_decay])
-    assert all(np.abs(v).sum() > 0 for v in values.values()), "biases must be non-zero to tell"
-    kernels = sum((v.astype(np.float64) ** 2).sum() / 2 for n, v in values.items() if "kernel" in n)
-    everything = sum((v.astype(np.float64) ** 2).sum() / 2 for v in values.values())
-    np.testing.assert_allclose(got, [1e-2 * kernels, 1e-2 * everything, 0.0], rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +124,8 @@ def test_keep_checkpoint_max_holds_across_resume(resumed):
 
 def test_a_log_dir_holding_another_network_is_refused(resumed, demo_dir):
     interrupted, _, _ = resumed
-    config = make_config(
-        "demo", data_dir=demo_dir, log_dir=str(interrupted), width_multiplier=0.125, mode="train"
+    config = demo_config(
+        data_dir=demo_dir, log_dir=str(interrupted), width_multiplier=0.125, mode="train"
     )
     with pytest.raises(UsageError, match=r"holds a run with width_multiplier=0\.0625"):
         training.train(config)
@@ -186,51 +136,25 @@ def test_a_log_dir_holding_another_network_is_refused(resumed, demo_dir):
 # Mixed precision
 
 
-@pytest.mark.parametrize(("precision", "compute"), [("bf16", tf.bfloat16), ("fp16", tf.float16)])
-def test_mixed_precision_graph_computes_in_half_and_keeps_float32_logits(
-    demo_dir, precision, compute
-):
-    config = make_config(
-        "demo", data_dir=demo_dir, width_multiplier=0.0625, precision=precision, log_dir="unused"
-    )
-    split = pipeline.load_split(demo_dir, "train")
-    try:
-        tg = training.build_train_graph(
-            config, lambda *_worker: pipeline.train_dataset(split, 8, 32, 10), 10.0, 8
-        )
-    finally:
-        compat.set_precision_policy("fp32")
-    dtypes = collections.Counter(
-        (op.type, op.outputs[0].dtype)
-        for op in tg.graph.get_operations()
-        if op.type in ("Conv2D", "MatMul")
-    )
-    assert dtypes[("Conv2D", compute)] > 0 and dtypes[("Conv2D", tf.float32)] == 0
-    assert tg.model.output.dtype == tf.float32
-    assert all(v.dtype == tf.float32 for v in tg.model.weights), "variables stay float32"
-    assert tg.step_fetches["loss"].dtype == tf.float32
-
-
 def test_bf16_run_trains_like_fp32(train_tiny, tmp_path):
-    # The first 30 steps of this small run barely move the loss (by about 0.06, depending on
-    # the augmentation drawn), so bf16 is held to fp32's own curve rather than to a fixed drop.
+    # The demo's loss leaves chance once its warmup epoch (44 steps) is over: 60 steps show
+    # bf16 learning, held to fp32's own curve rather than to a fixed drop.
     losses = {}
     for precision in ("fp32", "bf16"):
         code, _ = train_tiny(
             tmp_path / precision,
             precision=precision,
             width_multiplier=0.125,
-            warmup_epochs=0.0,
-            max_train_steps=30,
-            iterations_per_loop=5,
-            display_every=5,
+            max_train_steps=60,
+            iterations_per_loop=10,
+            display_every=10,
         )
         assert code == 0
         losses[precision] = [r["loss"] for r in read_metrics(tmp_path / precision)]
     bf16, fp32 = np.array(losses["bf16"]), np.array(losses["fp32"])
     assert len(bf16) == 6 and np.isfinite(bf16).all()
-    assert bf16[-1] < bf16[0] - 0.03, losses
-    np.testing.assert_allclose(bf16, fp32, atol=0.03)
+    assert bf16[-1] < bf16[0] - 0.15, losses
+    np.testing.assert_allclose(bf16, fp32, atol=0.1)
 
 
 def test_fp16_run_uses_dynamic_loss_scaling_and_stays_finite(train_tiny, tmp_path):
@@ -243,3 +167,103 @@ def test_fp16_run_uses_dynamic_loss_scaling_and_stays_finite(train_tiny, tmp_pat
     variables = final_variables(tmp_path)
     assert variables["current_loss_scale"] > 1  # the dynamic loss scale is saved and resumed
     assert variables["block1_conv1/kernel"].dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# A resume that changes precision
+
+
+@pytest.mark.parametrize(
+    ("first", "then"), [("fp32", "fp16"), ("fp16", "fp32"), ("bf16", "fp16"), ("fp16", "bf16")]
+)
+def test_a_resume_in_another_precision_goes_on_and_says_so(train_tiny, tmp_path, first, then):
+    """A checkpoint without the fp16 loss scale resumes with a fresh one; an fp16 checkpoint's
+    scale is left out by a run that has none; either way the weights and the step go on."""
+    assert train_tiny(tmp_path, precision=first, batch_size=8, max_train_steps=2)[0] == 0
+    before = final_variables(tmp_path)
+    assert train_tiny(tmp_path, precision=then, batch_size=8, max_train_steps=3)[0] == 0
+    after = final_variables(tmp_path)
+    assert int(after["global_step"]) == 3
+    assert ("current_loss_scale" in after) == (then == "fp16")
+    assert not np.array_equal(after["fc1/kernel"], before["fc1/kernel"]), "trained on"
+    with open(tmp_path / "train.log") as f:
+        log = f.read()
+    assert f"note: the run was trained in {first}, it goes on in {then}" in log
+    assert ("holds no fp16 loss scale: a fresh one" in log) == (then == "fp16")
+    assert "resumed from" in log and "unreadable" not in log
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference implementation's checkpoints
+
+
+def rename_to_ours(reference_prefix: str, arch_name: str, out_prefix: str) -> None:
+    """The reference checkpoint's values under our names, mapped by creation order here (not by
+    the project's own mapping): its i-th convolution is our i-th, dense/dense_1/dense_2 are
+    fc1/fc2/predictions; slots and global_step follow."""
+    row = arch.get(arch_name)
+    convs = row.conv_layers()
+    theirs = (
+        ["conv2d"] + [f"conv2d_{i}" for i in range(1, len(convs))] + ["dense", "dense_1", "dense_2"]
+    )
+    mapping = dict(zip(theirs, convs + ["fc1", "fc2", "predictions"]))
+    reader = tf.train.load_checkpoint(reference_prefix)
+    with tf.Graph().as_default() as graph:
+        variables = []
+        for name in reader.get_variable_to_shape_map():
+            layer, _, rest = name.partition("/")
+            ours = f"{mapping[layer]}/{rest}" if layer in mapping else name
+            variables.append(v1.Variable(reader.get_tensor(name), name=ours))
+        saver, init = v1.train.Saver(variables), v1.global_variables_initializer()
+    with v1.Session(graph=graph) as sess, graph.as_default():
+        sess.run(init)
+        saver.save(sess, out_prefix, write_meta_graph=False)
+
+
+@pytest.mark.parametrize("arch_name", ["vgg16", "vgg19"])
+def test_a_reference_run_resumes_exactly_as_its_renamed_copy(train_tiny, tmp_path, arch_name):
+    """Weights, momentum slots, global_step and the schedule's position come from a
+    reference-layout checkpoint: one more step from it equals one more step from the same
+    values in our layout."""
+    theirs, ours = tmp_path / "reference_run", tmp_path / "renamed"
+    for folder in (theirs, ours):
+        folder.mkdir()
+    prefix = write_reference_checkpoint(str(theirs), arch_name, steps=3)
+    rename_to_ours(prefix, arch_name, str(ours / "model.ckpt-3"))
+    settings = dict(arch=arch_name, dense_init="normal", max_train_steps=5)
+    for folder in (theirs, ours):
+        assert train_tiny(folder, **settings)[0] == 0
+    with open(theirs / "train.log") as f:
+        assert f"resumed from {prefix} at step 3" in f.read()
+    got, expected = final_variables(theirs), final_variables(ours)
+    assert int(got["global_step"]) == 5 and "block1_conv1/kernel/Momentum" in got
+    assert_same_variables(got, expected)
+    lrs = [(r["step"], r["lr"]) for r in read_metrics(theirs)]
+    assert lrs == [(s, r) for s, r in ((r["step"], r["lr"]) for r in read_metrics(ours))]
+    assert [s for s, _ in lrs] == [4, 5], "the run went on from the reference's step"
+
+
+# ---------------------------------------------------------------------------------------------
+# The best checkpoint
+
+
+def test_the_best_checkpoint_is_kept_out_of_rotation(train_tiny, tmp_path):
+    assert train_tiny(tmp_path, max_train_steps=6, save_checkpoints_steps=2)[0] == 0
+    (tmp_path / "best_checkpoint.json").write_text(
+        json.dumps({"checkpoint": "model.ckpt-2", "step": 2, "top1": 1.0})
+    )
+    code, _ = train_tiny(
+        tmp_path, max_train_steps=12, save_checkpoints_steps=2, keep_checkpoint_max=2
+    )
+    assert code == 0
+    assert checkpoint_steps(tmp_path) == [2, 10, 12]
+
+
+def test_train_and_evaluate_records_the_best_evaluation(train_tiny, tmp_path):
+    code, _ = train_tiny(tmp_path, mode="train_and_evaluate", max_train_steps=88, display_every=44)
+    assert code == 0
+    evaluated = [r for r in read_metrics(tmp_path) if "eval_top1" in r]
+    best = max(evaluated, key=lambda r: r["eval_top1"])
+    record = rundir.read_best(str(tmp_path))
+    assert (record["step"], record["top1"]) == (best["step"], pytest.approx(best["eval_top1"]))
+    assert record["step"] in checkpoint_steps(tmp_path)

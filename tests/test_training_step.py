@@ -2,7 +2,8 @@
 
 The update must be Nesterov-momentum SGD (TensorFlow's form: ``a = m*a + g``,
 ``w -= lr * (g + m*a)``) on the mean cross-entropy against smoothed labels plus
-``weight_decay * sum(w**2) / 2`` over the kernels; each of those flags must reach the graph.
+``weight_decay * sum(w**2) / 2`` over the kernels (``--decay_biases``: every variable); each of those flags must reach the
+graph.
 The gradient is taken of a loss written here from scratch (log-softmax, hand-smoothed one-hot
 labels, the decay sum) in a separate graph; the optimizer step is numpy.  fp16: an overflowing
 gradient halves the dynamic loss scale and leaves the weights alone.
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import demo_config
 
-from vgg_keras import compat, training
+from vgg_keras import clock, compat, distribute, train_graph
+from vgg_keras.api import build_vgg
 from vgg_keras.compat import tf, v1
-from vgg_keras.config import make_config
-from vgg_keras.model import build_vgg
 
 BATCH, SIZE, CLASSES, LR = 8, 32, 10, 0.05
 
@@ -29,13 +30,14 @@ def _config(**overrides):
         lr=LR,
         lr_schedule="piecewise",
         lr_boundaries=[1000.0],
+        batch_size=BATCH,
         warmup_epochs=0.0,
         weight_decay=1e-4,
         clip_grad_norm=0.0,  # the reference's update; the demo clips
         seed=5,
     )
     values.update(overrides)
-    return make_config("demo", **values)
+    return demo_config(**values)
 
 
 def _batch(scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +55,9 @@ def _train_steps(config, steps: int, scale: float = 1.0, save_to: str | None = N
         return tf.data.Dataset.from_tensors((images, labels)).repeat()
 
     try:
-        tg = training.build_train_graph(config, dataset_fn, steps_per_epoch=100.0, global_batch=8)
+        plan = clock.plan(config, train_images=100 * BATCH)  # 100 steps per epoch
+        dist = distribute.single_device()
+        tg = train_graph.build(config, dataset_fn, plan, dist, config.network.precision)
     finally:
         compat.set_precision_policy("fp32")
     names = [w.op.name for w in tg.model.trainable_weights]
@@ -83,17 +87,16 @@ def _gradients(config, weights: dict) -> dict:
     """d/dw of mean CE(smoothed one-hot) + decay * sum(w^2)/2 over kernels (and biases with
     --decay_biases), at ``weights``, written without the project's loss functions."""
     images, labels = _batch()
-    eps = config.label_smoothing
+    o = config.optimizer
+    eps = o.label_smoothing
     targets = np.full((BATCH, CLASSES), eps / CLASSES, np.float32)
     targets[np.arange(BATCH), labels] += 1.0 - eps
     with tf.Graph().as_default() as graph:
-        model = build_vgg("vgg16", CLASSES, SIZE, config.width_multiplier, 0.0, "he")
+        model = build_vgg("vgg16", CLASSES, SIZE, config.network.width_multiplier, dense_init="he")
         logits = model(tf.constant(images), training=False)
         cross_entropy = -tf.reduce_mean(tf.reduce_sum(targets * tf.nn.log_softmax(logits), axis=1))
-        decayed = [
-            w for w in model.trainable_weights if "kernel" in w.op.name or config.decay_biases
-        ]
-        decay = config.weight_decay * tf.add_n([tf.reduce_sum(tf.square(w)) for w in decayed]) / 2
+        decayed = [w for w in model.trainable_weights if "kernel" in w.op.name or o.decay_biases]
+        decay = o.weight_decay * tf.add_n([tf.reduce_sum(tf.square(w)) for w in decayed]) / 2
         grads = tf.gradients(cross_entropy + decay, model.trainable_weights)
         names = [w.op.name for w in model.trainable_weights]
         with v1.Session(graph=graph) as sess:
@@ -116,16 +119,17 @@ def _clipped(grads: dict, clip_norm: float) -> dict:
 
 def _expected_steps(config, history: list[dict], steps: int) -> list[dict]:
     """Each step's weights from the previous step's by numpy momentum SGD."""
-    m = config.momentum
+    o = config.optimizer
+    m = o.momentum
     accumulators = {name: np.zeros_like(w) for name, w in history[0].items()}
     expected = []
     for step in range(steps):
         before = history[step]
-        grads = _clipped(_gradients(config, before), config.clip_grad_norm)
+        grads = _clipped(_gradients(config, before), o.clip_grad_norm)
         after = {}
         for name, w in before.items():
             accumulators[name] = m * accumulators[name] + grads[name]
-            if config.use_nesterov:
+            if o.use_nesterov:
                 after[name] = w - LR * (grads[name] + m * accumulators[name])
             else:
                 after[name] = w - LR * accumulators[name]
@@ -150,7 +154,8 @@ def default_steps():
 
 def test_two_steps_are_nesterov_momentum_sgd_on_the_smoothed_loss_plus_decay(default_steps):
     config, history = default_steps
-    assert (config.momentum, config.use_nesterov, config.label_smoothing) == (0.9, True, 0.1)
+    o = config.optimizer
+    assert (o.momentum, o.use_nesterov, o.label_smoothing) == (0.9, True, 0.1)
     expected = _expected_steps(config, history, 2)
     for step in range(2):  # the second step also checks the momentum accumulated by the first
         _assert_updates_close(history[step], history[step + 1], expected[step], f"step {step + 1}")
@@ -188,7 +193,7 @@ def test_the_logged_gradient_norm_is_the_norm_before_clipping():
     history, others = _train_steps(config, 2)
     for step in range(2):
         norm = _global_norm(_gradients(config, history[step]))
-        assert norm > 2 * config.clip_grad_norm  # the step was clipped
+        assert norm > 2 * config.optimizer.clip_grad_norm  # the step was clipped
         assert others["grad_norms"][step] == pytest.approx(norm, rel=1e-3)
 
 
