@@ -123,3 +123,47 @@ def test_batch_norm_moving_statistics_move_with_every_step():
     # Momentum 0.9: after n steps of (nearly) the same batch mean m, the moving mean is
     # (1 - 0.9**n) m; three more steps move it from 0.1 m to 0.3439 m.
     np.testing.assert_allclose(four[0], one * (1 - 0.9**4) / 0.1, rtol=0.05, atol=1e-4)
+
+
+def _weights_after(config, images, labels, steps: int, sunk: bool = False) -> list:
+    tg = _graph(config, lambda *_: tf.data.Dataset.from_tensors((images, labels)).repeat())
+    with v1.Session(graph=tg.graph) as sess:
+        sess.run(tg.init_op)
+        sess.run(tg.iterator_init)
+        if sunk:
+            sess.run(tg.loop_fetches, {tg.loop_steps: steps})
+        else:
+            for _ in range(steps):
+                sess.run(tg.step_fetches)
+        return sess.run(tg.model.trainable_weights + [tg.global_step])
+
+
+def _update_difference(got: list, want: list, start: list) -> float:
+    """The largest difference of two runs' weight updates, relative to the largest update."""
+    pairs = list(zip(got[:-1], want[:-1], start[:-1]))
+    biggest = max(np.abs(w - s).max() for _, w, s in pairs)
+    return max(np.abs((g - s) - (w - s)).max() for g, w, s in pairs) / biggest
+
+
+def test_four_micro_batches_of_8_are_one_step_of_32():
+    """--accumulation_steps 4 with --batch_size 8 takes the steps of --batch_size 32 on the same
+    32 images (weight decay counted once, momentum and clipping on the mean gradient), single
+    and sunk, to float rounding: another order of the same 32 images differs as much."""
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((32, 32, 32, 3)).astype(np.float32)
+    labels = (np.arange(32) % 10).astype(np.int32)
+    settings = dict(width_multiplier=0.0625, lr=0.05, warmup_epochs=0.0, clip_grad_norm=0.5)
+    whole = demo_config(batch_size=32, **settings)
+    start = _weights_after(whole, images, labels, 0)
+    big = _weights_after(whole, images, labels, 2)
+    order = rng.permutation(32)
+    rounding = _update_difference(
+        _weights_after(whole, images[order], labels[order], 2), big, start
+    )
+    small = demo_config(batch_size=8, accumulation_steps=4, **settings)
+    for sunk in (False, True):
+        accumulated = _weights_after(small, images, labels, 2, sunk)
+        assert accumulated[-1] == big[-1] == 2, "global_step counts optimizer steps"
+        assert _update_difference(accumulated, big, start) < max(3 * rounding, 1e-3)
+    one = _weights_after(demo_config(batch_size=8, **settings), images[:8], labels[:8], 2)
+    assert _update_difference(one, big, start) > 0.05, "one micro-batch alone differs"

@@ -267,3 +267,34 @@ def test_train_and_evaluate_records_the_best_evaluation(train_tiny, tmp_path):
     record = rundir.read_best(str(tmp_path))
     assert (record["step"], record["top1"]) == (best["step"], pytest.approx(best["eval_top1"]))
     assert record["step"] in checkpoint_steps(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient accumulation
+
+
+def test_accumulated_steps_take_the_big_batchs_images_and_resume_exactly(train_tiny, tmp_path):
+    """--accumulation_steps 4 --batch_size 8 reads the stream of --batch_size 32 (the same 32
+    records per optimizer step, the same crops), counts optimizer steps and images, and a run
+    interrupted between steps resumes where it stopped."""
+    settings = dict(max_train_steps=4, display_every=2, iterations_per_loop=2, warmup_epochs=0.0)
+    straight, interrupted, big = tmp_path / "straight", tmp_path / "interrupted", tmp_path / "big"
+    assert train_tiny(big, batch_size=32, **settings)[0] == 0
+    assert train_tiny(straight, batch_size=8, accumulation_steps=4, **settings)[0] == 0
+    assert (
+        train_tiny(
+            interrupted, batch_size=8, accumulation_steps=4, **{**settings, "max_train_steps": 2}
+        )[0]
+        == 0
+    )
+    assert train_tiny(interrupted, batch_size=8, accumulation_steps=4, **settings)[0] == 0
+    assert_same_variables(final_variables(interrupted), final_variables(straight))
+    got, want = final_variables(straight), final_variables(big)
+    assert int(got["global_step"]) == int(want["global_step"]) == 4
+    for name in want:  # to float rounding: summed in another order
+        np.testing.assert_allclose(got[name], want[name], rtol=2e-3, atol=2e-5, err_msg=name)
+    records = read_metrics(straight)
+    assert [r["step"] for r in records] == [2, 4]
+    assert records[0]["epoch"] == pytest.approx(2 / (1437 // 32))  # epochs of 32 images
+    with open(straight / "config.json") as f:
+        assert json.load(f)["run"]["global_batch"] == 32

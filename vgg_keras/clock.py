@@ -79,7 +79,7 @@ def plan(config: Config, train_images: int | None, num_replicas: int = 1) -> Pla
     ImageNet-sized epoch)."""
     loop = config.loop
     images = IMAGENET_TRAIN_IMAGES if train_images is None else train_images
-    global_batch = config.input.batch_size * num_replicas
+    global_batch = config.input.batch_size * num_replicas * config.optimizer.accumulation_steps
     per_epoch = steps_per_epoch(images, global_batch)
     max_steps = loop.max_train_steps or max(1, round(loop.max_epochs * per_epoch))
     evaluate = None

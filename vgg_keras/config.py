@@ -255,6 +255,15 @@ class Optimizer:
         "outsized step from knocking a plain VGG back to chance (the demo's: 5)",
         at_least=0,
     )
+    accumulation_steps: int = setting(
+        1,
+        "micro-batches per optimizer step (gradient accumulation): the global batch is "
+        "accumulation_steps x batch_size x replicas, so a device too small for the recipe's "
+        "batch keeps it (4 x 64 = 256)",
+        at_least=1,
+        at_most=4096,
+        aliases=("--gradient_accumulation_steps",),
+    )
     nan_policy: str = setting(
         "stop",
         "on NaN/Inf loss: stop, or skip_step (discard the update)",

@@ -93,30 +93,61 @@ class _StepBuilder:
 
     def forward_backward(self, images, labels, measure_grad_norm):
         """On one replica: [loss, total_loss, gradient norm, top-1] and the gradients of its
-        share of the batch; the gradients wait for batch norm's moving-statistics updates."""
+        share of the batch, accumulated over --accumulation_steps micro-batches of it."""
+        k = self.config.optimizer.accumulation_steps
+        if k == 1:
+            values, grads = self._micro_batch(images, labels)
+        else:
+            values, grads = self._accumulate(images, labels, k)
+        # The norm of this replica's gradient of its mean loss, on steps that end a log interval
+        # (NaN on the others: it costs a pass over every gradient).
+        grad_norm = tf.cond(
+            measure_grad_norm,
+            lambda: tf.linalg.global_norm(grads) * self.dist.in_sync,
+            lambda: tf.constant(float("nan")),
+        )
+        loss, total_loss, top1 = tf.unstack(values)
+        variables = self.model.trainable_weights
+        return tf.stack([loss, total_loss, grad_norm, top1]), list(zip(grads, variables))
+
+    def _micro_batch(self, images, labels):
+        """[loss, total_loss, top-1] of one batch and its gradients (zeros for a variable it
+        does not reach); the gradients wait for batch norm's moving-statistics updates."""
         network, o = self.config.network, self.config.optimizer
         logits = self.model(images, training=True)
         loss = cross_entropy(logits, labels, network.class_num, o.label_smoothing)
         total_loss = loss + weight_decay_loss(self.model, o)
         # The strategy sums gradients over replicas: the sum of these is the gradient of the
         # mean loss over the global batch.
-        grads = self.optimizer.compute_gradients(
+        pairs = self.optimizer.compute_gradients(
             total_loss / self.dist.in_sync, self.model.trainable_weights
         )
-        updates = model_lib.update_ops(self.model, images)
-        if updates:
-            with tf.control_dependencies(updates):
-                grads = [(tf.identity(g), v) for g, v in grads]
-        # The norm of this replica's gradient of its mean loss, on steps that end a log interval
-        # (NaN on the others: it costs a pass over every gradient).
-        grad_norm = tf.cond(
-            measure_grad_norm,
-            lambda: tf.linalg.global_norm([g for g, _ in grads]) * self.dist.in_sync,
-            lambda: tf.constant(float("nan")),
-        )
+        with tf.control_dependencies(model_lib.update_ops(self.model, images)):
+            grads = [tf.identity(g) if g is not None else tf.zeros_like(v) for g, v in pairs]
         hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
         top1 = tf.reduce_mean(tf.cast(hits, tf.float32))
-        return tf.stack([loss, total_loss, grad_norm, top1]), grads
+        return tf.stack([loss, total_loss, top1]), grads
+
+    def _accumulate(self, images, labels, k: int):
+        """The mean of ``_micro_batch`` over the ``k`` equal slices of the batch, one after
+        another in a tf.while_loop: the gradient of the whole batch's mean loss, with one
+        slice's activations in memory at a time."""
+        images = tf.reshape(images, tf.concat([[k, -1], tf.shape(images)[1:]], 0))
+        labels = tf.reshape(labels, [k, -1])
+
+        def body(i, values, grads):
+            more, more_grads = self._micro_batch(images[i], labels[i])
+            return i + 1, values + more / k, [g + m / k for g, m in zip(grads, more_grads)]
+
+        zeros = [tf.zeros_like(v) for v in self.model.trainable_weights]
+        _, values, grads = tf.while_loop(
+            lambda i, *_: i < k,
+            body,
+            [tf.constant(0), tf.zeros([3]), zeros],
+            parallel_iterations=1,
+            name="accumulation",
+        )
+        return values, grads
 
     def apply_on_replica(self, grads, clip_by_norm=None):
         """The update, with the gradients scaled by ``clip_grad_norm / clip_by_norm`` when that

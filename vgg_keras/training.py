@@ -95,16 +95,19 @@ def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distrib
     """``dataset_fn(num_workers, worker_index)`` for the training graph: this worker's stream,
     from ``start_step`` on."""
 
+    # One replica's batch of one optimizer step: its micro-batches one after another.
+    micro_batches = config.optimizer.accumulation_steps
+
     def dataset_fn(num_workers: int, worker_index: int):
         if config.input.synthetic:
-            return pipeline.synthetic_dataset(
-                config.network, config.input.batch_size, config.loop.seed
-            )
+            batch = config.input.batch_size * micro_batches
+            return pipeline.synthetic_dataset(config.network, batch, config.loop.seed)
         return pipeline.train_dataset(
             split,
             config.network,
             config.input,
             config.loop.seed,
+            micro_batches=micro_batches,
             # Each replica takes its own per-replica batch from this worker's stream.
             start_step=start_step * dist.local_replicas,
             num_workers=num_workers,

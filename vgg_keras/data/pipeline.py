@@ -184,14 +184,15 @@ def train_dataset(
     inp: Input,
     seed: int,
     *,
+    micro_batches: int = 1,
     start_step: int = 0,
     num_workers: int = 1,
     worker_index: int = 0,
 ) -> tf.data.Dataset:
-    """Endless shuffled, augmented training batches of (float32 images, int32 labels), of
-    ``inp.batch_size`` (one replica's); ``start_step`` resumes the stream after that many
-    batches."""
-    batch_size = inp.batch_size
+    """Endless shuffled, augmented training batches of (float32 images, int32 labels) of one
+    replica's optimizer step: ``micro_batches`` (--accumulation_steps) of --batch_size;
+    ``start_step`` resumes the stream after that many batches."""
+    batch_size = inp.batch_size * micro_batches
     files, by_record, epoch_size = split.for_worker(num_workers, worker_index)
     if epoch_size < batch_size:
         raise UsageError(
