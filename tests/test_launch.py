@@ -276,6 +276,38 @@ class Launch:
         return int(re.search(rf"\[launch\] worker {worker}: pid (\d+)", "\n".join(self.lines))[1])
 
 
+@pytest.mark.skipif(
+    not compat.MULTI_WORKER, reason="multi-worker training needs TF 2 (refused on TF 1.15)"
+)
+def test_sigterm_to_the_launcher_stops_every_worker_after_the_chief_saved(demo_dir, tmp_path):
+    log_dir = tmp_path / "run"
+    flags = [*TINY, "--data_dir", demo_dir, "--log_dir", str(log_dir), "--mode", "train"]
+    flags += ["--max_train_steps", "3000", "--display_every", "10"]
+    flags += ["--save_checkpoints_steps", "1000"]
+    run = Launch(2, flags)
+    run.wait_for(r"^\[worker 0\] step:\s+10 ")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=120) == 143, "\n".join(run.lines[-30:])
+    assert "[launch] SIGTERM: forwarded to worker(s) 0, 1; they save and stop, or are " in (
+        "\n".join(run.lines)
+    )
+    stopped = [
+        re.match(r"SIGTERM: stopped at step (\d+), saved (\S+) \(exit 143\)$", x) for x in run.of(0)
+    ]
+    stopped = [m for m in stopped if m]
+    assert len(stopped) == 1, "\n".join(run.of(0)[-10:])
+    step = int(stopped[0][1])
+    assert 10 <= step < 1000  # the step reached, not a scheduled save
+    assert (
+        checkpoints.latest_checkpoint(str(log_dir))
+        == stopped[0][2]
+        == f"{log_dir}/model.ckpt-{step}"
+    )
+    assert "[launch] worker 0 exited with code 143" in run.lines
+    assert "[launch] stopped by SIGTERM: every worker has ended" in run.lines
+    assert not [pid for pid in (run.pid(0), run.pid(1)) if _alive(pid)]
+
+
 @dataclasses.dataclass
 class KilledAndResumed:
     log_dir: str
