@@ -308,6 +308,85 @@ def test_sigterm_to_the_launcher_stops_every_worker_after_the_chief_saved(demo_d
     assert not [pid for pid in (run.pid(0), run.pid(1)) if _alive(pid)]
 
 
+def _free_port_pair() -> int:
+    """A port p such that p and p + 1 were both free on 127.0.0.1 a moment ago."""
+    for _ in range(100):
+        port = launch.free_ports(1)[0]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except (OSError, OverflowError):
+                continue
+        return port
+    pytest.fail("no two consecutive free ports")
+
+
+def _srun_task(rank: int, port: int, flags: list[str]) -> subprocess.Popen:
+    """run_train.py as task ``rank`` of a two-task srun step on one node: SLURM's variables as
+    srun sets them, the node's ports reserved from ``port`` (srun --resv-ports), no TF_CONFIG."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM") and k != "TF_CONFIG"}
+    for name in ("SLURM_NODELIST", "SLURM_JOB_NODELIST", "SLURM_STEP_NODELIST"):
+        env[name] = "localhost"
+    for name in ("SLURM_TASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE"):
+        env[name] = "2"
+    env.update(SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2", SLURM_NNODES="1", SLURM_JOB_ID="7")
+    env.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0")
+    env.update(SLURMD_NODENAME="localhost", SLURM_STEP_RESV_PORTS=f"{port}-{port + 1}")
+    return subprocess.Popen(
+        [sys.executable, "run_train.py", *flags],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.skipif(
+    not compat.MULTI_WORKER, reason="multi-worker training needs TF 2 (refused on TF 1.15)"
+)
+def test_srun_tasks_train_the_run_that_launched_workers_train(demo_dir, tmp_path):
+    """Two tasks of an srun step on one node, the cluster read from SLURM's environment (task 0
+    with --distribution multi_worker, task 1 with auto), end with the weights of two workers
+    started by the launcher with TF_CONFIG; only the chief writes."""
+    flags = ["--arch", "vgg16", "--width_multiplier", "0.0625", "--image_size", "32"]
+    flags += ["--class_num", "10", "--batch_size", "8", "--max_train_steps", "4"]
+    flags += ["--mode", "train", "--data_dir", demo_dir, "--progress", "false"]
+    slurm_dir, launch_dir = tmp_path / "srun", tmp_path / "launch"
+    port = _free_port_pair()
+    tasks = [
+        _srun_task(
+            0, port, [*flags, "--distribution", "multi_worker", "--log_dir", str(slurm_dir)]
+        ),
+        _srun_task(1, port, [*flags, "--log_dir", str(slurm_dir)]),
+    ]
+    launched = Launch(2, [*flags, "--log_dir", str(launch_dir)])
+    outputs = [task.communicate(timeout=600)[0] for task in tasks]
+    assert launched.finish() == 0, "\n".join(launched.lines[-40:])
+    for task, output in zip(tasks, outputs):
+        assert task.returncode == 0, output[-3000:]
+    assert "2 replicas = 2 worker(s) x 1; this is worker 0 (chief)" in outputs[0]
+    assert "; this is worker 1" in outputs[1] and "(chief)" not in outputs[1]
+
+    fingerprints = [re.findall(r"^weights fingerprint (\w+)$", out, re.M) for out in outputs]
+    fingerprints.append(
+        [
+            x[len("weights fingerprint ") :]
+            for x in launched.of(0)
+            if x.startswith("weights fingerprint ")
+        ]
+    )
+    assert len(fingerprints[0]) == 1 and fingerprints[0] == fingerprints[1] == fingerprints[2]
+
+    # The chief alone writes: the checkpoint, the log, the metrics, the (pid-named) events.
+    assert checkpoints.list_checkpoints(str(slurm_dir)) == [f"{slurm_dir}/model.ckpt-4"]
+    log = (slurm_dir / "train.log").read_text()
+    assert "worker 0 of 2 reads" in log and "worker 1 of 2" not in log
+    assert [m["step"] for m in read_metrics(str(slurm_dir)) if "loss" in m] == [4]
+    events = [f for f in os.listdir(slurm_dir) if f.startswith("events.out.tfevents.")]
+    assert [name.split(".")[-3] for name in events] == [str(tasks[0].pid)]
+
+
 @dataclasses.dataclass
 class KilledAndResumed:
     log_dir: str
