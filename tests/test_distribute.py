@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from vgg_keras import distribute
+from vgg_keras import compat, distribute
 from vgg_keras.compat import tf, v1
 from vgg_keras.config import make_config
 from vgg_keras.data import pipeline
@@ -215,3 +215,124 @@ def test_a_checkpoint_of_either_strategy_resumes_under_the_other(script_runner, 
         losses = [m["loss"] for m in read_metrics(tmp_path / name) if m["step"] > 6]
         expected = [m["loss"] for m in read_metrics(tmp_path / "reference") if m["step"] > 6]
         np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster of an srun job step, read from SLURM's environment as srun sets it for each task.
+
+NEEDS_TF2 = "multi-worker training needs TF 2 (a SLURM step of several tasks is refused on 1.15)"
+
+
+@pytest.fixture
+def slurm(monkeypatch):
+    """``slurm(**variables)``: this process as a task of an srun step (SLURM_ added to each
+    name); no TF_CONFIG and no other SLURM variable."""
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "SLURMD_")) or name == "TF_CONFIG":
+            monkeypatch.delenv(name)
+
+    def setenv(**variables):
+        for name, value in variables.items():
+            monkeypatch.setenv(name if name.startswith("SLURMD_") else f"SLURM_{name}", value)
+
+    return setenv
+
+
+def _step(tasks: int, nodes: str, per_node: str, rank: int, **more) -> dict:
+    """The variables srun sets for task ``rank`` of a step (and of the job it runs in)."""
+    step = {"NTASKS": str(tasks), "STEP_NUM_TASKS": str(tasks), "PROCID": str(rank)}
+    step.update(NODELIST=nodes, JOB_NODELIST=nodes, STEP_NODELIST=nodes)
+    step.update(TASKS_PER_NODE=per_node, STEP_TASKS_PER_NODE=per_node, JOB_ID="4242")
+    return {**step, **more}
+
+
+@pytest.mark.skipif(not compat.MULTI_WORKER, reason=NEEDS_TF2)
+def test_a_step_on_two_nodes_is_a_two_worker_cluster_with_ports_from_the_job_id(slurm):
+    slurm(**_step(2, "gpu[07-08]", "1(x2)", 1, LOCALID="0", SLURMD_NODENAME="gpu08"))
+    tf_config, source = distribute._cluster_config()
+    port = distribute.SLURM_JOB_PORTS + 4242
+    assert tf_config == {
+        "cluster": {"worker": [f"gpu07:{port}", f"gpu08:{port}"]},
+        "task": {"type": "worker", "index": 1},
+    }
+    assert source == distribute.SLURM_SOURCE
+    assert distribute.resolve_kind(_config(), tf_config["cluster"]) == "multi_worker"
+
+
+@pytest.mark.skipif(not compat.MULTI_WORKER, reason=NEEDS_TF2)
+def test_two_tasks_on_one_node_get_consecutive_ports_from_the_reserved_range(slurm):
+    slurm(**_step(2, "localhost", "2", 1, LOCALID="1", STEP_RESV_PORTS="12000-12001"))
+    tf_config, _ = distribute._cluster_config()
+    assert tf_config["cluster"] == {"worker": ["localhost:12000", "localhost:12001"]}
+    assert tf_config["task"] == {"type": "worker", "index": 1}
+
+
+def test_one_task_or_no_srun_step_is_not_a_cluster(slurm):
+    slurm(**_step(1, "gpu07", "1", 0))
+    assert distribute._cluster_config()[0] is None
+    assert distribute.resolve_kind(_config()) == "none"
+    # A batch script running python itself: the job has 2 tasks, but no srun step started it.
+    slurm(NTASKS="2", PROCID="0", NODELIST="gpu[07-08]", TASKS_PER_NODE="1(x2)")
+    os.environ.pop("SLURM_STEP_NUM_TASKS")
+    assert distribute._cluster_config()[0] is None
+
+
+def test_tf_config_wins_over_slurm(slurm, monkeypatch):
+    slurm(**_step(2, "gpu[07-08]", "1(x2)", 1))
+    tf_config = {"cluster": TWO_WORKERS, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert distribute._cluster_config() == (tf_config, "TF_CONFIG")
+
+
+@pytest.mark.skipif(compat.MULTI_WORKER, reason="TF 1.15 only: there it is refused")
+def test_a_step_of_several_tasks_is_refused_on_tf1(slurm):
+    slurm(**_step(2, "gpu[07-08]", "1(x2)", 0))
+    with pytest.raises(UsageError, match="srun started 2 tasks: .* needs TensorFlow 2"):
+        distribute.create(_config())
+
+
+@pytest.mark.skipif(not compat.MULTI_WORKER, reason=NEEDS_TF2)
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"PROCID": None}, "SLURM_PROCID is not set"),
+        ({"PROCID": "x"}, "SLURM_PROCID must be an integer between 0 and 1, got 'x'"),
+        ({"PROCID": "2"}, "SLURM_PROCID must be an integer between 0 and 1, got '2'"),
+        ({"STEP_NUM_TASKS": "two"}, "SLURM_STEP_NUM_TASKS must be an integer >= 1"),
+        ({"STEP_NODELIST": None}, "SLURM_STEP_NODELIST is not set"),
+        ({"STEP_NODELIST": "gpu[07-"}, "SLURM_STEP_NODELIST is not a SLURM host list"),
+        ({"STEP_TASKS_PER_NODE": "1(x"}, "SLURM_STEP_TASKS_PER_NODE is not a SLURM task count"),
+        ({"STEP_TASKS_PER_NODE": "3"}, "SLURM_STEP_TASKS_PER_NODE '3' on the nodes"),
+        ({"STEP_TASKS_PER_NODE": "1"}, "does not make the SLURM_STEP_NUM_TASKS=2 tasks"),
+        ({"STEP_RESV_PORTS": "12000-11000"}, "SLURM_STEP_RESV_PORTS must be a port range"),
+        # Node names that sort otherwise than SLURM lists them: the resolver puts task 0 on
+        # gpu10 (sorted as text), while srun started it on gpu9.
+        (
+            {"STEP_NODELIST": "gpu[9-10]", "SLURMD_NODENAME": "gpu9", "LOCALID": "0"},
+            "SLURM_PROCID 0 runs on gpu9 as local task 0 .* places it at gpu10:",
+        ),
+    ],
+)
+def test_slurm_variables_that_make_no_cluster_are_one_line_naming_the_variable(
+    slurm, variables, message
+):
+    step = _step(2, "gpu[07-08]", "1(x2)", 0)
+    step.update(variables)
+    slurm(**{name: value for name, value in step.items() if value is not None})
+    with pytest.raises(UsageError, match=message) as caught:
+        distribute.create(_config())
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(not compat.MULTI_WORKER, reason=NEEDS_TF2)
+def test_two_tasks_on_one_node_need_two_reserved_ports(slurm):
+    slurm(**_step(2, "localhost", "2", 1, LOCALID="1", STEP_RESV_PORTS="12000"))
+    with pytest.raises(UsageError, match="SLURM_STEP_RESV_PORTS ends at 12000, but local task 1"):
+        distribute._cluster_config()
+
+
+@pytest.mark.skipif(not compat.MULTI_WORKER, reason=NEEDS_TF2)
+def test_a_slurm_step_with_another_distribution_is_refused(slurm):
+    slurm(**_step(2, "gpu[07-08]", "1(x2)", 0))
+    with pytest.raises(UsageError, match=r"SLURM \(SLURM_STEP_NUM_TASKS\) describes 2 workers, "):
+        distribute.create(_config(distribution="none"))

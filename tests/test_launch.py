@@ -51,8 +51,15 @@ def test_free_ports_are_distinct_and_can_be_served():
     ("args", "message"),
     [
         (["--workers", "2"], "error: give the program after --"),
-        (["--workers", "0", "--", "run_train.py"], "error: --workers: must be >= 1, got 0"),
-        (["--grace", "0", "--", "run_train.py"], "error: --grace: must be > 0 seconds"),
+        (["--workers", "0", "--", "run_train.py"], "error: --workers: must be >= 1 and <= 64"),
+        (["--grace", "0", "--", "run_train.py"], "error: --grace: must be a number of seconds > 0"),
+        (["--grace", "inf", "--", "run_train.py"], "error: --grace: must be a number of seconds"),
+        (["--grace", "nan", "--", "run_train.py"], "error: --grace: must be a number of seconds"),
+        (["--grace", "1e9", "--", "run_train.py"], "error: --grace: must be a number of seconds"),
+        (["--workers", "2.5", "--", "run_train.py"], "error: argument --workers: invalid int"),
+        (["--workers", "10000000", "--", "run_train.py"], "error: --workers: must be >= 1 and <="),
+        (["--npus", "1e3", "--", "run_train.py"], "error: argument --npus: invalid int"),
+        (["--npus", "10" * 10, "--", "run_train.py"], "error: --npus: must be >= 1 and <= 64"),
         (["--", "no_such_script.py"], "error: no_such_script.py: no such script"),
     ],
 )
@@ -61,6 +68,7 @@ def test_usage_errors_are_one_line_and_exit_2(args, message):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith(message)
+    assert "Traceback" not in proc.stdout and "[launch]" not in proc.stdout  # nothing started
 
 
 # Worker 0 fails at once; worker 1 hangs and ignores SIGTERM, as a worker blocked in an
@@ -90,6 +98,131 @@ def test_a_hung_worker_is_stopped_within_the_grace_period_after_another_fails():
     assert "worker(s) 1 still running 1 s after another stopped: terminating them" in proc.stdout
     assert "[launch] worker 1 ignored SIGTERM: killing it" in proc.stdout
     assert elapsed < 1 + launch.KILL_WAIT_SECONDS + 10
+
+
+# A rank that stops on SIGINT/SIGTERM as run_train.py does (signals.StopSignals: the first one
+# "saves", writing a file, and exits 128 + N; a second one exits at once, unsaved); with IGNORE
+# set, rank 1 ignores SIGTERM, as a worker blocked in a collective would.
+SAVING_RANK = """
+import os, signal, sys, time
+from vgg_keras.signals import StopSignals
+rank = os.environ["RANK_ID"]
+with StopSignals() as signals:
+    if rank == "1" and os.environ.get("IGNORE"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ready", flush=True)
+    while signals.received is None:
+        time.sleep(0.05)
+name = signal.Signals(signals.received).name
+print("got", name, flush=True)
+with open(os.path.join(sys.argv[1], "saved_" + rank), "a") as f:
+    f.write(name + "\\n")
+sys.exit(signals.exit_code)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that still runs (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def launch_ranks(tmp_path):
+    """``launch_ranks(env)`` starts two ranks (see _launch_ranks); whatever a failed test leaves
+    running is killed afterwards."""
+    started = []
+
+    def start(env: dict | None = None):
+        proc, output = _launch_ranks(tmp_path, env)
+        started.append((proc, _pids(output, "rank")))
+        return proc, output
+
+    yield start
+    for proc, pids in started:
+        for pid in [proc.pid, *pids]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _launch_ranks(tmp_path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Two ranks of SAVING_RANK, started as a terminal starts a job: in a process group of its
+    own (so that a Ctrl-C can be sent to the group); returns it and its output so far."""
+    device = [{"device_id": str(i), "rank_id": str(i)} for i in (0, 1)]
+    (tmp_path / "2p.json").write_text(json.dumps({"server_list": [{"device": device}]}))
+    (tmp_path / "rank.py").write_text(SAVING_RANK)
+    proc = subprocess.Popen(
+        [*LAUNCH, "--npus", "2", "--rank_table", "2p.json", "--grace", "1"]
+        + ["--", "rank.py", str(tmp_path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": REPO_ROOT, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    rank_1_log = tmp_path / "rank_logs" / "rank_1" / "train.log"
+    lines = []
+    for line in proc.stdout:  # rank 0's output is shown, rank 1's is in its log
+        lines.append(line)
+        if "[rank 0] ready" in line:
+            break
+    while "ready" not in (rank_1_log.read_text() if rank_1_log.exists() else ""):
+        assert time.monotonic() < deadline, "rank 1 did not start"
+        time.sleep(0.05)
+    return proc, "".join(lines)
+
+
+def _pids(output: str, label: str) -> list[int]:
+    return [int(pid) for pid in re.findall(rf"\[launch\] {label} \d+: pid (\d+)", output)]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_signal_to_the_launcher_reaches_every_rank_once_and_the_launcher_waits(
+    tmp_path, launch_ranks, how
+):
+    """Ctrl-C at a terminal signals the whole foreground process group: the ranks, in a session
+    of their own, get it once, through the launcher (a second one would mean exit unsaved)."""
+    proc, started = launch_ranks()
+    pids = _pids(started, "rank")
+    # Outside the launcher's group: the group's signal reaches the ranks only through it (the
+    # kernel may merge two SIGINTs that arrive before a busy rank runs, so look at the groups).
+    assert len(pids) == 2 and {os.getpgid(pid) for pid in pids}.isdisjoint({proc.pid})
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[0]
+    name, code = ("SIGINT", 130) if how == "ctrl-c" else ("SIGTERM", 143)
+    assert proc.returncode == code, rest
+    assert f"[launch] {name}: forwarded to rank(s) 0, 1; they save and stop" in rest
+    for rank in (0, 1):
+        assert (tmp_path / f"saved_{rank}").read_text() == f"{name}\n"  # once each
+        assert f"[launch] rank {rank} exited with code {code}" in rest
+    assert rest.rstrip().endswith(f"[launch] stopped by {name}: every rank has ended")
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_a_rank_that_ignores_the_signal_is_killed_after_the_grace_period(tmp_path, launch_ranks):
+    proc, output = launch_ranks({"IGNORE": "1"})
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[0]
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 143, rest
+    assert "[launch] rank 0 exited with code 143" in rest
+    assert "[launch] rank(s) 1 still running 1 s after the signal: terminating them" in rest
+    assert "[launch] rank 1 ignored SIGTERM: killing it" in rest
+    assert "[launch] rank 1 was killed by SIGKILL" in rest
+    assert elapsed < 1 + launch.KILL_WAIT_SECONDS + 10
+    assert (tmp_path / "saved_0").exists() and not (tmp_path / "saved_1").exists()
+    pids = _pids(output, "rank")
+    assert len(pids) == 2 and not [pid for pid in pids if _alive(pid)]
 
 
 class Launch:
@@ -141,6 +274,117 @@ class Launch:
 
     def pid(self, worker: int) -> int:
         return int(re.search(rf"\[launch\] worker {worker}: pid (\d+)", "\n".join(self.lines))[1])
+
+
+@pytest.mark.skipif(
+    not compat.MULTI_WORKER, reason="multi-worker training needs TF 2 (refused on TF 1.15)"
+)
+def test_sigterm_to_the_launcher_stops_every_worker_after_the_chief_saved(demo_dir, tmp_path):
+    log_dir = tmp_path / "run"
+    flags = [*TINY, "--data_dir", demo_dir, "--log_dir", str(log_dir), "--mode", "train"]
+    flags += ["--max_train_steps", "3000", "--display_every", "10"]
+    flags += ["--save_checkpoints_steps", "1000"]
+    run = Launch(2, flags)
+    run.wait_for(r"^\[worker 0\] step:\s+10 ")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=120) == 143, "\n".join(run.lines[-30:])
+    assert "[launch] SIGTERM: forwarded to worker(s) 0, 1; they save and stop, or are " in (
+        "\n".join(run.lines)
+    )
+    stopped = [
+        re.match(r"SIGTERM: stopped at step (\d+), saved (\S+) \(exit 143\)$", x) for x in run.of(0)
+    ]
+    stopped = [m for m in stopped if m]
+    assert len(stopped) == 1, "\n".join(run.of(0)[-10:])
+    step = int(stopped[0][1])
+    assert 10 <= step < 1000  # the step reached, not a scheduled save
+    assert (
+        checkpoints.latest_checkpoint(str(log_dir))
+        == stopped[0][2]
+        == f"{log_dir}/model.ckpt-{step}"
+    )
+    assert "[launch] worker 0 exited with code 143" in run.lines
+    assert "[launch] stopped by SIGTERM: every worker has ended" in run.lines
+    assert not [pid for pid in (run.pid(0), run.pid(1)) if _alive(pid)]
+
+
+def _free_port_pair() -> int:
+    """A port p such that p and p + 1 were both free on 127.0.0.1 a moment ago."""
+    for _ in range(100):
+        port = launch.free_ports(1)[0]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except (OSError, OverflowError):
+                continue
+        return port
+    pytest.fail("no two consecutive free ports")
+
+
+def _srun_task(rank: int, port: int, flags: list[str]) -> subprocess.Popen:
+    """run_train.py as task ``rank`` of a two-task srun step on one node: SLURM's variables as
+    srun sets them, the node's ports reserved from ``port`` (srun --resv-ports), no TF_CONFIG."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM") and k != "TF_CONFIG"}
+    for name in ("SLURM_NODELIST", "SLURM_JOB_NODELIST", "SLURM_STEP_NODELIST"):
+        env[name] = "localhost"
+    for name in ("SLURM_TASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE"):
+        env[name] = "2"
+    env.update(SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2", SLURM_NNODES="1", SLURM_JOB_ID="7")
+    env.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0")
+    env.update(SLURMD_NODENAME="localhost", SLURM_STEP_RESV_PORTS=f"{port}-{port + 1}")
+    return subprocess.Popen(
+        [sys.executable, "run_train.py", *flags],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.skipif(
+    not compat.MULTI_WORKER, reason="multi-worker training needs TF 2 (refused on TF 1.15)"
+)
+def test_srun_tasks_train_the_run_that_launched_workers_train(demo_dir, tmp_path):
+    """Two tasks of an srun step on one node, the cluster read from SLURM's environment (task 0
+    with --distribution multi_worker, task 1 with auto), end with the weights of two workers
+    started by the launcher with TF_CONFIG; only the chief writes."""
+    flags = ["--arch", "vgg16", "--width_multiplier", "0.0625", "--image_size", "32"]
+    flags += ["--class_num", "10", "--batch_size", "8", "--max_train_steps", "4"]
+    flags += ["--mode", "train", "--data_dir", demo_dir, "--progress", "false"]
+    slurm_dir, launch_dir = tmp_path / "srun", tmp_path / "launch"
+    port = _free_port_pair()
+    tasks = [
+        _srun_task(
+            0, port, [*flags, "--distribution", "multi_worker", "--log_dir", str(slurm_dir)]
+        ),
+        _srun_task(1, port, [*flags, "--log_dir", str(slurm_dir)]),
+    ]
+    launched = Launch(2, [*flags, "--log_dir", str(launch_dir)])
+    outputs = [task.communicate(timeout=600)[0] for task in tasks]
+    assert launched.finish() == 0, "\n".join(launched.lines[-40:])
+    for task, output in zip(tasks, outputs):
+        assert task.returncode == 0, output[-3000:]
+    assert "2 replicas = 2 worker(s) x 1; this is worker 0 (chief)" in outputs[0]
+    assert "; this is worker 1" in outputs[1] and "(chief)" not in outputs[1]
+
+    fingerprints = [re.findall(r"^weights fingerprint (\w+)$", out, re.M) for out in outputs]
+    fingerprints.append(
+        [
+            x[len("weights fingerprint ") :]
+            for x in launched.of(0)
+            if x.startswith("weights fingerprint ")
+        ]
+    )
+    assert len(fingerprints[0]) == 1 and fingerprints[0] == fingerprints[1] == fingerprints[2]
+
+    # The chief alone writes: the checkpoint, the log, the metrics, the (pid-named) events.
+    assert checkpoints.list_checkpoints(str(slurm_dir)) == [f"{slurm_dir}/model.ckpt-4"]
+    log = (slurm_dir / "train.log").read_text()
+    assert "worker 0 of 2 reads" in log and "worker 1 of 2" not in log
+    assert [m["step"] for m in read_metrics(str(slurm_dir)) if "loss" in m] == [4]
+    events = [f for f in os.listdir(slurm_dir) if f.startswith("events.out.tfevents.")]
+    assert [name.split(".")[-3] for name in events] == [str(tasks[0].pid)]
 
 
 @dataclasses.dataclass

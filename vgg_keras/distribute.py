@@ -6,9 +6,11 @@
 - ``mirrored``: ``tf.compat.v1.distribute.MirroredStrategy`` over the local GPUs (or
   ``--devices``; naming several CPUs splits the host CPU into that many logical devices, which
   is how the tests run it).
-- ``multi_worker``: ``MultiWorkerMirroredStrategy`` configured from ``TF_CONFIG``.
+- ``multi_worker``: ``MultiWorkerMirroredStrategy`` over the cluster of ``TF_CONFIG``, or of the
+  srun job step this process is a task of (SLURM), ``TF_CONFIG`` first.
 - ``npu``: Ascend NPUs through ``npu_bridge`` (see ``npu.py``), one process per device.
-- ``auto``: ``multi_worker`` when ``TF_CONFIG`` names a cluster, ``mirrored`` with
+- ``auto``: ``multi_worker`` when ``TF_CONFIG`` names a cluster or srun started more than one
+  task, ``mirrored`` with
   ``--devices``, ``npu`` where ``npu_bridge`` is importable, ``mirrored`` when more than one GPU
   is visible, else ``none``.
 
@@ -19,7 +21,7 @@ the single-device graph is the same code.
 
 Multi-worker runs use the arrangement graph mode needs: the strategy is created inside a graph
 (so it leaves the eager runtime alone), each worker starts an in-process gRPC server at its
-``TF_CONFIG`` address, and every session runs on that server with the strategy's ConfigProto
+cluster address, and every session runs on that server with the strategy's ConfigProto
 (collective group leader, device filters).  Gradients are all-reduced by the strategy:
 MirroredStrategy uses NCCL between the GPUs of a host, MultiWorkerMirroredStrategy collective
 all-reduce (NCCL on GPU workers, a ring over gRPC otherwise).
@@ -31,6 +33,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable
 from typing import ClassVar
@@ -248,7 +251,7 @@ def create(config: Config) -> Distribution:
     Logical CPU devices and multi-worker collectives can only be set up before the runtime
     initialises its devices.
     """
-    tf_config = _read_tf_config()
+    tf_config, source = _cluster_config()
     cluster = tf_config.get("cluster") if tf_config else None
     kind = resolve_kind(config, cluster)
     runtime = config.runtime
@@ -260,11 +263,12 @@ def create(config: Config) -> Distribution:
     if kind != "mirrored" and runtime.devices:
         raise UsageError(f"--devices applies to --distribution mirrored, not {kind}")
     if kind == "multi_worker":
-        return _multi_worker(tf_config)
+        return _multi_worker(tf_config, source)
     if cluster is not None and _num_workers(cluster) > 1:
+        remedy = "unset TF_CONFIG" if source == "TF_CONFIG" else "run one task"
         raise UsageError(
-            f"TF_CONFIG describes {_num_workers(cluster)} workers, but --distribution is {kind} "
-            "(use multi_worker or auto, or unset TF_CONFIG)"
+            f"{source} describes {_num_workers(cluster)} workers, but --distribution is {kind} "
+            f"(use multi_worker or auto, or {remedy})"
         )
     if kind == "mirrored":
         return _mirrored(runtime.devices)
@@ -276,6 +280,15 @@ def create(config: Config) -> Distribution:
 def single_device() -> Distribution:
     """One device, no strategy: TensorFlow's default strategy runs replica functions in place."""
     return Distribution(tf.distribute.get_strategy())
+
+
+def _cluster_config() -> tuple[dict | None, str]:
+    """The cluster this process is a task of, as a TF_CONFIG dict, and where it was read:
+    TF_CONFIG when set (it wins), else the srun job step's environment (SLURM)."""
+    tf_config = _read_tf_config()
+    if tf_config is not None:
+        return tf_config, "TF_CONFIG"
+    return _read_slurm(), SLURM_SOURCE
 
 
 def _read_tf_config() -> dict | None:
@@ -293,6 +306,113 @@ def _read_tf_config() -> dict | None:
 
 def _num_workers(cluster: dict) -> int:
     return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
+SLURM_SOURCE = "SLURM (SLURM_STEP_NUM_TASKS)"
+SLURM_DEFAULT_PORT = 8888  # TensorFlow's, outside a SLURM job
+SLURM_JOB_PORTS = 15000  # + SLURM_JOB_ID % 10000: two jobs on one node rarely meet
+
+
+def _read_slurm() -> dict | None:
+    """The srun job step this process is a task of, as a TF_CONFIG dict; None outside srun or
+    for a single task.
+
+    srun sets SLURM_STEP_NUM_TASKS for its tasks; a batch script that runs python itself has
+    none, and trains as one process.  TensorFlow's SlurmClusterResolver lays the tasks out: the
+    step's nodes (SLURM_STEP_NODELIST) in sorted order, SLURM_STEP_TASKS_PER_NODE on each in
+    block order, task SLURM_PROCID, local task i at port base + i.  Its GPU bookkeeping is not
+    used: it would set CUDA_VISIBLE_DEVICES after TensorFlow has listed the GPUs; each task
+    takes the GPUs it sees (srun --gpus-per-task, or every GPU of its node).
+    """
+    if "SLURM_STEP_NUM_TASKS" not in os.environ:
+        return None
+    tasks = _slurm_int("SLURM_STEP_NUM_TASKS", 1, None)
+    if tasks == 1:
+        return None
+    if not compat.MULTI_WORKER:
+        raise UsageError(f"srun started {tasks} tasks: {MULTI_WORKER_NEEDS_TF2}")
+    rank = _slurm_int("SLURM_PROCID", 0, tasks - 1)
+    base, last = _slurm_ports()
+    try:
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            port_base=base, gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False
+        )
+        cluster = resolver.cluster_spec().as_dict()
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(_slurm_error(err, tasks)) from err
+    task = {"type": resolver.task_type, "index": resolver.task_id}
+    address = cluster[task["type"]][task["index"]]
+    _check_slurm_placement(rank, address, base, last)
+    return {"cluster": cluster, "task": task}
+
+
+def _slurm_int(name: str, low: int, high: int | None) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        raise UsageError(f"{name} is not set (srun sets it for each task)")
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise UsageError(f"{name} must be an integer {bound}, got {text!r}")
+    return value
+
+
+def _slurm_ports() -> tuple[int, int | None]:
+    """The first port of this step's tasks on a node, and the last one it may use: srun
+    --resv-ports' range (SLURM_STEP_RESV_PORTS, e.g. 12000-12003), else a base from the job id
+    (no upper bound), else TensorFlow's default."""
+    reserved = os.environ.get("SLURM_STEP_RESV_PORTS")
+    if reserved:
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", reserved.strip())
+        if not match or not 0 < int(match[1]) <= int(match[2] or match[1]) < 65536:
+            raise UsageError(
+                f"SLURM_STEP_RESV_PORTS must be a port range like 12000-12003, got {reserved!r}"
+            )
+        return int(match[1]), int(match[2] or match[1])
+    job = os.environ.get("SLURM_JOB_ID", "")
+    return (SLURM_JOB_PORTS + int(job) % 10000 if job.isdigit() else SLURM_DEFAULT_PORT), None
+
+
+def _slurm_error(err: Exception, tasks: int) -> str:
+    """One line naming the SLURM variable that TensorFlow's resolver could not use."""
+    text = str(err)
+    missing = re.match(r"(SLURM_\w+) not found in environment", text)
+    if missing:
+        return f"{missing[1]} is not set (srun sets it; SLURM_STEP_NUM_TASKS is {tasks})"
+    nodes = os.environ.get("SLURM_STEP_NODELIST")
+    if "hostlist" in text:
+        return f"SLURM_STEP_NODELIST is not a SLURM host list, got {nodes!r}"
+    per_node = os.environ.get("SLURM_STEP_TASKS_PER_NODE")
+    if "tasks-per-node" in text:
+        return f"SLURM_STEP_TASKS_PER_NODE is not a SLURM task count list, got {per_node!r}"
+    return (
+        f"SLURM_STEP_TASKS_PER_NODE {per_node!r} on the nodes {nodes!r} (SLURM_STEP_NODELIST) "
+        f"does not make the SLURM_STEP_NUM_TASKS={tasks} tasks"
+    )
+
+
+def _check_slurm_placement(rank: int, address: str, base: int, last: int | None) -> None:
+    """Refuse a layout in which this task is not where the resolver puts it: every worker would
+    wait for a partner at an address where another one serves."""
+    host, port = address.rsplit(":", 1)
+    node = os.environ.get("SLURMD_NODENAME")
+    local = os.environ.get("SLURM_LOCALID")
+    if (node is not None and node != host) or (
+        local is not None and local != str(int(port) - base)
+    ):
+        raise UsageError(
+            f"SLURM_PROCID {rank} runs on {node} as local task {local} (SLURMD_NODENAME, "
+            f"SLURM_LOCALID), but TensorFlow's SlurmClusterResolver places it at {address}: it "
+            "expects srun's block distribution and node names that sort as SLURM lists them"
+        )
+    if last is not None and int(port) > last:
+        raise UsageError(
+            f"SLURM_STEP_RESV_PORTS ends at {last}, but local task {int(port) - base} of "
+            f"{host} needs port {port} (reserve one port per task on a node)"
+        )
 
 
 def _mirrored(devices: list[str] | None) -> Distribution:
@@ -354,11 +474,19 @@ def _split_host_cpu(count: int) -> None:
         ) from err
 
 
-def _multi_worker(tf_config: dict | None) -> Distribution:
+MULTI_WORKER_NEEDS_TF2 = (
+    "--distribution multi_worker: needs TensorFlow 2 (TF 1.15's collectives fail in the sunk "
+    "training loop); use mirrored on one host, or npu on Ascend"
+)
+
+
+def _multi_worker(tf_config: dict | None, source: str = "TF_CONFIG") -> Distribution:
+    """MultiWorkerMirroredStrategy over ``tf_config``'s cluster (from TF_CONFIG or SLURM), this
+    process its ``task``; the strategy reads the cluster from the same resolver as the server."""
     if not tf_config or "cluster" not in tf_config or "task" not in tf_config:
         raise UsageError(
             "--distribution multi_worker needs TF_CONFIG with 'cluster' and 'task' "
-            "(see python -m vgg_keras.launch)"
+            "(see python -m vgg_keras.launch), or srun with more than one task"
         )
     task, cluster = tf_config["task"], tf_config["cluster"]
     if task.get("type") not in ("chief", "worker"):
@@ -370,14 +498,17 @@ def _multi_worker(tf_config: dict | None) -> Distribution:
             f"{len(addresses)} {task['type']} addresses"
         )
     if not compat.MULTI_WORKER:
-        raise UsageError(
-            "--distribution multi_worker: needs TensorFlow 2 (TF 1.15's collectives fail in the "
-            "sunk training loop); use mirrored on one host, or npu on Ascend"
-        )
+        raise UsageError(MULTI_WORKER_NEEDS_TF2)
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster),
+        task_type=task["type"],
+        task_id=task["index"],
+        rpc_layer="grpc",
+        # This worker's replicas: every GPU it sees (what the strategy counts under TF_CONFIG).
+        num_accelerators={"GPU": compat.gpu_count()},
+    )
     with tf.Graph().as_default():  # graph mode: no eager collectives, we start the server
-        strategy = v1.distribute.experimental.MultiWorkerMirroredStrategy()
-    # The strategy reads TF_CONFIG through this same resolver (TF 1.15's does not expose it).
-    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        strategy = v1.distribute.experimental.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     session_config = strategy.update_config_proto(v1.ConfigProto())
     address = addresses[task["index"]]
     try:
@@ -389,7 +520,7 @@ def _multi_worker(tf_config: dict | None) -> Distribution:
             start=True,
         )
     except (tf.errors.OpError, ValueError) as err:
-        raise UsageError(f"TF_CONFIG: cannot serve at {address} ({err})") from err
+        raise UsageError(f"{source}: cannot serve at {address} ({err})") from err
     # Workers are numbered as the strategy numbers its input pipelines: the chief first.
     index = resolver.task_id + (len(cluster.get("chief", [])) if task["type"] == "worker" else 0)
     return MultiWorker(

@@ -16,14 +16,21 @@ lose their all-reduce partner; they get ``--grace`` seconds to notice and stop o
 then are terminated (SIGTERM, then SIGKILL), so a launch never hangs.  The exit code is 0 when
 every worker succeeded, else the first failure's (128 + N for a worker killed by signal N).
 
-On several hosts, start run_train.py on each with the same cluster and its own task instead
-(README: distributed training).
+SIGINT and SIGTERM to the launcher (Ctrl-C, ``kill``) are forwarded to every worker, which saves
+its checkpoint and stops as a lone run_train.py does; they get ``--grace`` seconds, then the
+ones still running are terminated, and the launcher exits 130 or 143.  The workers run in a
+session of their own, so a Ctrl-C at the terminal reaches them once, through the launcher.
+
+On several hosts, start run_train.py on each host instead: under SLURM with srun, on Kubernetes
+through the training operator's TF_CONFIG, or with a TF_CONFIG of your own (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import queue
 import shutil
@@ -32,12 +39,17 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from vgg_keras.config import UsageParser  # errors become one line and exit code 2
 from vgg_keras.errors import UsageError, run_cli
 
 KILL_WAIT_SECONDS = 5.0  # after SIGTERM, before SIGKILL
+MAX_PROCESSES = 64  # one machine: a bound on --workers and --npus (ports, pipes, threads)
+MAX_GRACE_SECONDS = 86400.0  # a day; a timeout beyond the platform's limit would overflow
+POLL_SECONDS = 0.2  # how soon the watch loop reports a signal the handler forwarded
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
 def free_ports(count: int) -> list[int]:
@@ -77,8 +89,15 @@ def _command(program: list[str]) -> list[str]:
 
 def _describe_exit(code: int) -> str:
     if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by {_signal_name(-code)}"
     return f"exited with code {code}"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {signum}"
 
 
 def _exit_status(code: int) -> int:
@@ -100,7 +119,7 @@ def read_rank_table(path: str, npus: int) -> list[str]:
             f"--rank_table {path}: not an HCCL rank table (expected JSON with server_list[]."
             "device[] holding device_id and rank_id)"
         ) from err
-    if sorted(by_rank) != list(range(npus)):
+    if len(by_rank) != npus or sorted(by_rank) != list(range(npus)):
         raise UsageError(
             f"--npus {npus}: {path} lists ranks {sorted(by_rank)}, expected 0..{npus - 1}"
         )
@@ -120,40 +139,61 @@ def rank_environments(npus: int, rank_table: str | None, devices: list[str]) -> 
 
 
 class Workers:
-    """The processes, their output threads and a queue of their exits.
+    """The processes, their output threads, a queue of their exits, and the signals forwarded
+    to them.
 
-    Process ``i`` runs ``command`` with ``envs[i]`` added to this environment; with ``logs``,
-    its output goes to ``logs[i]`` and only process 0's is also printed.
+    ``start`` runs process ``i`` with ``envs[i]`` added to this environment; with ``logs``, its
+    output goes to ``logs[i]`` and only process 0's is also printed.  Inside ``forwarding()``,
+    SIGINT and SIGTERM to this process are sent on to every running process.
     """
 
-    def __init__(
-        self,
-        command: list[str],
-        envs: list[dict],
-        label: str = "worker",
-        logs: list[str] | None = None,
-        notes: list[str] | None = None,
-    ):
+    def __init__(self, label: str = "worker"):
         self.exits: queue.Queue[tuple[int, int]] = queue.Queue()
         self.procs: list[subprocess.Popen] = []
         self.label = label
+        self.signals: list[int] = []  # forwarded so far, in order
+        self._threads: list[threading.Thread] = []
         self._print_lock = threading.Lock()
-        for index, extra in enumerate(envs):
-            env = {**os.environ, **extra, "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen(
-                command,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                errors="replace",
-            )
-            self.procs.append(proc)
-            note = f", {notes[index]}" if notes else ""
-            self.say(f"{label} {index}: pid {proc.pid}{note}")
-            log = logs[index] if logs else None
-            threading.Thread(target=self._stream, args=(index, proc, log), daemon=True).start()
+
+    def start(
+        self,
+        command: list[str],
+        envs: list[dict],
+        logs: list[str] | None = None,
+        notes: list[str] | None = None,
+    ) -> None:
+        try:
+            for index, extra in enumerate(envs):
+                if self.signals:  # interrupted while starting: start no more
+                    return
+                self._start_one(index, command, extra, logs, notes)
+        except BaseException:  # a process that could not start: none of the others may stay
+            self.stop(self.running())
+            raise
+
+    def _start_one(self, index, command, extra, logs, notes) -> None:
+        env = {**os.environ, **extra, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            # Not in the terminal's process group: a Ctrl-C reaches the workers once, forwarded
+            # (a second SIGINT would make them exit without saving).
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        if self.signals:  # arrived before the handler could see this process
+            proc.send_signal(self.signals[0])
+        note = f", {notes[index]}" if notes else ""
+        self.say(f"{self.label} {index}: pid {proc.pid}{note}")
+        log = logs[index] if logs else None
+        thread = threading.Thread(target=self._stream, args=(index, proc, log), daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def say(self, line: str, prefix: str = "launch") -> None:
         with self._print_lock:
@@ -168,11 +208,30 @@ class Workers:
                     self.say(line.rstrip("\n"), f"{self.label} {index}")
         self.exits.put((index, proc.wait()))
 
+    @contextlib.contextmanager
+    def forwarding(self):
+        """SIGINT/SIGTERM are forwarded while inside; the handler only sends and records (it
+        runs between two bytecodes of the main thread, which may hold the print lock)."""
+
+        def forward(signum, _frame):
+            self.signals.append(signum)
+            for proc in self.procs:  # in order: the chief first, see watch()
+                if proc.returncode is None:
+                    proc.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def running(self) -> list[int]:
         return [i for i, proc in enumerate(self.procs) if proc.poll() is None]
 
     def stop(self, indices: list[int]) -> None:
-        """SIGTERM (a worker saves and stops if it can), then SIGKILL."""
+        """SIGTERM (a worker saves and stops if it can; after a forwarded signal, it is its
+        second and it exits at once), then SIGKILL."""
         for i in indices:
             self.procs[i].send_signal(signal.SIGTERM)
         for i in indices:
@@ -181,14 +240,25 @@ class Workers:
             except subprocess.TimeoutExpired:
                 self.say(f"{self.label} {i} ignored SIGTERM: killing it")
                 self.procs[i].kill()
+                self.procs[i].wait()
+
+    def drain(self, timeout: float = KILL_WAIT_SECONDS) -> None:
+        """Let the output threads print what the ended processes wrote last."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0))
 
 
 def run(command: list[str], count: int, grace: float) -> int:
     """Start ``count`` workers running ``command``; returns the launch's exit code."""
+    command = _command(command)
     ports = free_ports(count)
     envs = [{"TF_CONFIG": tf_config} for tf_config in tf_configs(ports)]
     notes = [f"127.0.0.1:{port}" for port in ports]
-    return watch(Workers(_command(command), envs, notes=notes), grace)
+    workers = Workers()
+    with workers.forwarding():
+        workers.start(command, envs, notes=notes)
+        return watch(workers, grace)
 
 
 def run_npus(
@@ -213,49 +283,101 @@ def run_npus(
         logs.append(os.path.join(folder, "train.log"))
     notes = [f"device {device}, log {log}" for device, log in zip(devices, logs)]
     envs = rank_environments(npus, rank_table, devices)
-    return watch(Workers(command, envs, "rank", logs, notes), grace)
+    workers = Workers("rank")
+    with workers.forwarding():
+        workers.start(command, envs, logs, notes)
+        return watch(workers, grace)
+
+
+class _Watch:
+    """What watch() has seen: the exits, the first failure, the signals it has reported, and
+    when the processes still running are to be terminated."""
+
+    def __init__(self, workers: Workers, grace: float):
+        self.workers, self.grace = workers, grace
+        self.codes: dict[int, int] = {}
+        self.failed: int | None = None
+        self.reported = 0  # of workers.signals
+        self.deadline: float | None = None
+
+    def start_grace(self) -> None:
+        """The others get ``grace`` seconds from now (or from earlier, if already counting)."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.grace
+
+    def report_signals(self) -> None:
+        workers = self.workers
+        for signum in workers.signals[self.reported :]:
+            left = [i for i in range(len(workers.procs)) if i not in self.codes]
+            name = _signal_name(signum)
+            if self.reported == 0:
+                workers.say(
+                    f"{name}: forwarded to {workers.label}(s) {', '.join(map(str, left))}; they "
+                    f"save and stop, or are terminated in {self.grace:g} s"
+                )
+                self.start_grace()
+            else:
+                workers.say(f"{name} again: forwarded, the {workers.label}s exit without saving")
+            self.reported += 1
+
+    def record(self, index: int, code: int) -> None:
+        workers, label = self.workers, self.workers.label
+        self.codes[index] = code
+        self.start_grace()
+        if self.workers.signals:
+            workers.say(f"{label} {index} {_describe_exit(code)}")
+        elif code != 0 and self.failed is None:
+            self.failed = index
+            left = [i for i in workers.running() if i not in self.codes]
+            others = f"; the others get {self.grace:g} s to stop" if left else ""
+            workers.say(f"{label} {index} {_describe_exit(code)}{others}")
+        elif code != 0:
+            workers.say(f"{label} {index} {_describe_exit(code)}")
+
+    def terminate_the_rest(self) -> None:
+        workers = self.workers
+        left = [i for i in workers.running() if i not in self.codes]
+        after = "the signal" if workers.signals else "another stopped"
+        workers.say(
+            f"{workers.label}(s) {', '.join(map(str, left))} still running {self.grace:g} s "
+            f"after {after}: terminating them"
+        )
+        workers.stop(left)
+        for i in left:  # dead now; their output threads may still be reading
+            if i not in self.codes:
+                self.record(i, workers.procs[i].returncode)
+        self.deadline = None
 
 
 def watch(workers: Workers, grace: float) -> int:
-    """Wait for every process; after the first exit the others get ``grace`` seconds, after a
-    failure they are told so.  Returns the launch's exit code."""
-    count = len(workers.procs)
-    label = workers.label
-    codes: dict[int, int] = {}
-    failed: int | None = None
-    try:
-        while len(codes) < count:
-            timeout = grace if codes else None  # after the first exit, the rest get ``grace``
-            try:
-                index, code = workers.exits.get(timeout=timeout)
-            except queue.Empty:
-                left = workers.running()
-                workers.say(
-                    f"{label}(s) {', '.join(map(str, left))} still running {grace:g} s after "
-                    "another stopped: terminating them"
-                )
-                workers.stop(left)
-                continue
-            codes[index] = code
-            if code != 0 and failed is None:
-                failed = index
-                left = [i for i in workers.running() if i not in codes]
-                others = f"; the others get {grace:g} s to stop" if left else ""
-                workers.say(f"{label} {index} {_describe_exit(code)}{others}")
-            elif code != 0:
-                workers.say(f"{label} {index} {_describe_exit(code)}")
-    except KeyboardInterrupt:  # the workers got the SIGINT too: they save and stop
-        workers.say(f"interrupted: waiting up to {grace:g} s for the {label}s")
+    """Wait for every process; after the first exit or a forwarded signal the others get
+    ``grace`` seconds, after a failure they are told so.  Returns the launch's exit code."""
+    count, label = len(workers.procs), workers.label
+    seen = _Watch(workers, grace)
+    while len(seen.codes) < count:
+        seen.report_signals()
+        timeout = POLL_SECONDS
+        if seen.deadline is not None:
+            timeout = min(timeout, max(seen.deadline - time.monotonic(), 0))
         try:
-            for proc in workers.procs:
-                proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            workers.stop(workers.running())
-        return 130
-    if failed is None:
+            index, code = workers.exits.get(timeout=timeout)
+        except queue.Empty:
+            if seen.deadline is not None and time.monotonic() >= seen.deadline:
+                seen.terminate_the_rest()
+            continue
+        seen.report_signals()  # before the exits it caused
+        if index not in seen.codes:
+            seen.record(index, code)
+    workers.drain()
+    seen.report_signals()  # one that came as the last process ended
+    if workers.signals:
+        first = workers.signals[0]
+        workers.say(f"stopped by {_signal_name(first)}: every {label} has ended")
+        return 128 + first
+    if seen.failed is None:
         workers.say(f"all {count} {label}s finished")
         return 0
-    return _exit_status(codes[failed])
+    return _exit_status(seen.codes[seen.failed])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -284,7 +406,8 @@ def parser() -> argparse.ArgumentParser:
         "--grace",
         type=float,
         default=30.0,
-        help="seconds the others get to stop by themselves once a worker has stopped",
+        help="seconds the others get to stop by themselves once a worker has stopped, and the "
+        "workers get to save and stop after a SIGINT/SIGTERM to the launcher",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- run_train.py [flags]")
     return p
@@ -295,15 +418,23 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("give the program after --, e.g. -- run_train.py --preset demo")
-    if args.workers < 1:
-        raise UsageError(f"--workers: must be >= 1, got {args.workers}")
-    if args.grace <= 0:
-        raise UsageError(f"--grace: must be > 0 seconds, got {args.grace}")
+    _check_count("--workers", args.workers)
+    if not (math.isfinite(args.grace) and 0 < args.grace <= MAX_GRACE_SECONDS):
+        raise UsageError(
+            f"--grace: must be a number of seconds > 0 and <= {MAX_GRACE_SECONDS:g}, "
+            f"got {args.grace:g}"
+        )
     if args.npus is not None:
-        if args.npus < 1:
-            raise UsageError(f"--npus: must be >= 1, got {args.npus}")
+        _check_count("--npus", args.npus)
         return run_npus(command, args.npus, args.rank_table, args.rank_logs, args.grace)
     return run(command, args.workers, args.grace)
+
+
+def _check_count(flag: str, value: int) -> None:
+    if not 1 <= value <= MAX_PROCESSES:
+        raise UsageError(
+            f"{flag}: must be >= 1 and <= {MAX_PROCESSES} (processes on this machine), got {value}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,193 @@
+"""The files for clusters and containers: the Dockerfile, the sbatch script, the TFJob manifest.
+
+No Docker engine, SLURM or Kubernetes runs here: the Dockerfile is parsed (and linted by hadolint
+where it is installed), the sbatch script is run by bash with a stand-in srun that records what
+it was asked to start, and the manifest is read as YAML. Every run_train.py command line in them
+must parse with run_train.py's own parser.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from vgg_keras.config import train_parser
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER = os.path.join(REPO_ROOT, "docs", "cluster")
+SBATCH = os.path.join(CLUSTER, "train_vgg16.sbatch")
+TFJOB = os.path.join(CLUSTER, "tfjob_vgg16.yaml")
+# Dockerfile reference: https://docs.docker.com/reference/dockerfile/
+INSTRUCTIONS = {
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+}  # fmt: skip
+
+
+def _instructions(path: str) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) of each instruction, continuation lines joined, comments dropped."""
+    found, pending = [], ""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            stripped = line.strip()
+            if not pending and (not stripped or stripped.startswith("#")):
+                continue
+            if stripped.startswith("#"):  # a comment inside a continued instruction
+                continue
+            pending += " " + stripped[:-1] if stripped.endswith("\\") else " " + stripped
+            if not stripped.endswith("\\"):
+                keyword, _, args = pending.strip().partition(" ")
+                found.append((keyword, args.strip()))
+                pending = ""
+    assert not pending, f"{path}: the last instruction ends with a line continuation"
+    return found
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore's ``patterns`` leave ``path`` (or a folder above it) out."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    # fnmatch's * also matches "/"; a leading **/ matches at the top level too.
+    patterns = patterns + [p[3:] for p in patterns if p.startswith("**/")]
+    return any(fnmatch.fnmatch(prefix, p.lstrip("/")) for p in patterns for prefix in prefixes)
+
+
+def _dockerignore() -> list[str]:
+    with open(os.path.join(REPO_ROOT, ".dockerignore"), encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+def test_the_dockerfile_is_made_of_known_instructions_and_starts_from_a_base():
+    steps = _instructions(os.path.join(REPO_ROOT, "Dockerfile"))
+    keywords = [keyword for keyword, _ in steps]
+    assert set(keywords) <= INSTRUCTIONS, set(keywords) - INSTRUCTIONS
+    assert [k for k in keywords if k != "ARG"][0] == "FROM"
+    for keyword, args in steps:
+        # Docker has no comment after an instruction: a '#' there is passed on as an argument.
+        assert " #" not in args or keyword == "RUN", (keyword, args)
+        if keyword in ("CMD", "ENTRYPOINT"):
+            command = json.loads(args)  # the exec form: no shell between docker and python
+            assert isinstance(command, list) and all(isinstance(x, str) for x in command)
+
+
+def test_the_dockerfile_copies_what_the_repository_has_and_dockerignore_keeps():
+    patterns = _dockerignore()
+    for pattern in (".git", ".venv*", "runs", "data"):
+        assert pattern in patterns
+    assert _ignored(".venv-tf115/bin/python", patterns) and _ignored("runs/demo/x", patterns)
+    copied = []
+    for keyword, args in _instructions(os.path.join(REPO_ROOT, "Dockerfile")):
+        if keyword == "COPY":
+            sources = [a for a in args.split()[:-1] if not a.startswith("--")]
+            copied += sources
+            for source in sources:
+                assert os.path.exists(os.path.join(REPO_ROOT, source)), source
+                assert not _ignored(source, patterns), f"{source} is left out by .dockerignore"
+    entry_points = {f for f in os.listdir(REPO_ROOT) if re.fullmatch(r"run_\w+\.py", f)}
+    assert entry_points and entry_points <= set(copied)
+
+
+def test_the_image_runs_as_a_user_and_pins_tensorflow_as_pyproject_does():
+    steps = _instructions(os.path.join(REPO_ROOT, "Dockerfile"))
+    keywords = [keyword for keyword, _ in steps]
+    users = [args for keyword, args in steps if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert keywords.index("WORKDIR") < keywords.index("COPY")
+    assert max(i for i, k in enumerate(keywords) if k == "RUN") < keywords.index("USER")
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        pinned = re.search(r'"tensorflow(>=[^;"]+)', f.read())[1]
+    installs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    assert f'"tensorflow[and-cuda]{pinned}"' in installs
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not installed")
+def test_hadolint_finds_nothing_in_the_dockerfile():
+    proc = subprocess.run(
+        ["hadolint", "Dockerfile"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _train_flags(command: list[str]) -> list[str]:
+    """The flags after run_train.py in ``command``; each must be one of run_train.py's."""
+    flags = command[command.index("run_train.py") + 1 :]
+    train_parser().parse_args(flags)  # a UsageError names a flag that does not exist
+    return flags
+
+
+def _flag(flags: list[str], name: str) -> str:
+    return flags[flags.index(name) + 1]
+
+
+def test_the_sbatch_script_is_valid_bash():
+    proc = subprocess.run(["bash", "-n", SBATCH], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_sbatch_script_starts_one_multi_worker_task_per_node_on_the_global_batch(tmp_path):
+    """Run as sbatch would on two nodes of 4 GPUs, with a stand-in srun that records its
+    arguments."""
+    (tmp_path / "srun").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$SRUN_ARGS"\n')
+    (tmp_path / "srun").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SRUN_ARGS": str(tmp_path / "args")}
+    env.update(SLURM_NNODES="2", SLURM_GPUS_PER_NODE="4", SLURM_SUBMIT_DIR=REPO_ROOT)
+    proc = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    command = (tmp_path / "args").read_text().splitlines()
+    flags = _train_flags(command)
+    assert _flag(flags, "--distribution") == "multi_worker"
+    assert int(_flag(flags, "--batch_size")) * 2 * 4 == 256 and _flag(flags, "--lr") == "0.01"
+    with open(SBATCH, encoding="utf-8") as f:
+        directives = dict(
+            re.match(r"#SBATCH --([\w-]+)=(.*)", line).groups()
+            for line in f
+            if line.startswith("#SBATCH")
+        )
+    assert directives["nodes"] == "2" and directives["ntasks-per-node"] == "1"
+    assert directives["gpus-per-node"] == "4"
+
+    env.update(SLURM_NNODES="3")  # 12 replicas do not divide 256
+    proc = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "does not split into 12 replicas" in proc.stderr
+
+
+def _tfjob() -> tuple[dict, dict]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML reads the manifest (pip install pyyaml)")
+    with open(TFJOB, encoding="utf-8") as f:
+        documents = list(yaml.safe_load_all(f))
+    by_kind = {doc["kind"]: doc for doc in documents}
+    return by_kind["TFJob"], by_kind["PersistentVolumeClaim"]
+
+
+def test_the_tfjob_has_a_chief_and_workers_that_the_training_operator_runs():
+    job, claim = _tfjob()
+    assert job["apiVersion"] == "kubeflow.org/v1"
+    specs = job["spec"]["tfReplicaSpecs"]
+    assert set(specs) == {"Chief", "Worker"} and specs["Chief"]["replicas"] == 1
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    images, commands = set(), []
+    for spec in specs.values():
+        assert spec["restartPolicy"] == "OnFailure"
+        pod = spec["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["name"] == "tensorflow"  # the operator looks for this name
+        images.add(container["image"])
+        volumes = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+        assert set(mounts.values()) == {claim["metadata"]["name"]}
+        flags = _train_flags(container["command"])
+        for folder in ("--data_dir", "--log_dir"):  # on the shared volume
+            assert any(_flag(flags, folder).startswith(path + "/") for path in mounts)
+        commands.append(container["command"])
+    assert len(images) == 1 and commands[0] == commands[1]
+    flags = _train_flags(commands[0])
+    assert _flag(flags, "--distribution") == "multi_worker"
+    pods = sum(spec["replicas"] for spec in specs.values())
+    gpus = specs["Worker"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert pods * gpus["nvidia.com/gpu"] * int(_flag(flags, "--batch_size")) == 256
