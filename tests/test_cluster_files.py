@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from vgg_keras.config import train_parser
+from vgg_keras import cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(REPO_ROOT, "docs", "cluster")
@@ -117,7 +117,7 @@ def test_hadolint_finds_nothing_in_the_dockerfile():
 def _train_flags(command: list[str]) -> list[str]:
     """The flags after run_train.py in ``command``; each must be one of run_train.py's."""
     flags = command[command.index("run_train.py") + 1 :]
-    train_parser().parse_args(flags)  # a UsageError names a flag that does not exist
+    cli.train_args(flags)  # a UsageError names a flag that does not exist
     return flags
 
 
