@@ -65,6 +65,7 @@ class TrainGraph:
     loop_fetches: dict  # ``loop_steps`` training steps in one tf.while_loop: the same
     loop_steps: tf.Tensor  # placeholder: how many steps the while loop runs
     measure_grad_norm: tf.Tensor  # placeholder: compute the call's last gradient norm
+    stop_requested: tf.Tensor  # placeholder: this worker has had SIGINT/SIGTERM
     skipped_steps: tf.Variable
     saver: v1.train.Saver
     # What a resume restores besides the model's weights: global_step (required), and the
@@ -250,6 +251,15 @@ def build(
             loop_fetches = {**step_fetches, "device_loop": loop_op}
         else:
             loop_fetches = _sunk_steps(one_step, loop_steps, measure_grad_norm, o.nan_policy)
+        stop_requested = v1.placeholder_with_default(False, [], "stop_requested")
+        if dist.num_workers > 1:
+            # A signal reaches the workers at different calls: they stop together, after the
+            # first call in which any of them had one (one scalar all-reduce per call).
+            votes = dist.run(lambda: tf.cast(stop_requested, tf.float32))
+            anyone = dist.reduce(distribute.ReduceOp.SUM, votes) > 0
+            step_fetches, loop_fetches = (
+                {**f, "stop": anyone} for f in (step_fetches, loop_fetches)
+            )
         broadcast_op = dist.broadcast(model.weights)
         # Rotation is the run folder's (rundir.remove_oldest): it keeps the best checkpoint.
         saver = v1.train.Saver(max_to_keep=None, save_relative_paths=True, pad_step_number=False)
@@ -267,6 +277,7 @@ def build(
         loop_fetches,
         loop_steps,
         measure_grad_norm,
+        stop_requested,
         skipped,
         saver,
         state,

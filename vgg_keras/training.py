@@ -21,7 +21,7 @@ from vgg_keras import checkpoints, clock, compat, distribute, evaluation, rundir
 from vgg_keras.compat import tf
 from vgg_keras.config import Config
 from vgg_keras.data import pipeline
-from vgg_keras.errors import EXIT_NONFINITE, RunError, UsageError, reason
+from vgg_keras.errors import EXIT_NONFINITE, EXIT_SIGINT, EXIT_SIGTERM, RunError, UsageError, reason
 from vgg_keras.plateau import ChancePlateau
 from vgg_keras.reporting import Reporter
 from vgg_keras.signals import StopSignals
@@ -246,10 +246,10 @@ class _Loop:
         self._signals = signals
         try:
             while self.step < self.plan.max_steps:
-                out = self._train_call()
+                out, anyone_stopped = self._train_call()
                 self.reporter.advance(self.step, self.speed.eta_seconds())
                 self._handle_due(out)
-                if signals.received is not None:
+                if signals.received is not None or anyone_stopped:
                     return self._stop(signals)
         except _NonFinite as err:
             self.reporter.print(
@@ -278,12 +278,14 @@ class _Loop:
         if plan.due("evaluate", self.last["evaluate"], step):
             self._evaluate(step)
 
-    def _train_call(self) -> StepOutputs:
+    def _train_call(self) -> tuple[StepOutputs, bool]:
         """One session call of up to --iterations_per_loop steps, ending where the plan says
-        something is due; returns its StepOutputs."""
+        something is due; returns its StepOutputs, and whether any worker had a signal."""
         plan, tg = self.plan, self.tg
         n = plan.call_length(self.step)
         fetches, feed = (tg.step_fetches, {}) if n == 1 else (tg.loop_fetches, {tg.loop_steps: n})
+        if "stop" in fetches:
+            feed[tg.stop_requested] = self._signals.received is not None
         if plan.due("log", self.last["log"], self.step + n):
             feed[tg.measure_grad_norm] = True
         # Each set of fed placeholders is its own executor in the session: its first call is
@@ -301,11 +303,12 @@ class _Loop:
         except tf.errors.OutOfRangeError as err:
             data_dir = self.config.input.data_dir
             raise UsageError(f"{data_dir}: training data ran out at step {self.step}") from err
+        anyone_stopped = bool(out.get("stop", False))
         out = StepOutputs(**{name: out[name] for name in StepOutputs._fields})
         self.step = int(out.step)
         if not out.finite and self.config.optimizer.nan_policy == "stop":
             raise _NonFinite(f"loss is {out.total_loss} at step {self.step} (lr {out.lr:.6g})")
-        return out
+        return out, anyone_stopped
 
     def _log(self, out: StepOutputs) -> None:
         """The log line, metrics.jsonl and TensorBoard: the last step's values, the interval's
@@ -370,13 +373,16 @@ class _Loop:
             self.best = rundir.read_best(self.log_dir)
 
     def _stop(self, signals: StopSignals) -> int:
+        """Save (the chief does) and stop: after this worker's signal, or another worker's (a
+        stop exits 143 then, as after a SIGTERM of its own)."""
         self._save(self.step)
-        name = signal.Signals(signals.received).name
+        received = signals.received or signal.SIGTERM
+        name = signal.Signals(received).name if signals.received else "another worker's signal"
+        code = EXIT_SIGINT if received == signal.SIGINT else EXIT_SIGTERM
         prefix = rundir.checkpoint_prefix(self.log_dir, self.step)
-        self.reporter.print(
-            f"{name}: stopped at step {self.step}, saved {prefix} (exit {signals.exit_code})"
-        )
-        return signals.exit_code
+        what = f"saved {prefix}" if self.reporter.is_chief else "the chief saved it"
+        self.reporter.print(f"{name}: stopped at step {self.step}, {what} (exit {code})")
+        return code
 
     def _newest(self) -> str:
         return rundir.latest_checkpoint(self.log_dir) or "none"
