@@ -302,7 +302,9 @@ def test_sigterm_to_the_launcher_stops_every_worker_after_the_chief_saved(demo_d
     assert rundir.latest_checkpoint(str(log_dir)) == stopped[0][2] == f"{log_dir}/model.ckpt-{step}"
     # The other worker stopped after the same call, whichever of them saw the signal first.
     other = [x for x in run.of(1) if "stopped at step" in x]
-    assert other and other[0].endswith(f"stopped at step {step}, the chief saved it (exit 143)")
+    assert other and other[0].endswith(f"stopped at step {step}, the chief saved it (exit 143)"), (
+        "\n".join(run.of(1)[-10:])
+    )
     assert "[launch] worker 0 exited with code 143" in run.lines
     assert "[launch] stopped by SIGTERM: every worker has ended" in run.lines
     assert not [pid for pid in (run.pid(0), run.pid(1)) if _alive(pid)]

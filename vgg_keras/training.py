@@ -239,6 +239,7 @@ class _Loop:
         self.plateau = ChancePlateau(config.network.class_num)
         self.bad_records = _count_bad_records(config, split, reporter)
         self.best = rundir.read_best(self.log_dir)
+        self.voting = "stop" in tg.step_fetches  # several workers: a signal is put to the vote
         self._signals = None
 
     def run(self, signals: StopSignals) -> int:
@@ -246,10 +247,10 @@ class _Loop:
         self._signals = signals
         try:
             while self.step < self.plan.max_steps:
-                out, anyone_stopped = self._train_call()
+                out, stop = self._train_call()
                 self.reporter.advance(self.step, self.speed.eta_seconds())
                 self._handle_due(out)
-                if signals.received is not None or anyone_stopped:
+                if stop or (not self.voting and signals.received is not None):
                     return self._stop(signals)
         except _NonFinite as err:
             self.reporter.print(
@@ -280,11 +281,12 @@ class _Loop:
 
     def _train_call(self) -> tuple[StepOutputs, bool]:
         """One session call of up to --iterations_per_loop steps, ending where the plan says
-        something is due; returns its StepOutputs, and whether any worker had a signal."""
+        something is due; returns its StepOutputs, and (several workers) whether any of them
+        had a signal before the call: all stop after the same call."""
         plan, tg = self.plan, self.tg
         n = plan.call_length(self.step)
         fetches, feed = (tg.step_fetches, {}) if n == 1 else (tg.loop_fetches, {tg.loop_steps: n})
-        if "stop" in fetches:
+        if self.voting:
             feed[tg.stop_requested] = self._signals.received is not None
         if plan.due("log", self.last["log"], self.step + n):
             feed[tg.measure_grad_norm] = True
@@ -303,12 +305,12 @@ class _Loop:
         except tf.errors.OutOfRangeError as err:
             data_dir = self.config.input.data_dir
             raise UsageError(f"{data_dir}: training data ran out at step {self.step}") from err
-        anyone_stopped = bool(out.get("stop", False))
+        stop = bool(out.get("stop", False))
         out = StepOutputs(**{name: out[name] for name in StepOutputs._fields})
         self.step = int(out.step)
         if not out.finite and self.config.optimizer.nan_policy == "stop":
             raise _NonFinite(f"loss is {out.total_loss} at step {self.step} (lr {out.lr:.6g})")
-        return out, anyone_stopped
+        return out, stop
 
     def _log(self, out: StepOutputs) -> None:
         """The log line, metrics.jsonl and TensorBoard: the last step's values, the interval's
@@ -361,10 +363,10 @@ class _Loop:
         self._save(at)
         self.last["evaluate"] = at
         try:
-            result = self.evaluator.evaluate(
-                rundir.checkpoint_prefix(self.log_dir, at),
-                stop=lambda: self._signals.received is not None,
-            )
+            # Alone, a signal stops the evaluation at its next batch; workers evaluate to the
+            # end together (their batches are collectives) and then vote.
+            alone = None if self.voting else (lambda: self._signals.received is not None)
+            result = self.evaluator.evaluate(rundir.checkpoint_prefix(self.log_dir, at), stop=alone)
         except evaluation.Stopped:
             return  # the checkpoint is saved; the loop stops at its signal check
         self.evaluator.report([result], self.reporter)
