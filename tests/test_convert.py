@@ -735,8 +735,8 @@ def _single_folder(root, per_class: dict[str, int], nested: str = "") -> str:
 
 
 PER_CLASS = {"c0": 10, "c1": 7, "c2": 2, "c3": 1}
-# round(0.25 * n), at least 1 and at most n - 1, none of a single image: the rule docs/data.md gives
-SET_ASIDE = {"c0": 3, "c1": 2, "c2": 1, "c3": 0}
+# round(0.2 * n), at least 1 and at most n - 1, none of a single image: the rule docs/data.md gives
+SET_ASIDE = {"c0": 2, "c1": 1, "c2": 1, "c3": 0}
 
 
 @pytest.mark.parametrize("layout", ["single_folder", "train_only"])
@@ -744,7 +744,7 @@ def test_val_fraction_sets_aside_part_of_each_class(tmp_path, capsys, layout):
     nested = "train" if layout == "train_only" else ""
     src = _single_folder(tmp_path / "src", PER_CLASS, nested)
     out = str(tmp_path / "out")
-    kwargs = dict(val_fraction=0.25, workers=1, progress=False)
+    kwargs = dict(val_fraction=0.2, workers=1, progress=False)
     result = convert.convert(src, out, **kwargs)
     val = _records(out, "validation")
     train = _records(out, "train")
@@ -753,13 +753,13 @@ def test_val_fraction_sets_aside_part_of_each_class(tmp_path, capsys, layout):
     assert sorted(r["filename"] for r in val + train) == sorted(
         f"{s}_{k}.JPEG" for s, n in PER_CLASS.items() for k in range(n)
     )
-    assert result["splits"] == {"train": 14, "validation": 6} == info.read_info(out)["splits"]
+    assert result["splits"] == {"train": 16, "validation": 4} == info.read_info(out)["splits"]
     assert result["val_split"] == {
-        "from": nested or ".", "fraction": 0.25, "seed": convert.SPLIT_SEED, "images": 6
+        "from": nested or ".", "fraction": 0.2, "seed": convert.SPLIT_SEED, "images": 4
     }  # fmt: skip
     with open(os.path.join(out, convert.REPORT_FILE)) as f:
         report = f.read()
-    assert "--val_fraction 0.25 --split_seed 0" in report.splitlines()[1]
+    assert "--val_fraction 0.2 --split_seed 0" in report.splitlines()[1]
     readme = os.path.join(src, nested, "README.txt") if nested else os.path.join(src, "README.txt")
     assert ["ignored", readme, convert.LOOSE] in _report_rows(out)
     assert ["note", os.path.join(src, nested, "c3") if nested else os.path.join(src, "c3"),
