@@ -20,9 +20,9 @@ dangling symlinks, symlink loops); shard counts follow the number of images; and
 resumable: shards run in parallel processes, each written under a temporary name, and a
 finished shard is kept when the converter runs again.
 
-TensorFlow is imported only when the conversion starts (inside the functions that use it), so
-``--help`` answers at once and a Ctrl-C or SIGTERM while TensorFlow loads ends in the same one
-line as one during the conversion.
+The module imports TensorFlow only inside the functions that use it, so that the command parses
+its flags and installs its signal handlers first: ``--help`` answers at once, and a Ctrl-C or
+SIGTERM while TensorFlow loads (seconds) ends in the same one line as one during the conversion.
 """
 
 from __future__ import annotations
