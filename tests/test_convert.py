@@ -1,16 +1,22 @@
 """The converter on a tiny real ImageNet-style tree: shards, info, round trip, report, resume, CLI.
 
 The tree holds the awkward files ImageNet really has (a grayscale JPEG, a PNG named .JPEG, a
-CMYK JPEG) plus a file that is not an image, so every branch of the image handling runs.
+CMYK JPEG) plus a file that is not an image, so every branch of the image handling runs.  A
+second tree holds what a hostile or careless source has (symlink loops, dangling symlinks, files
+beside the class folders, a file name that is not UTF-8), converted once by the real command.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -374,6 +380,25 @@ def _bad_sources(root) -> dict[str, tuple[list[str], str]]:
     cases["missing_labels_file"] = ([str(flat), "--val_labels", str(root / "no.txt")], "no.txt")
     shutil.copytree(flat / "train", root / "few" / "train")
     cases["too_many_shards"] = ([str(root / "few"), "--train_shards", "2"], str(root / "few"))
+    binary = root / "binary.txt"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00")
+    cases["binary_val_labels"] = (
+        [str(flat), "--val_labels", str(binary)],
+        f"--val_labels {binary}",
+    )
+    cases["binary_synset_text"] = (
+        [str(root / "few"), "--synset_text", str(binary)],
+        f"--synset_text {binary}",
+    )
+    (root / "hollow" / "train" / "empty").mkdir(parents=True)
+    (root / "hollow" / "train" / "empty" / ".DS_Store").write_bytes(b"\0")
+    shutil.copytree(flat / "train" / SYNSETS[0], root / "hollow" / "train" / SYNSETS[0])
+    cases["empty_class_folder"] = (
+        [str(root / "hollow")],
+        f"{root / 'hollow' / 'train' / 'empty'}: empty class folder",
+    )
+    cases["val_fraction_beside_val"] = ([str(flat), "--val_fraction", "0.2"], "--val_fraction")
+    cases["val_fraction_range"] = ([str(root / "few"), "--val_fraction", "1.5"], "--val_fraction")
     return cases
 
 
@@ -387,6 +412,11 @@ CASES = [
     "unknown_synset",
     "missing_labels_file",
     "too_many_shards",
+    "binary_val_labels",
+    "binary_synset_text",
+    "empty_class_folder",
+    "val_fraction_beside_val",
+    "val_fraction_range",
 ]
 
 
@@ -399,3 +429,369 @@ def test_bad_input_is_one_line_naming_the_path(tmp_path, capsys, case):
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert path in err, err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+# ---------------------------------------------------------------- hostile sources
+
+
+def _jpeg(path, seed: int, side: int = 40) -> bytes:
+    """A random RGB JPEG at ``path`` (str or bytes); returns its bytes."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG")
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return buf.getvalue()
+
+
+def _convert_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "vgg_keras.data.convert", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def _report_rows(out) -> list[list[str]]:
+    with open(os.path.join(out, convert.REPORT_FILE)) as f:
+        return [line.split("\t") for line in f.read().splitlines() if not line.startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """(src, out, finished process) of the real command on a hostile tree, default shard counts.
+
+    train/a: 4 JPEGs, one more whose name is the bytes b"bad\\xff.JPEG", the first 200 bytes of
+    a JPEG (libjpeg: "Improper call to JPEG library in state 201"), and loop -> .. ;
+    train/b: 4 JPEGs, half of a JPEG (its header intact), linked -> a folder outside SRC with 2
+    JPEGs, and a dangling symlink; train/loose.JPEG beside the class folders; val/a, val/b.
+    """
+    root = tmp_path_factory.mktemp("hostile")
+    src, extra = root / "src", root / "extra"
+    for k in range(4):
+        _jpeg(str(src / "train" / "a" / f"{k}.JPEG"), k)
+        _jpeg(str(src / "train" / "b" / f"{k}.JPEG"), 10 + k)
+    _jpeg(os.path.join(os.fsencode(src / "train" / "a"), b"bad\xff.JPEG"), 20)
+    whole = _jpeg(str(root / "whole.JPEG"), 21)
+    (src / "train" / "a" / "header.JPEG").write_bytes(whole[:200])
+    (src / "train" / "b" / "half.JPEG").write_bytes(whole[: len(whole) // 2])
+    os.symlink("..", src / "train" / "a" / "loop")
+    for k in range(2):
+        _jpeg(str(extra / f"e{k}.JPEG"), 30 + k)
+    os.symlink(os.path.join("..", "..", "..", "extra"), src / "train" / "b" / "linked")
+    os.symlink("nowhere.JPEG", src / "train" / "b" / "gone.JPEG")
+    _jpeg(str(src / "train" / "loose.JPEG"), 40)
+    _jpeg(str(src / "val" / "a" / "v0.JPEG"), 50)
+    _jpeg(str(src / "val" / "b" / "v1.JPEG"), 51)
+    out = root / "out"
+    proc = _convert_cli(src, out, "--workers", "1")
+    return str(src), str(out), proc
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+def test_hostile_source_converts_what_is_there(hostile):
+    src, out, proc = hostile
+    _ok(proc)
+    meta = info.read_info(out)
+    # a: 4 + the non-UTF-8 name; b: 4 + 2 through the symlinked folder; loose.JPEG is no class's
+    assert meta["splits"] == {"train": 11, "validation": 2} and meta["num_classes"] == 2
+    records = _records(out, "train")
+    by_class = {s: sorted(r["filename"] for r in records if r["synset"] == s) for s in "ab"}
+    assert by_class == {
+        "a": ["0.JPEG", "1.JPEG", "2.JPEG", "3.JPEG", "bad\ufffd.JPEG"],
+        "b": ["0.JPEG", "1.JPEG", "2.JPEG", "3.JPEG", "e0.JPEG", "e1.JPEG"],
+    }
+
+
+def test_symlink_loop_is_skipped_and_reported(hostile):
+    src, out, proc = hostile
+    loop = os.path.join(src, "train", "a", "loop")
+    assert ["skipped", loop, convert.LOOP] in _report_rows(out)
+    lines = [line for line in proc.stderr.splitlines() if loop in line]
+    assert lines == [
+        f"convert: skipped {loop}: {convert.LOOP}; listed in {out}/{convert.REPORT_FILE}"
+    ]
+
+
+def test_dangling_symlink_and_loose_file_are_reported(hostile):
+    src, out, proc = hostile
+    gone, loose = (os.path.join(src, "train", *p) for p in (("b", "gone.JPEG"), ("loose.JPEG",)))
+    rows = _report_rows(out)
+    assert ["skipped", gone, convert.DANGLING] in rows
+    assert ["ignored", loose, convert.LOOSE] in rows
+    for path, what in ((gone, convert.DANGLING), (loose, convert.LOOSE)):
+        assert len([line for line in proc.stderr.splitlines() if path in line]) == 1
+        assert f"{path}: {what}" in proc.stderr
+
+
+def test_non_utf8_file_name_is_converted_and_reported(hostile):
+    src, out, proc = hostile
+    shown = os.path.join(src, "train", "a", "bad\\xff.JPEG")  # the report's escape of the byte
+    assert ["note", shown, convert.NOT_UTF8] in _report_rows(out)
+    assert shown in proc.stderr
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_damaged_jpegs_are_skipped_without_native_decoder_noise(hostile):
+    src, out, proc = hostile
+    skipped = {row[1] for row in _report_rows(out) if row[0] == "skipped"}
+    for name in ("a/header.JPEG", "b/half.JPEG"):
+        assert os.path.join(src, "train", name) in skipped
+    # libjpeg's own lines ("Improper call to JPEG library in state 201", "Premature end of JPEG
+    # data") go straight to file descriptor 2: every line there must be the converter's.
+    lines = [line for line in re.split(r"[\r\n]+", proc.stderr) if line.strip()]
+    assert lines and all(line.startswith(("convert:", "warning:")) for line in lines), lines
+
+
+def test_encode_image_is_quiet_and_raises_bad_image(tmp_path, capfd):
+    whole = _jpeg(str(tmp_path / "x.JPEG"), 3)
+    for data in (whole[:200], whole[: len(whole) // 2], b"\xff\xd8 not a JPEG after all"):
+        with pytest.raises(convert.BadImage):
+            convert.encode_image(data)
+    assert convert.jpeg_components(whole[:200]) is None
+    assert capfd.readouterr().err == ""
+
+
+def test_non_utf8_class_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    src = tmp_path / "src"
+    _jpeg(os.path.join(os.fsencode(src / "train"), b"cl\xe9", b"0.JPEG"), 0)
+    _jpeg(str(src / "train" / "ok" / "0.JPEG"), 1)
+    out = tmp_path / "out"
+    assert run_cli(convert.main, [str(src), str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {src}/train/cl\\xe9: class folder name is not UTF-8; rename it\n"
+    assert not out.exists()
+
+
+def test_output_folder_inside_the_source_is_left_out(tmp_path, capsys):
+    src = tmp_path / "src"
+    for k in range(3):
+        _jpeg(str(src / "train" / "a" / f"{k}.JPEG"), k)
+        _jpeg(str(src / "train" / "b" / f"{k}.JPEG"), 9 + k)
+    out = src / "train" / "tfrecords"
+    kwargs = dict(workers=1, progress=False)
+    first = convert.convert(str(src), str(out), **kwargs)
+    mtimes = {n: os.stat(out / n).st_mtime_ns for n in first["files"]}
+    second = convert.convert(str(src), str(out), **kwargs)  # now OUT exists inside train/
+    assert second == first and second["num_classes"] == 2 and second["synsets"] == ["a", "b"]
+    assert {n: os.stat(out / n).st_mtime_ns for n in second["files"]} == mtimes
+    assert ["ignored", str(out), "the output folder"] in _report_rows(out)
+    assert f"convert: ignored {out}: the output folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- Ctrl-C and SIGTERM
+
+
+def _tensorflow_loading(pid: int) -> bool:
+    """True once ``pid`` has mapped TensorFlow's library: its import has begun (seconds)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "libtensorflow" in f.read()
+    except OSError:
+        return False
+
+
+def _stop_converter(src, out, signum: int, ready) -> subprocess.CompletedProcess:
+    """The command with 2 workers; ``signum`` to its main process alone (what ``kill PID``
+    does) once ``ready(pid)`` holds."""
+    command = [sys.executable, "-m", "vgg_keras.data.convert", str(src), str(out)]
+    command += ["--train_shards", "4", "--workers", "2"]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.002)
+        os.kill(proc.pid, signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize(
+    "signum,when",
+    [(signal.SIGINT, "importing"), (signal.SIGTERM, "importing"), (signal.SIGTERM, "writing")],
+    ids=["sigint-importing", "sigterm-importing", "sigterm-writing"],
+)
+def test_stop_signal_is_one_line_and_leaves_no_half_written_shard(tmp_path, signum, when):
+    src, out = tmp_path / "src", tmp_path / "out"
+    count, side = (8, 24) if when == "importing" else (400, 160)
+    for k in range(count):
+        _jpeg(str(src / "train" / "ab"[k % 2] / f"{k}.JPEG"), k, side)
+
+    def staging(pid: int) -> bool:  # a worker is writing a shard
+        return out.exists() and any(n.endswith(".tmp") for n in os.listdir(out))
+
+    proc = _stop_converter(
+        src, out, signum, _tensorflow_loading if when == "importing" else staging
+    )
+    code = 130 if signum == signal.SIGINT else 143
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == convert.INTERRUPTED, proc.stderr[-3000:]
+    if out.exists():
+        assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+        for name in os.listdir(out):  # the shards that are there are whole
+            if name.startswith("train-"):
+                assert pipeline.count_records(str(out / name)) == count // 4
+
+
+# ---------------------------------------------------------------- dataset_info.json's schema
+
+GOOD_INFO = {
+    "name": "x",
+    "num_classes": 2,
+    "label_offset": 1,
+    "splits": {"train": 3},
+    "files": {"train-00000-of-00001": 3},
+    "synsets": ["a", "b"],
+    "texts": ["a", "b"],
+    "made_by": "someone else's tool",  # unknown keys are allowed
+}
+
+
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        ({"num_classes": "10"}, "num_classes"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"num_classes": True}, "num_classes"),
+        ({"label_offset": 1.0}, "label_offset"),
+        ({"files": 5}, "files"),
+        ({"files": {"train-00000-of-00001": "3"}}, 'files["train-00000-of-00001"]'),
+        ({"splits": {"train": -1}}, 'splits["train"]'),
+        ({"synsets": "ab"}, "synsets"),
+        ({"texts": ["a", 2]}, "texts[1]"),
+        ({"name": 7}, "name"),
+    ],
+)
+def test_read_info_names_the_file_and_the_key_of_a_wrong_type(tmp_path, change, key):
+    path = tmp_path / info.INFO_FILE
+    path.write_text(json.dumps({**GOOD_INFO, **change}))
+    with pytest.raises(UsageError) as raised:
+        info.read_info(str(tmp_path))
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {key} must be ") and "\n" not in message, message
+
+
+@pytest.mark.parametrize(
+    "content,why",
+    [(b"[1, 2]", "expected a JSON object"), (b'{"name": "\xff"}', "not UTF-8"), (b"{", "")],
+)
+def test_read_info_refuses_a_file_that_is_no_json_object(tmp_path, content, why):
+    (tmp_path / info.INFO_FILE).write_bytes(content)
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / info.INFO_FILE}: ")) as raised:
+        info.read_info(str(tmp_path))
+    assert why in str(raised.value)
+
+
+def test_read_info_returns_a_valid_file_as_it_is(tmp_path):
+    (tmp_path / info.INFO_FILE).write_text(json.dumps(GOOD_INFO))
+    assert info.read_info(str(tmp_path)) == GOOD_INFO
+    assert info.read_info(str(tmp_path / "nothing")) == {}
+
+
+# ---------------------------------------------------------------- shard counts
+
+
+def test_shard_count_rule():
+    # TF-slim's ImageNet layout: 1,281,167 training images in 1,024 shards
+    assert convert.shard_count(1281167) == 1024
+    assert convert.shard_count(50000) == 32
+    counts = [convert.shard_count(n) for n in range(1, 20000)]
+    assert all(1 <= c <= n for n, c in enumerate(counts, 1))
+    assert counts == sorted(counts) and counts[1000] == 1 and counts[-1] == 16
+    assert all(c & (c - 1) == 0 for c in counts)  # powers of two
+
+
+def test_small_source_gets_few_shards_by_default(tmp_path):
+    src = tmp_path / "src"
+    for c in range(3):  # 3 classes x 26 images, split 20 / 6
+        for k in range(26):
+            _jpeg(str(src / ("train" if k < 20 else "val") / f"c{c}" / f"{k}.JPEG"), 26 * c + k, 16)
+    result = convert.convert(str(src), str(tmp_path / "out"), workers=1, progress=False)
+    assert result["files"] == {"train-00000-of-00001": 60, "validation-00000-of-00001": 18}
+
+
+# ---------------------------------------------------------------- --val_fraction
+
+
+def _single_folder(root, per_class: dict[str, int], nested: str = "") -> str:
+    """``root/<nested>/<class>/*.JPEG`` with ``per_class`` images each, a README beside them."""
+    folder = root / nested if nested else root
+    for c, (synset, count) in enumerate(sorted(per_class.items())):
+        for k in range(count):
+            _jpeg(str(folder / synset / f"{synset}_{k}.JPEG"), 100 * c + k, 16)
+    (folder / "README.txt").write_text("not an image\n")
+    return str(root)
+
+
+PER_CLASS = {"c0": 10, "c1": 7, "c2": 2, "c3": 1}
+# round(0.2 * n), at least 1 and at most n - 1, none of a single image: the rule docs/data.md gives
+SET_ASIDE = {"c0": 2, "c1": 1, "c2": 1, "c3": 0}
+
+
+@pytest.mark.parametrize("layout", ["single_folder", "train_only"])
+def test_val_fraction_sets_aside_part_of_each_class(tmp_path, capsys, layout):
+    nested = "train" if layout == "train_only" else ""
+    src = _single_folder(tmp_path / "src", PER_CLASS, nested)
+    out = str(tmp_path / "out")
+    kwargs = dict(val_fraction=0.2, workers=1, progress=False)
+    result = convert.convert(src, out, **kwargs)
+    val = _records(out, "validation")
+    train = _records(out, "train")
+    per_class = {s: sum(r["synset"] == s for r in val) for s in PER_CLASS}
+    assert per_class == SET_ASIDE
+    assert sorted(r["filename"] for r in val + train) == sorted(
+        f"{s}_{k}.JPEG" for s, n in PER_CLASS.items() for k in range(n)
+    )
+    assert result["splits"] == {"train": 16, "validation": 4} == info.read_info(out)["splits"]
+    assert result["val_split"] == {
+        "from": nested or ".", "fraction": 0.2, "seed": convert.SPLIT_SEED, "images": 4
+    }  # fmt: skip
+    with open(os.path.join(out, convert.REPORT_FILE)) as f:
+        report = f.read()
+    assert "--val_fraction 0.2 --split_seed 0" in report.splitlines()[1]
+    readme = os.path.join(src, nested, "README.txt") if nested else os.path.join(src, "README.txt")
+    assert ["ignored", readme, convert.LOOSE] in _report_rows(out)
+    assert ["note", os.path.join(src, nested, "c3") if nested else os.path.join(src, "c3"),
+            "1 image: none for validation"] in _report_rows(out)  # fmt: skip
+    assert "warning:" not in capsys.readouterr().err
+    # the same arguments again: the same split, every shard kept as it is
+    mtimes = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in result["files"]}
+    assert convert.convert(src, out, **kwargs) == result
+    assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in result["files"]} == mtimes
+    # another seed, another choice, as many per class
+    other = str(tmp_path / "other")
+    convert.convert(src, other, **{**kwargs, "split_seed": 1})
+    other_val = _records(other, "validation")
+    assert {s: sum(r["synset"] == s for r in other_val) for s in PER_CLASS} == SET_ASIDE
+    assert sorted(r["filename"] for r in other_val) != sorted(r["filename"] for r in val)
+
+
+def test_val_fraction_through_the_command(tmp_path):
+    src = _single_folder(tmp_path / "src", {"x": 5, "y": 5})
+    out = tmp_path / "out"
+    proc = _ok(
+        _convert_cli(src, out, "--val_fraction", "0.2", "--split_seed", "3", "--workers", "1")
+    )
+    assert "2 classes, {'train': 8, 'validation': 2} records in 2 shards" in proc.stdout
+    meta = json.loads((out / info.INFO_FILE).read_text())
+    assert meta["val_split"] == {"from": ".", "fraction": 0.2, "seed": 3, "images": 2}
+
+
+def test_source_without_validation_warns_once(tmp_path, capsys):
+    src = _single_folder(tmp_path / "src", {"x": 3, "y": 3})
+    result = convert.convert(src, str(tmp_path / "out"), workers=1, progress=False)
+    assert result["splits"] == {"train": 6}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {src}: no validation images")
+    assert "--val_fraction" in warnings[0]

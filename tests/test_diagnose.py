@@ -6,15 +6,22 @@ of shard 1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
+from vgg_keras import compat
 from vgg_keras.compat import tf
-from vgg_keras.data import diagnose, pipeline, schema
+from vgg_keras.data import diagnose, info, pipeline, schema
+from vgg_keras.errors import run_cli
 
 NUM = 12  # records and classes
 SIZE = 32
@@ -203,3 +210,131 @@ def test_other_record_formats_through_split_parse(tmp_path, jpeg_encoder):
     # Read as TF-slim records they have no image/encoded: said so, not a misleading label.
     slim = diagnose.find_bad_record([path], 5)
     assert (slim.index, slim.reason) == (0, "no image bytes (image/encoded is missing or empty)")
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _diagnose_cli(*args) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "vgg_keras.data.diagnose", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def _data_folder(folder: str, shard_writer, jpeg_encoder, broken: bool) -> dict[str, list[str]]:
+    """train: 12 records (labels 1..12) in 2 shards; validation: 4 in 1.  ``broken``: train
+    shard 0's record 1 is not a JPEG, shard 1's record 2 has label 13 of 12 classes, and the
+    validation shard is cut in its record 2 (dataset_info.json still says 4)."""
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (24, 24, 3), dtype=np.uint8) for _ in range(NUM)]
+    labels = list(range(1, NUM + 1))
+    if broken:
+        images[2] = b"these bytes are not a JPEG"  # shard 0, record 1
+        labels[5] = NUM + 1  # shard 1, record 2
+    train = shard_writer(folder, images, labels, num_shards=2, num_classes=NUM)
+    val = shard_writer(folder, images[:4], [1, 2, 3, 4], split="validation", num_classes=NUM)
+    if broken:
+        with open(val[0], "r+b") as f:
+            f.truncate(_record_offsets(val[0])[2] + 30)
+    return {"train": train, "validation": val}
+
+
+def test_command_on_a_clean_folder(tmp_path, shard_writer, jpeg_encoder):
+    _data_folder(str(tmp_path), shard_writer, jpeg_encoder, broken=False)
+    proc = _diagnose_cli(tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    assert proc.stdout.splitlines() == [
+        "train: 12 records in 2 files, 0 bad",
+        "validation: 4 records in 1 files, 0 bad",
+        f"{tmp_path}: all 16 records are usable",
+    ]
+
+
+def test_command_names_the_first_bad_record_of_each_file(tmp_path, shard_writer, jpeg_encoder):
+    paths = _data_folder(str(tmp_path), shard_writer, jpeg_encoder, broken=True)
+    proc = _diagnose_cli(tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    # one line on stderr (no libjpeg complaints about the record that is not a JPEG)
+    assert proc.stderr == f"error: {tmp_path}: 4 bad record(s) in 3 of 3 files\n"
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (
+        f"{paths['train'][0]}: record 1: image/encoded (26 bytes) is not a decodable JPEG image "
+        "(1 bad of 6 in this file)"
+    )
+    assert lines[1] == (
+        f"{paths['train'][1]}: record 2: label 12 (stored 13 minus label_offset 1) is outside "
+        "[0, 12) (1 bad of 6 in this file)"
+    )
+    assert lines[2] == "train: 12 records in 2 files, 2 bad"
+    # the cut validation shard: its records 2 and 3 are lost
+    assert re.fullmatch(
+        re.escape(f"{paths['validation'][0]}: record 2: truncated or corrupt record (")
+        + ".*"
+        + re.escape(") (2 bad of 4 in this file)"),
+        lines[3],
+    ), lines[3]
+    assert lines[4:] == ["validation: 4 records in 1 files, 2 bad"]
+
+
+def test_command_without_dataset_info(tmp_path, shard_writer, jpeg_encoder, capsys):
+    paths = _data_folder(str(tmp_path), shard_writer, jpeg_encoder, broken=True)
+    os.remove(tmp_path / info.INFO_FILE)
+    os.remove(paths["validation"][0])
+    # labels are checked against --num_classes; without it, only for >= 0
+    assert run_cli(diagnose.main, [str(tmp_path), "--num_classes", "12"]) == 2
+    out, err = capsys.readouterr()
+    assert "label 12 (stored 13" in out and "train: 12 records in 2 files, 2 bad" in out
+    assert err == f"error: {tmp_path}: 2 bad record(s) in 2 of 2 files\n"
+    assert run_cli(diagnose.main, [str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("note: labels checked for >= 0 only") and "label 12" not in out
+    assert err == f"error: {tmp_path}: 1 bad record(s) in 1 of 2 files\n"
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "wrong_types", "not_an_object"])
+def test_command_refuses_in_one_line(tmp_path, capsys, case):
+    folder = tmp_path / "data"
+    if case != "missing":
+        folder.mkdir()
+    if case == "wrong_types":
+        (folder / info.INFO_FILE).write_text(json.dumps({"num_classes": "10", "files": 5}))
+    if case == "not_an_object":
+        (folder / info.INFO_FILE).write_text("[]")
+    assert run_cli(diagnose.main, [str(folder)]) == 2
+    err = capsys.readouterr().err
+    expected = {
+        "missing": f"error: data folder not found: {folder}",
+        "empty": f"error: no train-* or validation-* TFRecord files in {folder}",
+        "wrong_types": f"error: {folder / info.INFO_FILE}: num_classes must be an integer >= 1",
+        "not_an_object": f"error: {folder / info.INFO_FILE}: expected a JSON object",
+    }[case]
+    assert err.startswith(expected) and err.count("\n") == 1, err
+
+
+def test_command_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        diagnose.main(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m vgg_keras.data.diagnose")
+
+
+@pytest.mark.skipif(
+    compat.TF1,
+    reason="TF 1.15's extension-module init swallows a KeyboardInterrupt raised inside it, "
+    "before the command has code of its own running (its import completes, the Ctrl-C is lost)",
+)
+def test_ctrl_c_while_tensorflow_loads(tmp_path):
+    command = [sys.executable, "-m", "vgg_keras.data.diagnose", str(tmp_path)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # TensorFlow's library is mapped: its import has begun and lasts seconds
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            with open(f"/proc/{proc.pid}/maps") as f:
+                if "libtensorflow" in f.read():
+                    break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, stderr) == (130, "interrupted\n"), stderr

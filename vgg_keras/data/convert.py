@@ -1,19 +1,28 @@
-"""ImageNet-style image folders -> TF-slim TFRecord shards, dataset_info.json and labels.txt.
+"""Image folders -> TF-slim TFRecord shards, dataset_info.json, labels.txt and a report.
 
-    python -m vgg_keras.data.convert SRC OUT [--train_shards 1024] [--validation_shards 128]
-        [--workers N] [--val_labels FILE] [--synset_text FILE]
+    python -m vgg_keras.data.convert SRC OUT [--train_shards N] [--validation_shards N]
+        [--workers N] [--val_labels FILE] [--synset_text FILE] [--val_fraction F]
+        [--split_seed S]
 
-SRC holds ``train/<synset>/*.JPEG`` and ``val/<synset>/*.JPEG`` (files in sub-folders of a
-``<synset>/`` count as that class's), or ``val/*.JPEG`` flat plus
-``--val_labels`` (one synset per line in sorted-filename order, or ``filename synset`` lines).
-Class k (1-based, TF-slim's convention) is the k-th synset of sorted ``train/`` folders.
+SRC holds ``train/<synset>/*`` and ``val/<synset>/*`` (files in sub-folders of a ``<synset>/``
+count as that class's), or ``val/*`` flat plus ``--val_labels`` (one synset per line in
+sorted-filename order, or ``filename synset`` lines), or only ``<class>/*`` folders (one folder
+of classes; ``--val_fraction`` sets a part of each class aside for validation).  Class k
+(1-based, TF-slim's convention) is the k-th of the sorted class folders.  docs/data.md has the
+details.
 
 Like TF-slim's ``build_imagenet_data.py``: training files are shuffled with a fixed seed before
 being dealt into shards (so each shard mixes classes), validation stays in sorted order; RGB
 and grayscale JPEGs keep their original bytes, PNG and CMYK files are re-encoded to RGB JPEG.
 Unlike it, a file that cannot be decoded is listed in ``conversion_report.txt`` instead of
-stopping the run, and the run is resumable: shards run in parallel processes, each written
-under a temporary name, and a finished shard is kept when the converter runs again.
+stopping the run, as is whatever the scan of SRC leaves out (files beside the class folders,
+dangling symlinks, symlink loops); shard counts follow the number of images; and the run is
+resumable: shards run in parallel processes, each written under a temporary name, and a
+finished shard is kept when the converter runs again.
+
+The module imports TensorFlow only inside the functions that use it, so that the command parses
+its flags and installs its signal handlers first: ``--help`` answers at once, and a Ctrl-C or
+SIGTERM while TensorFlow loads (seconds) ends in the same one line as one during the conversion.
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -34,21 +45,35 @@ import threading
 from tqdm import tqdm
 
 from vgg_keras import atomic
-from vgg_keras.compat import tf
-from vgg_keras.data import info, pipeline, schema, shards
-from vgg_keras.errors import EXIT_SIGINT, UsageError, reason, run_cli
+from vgg_keras.data import info
+from vgg_keras.errors import EXIT_SIGINT, EXIT_SIGTERM, UsageError, reason, run_cli
 
 SHUFFLE_SEED = 12345  # TF-slim's seed for the training file order
+SPLIT_SEED = 0  # --split_seed's default
+# TF-slim wrote ImageNet's 1,281,167 training images into 1,024 shards: ~1,250 per shard.
+IMAGES_PER_SHARD = 1250
 JPEG_QUALITY = 95
 REPORT_FILE = "conversion_report.txt"
 STATE_DIR = ".convert"  # per-shard sidecars: record counts and skipped files of finished shards
 SOURCE_SPLITS = {"train": "train", "validation": "val"}
+SPLIT_NAMES = ("train", "validation")  # schema.SPLIT_PREFIXES' keys, without importing TF
+INTERRUPTED = "interrupted: finished shards are kept; run again to resume"
 
 _SHARD_NAME = re.compile(r"^(train|validation)-\d{5}-of-(\d{5})$")
+
+# Why the scan of SRC left something out (report rows: kind, path, why).
+LOOP = "symlink loop: a folder inside itself"
+DANGLING = "dangling symlink: its target does not exist"
+LOOSE = "not in a class folder"
+NOT_UTF8 = "file name is not UTF-8: image/filename holds it with U+FFFD for the bad bytes"
 
 
 class BadImage(Exception):
     """A source file that cannot become a record; it is reported and skipped."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt: one path stops the workers for both."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +99,8 @@ class ShardTask:
     def fingerprint(self) -> str:
         """Identifies the shard's intended content, so a kept shard is known to match SRC."""
         lines = (f"{i.rel}\t{i.label}\t{i.synset}\t{i.text}" for i in self.items)
-        return hashlib.sha1("\n".join(lines).encode()).hexdigest()
+        # surrogateescape: a file name that is not UTF-8 is hashed as its bytes
+        return hashlib.sha1("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
     @property
     def state_path(self) -> str:
@@ -89,20 +115,58 @@ class ShardResult:
     reencoded: tuple[tuple[str, str], ...]  # (rel path, what it was)
 
 
+@dataclasses.dataclass
+class Source:
+    """What the scan of SRC found: the classes, the images of each split, what it left out."""
+
+    synsets: list[str]
+    texts: list[str]
+    items: dict[str, list[Item]]  # split -> images, in sorted order
+    folders: dict[str, str]  # split -> the folder (relative to SRC) its images come from
+    notes: list[tuple[str, str, str]]  # (kind, rel path, why) for the report
+    val_split: dict | None = None  # how --val_fraction made the validation split
+
+
+def shown(path: str) -> str:
+    """``path`` for a message: bytes that are not UTF-8 as ``\\xff`` escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir gives undecodable bytes as lone surrogates
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- images
+
+
+@contextlib.contextmanager
+def _decoder_quiet():
+    """libjpeg writes its complaints about damaged bytes ("Improper call to JPEG library in
+    state 201", "Premature end of JPEG data") straight to file descriptor 2, where they would
+    bury our one-line messages; the reason reaches the user as the BadImage instead."""
+    from vgg_keras import compat
+
+    with compat._native_stderr_silenced(True):
+        yield
 
 
 def jpeg_components(data: bytes) -> int | None:
     """Colour components from a JPEG's frame header (4 = CMYK/YCCK); None if it is not one.
 
     ``tf.io.extract_jpeg_shape`` reads only the header and reports CMYK as 4 (checked on TF
-    2.21).  The start-of-image test first keeps libjpeg's "Not a JPEG file" line, which it
-    prints on stderr, out of the converter's output for PNG and other files.
+    2.21).  The start-of-image test first saves the call for PNG and other files.
     """
     if data[:2] != b"\xff\xd8":
         return None
+    from vgg_keras.compat import tf
+
     try:
-        return int(tf.io.extract_jpeg_shape(data)[2])
+        with _decoder_quiet():
+            return int(tf.io.extract_jpeg_shape(data)[2])
     except tf.errors.OpError:
         return None
 
@@ -115,19 +179,22 @@ def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
     pipeline's ``decode_and_crop_jpeg`` reads JPEG only and not every decoder reads CMYK.
     Raises BadImage when TF cannot decode the bytes.
     """
+    from vgg_keras.compat import tf
+
     components = jpeg_components(data)
+    source = "JPEG" if components is not None else _format_name(data)
     try:
-        if components in (1, 3):
-            shape = tf.io.decode_jpeg(data).shape
-            colorspace = "RGB" if components == 3 else "Grayscale"
-            return data, shape[0], shape[1], components, colorspace, ""
-        if components is not None:
-            pixels = tf.io.decode_jpeg(data, channels=3)
-            source = "CMYK JPEG" if components == 4 else f"{components}-component JPEG"
-        else:
-            source = _format_name(data)
-            pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
-        jpeg = tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY).numpy()
+        with _decoder_quiet():
+            if components in (1, 3):
+                shape = tf.io.decode_jpeg(data).shape
+                colorspace = "RGB" if components == 3 else "Grayscale"
+                return data, shape[0], shape[1], components, colorspace, ""
+            if components is not None:
+                pixels = tf.io.decode_jpeg(data, channels=3)
+                source = "CMYK JPEG" if components == 4 else f"{components}-component JPEG"
+            else:
+                pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
+            jpeg = tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY).numpy()
     except tf.errors.OpError as err:
         if source == "non-JPEG" and data[:2] != b"\xff\xd8":  # TF 1.15 words this differently
             raise BadImage("Unknown image file format") from err
@@ -150,6 +217,9 @@ def _format_name(data: bytes) -> str:
 
 def convert_shard(task: ShardTask) -> ShardResult:
     """Write one shard (via ``.tmp``, then rename) and its sidecar; runs in a worker process."""
+    from vgg_keras.compat import tf
+    from vgg_keras.data import schema, shards
+
     skipped, reencoded = [], []
 
     def examples():
@@ -167,6 +237,7 @@ def convert_shard(task: ShardTask) -> ShardResult:
                 continue
             if source:
                 reencoded.append((item.rel, source))
+            name = os.path.basename(item.rel).encode("utf-8", "surrogateescape")
             yield schema.to_example(
                 jpeg,
                 item.label,
@@ -174,7 +245,7 @@ def convert_shard(task: ShardTask) -> ShardResult:
                 width,
                 synset=item.synset,
                 text=item.text,
-                filename=os.path.basename(item.rel),
+                filename=name.decode("utf-8", "replace"),
                 channels=channels,
                 colorspace=colorspace,
             )
@@ -206,6 +277,8 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
         return None
     if state.get("fingerprint") != task.fingerprint:
         return None
+    from vgg_keras.data import pipeline
+
     # A shard damaged since (truncated, bit rot) is written again: read it all, CRCs checked.
     try:
         if pipeline.count_records(os.path.join(task.out, task.name)) != int(state["records"]):
@@ -220,10 +293,21 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
     )
 
 
+def shard_count(images: int) -> int:
+    """Shards for a split of ``images`` files when no count is given: the power of two nearest
+    ``images / IMAGES_PER_SHARD``, at least 1 (so never more shards than images).
+
+    ImageNet's 1,281,167 training images get TF-slim's 1,024; a few thousand images get 1 or 2.
+    """
+    return 2 ** max(0, round(math.log2(max(images, 1) / IMAGES_PER_SHARD)))
+
+
 def plan_shards(
     src: str, out: str, split: str, items: list[Item], num_shards: int
 ) -> list[ShardTask]:
     """Deal ``items`` into ``num_shards`` contiguous runs, training items shuffled first."""
+    from vgg_keras.data import schema
+
     if split == "train":
         items = list(items)
         random.Random(SHUFFLE_SEED).shuffle(items)
@@ -235,6 +319,8 @@ def plan_shards(
 
 
 def _init_worker() -> None:
+    from vgg_keras.compat import tf
+
     # One thread per process: the pool already uses every core.
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -245,6 +331,39 @@ def _init_worker() -> None:
 
 def _exit_on_sigterm(signum, _frame) -> None:
     raise SystemExit(128 + signum)
+
+
+class _StopSignals:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM Terminated in this process, so both stop the
+    workers and end in one line (SIGTERM's default action would kill this process alone, and
+    its workers would die on broken pipes, each with a traceback).
+
+    The signal is remembered too: TF 1.15's import swallows a KeyboardInterrupt raised early in
+    it (its import then completes), so ``check()`` raises it again once TensorFlow is loaded.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def _raise(self, signum, _frame=None) -> None:
+        self.received = signum
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def check(self) -> None:
+        if self.received is not None:
+            self._raise(self.received)
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._raise) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -308,32 +427,93 @@ def run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[Shar
 # ---------------------------------------------------------------- source folders
 
 
-def _entries(folder: str) -> tuple[list[str], list[str]]:
-    """(sorted sub-folder names, sorted file names) of ``folder``, hidden entries left out."""
-    dirs, files = [], []
-    with os.scandir(folder) as it:
-        for entry in it:
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _where(src: str, rel: str) -> str:
+    """SRC/rel for a message (SRC itself for the single-folder layout's "")."""
+    return shown(os.path.join(src, rel) if rel else src)
+
+
+class _Scan:
+    """One listing of SRC.  Symlinks are followed; what the listing leaves out (hidden entries
+    aside) is noted for the report: dangling symlinks, symlink loops, the output folder."""
+
+    def __init__(self, src: str, out: str):
+        self.src = src
+        self.out = os.path.realpath(out)
+        self.notes: list[tuple[str, str, str]] = []
+        self._listed: dict[str, tuple[list[str], list[str]]] = {}
+
+    def note(self, kind: str, rel: str, why: str) -> None:
+        self.notes.append((kind, rel, why))
+
+    def real(self, rel: str) -> str:
+        return os.path.realpath(os.path.join(self.src, rel))
+
+    def entries(self, rel: str) -> tuple[list[str], list[str]]:
+        """(sorted sub-folder names, sorted file names) of SRC/rel, listed once."""
+        if rel not in self._listed:
+            self._listed[rel] = self._list(rel)
+        return self._listed[rel]
+
+    def _list(self, rel: str) -> tuple[list[str], list[str]]:
+        folder = os.path.join(self.src, rel)
+        try:
+            with os.scandir(folder) as it:
+                listed = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            raise UsageError(f"{shown(folder)}: cannot read folder ({err.strerror})") from err
+        dirs, files = [], []
+        for entry in listed:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
-                dirs.append(entry.name)
-            elif entry.is_file():
-                files.append(entry.name)
-    return sorted(dirs), sorted(files)
+            path = _join(rel, entry.name)
+            try:
+                if entry.is_dir():
+                    if self.real(path) == self.out:
+                        self.note("ignored", path, "the output folder")
+                    else:
+                        dirs.append(entry.name)
+                elif entry.is_file():
+                    files.append(entry.name)
+                elif entry.is_symlink():
+                    self.note("skipped", path, DANGLING)
+                else:
+                    self.note("ignored", path, "not a file or folder")
+            except OSError as err:  # a symlink that points to itself, or no permission
+                why = LOOP if err.errno == errno.ELOOP else f"cannot read ({err.strerror})"
+                self.note("skipped", path, why)
+        return dirs, files
 
+    def files_under(self, rel: str, ancestors: frozenset = frozenset()) -> list[str]:
+        """Sorted paths (relative to SRC) of the files in SRC/rel and its sub-folders (ImageNet
+        style trees sometimes nest); a folder that is one of its own ancestors is a loop."""
+        ancestors = ancestors | {self.real(rel)}
+        dirs, files = self.entries(rel)
+        found = [_join(rel, name) for name in files]
+        for name in dirs:
+            sub = _join(rel, name)
+            if self.real(sub) in ancestors:
+                self.note("skipped", sub, LOOP)
+            else:
+                found += self.files_under(sub, ancestors)
+        for path in found:
+            if not _is_utf8(os.path.basename(path)):
+                self.note("note", path, NOT_UTF8)
+        return sorted(found)
 
-def _files_under(folder: str) -> list[str]:
-    """Sorted paths relative to ``folder`` of the files in it and in its sub-folders (ImageNet
-    style trees sometimes nest), hidden entries left out."""
-    dirs, files = _entries(folder)
-    nested = [f"{d}/{name}" for d in dirs for name in _files_under(os.path.join(folder, d))]
-    return sorted(files + nested)
+    def ancestors(self, rel: str) -> frozenset:
+        """The real paths of SRC and of every folder down to SRC/rel."""
+        parts = rel.split("/") if rel else []
+        return frozenset(self.real("/".join(parts[:k])) for k in range(len(parts) + 1))
 
 
 def read_synset_text(path: str) -> dict[str, str]:
     """``n01440764<TAB>tench, Tinca tinca`` lines -> {synset: text}."""
     texts = {}
-    for line in _read_lines(path):
+    for line in _read_lines(path, "--synset_text"):
         synset, sep, text = line.partition("\t")
         if not sep:
             synset, _, text = line.partition(" ")
@@ -347,7 +527,7 @@ def read_val_labels(path: str, filenames: list[str]) -> list[str]:
     One synset per line (in sorted-filename order), or ``filename synset`` per line, with the
     filename with or without extension (LOC_val_solution.csv style rows also work).
     """
-    rows = [re.split(r"[\s,]+", line.strip()) for line in _read_lines(path)]
+    rows = [re.split(r"[\s,]+", line.strip()) for line in _read_lines(path, "--val_labels")]
     rows = [r for r in rows if r != [""] and r[0] != "ImageId"]  # LOC_val_solution.csv header
     if rows and all(len(r) == 1 for r in rows):
         if len(rows) != len(filenames):
@@ -362,77 +542,180 @@ def read_val_labels(path: str, filenames: list[str]) -> list[str]:
     for name in filenames:
         synset = by_name.get(name, by_name.get(os.path.splitext(name)[0]))
         if synset is None:
-            raise UsageError(f"{path}: no label for {name}")
+            raise UsageError(f"{path}: no label for {shown(name)}")
         labels.append(synset)
     return labels
 
 
-def _read_lines(path: str) -> list[str]:
+def _read_lines(path: str, flag: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as f:
             return [line.rstrip("\n") for line in f if line.strip()]
     except OSError as err:
-        raise UsageError(f"{path}: cannot read ({err.strerror})") from err
+        raise UsageError(f"{flag} {path}: cannot read ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{flag} {path}: not a text file (UTF-8 expected)") from err
 
 
-def scan_source(
-    src: str, val_labels: str | None = None, synset_text: str | None = None
-) -> tuple[list[str], list[str], dict[str, list[Item]]]:
-    """(synsets, texts, {split: items}) of an ImageNet-style folder; UsageError if malformed."""
-    if not os.path.isdir(src):
-        raise UsageError(f"source folder not found: {src}")
+def _split_folders(src: str, val_labels: str | None, val_fraction: float | None) -> dict:
+    """{split: folder relative to SRC}: train/ and val/, or SRC itself when it has neither."""
     folders = {
-        split: os.path.join(src, name)
+        split: name
         for split, name in SOURCE_SPLITS.items()
         if os.path.isdir(os.path.join(src, name))
     }
-    if not folders:
-        raise UsageError(f"{src}: no train/ or val/ folder")
     if val_labels and "validation" not in folders:
         raise UsageError(f"{src}: no val/ folder for --val_labels {val_labels}")
-    names = {split: _entries(folder) for split, folder in folders.items()}  # (dirs, files)
-    class_split = "train" if "train" in folders else "validation"
-    synsets = names[class_split][0]
-    if class_split == "validation" and val_labels:
-        flat = names["validation"][1]
-        synsets = sorted(set(read_val_labels(val_labels, flat)))
-    if not synsets:
+    if val_fraction is not None and "validation" in folders:
         raise UsageError(
-            f"{folders[class_split]}: no class folders (expected <synset>/ folders of images)"
+            f"--val_fraction {val_fraction}: {os.path.join(src, 'val')} is a validation split "
+            "already (--val_fraction splits a source without a val/ folder)"
         )
-    known = read_synset_text(synset_text) if synset_text else {}
-    texts = [known.get(s, s) for s in synsets]
-    label_of = {s: k + 1 for k, s in enumerate(synsets)}
+    return folders or {"train": ""}
+
+
+def _classes(scan: _Scan, folder: str, val_labels: str | None) -> list[str]:
+    """The sorted class names: the class folders of ``folder``, or the synsets of
+    ``--val_labels`` when it is a flat val/ folder."""
+    if val_labels:
+        return sorted(set(read_val_labels(val_labels, scan.entries(folder)[1])))
+    dirs, files = scan.entries(folder)
+    where = _where(scan.src, folder)
+    if not dirs:
+        layout = "<synset>/ folders" if folder else "train/ and val/ folders, or <class>/ folders"
+        hint = "; pass --val_labels FILE for a flat val/ folder" if files and folder else ""
+        raise UsageError(f"{where}: no class folders (expected {layout} of images){hint}")
+    for name in dirs:
+        if not _is_utf8(name):
+            path = shown(os.path.join(scan.src, folder, name))
+            raise UsageError(f"{path}: class folder name is not UTF-8; rename it")
+    return [d for d in dirs if scan.real(_join(folder, d)) not in scan.ancestors(folder)]
+
+
+def _split_items(scan: _Scan, folder: str, label_of: dict, val_labels: str | None, defines: bool):
+    """The images of one split's ``folder``.  ``defines``: its folders are the classes, so an
+    empty one is refused (dropping it would renumber the classes after it)."""
 
     def item(rel: str, synset: str, where: str) -> Item:
         if synset not in label_of:
-            raise UsageError(f"{where}: synset {synset} is not a class of {folders[class_split]}")
-        return Item(rel, label_of[synset], synset, texts[label_of[synset] - 1])
+            raise UsageError(f"{where}: synset {synset} is not a class of the training folder")
+        label = label_of[synset]
+        return Item(rel, label[0], synset, label[1])
 
+    dirs, files = scan.entries(folder)
+    if val_labels:
+        for name in dirs:
+            scan.note("ignored", _join(folder, name), "folder in a flat val/ (--val_labels)")
+        labels = read_val_labels(val_labels, files)
+        return [item(_join(folder, f), s, val_labels) for f, s in zip(files, labels)]
+    for name in files:
+        scan.note("ignored", _join(folder, name), LOOSE)
+    items = []
+    for synset in dirs:
+        rel = _join(folder, synset)
+        if scan.real(rel) in scan.ancestors(folder):
+            scan.note("skipped", rel, LOOP)
+            continue
+        found = scan.files_under(rel, scan.ancestors(folder))
+        if not found and defines:
+            raise UsageError(
+                f"{shown(os.path.join(scan.src, rel))}: empty class folder (no image files); "
+                "remove it or add images"
+            )
+        if not found:
+            scan.note("note", rel, "empty class folder: the class has no images here")
+        items += [item(path, synset, shown(os.path.join(scan.src, rel))) for path in found]
+    return items
+
+
+def split_validation(items: list[Item], fraction: float, seed: int) -> tuple[list, list]:
+    """(train, validation) items: of each class's n images, round(fraction * n), at least 1 and
+    at most n - 1, go to validation (none of a class with one image).  Which ones is decided by
+    a hash of the seed and each file's path, so the split is the same on every run, and adding
+    images to a class moves few of the others."""
+
+    def rank(it: Item) -> str:
+        key = f"{seed}\0{it.rel}".encode("utf-8", "surrogateescape")
+        return hashlib.sha1(key).hexdigest()
+
+    by_class: dict[int, list[Item]] = {}
+    for it in items:
+        by_class.setdefault(it.label, []).append(it)
+    chosen = set()
+    for group in by_class.values():
+        n = len(group)
+        count = 0 if n < 2 else min(n - 1, max(1, int(fraction * n + 0.5)))
+        chosen.update(sorted(group, key=rank)[:count])
+    return [i for i in items if i not in chosen], [i for i in items if i in chosen]
+
+
+def scan_source(
+    src: str,
+    out: str,
+    val_labels: str | None = None,
+    synset_text: str | None = None,
+    val_fraction: float | None = None,
+    split_seed: int = SPLIT_SEED,
+) -> Source:
+    """The classes and images of ``src``; UsageError if it is malformed.  ``out`` (the output
+    folder) is left out of the listing when it lies inside ``src``."""
+    if not os.path.isdir(src):
+        raise UsageError(f"source folder not found: {src}")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise UsageError(f"--val_fraction must be between 0 and 1, got {val_fraction}")
+    scan = _Scan(src, out)
+    folders = _split_folders(src, val_labels, val_fraction)
+    class_split = "train" if "train" in folders else "validation"
+    synsets = _classes(scan, folders[class_split], val_labels if class_split != "train" else None)
+    known = read_synset_text(synset_text) if synset_text else {}
+    texts = [known.get(s, s) for s in synsets]
+    label_of = {s: (k + 1, texts[k]) for k, s in enumerate(synsets)}
     items = {}
     for split, folder in folders.items():
-        sub, flat = names[split]
-        base = SOURCE_SPLITS[split]
-        if split == "validation" and val_labels:
-            labels = read_val_labels(val_labels, flat)
-            items[split] = [
-                item(f"{base}/{name}", synset, val_labels) for name, synset in zip(flat, labels)
-            ]
-        elif not sub:
-            hint = "; pass --val_labels FILE for a flat val/ folder" if flat else ""
-            raise UsageError(f"{folder}: no class folders{hint}")
-        else:
-            items[split] = [
-                item(f"{base}/{synset}/{name}", synset, os.path.join(folder, synset))
-                for synset in sub
-                for name in _files_under(os.path.join(folder, synset))
-            ]
+        labels_file = val_labels if split == "validation" else None
+        items[split] = _split_items(scan, folder, label_of, labels_file, split == class_split)
         if not items[split]:
-            raise UsageError(f"{folder}: no image files")
-    return synsets, texts, items
+            raise UsageError(f"{_where(src, folder)}: no image files")
+    source = Source(synsets, texts, items, folders, scan.notes)
+    if val_fraction is not None:
+        _set_aside(source, val_fraction, split_seed)
+    return source
+
+
+def _set_aside(source: Source, fraction: float, seed: int) -> None:
+    """--val_fraction: move part of each class of the training images to validation."""
+    folder = source.folders["train"]
+    train, val = split_validation(source.items["train"], fraction, seed)
+    source.items["train"] = train
+    if val:
+        source.items["validation"], source.folders["validation"] = val, folder
+    per_class = {}
+    for it in source.items["train"] + val:
+        per_class[it.synset] = per_class.get(it.synset, 0) + 1
+    for synset in source.synsets:
+        if per_class.get(synset) == 1:
+            source.notes.append(("note", _join(folder, synset), "1 image: none for validation"))
+    source.val_split = {"from": folder or ".", "fraction": fraction, "seed": seed}
+    source.val_split["images"] = len(val)
 
 
 # ---------------------------------------------------------------- the conversion
+
+
+def _shard_counts(source: Source, src: str, requested: dict) -> dict[str, int]:
+    """{split: shards}: the flag's count, checked, or shard_count() of the split's images."""
+    counts = {}
+    for split, items in source.items.items():
+        count, flag = requested.get(split), f"--{split}_shards"
+        if count is None:
+            count = shard_count(len(items))
+        elif count < 1:
+            raise UsageError(f"{flag} must be at least 1, got {count}")
+        elif count > len(items):
+            where = _where(src, source.folders[split])
+            raise UsageError(f"{flag} {count} is more than the {len(items)} images in {where}")
+        counts[split] = count
+    return counts
 
 
 def _check_output(out: str, num_shards: dict[str, int]) -> None:
@@ -450,91 +733,137 @@ def _check_output(out: str, num_shards: dict[str, int]) -> None:
             )
 
 
+def _warn_without_validation(source: Source, src: str) -> str | None:
+    """The warning for a source without validation images (training's evaluation reads the
+    validation shards), printed before the long part of the run."""
+    if "validation" in source.items:
+        return None
+    if source.val_split:
+        why = "--val_fraction left no validation images (every class has a single image)"
+    else:
+        why = "no validation images (no val/ folder)"
+    warning = (
+        f"{shown(src)}: {why}; evaluation during and after training needs validation "
+        "shards: add --val_fraction 0.1 to set 10% of each class aside"
+    )
+    print(f"warning: {warning}", file=sys.stderr)
+    return warning
+
+
 def convert(
     src: str,
     out: str,
     *,
-    train_shards: int = 1024,
-    validation_shards: int = 128,
+    train_shards: int | None = None,
+    validation_shards: int | None = None,
     workers: int | None = None,
     val_labels: str | None = None,
     synset_text: str | None = None,
+    val_fraction: float | None = None,
+    split_seed: int = SPLIT_SEED,
     progress: bool = True,
 ) -> dict:
     """Convert ``src`` into shards in ``out``; returns the dataset info that was written.
 
-    Also writes ``conversion_report.txt`` (skipped and re-encoded files) and prints a summary
-    line on stderr when files were skipped.  Shards finished by an earlier run are kept.
+    Shard counts default to shard_count() of each split's images.  Also writes
+    ``conversion_report.txt`` (what the scan left out, skipped and re-encoded files) and prints
+    one line on stderr for each kind of file that was left out.  Shards finished by an earlier
+    run are kept.  Nothing is written to ``out`` before SRC and the flags are checked.
     """
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
-    synsets, texts, items = scan_source(src, val_labels, synset_text)
+    source = scan_source(src, out, val_labels, synset_text, val_fraction, split_seed)
     requested = {"train": train_shards, "validation": validation_shards}
-    num_shards = {split: requested[split] for split in items}
-    for split, count in num_shards.items():
-        flag = f"--{split}_shards"
-        if count < 1:
-            raise UsageError(f"{flag} must be at least 1, got {count}")
-        if count > len(items[split]):
-            raise UsageError(
-                f"{flag} {count} is more than the {len(items[split])} images in "
-                f"{os.path.join(src, SOURCE_SPLITS[split])}"
-            )
-    _check_output(out, num_shards)
+    num_shards = _shard_counts(source, src, requested)
+    warning = _warn_without_validation(source, src)
     tasks = [
         task
-        for split in items
-        for task in plan_shards(src, out, split, items[split], num_shards[split])
+        for split in SPLIT_NAMES
+        if split in source.items
+        for task in plan_shards(src, out, split, source.items[split], num_shards[split])
     ]
+    _check_output(out, num_shards)
     results = sorted(run_tasks(tasks, workers, progress), key=lambda r: r.name)
     files = {r.name: r.records for r in results}
     result = {
-        "name": os.path.basename(os.path.abspath(src)),
-        "num_classes": len(synsets),
+        "name": shown(os.path.basename(os.path.abspath(src))),
+        "num_classes": len(source.synsets),
         "label_offset": 1,
         "splits": {
-            split: sum(
-                n for name, n in files.items() if name.startswith(schema.SPLIT_PREFIXES[split])
-            )
-            for split in items
+            split: sum(n for name, n in files.items() if name.startswith(split + "-"))
+            for split in SPLIT_NAMES
+            if split in source.items
         },
-        "synsets": synsets,
-        "texts": texts,
+        "synsets": source.synsets,
+        "texts": source.texts,
         "files": files,
     }
+    if source.val_split:
+        result["val_split"] = source.val_split
     info.write_info(out, result)
-    skipped = sorted(row for r in results for row in r.skipped)
+    rows = [(kind, os.path.join(src, rel), why) for kind, rel, why in source.notes]
+    rows += [("skipped", os.path.join(src, rel), why) for r in results for rel, why in r.skipped]
     reencoded = sorted(row for r in results for row in r.reencoded)
-    _write_report(out, src, skipped, reencoded)
-    if skipped:
-        print(
-            f"convert: skipped {len(skipped)} unreadable file(s) of {src}, listed in "
-            f"{os.path.join(out, REPORT_FILE)}",
-            file=sys.stderr,
-        )
+    _write_report(out, src, source, rows, reencoded, warning)
+    _tell(out, src, source.notes, sum(len(r.skipped) for r in results))
     return result
 
 
-def _write_report(out: str, src: str, skipped, reencoded) -> None:
-    lines = [f"# conversion of {src}: {len(skipped)} skipped, {len(reencoded)} re-encoded"]
-    lines += [f"skipped\t{os.path.join(src, rel)}\t{why}" for rel, why in skipped]
+def _write_report(out: str, src: str, source: Source, rows, reencoded, warning) -> None:
+    """conversion_report.txt: a comment header, then one ``kind<TAB>path<TAB>why`` row per
+    file the conversion left out, skipped or re-encoded."""
+    skipped = sum(1 for row in rows if row[0] == "skipped")
+    lines = [f"# conversion of {shown(src)}: {skipped} skipped, {len(reencoded)} re-encoded"]
+    if source.val_split:
+        split = source.val_split
+        lines.append(
+            f"# validation: {split['images']} images set aside from "
+            f"{_where(src, source.folders['train'])}, {split['fraction']:g} of each "
+            f"class (--val_fraction {split['fraction']:g} --split_seed {split['seed']})"
+        )
+    if warning:
+        lines.append(f"# warning: {warning}")
+    lines += [f"{kind}\t{shown(path)}\t{why}" for kind, path, why in sorted(rows)]
     lines += [
-        f"re-encoded\t{os.path.join(src, rel)}\t{what} -> RGB JPEG" for rel, what in reencoded
+        f"re-encoded\t{shown(os.path.join(src, rel))}\t{what} -> RGB JPEG"
+        for rel, what in reencoded
     ]
-    with open(os.path.join(out, REPORT_FILE), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(out, REPORT_FILE), "\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _tell(out: str, src: str, notes, unreadable: int) -> None:
+    """One line on stderr per kind of thing the conversion left out or changed."""
+    report = os.path.join(out, REPORT_FILE)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for kind, rel, why in notes:
+        groups.setdefault((kind, why), []).append(shown(os.path.join(src, rel)))
+    for (kind, why), paths in sorted(groups.items()):
+        more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+        print(f"convert: {kind} {paths[0]}{more}: {why}; listed in {report}", file=sys.stderr)
+    if unreadable:
+        print(
+            f"convert: skipped {unreadable} unreadable file(s) of {shown(src)}, listed in {report}",
+            file=sys.stderr,
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vgg_keras.data.convert",
         description=__doc__.split("\n\n")[0],
+        epilog="docs/data.md describes the layouts, the shard counts and the report.",
     )
-    parser.add_argument("src", help="folder with train/<synset>/* and val/<synset>/* (or val/*)")
+    parser.add_argument(
+        "src", help="folder with train/<class>/* and val/<class>/* (or val/*), or <class>/*"
+    )
     parser.add_argument("out", help="output folder for the shards and dataset_info.json")
-    parser.add_argument("--train_shards", type=int, default=1024)
-    parser.add_argument("--validation_shards", type=int, default=128)
+    for split in SPLIT_NAMES:
+        parser.add_argument(
+            f"--{split}_shards",
+            type=int,
+            help=f"default: the {split} images / {IMAGES_PER_SHARD} rounded to a power of two",
+        )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)"
     )
@@ -546,20 +875,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--synset_text", help="lines 'n01440764<TAB>tench, Tinca tinca' for image/class/text"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--val_fraction",
+        type=float,
+        help="for a source without val/: set this fraction of each class aside for validation",
+    )
+    parser.add_argument(
+        "--split_seed",
+        type=int,
+        default=SPLIT_SEED,
+        help=f"which images --val_fraction sets aside (default {SPLIT_SEED})",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        result = convert(
-            args.src,
-            args.out,
-            train_shards=args.train_shards,
-            validation_shards=args.validation_shards,
-            workers=args.workers,
-            val_labels=args.val_labels,
-            synset_text=args.synset_text,
-        )
-    except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; run again to resume", file=sys.stderr)
-        return EXIT_SIGINT
+        with _StopSignals() as stop:
+            from vgg_keras import compat  # noqa: F401 (TensorFlow loads here, seconds)
+
+            stop.check()
+            result = convert(
+                args.src,
+                args.out,
+                train_shards=args.train_shards,
+                validation_shards=args.validation_shards,
+                workers=args.workers,
+                val_labels=args.val_labels,
+                synset_text=args.synset_text,
+                val_fraction=args.val_fraction,
+                split_seed=args.split_seed,
+            )
+    except KeyboardInterrupt as stop:
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_SIGTERM if isinstance(stop, Terminated) else EXIT_SIGINT
     print(
         f"{args.out}: {result['num_classes']} classes, {result['splits']} records "
         f"in {len(result['files'])} shards"

@@ -9,19 +9,35 @@ Each file is scanned by a tf.data pass that runs the checks the pipelines imply 
 in parallel (traced once, reused for every file); only the first failing record is then re-read
 eagerly, one check at a time, to word the reason.  The scan runs eagerly even when called from
 inside a graph context (the session loop's), in a helper thread whose default is eager mode.
+
+As a command, it checks a whole data folder (exit 0 when every record is usable, 2 if not):
+
+    python -m vgg_keras.data.diagnose DATA_DIR [--num_classes N] [--label_offset K]
 """
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import dataclasses
 import functools
+import os
+import sys
 from collections.abc import Callable, Sequence
 
-from vgg_keras import compat
-from vgg_keras.compat import tf
-from vgg_keras.data import schema
-from vgg_keras.errors import UsageError, reason
+from tqdm import tqdm
+
+from vgg_keras.errors import EXIT_SIGINT, UsageError, reason, run_cli
+
+try:
+    from vgg_keras import compat
+    from vgg_keras.compat import tf
+    from vgg_keras.data import info, schema
+except KeyboardInterrupt:  # Ctrl-C while the command loads TensorFlow (seconds): no traceback
+    if __name__ != "__main__":
+        raise
+    print("interrupted", file=sys.stderr)
+    sys.exit(EXIT_SIGINT)
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
 
@@ -104,27 +120,35 @@ def count_bad_records(
     unreadable tail (truncation, corruption) counts one, as does a missing file."""
 
     def scan() -> int:
-        total = 0
-        for k, path in enumerate(files):
-            readable, tail = _readable_records(path)
-            want = expected[k] if expected is not None else None
-            if readable is None:
-                total += want if want else 1
-                continue
-            good, _ = _check_file(path, num_classes, label_offset, parse)
-            lost = max(want - readable, int(tail is not None)) if want else int(tail is not None)
-            total += readable - good + lost
-        return total
+        return sum(
+            _tally(path, num_classes, label_offset, parse, expected[k] if expected else None)[1]
+            for k, path in enumerate(files)
+        )
 
     return _eagerly(scan)
 
 
+def _tally(path: str, num_classes: int, label_offset: int, parse: Parser, want: int | None):
+    """(records readable, bad records) of one file; ``want`` is its count in dataset_info.json."""
+    readable, tail = _readable_records(path)
+    if readable is None:
+        return 0, want if want else 1
+    good, _ = _check_file(path, num_classes, label_offset, parse)
+    lost = max(want - readable, int(tail is not None)) if want else int(tail is not None)
+    return readable, readable - good + lost
+
+
 def _eagerly(fn: Callable):
-    """Run ``fn`` in eager mode: directly, or in a fresh thread when a graph is the default."""
-    if tf.executing_eagerly():
-        return fn()
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(fn).result()
+    """Run ``fn`` in eager mode: directly, or in a fresh thread when a graph is the default.
+
+    libjpeg writes its complaints about the damaged records being scanned ("Premature end of
+    JPEG data") straight to file descriptor 2; the scan's result says what is wrong instead.
+    """
+    with compat._native_stderr_silenced(True):
+        if tf.executing_eagerly():
+            return fn()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(fn).result()
 
 
 def _readable_records(path: str) -> tuple[int | None, str | None]:
@@ -227,3 +251,109 @@ def _reason(serialized, num_classes: int, label_offset: int, parse: Parser) -> s
     if boxes.size and not ((boxes >= 0) & (boxes <= 1)).all():
         return "a bounding box coordinate is outside [0, 1]"
     return "the record fails the input pipeline's checks"
+
+
+# ---------------------------------------------------------------- the command
+
+
+@dataclasses.dataclass(frozen=True)
+class FileCheck:
+    """One shard's result: its records (dataset_info.json's count, else those readable), how
+    many of them are bad, and the first bad one."""
+
+    file: str
+    records: int
+    bad: int
+    first: BadRecord | None
+
+
+def check_folder(data_dir: str, num_classes: int, label_offset: int, split: str) -> list[FileCheck]:
+    """Every shard of ``split`` in ``data_dir``: the ones dataset_info.json lists (a missing
+    one is bad), else the files named like shards; [] when the split has none."""
+    prefix = schema.SPLIT_PREFIXES[split] + "-"
+    listed = info.read_info(data_dir).get("files", {})
+    wanted = {name: n for name, n in listed.items() if name.startswith(prefix)}
+    if wanted:
+        files = [(os.path.join(data_dir, name), n) for name, n in sorted(wanted.items())]
+    else:
+        from vgg_keras.data import pipeline
+
+        try:
+            files = [(path, None) for path in pipeline.list_files(data_dir, split)]
+        except UsageError:  # no shards of this split
+            return []
+
+    bar = tqdm(files, desc=f"diagnose {split}", unit="file", disable=None, leave=False)
+    return [_eagerly(functools.partial(_check, p, n, num_classes, label_offset)) for p, n in bar]
+
+
+def _check(path: str, want: int | None, num_classes: int, label_offset: int) -> FileCheck:
+    readable, bad = _tally(path, num_classes, label_offset, schema.parse, want)
+    first = find_bad_record([path], num_classes, label_offset) if bad else None
+    if bad and first is None:  # every record is fine, but fewer than dataset_info.json says
+        first = BadRecord(path, None, f"{readable} records, {want} listed in {info.INFO_FILE}")
+    return FileCheck(path, readable if want is None else want, bad, first)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vgg_keras.data.diagnose",
+        description="Check every record of a data folder's train-* and validation-* shards "
+        "the way the input pipelines read them; name the first bad record of each file. "
+        "Exit 0 when all are usable, 2 when some are not.",
+    )
+    parser.add_argument("data_dir", help="folder of TF-slim TFRecord shards")
+    parser.add_argument(
+        "--num_classes", type=int, help="labels must lie below it (default: dataset_info.json's)"
+    )
+    parser.add_argument(
+        "--label_offset",
+        type=int,
+        help="subtracted from the stored labels (default: dataset_info.json's, else 1)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UsageError(f"--num_classes must be at least 1, got {args.num_classes}")
+    if not os.path.isdir(args.data_dir):
+        raise UsageError(f"data folder not found: {args.data_dir}")
+    meta = info.read_info(args.data_dir)
+    num_classes = args.num_classes if args.num_classes is not None else meta.get("num_classes")
+    label_offset = (
+        args.label_offset if args.label_offset is not None else meta.get("label_offset", 1)
+    )
+    if num_classes is None:
+        num_classes = 2**31 - 1
+        print(
+            f"note: labels checked for >= 0 only: no num_classes in {info.INFO_FILE}; "
+            "pass --num_classes"
+        )
+    checks = {
+        split: check_folder(args.data_dir, num_classes, label_offset, split)
+        for split in schema.SPLIT_PREFIXES
+    }
+    checks = {split: found for split, found in checks.items() if found}
+    if not checks:
+        raise UsageError(f"no train-* or validation-* TFRecord files in {args.data_dir}")
+    for split, found in checks.items():
+        for check in found:
+            if check.bad:
+                print(f"{check.first} ({check.bad} bad of {check.records} in this file)")
+        records, bad = sum(c.records for c in found), sum(c.bad for c in found)
+        print(f"{split}: {records} records in {len(found)} files, {bad} bad")
+    every = [c for found in checks.values() for c in found]
+    bad_files = [c for c in every if c.bad]
+    if bad_files:
+        total = sum(c.bad for c in bad_files)
+        raise UsageError(
+            f"{args.data_dir}: {total} bad record(s) in {len(bad_files)} of {len(every)} files"
+        )
+    print(f"{args.data_dir}: all {sum(c.records for c in every)} records are usable")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

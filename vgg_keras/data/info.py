@@ -17,10 +17,22 @@ from vgg_keras.errors import UsageError
 INFO_FILE = "dataset_info.json"
 LABELS_FILE = "labels.txt"
 
+# The keys readers use, and what each must hold; other keys are kept and not checked.
+_INT_KEYS = {"num_classes": 1, "label_offset": None}  # key: smallest value allowed
+_COUNT_KEYS = ("splits", "files")  # {name: records}
+_TEXT_LIST_KEYS = ("synsets", "texts")
+
 
 def read_info(data_dir: str) -> dict:
-    """The folder's dataset_info.json, or {} when it has none."""
-    return read_json(os.path.join(data_dir, INFO_FILE), "dataset info")
+    """The folder's dataset_info.json, or {} when it has none.
+
+    Its schema is checked here, once, so that a hand-edited file with a wrong type is one line
+    naming the file and the key rather than a TypeError wherever the value is first used.
+    """
+    path = os.path.join(data_dir, INFO_FILE)
+    meta = read_json(path, "dataset info")
+    _check_schema(path, meta)
+    return meta
 
 
 def read_json(path: str, what: str) -> dict:
@@ -28,10 +40,51 @@ def read_json(path: str, what: str) -> dict:
     if not os.path.exists(path):
         return {}
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: unreadable {what} (not UTF-8 text)") from err
     except (OSError, ValueError) as err:
         raise UsageError(f"{path}: unreadable {what} ({err})") from err
+
+
+def _is_int(value, minimum: int | None) -> bool:
+    # bool is an int to Python, never a count to us
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return minimum is None or value >= minimum
+
+
+def _check_schema(path: str, meta) -> None:
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+
+    def bad(key: str, expected: str, value) -> UsageError:
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return UsageError(f"{path}: {key} must be {expected}, got {shown}")
+
+    for key, minimum in _INT_KEYS.items():
+        if key in meta and not _is_int(meta[key], minimum):
+            bound = "" if minimum is None else f" >= {minimum}"
+            raise bad(key, f"an integer{bound}", meta[key])
+    for key in _COUNT_KEYS:
+        if key not in meta:
+            continue
+        if not isinstance(meta[key], dict):
+            raise bad(key, "an object of record counts", meta[key])
+        for name, count in meta[key].items():
+            if not _is_int(count, 0):
+                raise bad(f"{key}[{json.dumps(name)}]", "an integer >= 0", count)
+    for key in _TEXT_LIST_KEYS:
+        value = meta.get(key, [])
+        if not isinstance(value, list):
+            raise bad(key, "a list of strings", value)
+        for index, text in enumerate(value):
+            if not isinstance(text, str):
+                raise bad(f"{key}[{index}]", "a string", text)
+    if not isinstance(meta.get("name", ""), str):
+        raise bad("name", "a string", meta["name"])
 
 
 def write_info(data_dir: str, info: dict) -> None:
