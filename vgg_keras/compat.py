@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced(enabled: bool):
+def native_stderr_silenced(enabled: bool):
     """Send file descriptor 2 to /dev/null: TensorFlow's native start-up lines (oneDNN, CUDA
     probing) are written before its log level applies, and would bury our one-line errors."""
     if not enabled:
@@ -44,7 +44,7 @@ def _native_stderr_silenced(enabled: bool):
         os.close(devnull)
 
 
-with _native_stderr_silenced(os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")):
+with native_stderr_silenced(os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")):
     import tensorflow as _tensorflow
 
     TF_RELEASE = _tensorflow.__version__

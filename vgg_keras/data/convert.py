@@ -150,7 +150,7 @@ def _decoder_quiet():
     bury our one-line messages; the reason reaches the user as the BadImage instead."""
     from vgg_keras import compat
 
-    with compat._native_stderr_silenced(True):
+    with compat.native_stderr_silenced(True):
         yield
 
 

@@ -144,7 +144,7 @@ def _eagerly(fn: Callable):
     libjpeg writes its complaints about the damaged records being scanned ("Premature end of
     JPEG data") straight to file descriptor 2; the scan's result says what is wrong instead.
     """
-    with compat._native_stderr_silenced(True):
+    with compat.native_stderr_silenced(True):
         if tf.executing_eagerly():
             return fn()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
