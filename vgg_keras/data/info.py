@@ -98,8 +98,10 @@ def write_info(data_dir: str, info: dict) -> None:
 def read_labels(path: str) -> list[str]:
     """Class names from a labels.txt (``synset<TAB>text`` or one name per line)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             rows = [line.rstrip("\n") for line in f if line.strip()]
     except OSError as err:
         raise UsageError(f"{path}: cannot read labels ({err.strerror})") from err
+    except ValueError as err:  # UnicodeDecodeError: a binary file
+        raise UsageError(f"{path}: not a UTF-8 text file of labels ({err.reason})") from err
     return [row.split("\t", 1)[-1] for row in rows]
