@@ -34,7 +34,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from vgg_keras.config import UsageParser  # errors become one line and exit code 2
+from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.errors import UsageError, run_cli
 
 KILL_WAIT_SECONDS = 5.0  # after SIGTERM, before SIGKILL
