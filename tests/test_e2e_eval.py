@@ -1,6 +1,7 @@
 """run_eval.py as a user runs it (real subprocesses): the table, eval_results.json/.csv, the
 curve and TensorBoard events agree; one graph for every checkpoint; one-line errors with exit
-code 2; a progress bar only on a terminal; --watch as a side-car; the demo run's accuracy.
+code 2; a progress bar only on a terminal; --watch as a side-car; the demo run's accuracy;
+run_train.py --mode evaluate with the run's config.json.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import time
 
 import numpy as np
 import pytest
+from conftest import demo_config
 
-from vgg_keras import checkpoints, evaluation
+from vgg_keras import config as config_lib
+from vgg_keras import results, rundir
+from vgg_keras.api import build_vgg
 from vgg_keras.compat import tf, v1
-from vgg_keras.config import make_config
 from vgg_keras.data import pipeline, preprocess, schema
-from vgg_keras.model import build_vgg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADER = ["step", "epoch", "top1", "top5", "loss", "checkpoint_time(UTC)"]
+HEADER = results.HEADER.split()  # step epoch top1 % top5 % loss checkpoint_time(UTC)
+RESULTS_JSON = rundir.results_name()
 
 
 def _table(stdout: str) -> list[list[str]]:
@@ -67,29 +70,37 @@ def test_all_ckpts_table_json_csv_and_tensorboard_agree(eval_run, tmp_path, scri
     assert [int(r[0]) for r in rows] == [50, 100, 150]
     assert "it/s" not in proc.stderr and "batch/s" not in proc.stderr  # no bar off a terminal
 
-    with open(out / evaluation.RESULTS_JSON) as f:
-        results = json.load(f)
-    with open(out / evaluation.RESULTS_CSV) as f:
+    with open(out / RESULTS_JSON) as f:
+        found = json.load(f)
+    with open(out / rundir.results_name(suffix=".csv")) as f:
         table = list(csv.DictReader(f))
-    assert [set(r) for r in results] == [set(evaluation.RESULT_KEYS)] * 3
-    assert [r["checkpoint"] for r in results] == checkpoints.list_checkpoints(eval_run)
-    assert len(results) == len(table) == len(rows)
-    for result, row, line in zip(results, table, rows):
+    assert [set(r) for r in found] == [set(results.KEYS + results.SETTINGS)] * 3
+    assert [r["checkpoint"] for r in found] == rundir.list_checkpoints(eval_run)
+    assert len(found) == len(table) == len(rows)
+    for result, row, line in zip(found, table, rows):
         assert result["images"] == int(row["images"]) == 360  # 360 = 51 * 7 + 3
         assert 0 <= result["top1"] <= result["top5"] <= 1
         assert row["checkpoint"] == result["checkpoint"]
         for key in ("step", "epoch", "top1", "top5", "loss"):
             assert float(row[key]) == result[key]  # the CSV holds the JSON's exact values
+        # What the run's own evaluation was: one crop, its resize, input and data.
+        assert (result["crops"], result["resize"], result["input_mode"]) == (
+            1,
+            "aspect",
+            "standard",
+        )
+        assert result["data_dir"] == rundir.read_config(eval_run)["data_dir"] == row["data_dir"]
+        # The table shows the accuracies in percent, the files keep fractions.
         assert line[:5] == [
             str(result["step"]),
             f"{result['epoch']:.1f}",
-            f"{result['top1']:.4f}",
-            f"{result['top5']:.4f}",
+            f"{100 * result['top1']:.2f}",
+            f"{100 * result['top5']:.2f}",
             f"{result['loss']:.4f}",
         ]
-    with open(out / evaluation.CURVE_PNG, "rb") as f:
+    with open(out / rundir.curve_name(), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    with open(out / evaluation.EVAL_LOG) as f:
+    with open(out / rundir.EVAL_LOG) as f:
         assert _table(f.read()) == rows
 
     scalars = {}
@@ -97,13 +108,13 @@ def test_all_ckpts_table_json_csv_and_tensorboard_agree(eval_run, tmp_path, scri
         for event in v1.train.summary_iterator(path):
             for value in event.summary.value:
                 scalars[(value.tag, event.step)] = tf.make_ndarray(value.tensor).item()
-    for result in results:
+    for result in found:
         assert scalars[("eval_top1", result["step"])] == pytest.approx(result["top1"])
         assert scalars[("eval_top5", result["step"])] == pytest.approx(result["top5"])
 
 
 def test_one_checkpoint_with_a_progress_bar_on_a_terminal(eval_run, tmp_path):
-    prefix = checkpoints.list_checkpoints(eval_run)[1]
+    prefix = rundir.list_checkpoints(eval_run)[1]
     command = [sys.executable, os.path.join(ROOT, "run_eval.py"), "--ckpt", prefix]
     command += ["--output", str(tmp_path)]
     master, terminal = pty.openpty()
@@ -125,7 +136,7 @@ def test_one_checkpoint_with_a_progress_bar_on_a_terminal(eval_run, tmp_path):
     assert proc.wait(timeout=120) == 0, stdout + stderr.decode(errors="replace")
     assert [int(r[0]) for r in _table(stdout)] == [100]
     assert "step 100" in stderr.decode() and "batch" in stderr.decode()
-    assert not os.path.exists(tmp_path / evaluation.CURVE_PNG)  # a curve needs two points
+    assert not os.path.exists(tmp_path / rundir.curve_name())  # a curve needs two points
 
 
 def _vgg19_checkpoint(folder, like_run: str) -> str:
@@ -143,7 +154,7 @@ def _vgg19_checkpoint(folder, like_run: str) -> str:
         saver = v1.train.Saver(model.weights)
         with v1.Session(graph=graph) as sess:
             sess.run(v1.global_variables_initializer())
-            return saver.save(sess, os.path.join(folder, checkpoints.PREFIX), global_step=7)
+            return saver.save(sess, os.path.join(folder, rundir.CHECKPOINT_PREFIX), global_step=7)
 
 
 def test_mismatched_architecture_is_one_line(eval_run, tmp_path, script_runner):
@@ -170,7 +181,7 @@ def test_watch_evaluates_a_checkpoint_written_later_then_stops(eval_run, tmp_pat
     folder = tmp_path / "training"
     folder.mkdir()
     shutil.copy(os.path.join(eval_run, "config.json"), folder)
-    first, second, _ = checkpoints.list_checkpoints(eval_run)
+    first, second, _ = rundir.list_checkpoints(eval_run)
     _copy_checkpoint(first, folder)
     timeout = 4.0
     command = [
@@ -180,7 +191,7 @@ def test_watch_evaluates_a_checkpoint_written_later_then_stops(eval_run, tmp_pat
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
     )
-    results_file = folder / evaluation.RESULTS_JSON
+    results_file = folder / RESULTS_JSON
     deadline = time.monotonic() + 120
     while not results_file.exists():  # the first checkpoint has been evaluated
         assert proc.poll() is None, proc.communicate()
@@ -201,17 +212,18 @@ def test_watch_evaluates_a_checkpoint_written_later_then_stops(eval_run, tmp_pat
 def test_demo_run_every_checkpoint_and_final_accuracy(demo_run, tmp_path, script_runner):
     proc = script_runner("run_eval.py", "--all-ckpts", "--eval_dir", demo_run, "--output", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    with open(tmp_path / evaluation.RESULTS_JSON) as f:
-        results = json.load(f)
-    kept = checkpoints.list_checkpoints(demo_run)
-    assert [r["checkpoint"] for r in results] == kept
-    assert [int(r[0]) for r in _table(proc.stdout)] == [r["step"] for r in results]
-    assert results[-1]["top1"] >= 0.97
+    with open(tmp_path / RESULTS_JSON) as f:
+        found = json.load(f)
+    kept = rundir.list_checkpoints(demo_run)
+    assert [r["checkpoint"] for r in found] == kept
+    assert [int(r[0]) for r in _table(proc.stdout)] == [r["step"] for r in found]
+    assert found[-1]["step"] == 880  # 20 epochs of 1437 // 32 = 44 steps
+    assert found[-1]["top1"] >= 0.97
     # Training's own evaluation (train_and_evaluate) runs this same code: same final top-1.
     with open(os.path.join(demo_run, "metrics.jsonl")) as f:
         evals = [r for r in map(json.loads, f) if "eval_top1" in r]
-    assert evals[-1]["step"] == results[-1]["step"]
-    assert evals[-1]["eval_top1"] == pytest.approx(results[-1]["top1"], abs=1e-9)
+    assert evals[-1]["step"] == found[-1]["step"]
+    assert evals[-1]["eval_top1"] == pytest.approx(found[-1]["top1"], abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +232,7 @@ def test_demo_run_every_checkpoint_and_final_accuracy(demo_run, tmp_path, script
 
 def _small_run(folder, data_dir: str, classes: int) -> str:
     """An untrained tiny VGG16 checkpoint (model.ckpt-1) with a config.json naming the data."""
-    config = json.loads(make_config("demo", data_dir=data_dir, class_num=classes).to_json())
-    config["width_multiplier"] = 0.0625
+    config = demo_config(data_dir=data_dir, class_num=classes, width_multiplier=0.0625).flat()
     os.makedirs(folder)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f)
@@ -230,7 +241,7 @@ def _small_run(folder, data_dir: str, classes: int) -> str:
         saver = v1.train.Saver(model.weights)
         with v1.Session(graph=graph) as sess:
             sess.run(v1.global_variables_initializer())
-            return saver.save(sess, os.path.join(folder, checkpoints.PREFIX), global_step=1)
+            return saver.save(sess, os.path.join(folder, rundir.CHECKPOINT_PREFIX), global_step=1)
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +260,7 @@ def test_top5_is_top_k_of_all_classes_when_there_are_fewer_than_five(
     run = _small_run(tmp_path / "run", three_classes, classes=3)
     proc = script_runner("run_eval.py", "--ckpt", run, "--output", tmp_path / "out")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    with open(tmp_path / "out" / evaluation.RESULTS_JSON) as f:
+    with open(tmp_path / "out" / RESULTS_JSON) as f:
         (result,) = json.load(f)
     # top-min(5, 3): every label is among the three best of three classes.
     assert result["images"] == 12 and result["top5"] == 1.0 and result["top1"] < 1.0
@@ -271,7 +282,7 @@ def test_an_image_count_that_disagrees_with_the_split_is_an_error(
     assert proc.stderr.strip() == (
         f"error: {data}: evaluated {evaluated} images, the split has {claimed}"
     )
-    assert not os.path.exists(os.path.join(run, evaluation.RESULTS_JSON))
+    assert not os.path.exists(os.path.join(run, RESULTS_JSON))
 
 
 def _ten_crop_logits(config: dict, checkpoint: str) -> tuple[np.ndarray, np.ndarray]:
@@ -279,21 +290,21 @@ def _ten_crop_logits(config: dict, checkpoint: str) -> tuple[np.ndarray, np.ndar
     labels, for every validation image, one crop at a time through the restored model."""
     size = config["image_size"]
     side = round(size * preprocess.EVAL_RESIZE_RATIO)
-    split = pipeline.load_split(config["data_dir"], "validation")
+    inp = config_lib.resolve(saved=config, need_data=False).input
+    split = pipeline.load_split(inp, "validation")
     crops, labels = [], []
     for serialized in tf.data.TFRecordDataset(list(split.files)):
         jpeg, label, _ = schema.parse(serialized)
-        resized = preprocess.resize_shorter_side(tf.io.decode_jpeg(jpeg, channels=3), side)
-        pixels = preprocess.normalize(resized).numpy()
+        decoded = tf.io.decode_jpeg(jpeg, channels=3)
+        resized = preprocess.resize_shorter_side(decoded, side, "standard")
+        pixels = preprocess.normalize(resized, "imagenet").numpy()
         bottom, right = pixels.shape[0] - size, pixels.shape[1] - size
         corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
         five = [pixels[t : t + size, x : x + size] for t, x in corners]
         crops.extend(five + [crop[:, ::-1] for crop in five])
         labels.append(int(label))
     with tf.Graph().as_default() as graph:
-        model = build_vgg(
-            config["arch"], config["class_num"], size, config["width_multiplier"], 0.0
-        )
+        model = build_vgg(config["arch"], config["class_num"], size, config["width_multiplier"])
         images = v1.placeholder(tf.float32, [None, size, size, 3])
         logits = model(images, training=False)
         saver = v1.train.Saver(model.weights)
@@ -309,15 +320,18 @@ def _ten_crop_logits(config: dict, checkpoint: str) -> tuple[np.ndarray, np.ndar
 def test_ten_crops_through_the_cli_are_the_mean_over_ten_crops_cut_by_hand(
     eval_run, tmp_path, script_runner
 ):
-    prefix = checkpoints.list_checkpoints(eval_run)[-1]
+    prefix = rundir.list_checkpoints(eval_run)[-1]
     proc = script_runner(
         "run_eval.py", "--ckpt", prefix, "--eval_crops", "10", "--output", tmp_path,
         "--eval_batch_size", "32",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "10 crop(s)" in proc.stdout
-    with open(tmp_path / evaluation.RESULTS_JSON) as f:
+    # Not the run's own protocol (one crop): its own file, beside eval_results.json.
+    assert not os.path.exists(tmp_path / RESULTS_JSON)
+    with open(tmp_path / rundir.results_name("crops10")) as f:
         (result,) = json.load(f)
+    assert result["crops"] == 10
     with open(os.path.join(eval_run, "config.json")) as f:
         config = json.load(f)
     logits, labels = _ten_crop_logits(config, prefix)
@@ -331,3 +345,31 @@ def test_ten_crops_through_the_cli_are_the_mean_over_ten_crops_cut_by_hand(
         hits = [label in np.argsort(-row)[:k] for row, label in zip(logits, labels)]
         near_ties = int(np.sum(ranked[:, k - 1] - ranked[:, k] < 1e-4))
         assert abs(result[key] * 360 - sum(hits)) <= near_ties, key
+
+
+# ---------------------------------------------------------------------------------------------
+# run_train.py --mode evaluate: run_eval.py --eval_dir with the run's config.json
+
+
+def test_mode_evaluate_takes_the_network_from_the_runs_config_json(
+    three_classes, tmp_path, script_runner
+):
+    """No --preset, --width_multiplier or --image_size: the run's config.json says 0.0625 and
+    32 px (the ImageNet defaults, 1.0 and 224 px, could not restore its checkpoint)."""
+    run = os.path.dirname(_small_run(tmp_path / "run", three_classes, classes=3))
+    proc = script_runner("run_train.py", "--mode", "evaluate", "--eval_dir", run)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "vgg16, 3 classes, 32 px, width 0.0625" in proc.stdout
+    assert [int(r[0]) for r in _table(proc.stdout)] == [1]
+    with open(os.path.join(run, RESULTS_JSON)) as f:
+        (result,) = json.load(f)
+    assert (result["step"], result["images"]) == (1, 12)
+    assert not os.path.exists(os.path.join(run, rundir.METRICS_FILE))
+
+
+def test_mode_evaluate_with_synthetic_data_is_one_line(tmp_path, script_runner):
+    proc = script_runner(
+        "run_train.py", "--mode", "evaluate", "--synthetic", "--eval_dir", tmp_path
+    )
+    _assert_usage_error(proc, "--synthetic", "--mode evaluate needs the validation data")
+    assert os.listdir(tmp_path) == []

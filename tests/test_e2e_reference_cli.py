@@ -12,8 +12,10 @@ import sys
 
 import pytest
 
+from vgg_keras import results
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADER = ["step", "epoch", "top1", "top5", "loss", "checkpoint_time(UTC)"]
+HEADER = results.HEADER.split()  # step epoch top1 % top5 % loss checkpoint_time(UTC)
 TINY = ["--width_multiplier", "0.0625", "--image_size", "32", "--class_num", "10"]
 TINY += ["--batch_size", "8", "--progress", "false"]
 

@@ -12,42 +12,41 @@ import os
 import numpy as np
 import pytest
 
-from vgg_keras import checkpoints, export
+from vgg_keras import checkpoints, export, rundir
+from vgg_keras import config as config_lib
+from vgg_keras import model as model_lib
 from vgg_keras.compat import keras, tf, v1
 from vgg_keras.config import Config
 from vgg_keras.data import info, pipeline, preprocess, schema
 from vgg_keras.errors import UsageError
-from vgg_keras.model import build_vgg
 
 BATCH = 24
 ALL_FORMATS = "savedmodel,keras,frozen_graph,checkpoint"
 
 
 def _run_config(log_dir: str) -> Config:
-    with open(os.path.join(log_dir, "config.json")) as f:
-        return Config(**json.load(f))
+    """The settings the run in ``log_dir`` saved in its config.json."""
+    return config_lib.resolve(saved=rundir.read_config(log_dir), need_data=False)
 
 
 @pytest.fixture(scope="module")
 def reference(demo_checkpoint):
     """The first validation records: JPEG bytes, eval-pipeline images, and their eval logits."""
     config = _run_config(demo_checkpoint)
-    split = pipeline.load_split(config.data_dir, "validation")
+    split = pipeline.load_split(config.input, "validation")
     jpegs = [
         schema.parse(record)[0].numpy()
         for record in tf.data.TFRecordDataset(list(split.files)).take(BATCH)
     ]
     graph = tf.Graph()
     with graph.as_default():
-        model = build_vgg(
-            config.arch, config.class_num, config.image_size, config.width_multiplier, 0
-        )
-        dataset = pipeline.eval_dataset(split, BATCH, config.image_size, config.class_num)
+        model = model_lib.build(config.network)
+        dataset = pipeline.eval_dataset(split, config.network, config.input, BATCH)
         images, _ = v1.data.make_one_shot_iterator(dataset).get_next()
         logits = model(images, training=False)
         with v1.Session(graph=graph) as session:
             v1.train.Saver(model.weights).restore(
-                session, checkpoints.latest_checkpoint(demo_checkpoint)
+                session, rundir.latest_checkpoint(demo_checkpoint)
             )
             images, logits = session.run([images, logits])
     # A network that outputs one class everywhere would make every comparison below trivial.
@@ -92,6 +91,7 @@ def test_savedmodel_pixels_signature_normalises_like_eval(exported, reference):
             preprocess.resize_shorter_side(
                 tf.image.decode_jpeg(jpeg, channels=3),
                 round(size * preprocess.EVAL_RESIZE_RATIO),
+                "standard",
             ),
             size,
         )
@@ -127,8 +127,8 @@ def test_frozen_graph_has_named_nodes_and_runs(exported, reference):
 
 
 def test_checkpoint_format_and_sidecar_files(exported, demo_checkpoint):
-    original = checkpoints.latest_checkpoint(demo_checkpoint)
-    copy = checkpoints.latest_checkpoint(exported)
+    original = rundir.latest_checkpoint(demo_checkpoint)
+    copy = rundir.latest_checkpoint(exported)
     assert os.path.basename(copy) == os.path.basename(original) == "model.ckpt-150"
     theirs, ours = tf.train.load_checkpoint(original), tf.train.load_checkpoint(copy)
     names = checkpoints.variable_shapes(copy)
@@ -141,8 +141,8 @@ def test_checkpoint_format_and_sidecar_files(exported, demo_checkpoint):
     assert meta["normalization"]["mean"] == pytest.approx(preprocess.MEAN_RGB)
     config = _run_config(demo_checkpoint)
     labels = info.read_labels(os.path.join(exported, info.LABELS_FILE))
-    assert labels == info.read_labels(os.path.join(config.data_dir, info.LABELS_FILE))
-    assert _run_config(exported).width_multiplier == config.width_multiplier
+    assert labels == info.read_labels(os.path.join(config.input.data_dir, info.LABELS_FILE))
+    assert _run_config(exported).network == config.network
 
 
 def test_refuses_a_full_output_folder_and_leaves_nothing_on_failure(demo_checkpoint, tmp_path):
@@ -158,13 +158,19 @@ def test_refuses_a_full_output_folder_and_leaves_nothing_on_failure(demo_checkpo
     with pytest.raises(UsageError, match="3 labels, the model has 10 classes"):
         export.export(source, ["frozen_graph"], str(out), str(labels))
     assert sorted(os.listdir(tmp_path)) == ["full", "labels.txt"]
+    # Missing parent folders are made.
+    deep = tmp_path / "new" / "deeper" / "out"
+    assert export.export(source, ["checkpoint"], str(deep)) == sorted(os.listdir(deep))
+    assert rundir.latest_checkpoint(str(deep)) == str(deep / "model.ckpt-150")
 
 
 def test_cli_missing_checkpoint_exit_2(script_runner, tmp_path):
     missing = tmp_path / "runs" / "model.ckpt-5"
     proc = script_runner("run_export.py", "--ckpt", missing, "--output", tmp_path / "out")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: checkpoint not found: {missing} (no model.ckpt-5.index)"
+    assert proc.stderr.strip() == (
+        f"error: checkpoint not found: {missing} (neither a folder nor {missing}.index)"
+    )
 
 
 def test_cli_class_count_mismatch_exit_2(script_runner, demo_checkpoint, tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import make_unwritable, make_writable
 
-from vgg_keras import checkpoints, compat
+from vgg_keras import compat, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "vgg16", "--width_multiplier", "0.0625", "--image_size", "32"]
@@ -44,7 +44,7 @@ def cli(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess
 
 
 def steps(log_dir) -> list[int]:
-    return [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(str(log_dir))]
+    return [rundir.checkpoint_step(p) for p in rundir.list_checkpoints(str(log_dir))]
 
 
 def train_args(data_dir, log_dir, *extra) -> list[str]:
@@ -158,10 +158,16 @@ def test_keep_checkpoint_max_holds_after_a_resume_with_fewer(run20, demo_dir, tm
 # 4. Stray copies of shards are not read
 
 
+def _other_data_results(output, data_dir) -> list[dict]:
+    """The results of an evaluation on other data than the run's: eval_results.data-<name>.json
+    (the run's own eval_results.json is left alone)."""
+    assert not (Path(output) / "eval_results.json").exists()
+    return json.loads((Path(output) / f"eval_results.data-{Path(data_dir).name}.json").read_text())
+
+
 def _eval_images(run20, data_dir, output) -> tuple[int, str]:
     proc = ok(cli("run_eval.py", "--ckpt", run20, "--data_dir", data_dir, "--output", output))
-    results = json.loads((Path(output) / "eval_results.json").read_text())
-    return results[-1]["images"], proc.stderr
+    return _other_data_results(output, data_dir)[-1]["images"], proc.stderr
 
 
 @pytest.mark.parametrize("with_info", [True, False], ids=["info", "no_info"])
@@ -205,7 +211,7 @@ def test_bad_validation_data_is_one_line_or_skipped(run20, shard_writer, jpeg_en
     skipped = ok(
         cli("run_eval.py", "--ckpt", run20, "--data_dir", data, "--output", out, "--skip_corrupt")
     )
-    assert json.loads((out / "eval_results.json").read_text())[-1]["images"] == 23, skipped.stdout
+    assert _other_data_results(out, data)[-1]["images"] == 23, skipped.stdout
 
     # a truncated validation shard (dataset_info.json knows its count)
     (data / "validation-00001-of-00002").write_bytes(b"")
@@ -276,20 +282,24 @@ def test_log_name_that_collides_with_the_runs_files_is_refused(demo_dir, tmp_pat
 
 
 def test_run_files_list_names_what_the_modules_write():
-    from vgg_keras import evaluation, reporting, rundir, runlock
-    from vgg_keras.config import RUN_FILES
+    from vgg_keras import runlock
 
-    for name in (rundir.CONFIG_FILE, reporting.METRICS_FILE, runlock.LOCK_FILE):
-        assert name in RUN_FILES
-    for name in (evaluation.EVAL_LOG, evaluation.RESULTS_JSON, evaluation.CURVE_PNG):
-        assert name in RUN_FILES
+    own = [rundir.CONFIG_FILE, rundir.METRICS_FILE, runlock.LOCK_FILE, rundir.STATE_FILE]
+    own += [rundir.BEST_FILE, rundir.EVAL_LOG, rundir.EVAL_EVENTS, "events.out.tfevents.1"]
+    own += [rundir.checkpoint_prefix("", 5) + ".index"]
+    for tag in ("", "crops10", "resize-square"):
+        own += [rundir.results_name(tag), rundir.results_name(tag, ".csv"), rundir.curve_name(tag)]
+        own += [rundir.per_class_name(5, tag) + ".per_class.csv"]
+    assert [name for name in own if not rundir.is_own_name(name)] == []
+    assert not [name for name in ("train.log", "notes.txt", "eval.txt") if rundir.is_own_name(name)]
 
 
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--lr", "inf"], "error: --lr: must be > 0 and finite, got inf"),
-        (["--momentum", "inf"], "error: --momentum: must be >= 0 and finite, got inf"),
+        (["--lr", "inf"], "error: --lr: must be a finite number, got inf"),
+        (["--momentum", "inf"], "error: --momentum: must be a finite number, got inf"),
+        (["--lr", "0"], "error: --lr: must be > 0, got 0"),
         (["--class_num", "5"], "error: --class_num 5: the dataset in {} has 10 classes"),
     ],
 )
@@ -415,8 +425,8 @@ def test_sigterm_during_an_evaluation_stops_it_at_the_next_batch(demo_dir, tmp_p
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, stdout + stderr
-    (prefix,) = checkpoints.list_checkpoints(str(log_dir))
-    assert f"SIGTERM: stopped at step {checkpoints.checkpoint_step(prefix)}" in stdout, stdout
+    (prefix,) = rundir.list_checkpoints(str(log_dir))
+    assert f"SIGTERM: stopped at step {rundir.checkpoint_step(prefix)}" in stdout, stdout
     # the evaluation was cut short: no result of it was reported
     metrics = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     assert not [m for m in metrics if "eval_top1" in m], stdout

@@ -13,12 +13,12 @@ import re
 import numpy as np
 import pytest
 
-from vgg_keras import checkpoints, export, keras_weights
+from vgg_keras import cli, commands, export, keras_weights, rundir
+from vgg_keras import config as config_lib
+from vgg_keras.api import build_vgg
 from vgg_keras.compat import keras, tf, v1
-from vgg_keras.config import from_args
 from vgg_keras.data import pipeline, preprocess
 from vgg_keras.errors import UsageError
-from vgg_keras.model import build_vgg
 
 TOP = ["fc1", "fc2", "predictions"]
 
@@ -155,26 +155,54 @@ def test_unusable_files(tmp_path):
         keras_weights.read_layers(str(text))
     with pytest.raises(UsageError, match="file not found"):
         keras_weights.read_layers(str(tmp_path / "missing.h5"))
-    with pytest.raises(UsageError, match="^--weights: expected keras_imagenet:PATH"):
-        from_args(["--synthetic", "--weights", "imagenet"])
+
+    def train_config(*flags):
+        return commands.train_config(cli.train_args(["--synthetic", *flags]))
+
+    with pytest.raises(UsageError, match="^--weights: expected imagenet or keras_imagenet:PATH"):
+        train_config("--weights", "vgg16.h5")
     with pytest.raises(UsageError, match="^--weights: use either --weights or --restore_path"):
-        from_args(["--synthetic", "--weights", "keras_imagenet:x.h5", "--restore_path", "runs"])
+        train_config("--weights", "keras_imagenet:x.h5", "--restore_path", "runs")
+    with pytest.raises(UsageError, match="^--weights: keras.applications publishes .* not vgg11"):
+        train_config("--weights", "imagenet", "--arch", "vgg11")
+    assert train_config("--weights", "imagenet").loop.weights == "imagenet"
+
+
+def test_weights_imagenet_takes_the_file_from_keras_cache(tmp_path, monkeypatch):
+    """``--weights imagenet``: keras.applications' file in $KERAS_HOME/models is used as it is
+    (nothing is downloaded); with or without the top, for VGG16 or VGG19."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    said = []
+    for (arch, top), (name, _, _) in keras_weights.PUBLISHED.items():
+        (tmp_path / "models" / name).write_bytes(b"")
+        found = keras_weights.locate("imagenet", arch, said.append, top=top)
+        assert found == str(tmp_path / "models" / name)
+        assert said[-1] == f"--weights imagenet: {found} (from Keras' cache)"
+    assert keras_weights.locate("keras_imagenet:/x/y.h5", "vgg16", said.append) == "/x/y.h5"
 
 
 def test_caffe_normalization_is_keras_applications_preprocess_input():
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype(np.float32)
     expected = keras.applications.vgg16.preprocess_input(pixels.copy())
     np.testing.assert_allclose(preprocess.normalize(pixels, "caffe").numpy(), expected, atol=1e-4)
-    with pytest.raises(ValueError, match="unknown normalization"):
-        preprocess.normalize(pixels, "torch")
+    # Another normalisation is refused where settings are read, before any graph is built.
+    with pytest.raises(UsageError, match="^--preprocess: must be one of imagenet, caffe"):
+        commands.train_config(cli.train_args(["--synthetic", "--preprocess", "torch"]))
 
 
 def test_pipelines_thread_the_normalization(demo_dir):
     """Same pixels either way: only the final normalisation differs (eval and train streams)."""
-    split = pipeline.load_split(demo_dir, "validation")
 
     def first_batch(make, normalization):
-        return next(iter(make(split, 8, 32, 10, normalization=normalization)))[0].numpy()
+        settings = dict(data_dir=demo_dir, image_size=32, class_num=10, batch_size=8)
+        config = config_lib.resolve(settings={**settings, "preprocess": normalization})
+        split = pipeline.load_split(config.input, "validation")
+        if make is pipeline.eval_dataset:
+            dataset = make(split, config.network, config.input, 8)
+        else:
+            dataset = make(split, config.network, config.input, seed=0)
+        return next(iter(dataset))[0].numpy()
 
     for make in (pipeline.eval_dataset, pipeline.train_dataset):
         ours, caffe = first_batch(make, "imagenet"), first_batch(make, "caffe")
@@ -209,14 +237,14 @@ def test_training_starts_from_a_weight_file(script_runner, demo_dir, tmp_path):
         "--progress", "false",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert f"initialised 15 layers from keras_imagenet:{weights_file}\n" in proc.stdout
+    assert f"initialised 15 layers from {weights_file}\n" in proc.stdout
     layers = keras_weights.read_layers(weights_file)
-    trained = tf.train.load_checkpoint(checkpoints.latest_checkpoint(str(log_dir)))
+    trained = tf.train.load_checkpoint(rundir.latest_checkpoint(str(log_dir)))
     for name in ("block1_conv1", "block5_conv3", "fc2"):
         np.testing.assert_allclose(trained.get_tensor(f"{name}/kernel"), layers[name][0], atol=1e-6)
     assert not np.allclose(trained.get_tensor("predictions/kernel"), layers["predictions"][0])
     with open(log_dir / "config.json") as f:
         assert json.load(f)["preprocess"] == "caffe"
     # The run's config.json carries caffe preprocessing into export and prediction.
-    assert export.from_checkpoint(str(log_dir)).config.preprocess == "caffe"
+    assert export.from_checkpoint(str(log_dir)).config.network.preprocess == "caffe"
     assert os.path.exists(log_dir / "model.ckpt-1.index")

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from vgg_keras import evaluation, export, predict
+from vgg_keras import config as config_lib
+from vgg_keras import evaluation, export, predict, rundir
 from vgg_keras.compat import tf
-from vgg_keras.config import Config
 from vgg_keras.data import pipeline, schema
 from vgg_keras.errors import UsageError
 
@@ -19,7 +19,8 @@ from vgg_keras.errors import UsageError
 def image_folder(demo_dir, tmp_path_factory) -> str:
     """Every demo validation record's JPEG bytes, verbatim, as <label>/<record index>.jpg."""
     out = tmp_path_factory.mktemp("images")
-    split = pipeline.load_split(demo_dir, "validation")
+    inp = config_lib.resolve(settings={"data_dir": demo_dir}, need_data=False).input
+    split = pipeline.load_split(inp, "validation")
     for index, record in enumerate(tf.data.TFRecordDataset(list(split.files))):
         jpeg, label, _ = schema.parse(record)
         folder = out / str(int(label))
@@ -50,13 +51,10 @@ def test_predict_matches_eval_accuracy(script_runner, demo_checkpoint, image_fol
             r["top"][k - 1]["probability"] - r["top"][k]["probability"] < 1e-4 for r in found
         )
 
-    with open(os.path.join(demo_checkpoint, "config.json")) as f:
-        config = Config(**json.load(f))
-    evaluator = evaluation.Evaluator(config)
-    try:
-        result = evaluator.evaluate(os.path.join(demo_checkpoint, "model.ckpt-150"))
-    finally:
-        evaluator.close()
+    checkpoint = rundir.checkpoint_prefix(demo_checkpoint, 150)
+    config = evaluation.resolve_config({}, demo_checkpoint, checkpoint)
+    with evaluation.Evaluator(config, None, precision="fp32") as evaluator:
+        result = evaluator.evaluate(checkpoint)
     assert result["images"] == 360
     assert 0.2 < result["top1"] < 1.0  # a real network, neither constant nor perfect
     assert abs(top1 - round(result["top1"] * 360)) <= near_ties(1)
@@ -71,11 +69,14 @@ def test_saved_model_predicts_like_the_checkpoint(
     model_dir = str(tmp_path / "model")
     export.export(export.from_checkpoint(demo_checkpoint), ["savedmodel"], model_dir)
     paths = predict.find_images([os.path.join(image_folder, "3")])
+    images, skipped = predict.usable(paths)
+    assert skipped == [] and [path for path, _ in images] == paths
     from_checkpoint = predict.Predictor.from_source(export.from_checkpoint(demo_checkpoint))
-    from_export = predict.Predictor.from_saved_model(model_dir)
+    from_export = predict.Predictor.from_saved_model(model_dir, None, config_lib.Runtime())
     try:
-        expected = from_checkpoint.predict(paths, batch_size=7)
-        np.testing.assert_allclose(from_export.predict(paths), expected, rtol=1e-4, atol=1e-5)
+        expected = from_checkpoint.predict(images, batch_size=7)
+        found = from_export.predict(images, batch_size=32)
+        np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5)
         assert from_export.labels == from_checkpoint.labels  # labels.txt travelled with it
     finally:
         from_checkpoint.close()
