@@ -167,7 +167,7 @@ def test_random_resized_crop_params_match_torchvision_rules():
 
 def test_training_flops_of_vgg16_are_the_published_92_7_gflop_per_image():
     from bench import train_compute
-    from vgg_keras.model import build_vgg
+    from vgg_keras.api import build_vgg
 
     with tf.Graph().as_default():
         model = build_vgg("vgg16", 1000, 224)

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vgg_keras import config
 from vgg_keras.compat import tf
 from vgg_keras.data import convert, info, pipeline, preprocess, schema
 from vgg_keras.errors import UsageError, run_cli
@@ -218,11 +219,14 @@ def test_train_is_shuffled_validation_sorted(converted):
 def test_eval_pipeline_reads_every_image_with_exact_labels(tree, converted):
     _, expected, _ = tree
     out, result = converted
-    split = pipeline.load_split(out, "validation")
-    assert split.num_examples == 6
     size = 32
+    c = config.resolve(
+        settings={"data_dir": out, "class_num": 3, "image_size": size}, need_data=False
+    )
+    split = pipeline.load_split(c.input, "validation")
+    assert split.num_examples == 6
     images, labels = [], []
-    for batch_images, batch_labels in pipeline.eval_dataset(split, 4, size, 3):
+    for batch_images, batch_labels in pipeline.eval_dataset(split, c.network, c.input, 4):
         images.append(batch_images.numpy())
         labels.append(batch_labels.numpy())
     images, labels = np.concatenate(images), np.concatenate(labels)
@@ -231,8 +235,8 @@ def test_eval_pipeline_reads_every_image_with_exact_labels(tree, converted):
     side = int(round(size * preprocess.EVAL_RESIZE_RATIO))
     std = np.array(preprocess.STDDEV_RGB, np.float32)
     for got, (rel, e) in zip(images, val):
-        ref = preprocess.resize_shorter_side(tf.constant(e["pixels"]), side)
-        ref = preprocess.normalize(preprocess.central_crop(ref, size)).numpy()
+        ref = preprocess.resize_shorter_side(tf.constant(e["pixels"]), side, "standard")
+        ref = preprocess.normalize(preprocess.central_crop(ref, size), "imagenet").numpy()
         diff = np.abs(got - ref) * std  # back in 0..255 pixel units
         assert diff.mean() < 2.0 and diff.max() < 40, (rel, diff.mean(), diff.max())
 

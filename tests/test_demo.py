@@ -6,8 +6,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import demo_config
 from sklearn.datasets import load_digits
 
+from vgg_keras import clock
 from vgg_keras.compat import tf
 from vgg_keras.data import demo, info, pipeline
 
@@ -40,8 +42,9 @@ def test_info_and_files(demo_dir):
     assert len(meta["files"]) == demo.TRAIN_SHARDS + demo.EVAL_SHARDS
     for name, count in meta["files"].items():
         assert pipeline.count_records(os.path.join(demo_dir, name)) == count
-    assert pipeline.load_split(demo_dir, "train").num_examples == train
-    assert pipeline.load_split(demo_dir, "validation").num_examples == val
+    inp = demo_config(data_dir=demo_dir).input
+    assert pipeline.load_split(inp, "train").num_examples == train
+    assert pipeline.load_split(inp, "validation").num_examples == val
     assert info.read_labels(os.path.join(demo_dir, info.LABELS_FILE)) == list(demo.DIGIT_NAMES)
 
 
@@ -73,14 +76,29 @@ def test_images_are_the_sklearn_digits(demo_dir):
 
 
 def test_demo_through_both_pipelines(demo_dir):
+    """The demo preset's settings: 10 classes at 32 px, batches of 32, a 2000-record buffer."""
     meta = info.read_info(demo_dir)
-    val = pipeline.load_split(demo_dir, "validation")
-    seen = sum(int(x.shape[0]) for x, _ in pipeline.eval_dataset(val, 64, 32, 10))
+    c = demo_config(data_dir=demo_dir)
+    assert (c.network.class_num, c.network.image_size, c.input.batch_size) == (10, 32, 32)
+    val = pipeline.load_split(c.input, "validation")
+    seen = sum(int(x.shape[0]) for x, _ in pipeline.eval_dataset(val, c.network, c.input, 64))
     assert seen == meta["splits"]["validation"]
-    train = pipeline.load_split(demo_dir, "train")
-    images, labels = next(iter(pipeline.train_dataset(train, 32, 32, 10, shuffle_buffer=2000)))
+    train = pipeline.load_split(c.input, "train")
+    images, labels = next(iter(pipeline.train_dataset(train, c.network, c.input, seed=0)))
     assert images.shape == (32, 32, 32, 3) and labels.shape == (32,)
     assert len(set(labels.numpy().tolist())) > 3, "the shuffle mixes the classes"
+
+
+def test_the_demo_run_is_20_epochs_of_whole_batches(demo_dir):
+    """Steps per epoch are the training images // the batch (as the reference counts them):
+    1437 // 32 = 44, and the demo's 20 epochs are 880 steps."""
+    c = demo_config(data_dir=demo_dir)
+    train_images = info.read_info(demo_dir)["splits"]["train"]
+    plan = clock.plan(c, train_images)
+    assert plan.steps_per_epoch == train_images // 32 == 44
+    assert plan.max_steps == 20 * 44 == 880
+    # Saved every epoch, evaluated every 5 epochs, logged every 50 steps.
+    assert plan.every == {"log": 50, "save": 44, "evaluate": 220}
 
 
 def test_build_is_idempotent_and_main_reports(demo_dir, capsys):

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from vgg_keras import compat
+from vgg_keras import compat, config
 from vgg_keras.compat import tf
 from vgg_keras.data import diagnose, info, pipeline, schema
 from vgg_keras.errors import run_cli
@@ -40,6 +40,23 @@ KINDS = {
     "truncated_file": ("truncated or corrupt record", True),
     "box_outside_image": ("bounding box coordinate is outside \\[0, 1\\]", False),
 }
+
+
+def _parts(**settings):
+    """(Network, Input) for these records: NUM classes at SIZE pixels."""
+    values = {"class_num": NUM, "image_size": SIZE, **settings}
+    c = config.resolve(settings=values, need_data=False)
+    return c.network, c.input
+
+
+def _eval(split, skip_corrupt=False):
+    network, inp = _parts(skip_corrupt=skip_corrupt)
+    return pipeline.eval_dataset(split, network, inp, 4)
+
+
+def _train(split, skip_corrupt=False):
+    network, inp = _parts(batch_size=1, shuffle_buffer=NUM, skip_corrupt=skip_corrupt)
+    return pipeline.train_dataset(split, network, inp, seed=0)
 
 
 def _record_offsets(path: str) -> list[int]:
@@ -130,8 +147,8 @@ def test_eval_pipeline_raises_or_skips(broken):
         good = set(range(NUM))
     else:
         with pytest.raises(tf.errors.OpError):
-            list(pipeline.eval_dataset(split, 4, SIZE, NUM))
-    skipped = pipeline.eval_dataset(split, 4, SIZE, NUM, skip_corrupt=True)
+            list(_eval(split))
+    skipped = _eval(split, skip_corrupt=True)
     labels = [int(y) for _, ys in skipped for y in ys.numpy()]
     assert sorted(labels) == sorted(good)
 
@@ -140,9 +157,9 @@ def test_train_pipeline_raises_or_skips(broken):
     _, paths, good = broken
     split = pipeline.Split("train", tuple(paths), (6, 6))
     with pytest.raises(tf.errors.OpError):
-        list(pipeline.train_dataset(split, 1, SIZE, NUM, shuffle_buffer=NUM).take(NUM))
+        list(_train(split).take(NUM))
     # With skip_corrupt the first epoch is exactly the usable records.
-    skipped = pipeline.train_dataset(split, 1, SIZE, NUM, shuffle_buffer=NUM, skip_corrupt=True)
+    skipped = _train(split, skip_corrupt=True)
     labels = [int(ys[0]) for _, ys in skipped.take(len(good))]
     assert sorted(labels) == sorted(good)
 

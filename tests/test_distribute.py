@@ -13,10 +13,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import demo_config
 
 from vgg_keras import compat, distribute
 from vgg_keras.compat import tf, v1
-from vgg_keras.config import make_config
 from vgg_keras.data import pipeline
 from vgg_keras.errors import UsageError
 from vgg_keras.reporting import read_metrics
@@ -27,7 +27,7 @@ CLIP = 0.1  # below the gradient norms of these runs (about 0.18)
 
 
 def _config(**overrides):
-    return make_config("demo", data_dir="unused", **overrides)
+    return demo_config(data_dir="unused", **overrides)
 
 
 def test_auto_is_none_on_a_cpu_host_and_multi_worker_under_tf_config():

@@ -12,9 +12,9 @@ import sys
 import time
 
 import pytest
+from conftest import demo_config
 
-from vgg_keras import checkpoints
-from vgg_keras.config import make_config
+from vgg_keras import results, rundir
 from vgg_keras.reporting import read_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,12 +25,13 @@ TINY = ["--width_multiplier", "0.0625", "--progress", "false", "--mode", "train"
     ("flags", "message"),
     [
         (["--batch_size", "0"], "error: --batch_size: must be >= 1, got 0"),
-        (["--arch", "vgg11"], "error: argument --arch: invalid choice: 'vgg11'"),
+        (["--arch", "vgg12"], "error: --arch: must be one of vgg11, vgg11_bn, vgg13, "),
         (["--lr_values", "0.1,0.01"], "error: --lr_values: needs 4 values for 3 boundaries, got 2"),
-        (["--lr_boundaries", "30,10"], "error: --lr_boundaries: must be positive and increasing"),
+        (["--lr_boundaries", "30,10"], "error: --lr_boundaries: must be increasing, got 30,10"),
+        (["--lr_boundaries", "0,10"], "error: --lr_boundaries: must be > 0, got 0,10"),
         (
             ["--precision", "fp8"],
-            "error: argument --precision/--dtype/--precision_mode: invalid choice: 'fp8'",
+            "error: --precision: must be one of fp32, bf16, fp16, got 'fp8'",
         ),
         (
             ["--data_dir", "{tmp}/no_such_folder"],
@@ -48,7 +49,7 @@ def test_bad_values_exit_2_with_one_line_naming_the_flag_or_file(
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [proc.stderr.strip()], "one line, no traceback"
     assert proc.stderr.startswith(message.format(tmp=tmp_path))
-    assert not checkpoints.list_checkpoints(str(log_dir))
+    assert not rundir.list_checkpoints(str(log_dir))
 
 
 @pytest.mark.slow
@@ -70,7 +71,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
         proc.kill()
     assert proc.returncode == 130, stderr
     step = read_metrics(str(log_dir))[-1]["step"]
-    assert checkpoints.latest_checkpoint(str(log_dir)) == str(log_dir / f"model.ckpt-{step}")
+    assert rundir.latest_checkpoint(str(log_dir)) == str(log_dir / f"model.ckpt-{step}")
     assert stdout.splitlines()[-1].startswith("SIGINT")
     assert f"{log_dir}/model.ckpt-{step}" in stdout.splitlines()[-1]
     assert "Traceback" not in stderr
@@ -79,27 +80,33 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
 @pytest.mark.slow
 def test_demo_reaches_97_percent_top1(demo_run):
     evals = [r for r in read_metrics(demo_run) if "eval_top1" in r]
-    # --preset demo: 20 epochs of 1437 images in batches of 32, evaluated every 5 epochs.
-    assert [r["step"] for r in evals] == [225, 450, 675, 898]
+    # --preset demo: 20 epochs of 1437 // 32 = 44 steps, evaluated every 5 epochs.
+    assert [r["step"] for r in evals] == [220, 440, 660, 880]
     assert evals[-1]["eval_top1"] >= 0.97, evals
-    assert checkpoints.latest_checkpoint(demo_run).endswith("model.ckpt-898")
+    assert rundir.latest_checkpoint(demo_run).endswith("model.ckpt-880")
 
 
 @pytest.mark.slow
 def test_demo_log_prints_train_lines_and_the_evaluation_table(demo_run):
     with open(os.path.join(demo_run, "train.log")) as f:
         lines = f.read().splitlines()
-    train_lines = [line for line in lines if line.startswith("step:")]
-    assert [int(line.split()[1]) for line in train_lines] == list(range(50, 898, 50)) + [898]
-    header = lines.index(next(line for line in lines if line.split()[:2] == ["step", "epoch"]))
-    assert lines[header + 1].split()[:2] == ["225", "5.0"]
-    assert lines[-1] == f"done: 898 steps, checkpoint {demo_run}/model.ckpt-898"
+    # <date> <time>  step: N  epoch: ...  top1: ..%  eta H:MM:SS
+    train_lines = [line.split() for line in lines if "  step:" in line]
+    assert [int(words[3]) for words in train_lines] == list(range(50, 880, 50)) + [880]
+    assert all(words[2] == "step:" and words[-2] == "eta" for words in train_lines)
+    assert train_lines[-1][-1] == "0:00:00"  # nothing left at the last step
+    assert lines.count(results.HEADER) == 4  # once per evaluation, in percent
+    header = lines.index(results.HEADER)
+    assert lines[header + 1].split()[:2] == ["220", "5.0"]
+    assert lines[-1] == f"done: 880 steps, checkpoint {demo_run}/model.ckpt-880"
 
 
 @pytest.mark.slow
 def test_demo_config_json_is_the_resolved_configuration(demo_run, demo_dir):
     with open(os.path.join(demo_run, "config.json")) as f:
         written = json.load(f)
-    resolved = make_config("demo", data_dir=demo_dir, log_dir=demo_run)
+    resolved = demo_config(data_dir=demo_dir, log_dir=demo_run)
+    recorded = written.pop("run")
     assert written == json.loads(resolved.to_json())
     assert written["mode"] == "train_and_evaluate" and written["class_num"] == 10
+    assert recorded == {"steps_per_epoch": 44, "global_batch": 32, "train_images": 1437}

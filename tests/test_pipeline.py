@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from vgg_keras import config
 from vgg_keras.compat import tf
 from vgg_keras.data import pipeline
 from vgg_keras.errors import UsageError
@@ -44,14 +45,37 @@ def data23(tmp_path_factory, shard_writer):
     return str(directory)
 
 
+def _parts(data_dir: str, classes: int = 23, **settings):
+    """(Network, Input) of ``data_dir``'s records at SIZE pixels (the ImageNet recipe else)."""
+    values = {"data_dir": data_dir, "class_num": classes, "image_size": SIZE, **settings}
+    c = config.resolve(settings=values, need_data=False)
+    return c.network, c.input
+
+
+def _split(data_dir: str, split: str) -> pipeline.Split:
+    return pipeline.load_split(_parts(data_dir)[1], split)
+
+
+def _eval(split: pipeline.Split, batch_size: int, classes: int = 23, **kwargs):
+    network, inp = _parts(os.path.dirname(split.files[0]), classes)
+    return pipeline.eval_dataset(split, network, inp, batch_size, **kwargs)
+
+
+def _train(split: pipeline.Split, batch_size: int, classes=23, seed=0, shuffle=10000, **kwargs):
+    network, inp = _parts(
+        os.path.dirname(split.files[0]), classes, batch_size=batch_size, shuffle_buffer=shuffle
+    )
+    return pipeline.train_dataset(split, network, inp, seed, **kwargs)
+
+
 def _labels(ds) -> list[int]:
     return [int(y) for _, labels in ds for y in labels.numpy()]
 
 
 @pytest.mark.parametrize("batch_size", [4, 5, 7, 23, 50])
 def test_eval_sees_every_image_exactly_once(data23, batch_size):
-    split = pipeline.load_split(data23, "validation")
-    ds = pipeline.eval_dataset(split, batch_size, SIZE, 23)
+    split = _split(data23, "validation")
+    ds = _eval(split, batch_size)
     sizes = [int(x.shape[0]) for x, _ in ds]
     assert sizes == [batch_size] * (23 // batch_size) + (
         [23 % batch_size] if 23 % batch_size else []
@@ -60,15 +84,15 @@ def test_eval_sees_every_image_exactly_once(data23, batch_size):
 
 
 def test_eval_batches_shape_and_dtype(data23):
-    ds = pipeline.eval_dataset(pipeline.load_split(data23, "validation"), 8, SIZE, 23)
+    ds = _eval(_split(data23, "validation"), 8)
     images, labels = next(iter(ds))
     assert images.shape == (8, SIZE, SIZE, 3) and images.dtype == tf.float32
     assert labels.shape == (8,) and labels.dtype == tf.int32
 
 
 def test_train_batches_are_full_across_epochs(data23):
-    split = pipeline.load_split(data23, "train")
-    ds = pipeline.train_dataset(split, 8, SIZE, 23, shuffle_buffer=64)
+    split = _split(data23, "train")
+    ds = _train(split, 8, shuffle=64)
     images_spec, labels_spec = ds.element_spec
     assert images_spec.shape == (8, SIZE, SIZE, 3) and images_spec.dtype == tf.float32
     assert labels_spec.shape == (8,) and labels_spec.dtype == tf.int32
@@ -81,9 +105,9 @@ def test_train_batches_are_full_across_epochs(data23):
 
 
 def test_train_needs_at_least_one_batch(data23):
-    split = pipeline.load_split(data23, "train")
+    split = _split(data23, "train")
     with pytest.raises(UsageError, match=f"{data23}: 23 training records"):
-        pipeline.train_dataset(split, 24, SIZE, 23)
+        _train(split, 24)
 
 
 @pytest.mark.parametrize(
@@ -95,23 +119,17 @@ def test_sharding_is_disjoint_and_complete(
 ):
     total = 17
     directory = _write(tmp_path, shard_writer, total, num_files, "validation")
-    split = pipeline.load_split(directory, "validation")
+    split = _split(directory, "validation")
     assert split.counts == tuple(len(range(i, total, num_files)) for i in range(num_files))
     train_seen, eval_seen = [], []
     for worker in range(num_workers):
         files, record_sharded, epoch_size = split.for_worker(num_workers, worker)
         assert record_sharded is by_record
-        eval_labels = _labels(
-            pipeline.eval_dataset(
-                split, 4, SIZE, total, num_workers=num_workers, worker_index=worker
-            )
-        )
+        eval_labels = _labels(_eval(split, 4, total, num_workers=num_workers, worker_index=worker))
         assert len(eval_labels) == epoch_size
         eval_seen += eval_labels
         # Training: one epoch of this worker is epoch_size batches of one.
-        train_ds = pipeline.train_dataset(
-            split, 1, SIZE, total, num_workers=num_workers, worker_index=worker
-        )
+        train_ds = _train(split, 1, total, num_workers=num_workers, worker_index=worker)
         train_labels = _labels(train_ds.take(epoch_size))
         assert len(set(train_labels)) == epoch_size
         train_seen += train_labels
@@ -121,21 +139,19 @@ def test_sharding_is_disjoint_and_complete(
 
 
 def test_for_worker_single_worker_reads_everything(data23):
-    split = pipeline.load_split(data23, "train")
+    split = _split(data23, "train")
     assert split.for_worker(1, 0) == (split.files, False, 23)
 
 
 def _stream(split, start_step, steps, seed=0, **kwargs):
-    ds = pipeline.train_dataset(
-        split, 8, SIZE, 23, seed=seed, start_step=start_step, shuffle_buffer=64, **kwargs
-    )
+    ds = _train(split, 8, seed=seed, start_step=start_step, shuffle=64, **kwargs)
     return [(x.numpy(), y.numpy()) for x, y in ds.take(steps)]
 
 
 def test_resume_continues_the_uninterrupted_stream_exactly(data23):
     # 23 records, batches of 8: resuming at step 2 starts mid-batch-straddling epoch 0, at 3
     # one record into epoch 1, at 6 two records into epoch 2; batch 5 straddles epochs 1/2.
-    split = pipeline.load_split(data23, "train")
+    split = _split(data23, "train")
     full = _stream(split, 0, 8, seed=5)
     for start in (2, 3, 6):
         resumed = _stream(split, start, 8 - start, seed=5)
@@ -148,12 +164,12 @@ def test_resume_continues_the_uninterrupted_stream_exactly(data23):
 
 
 def test_resume_with_record_sharding(data23):
-    split = pipeline.load_split(data23, "train")
+    split = _split(data23, "train")
     kwargs = {"num_workers": 4, "worker_index": 1}
     assert split.for_worker(4, 1)[1], "3 files for 4 workers: sharded by record"
-    ds = pipeline.train_dataset(split, 2, SIZE, 23, shuffle_buffer=64, **kwargs)
+    ds = _train(split, 2, shuffle=64, **kwargs)
     full = [y.numpy() for _, y in ds.take(7)]
-    resumed = pipeline.train_dataset(split, 2, SIZE, 23, shuffle_buffer=64, start_step=4, **kwargs)
+    resumed = _train(split, 2, shuffle=64, start_step=4, **kwargs)
     for expected, (_, got) in zip(full[4:], resumed.take(3)):
         np.testing.assert_array_equal(got.numpy(), expected)
 
@@ -166,14 +182,14 @@ def test_load_split_counts_from_dataset_info(tmp_path, shard_writer):
     meta["files"]["train-00000-of-00003"] = 99
     with open(os.path.join(directory, "dataset_info.json"), "w") as f:
         json.dump(meta, f)
-    split = pipeline.load_split(directory, "train")
+    split = _split(directory, "train")
     assert split.counts == (99, 3, 3)
     assert not os.path.exists(os.path.join(directory, pipeline.COUNTS_CACHE))
 
 
 def test_load_split_counts_once_and_caches(tmp_path, shard_writer, jpeg_encoder):
     directory = _write(tmp_path, shard_writer, 10, 3, with_info=False)
-    split = pipeline.load_split(directory, "train")
+    split = _split(directory, "train")
     assert split.name == "train" and split.counts == (4, 3, 3) and split.num_examples == 10
     assert [os.path.basename(f) for f in split.files] == [
         f"train-0000{i}-of-00003" for i in range(3)
@@ -187,27 +203,27 @@ def test_load_split_counts_once_and_caches(tmp_path, shard_writer, jpeg_encoder)
     cache["train-00000-of-00003"]["records"] = 1234
     with open(cache_path, "w") as f:
         json.dump(cache, f)
-    assert pipeline.load_split(directory, "train").counts == (1234, 3, 3)
+    assert _split(directory, "train").counts == (1234, 3, 3)
     # ... and a file whose size changed is counted again.
     with tf.io.TFRecordWriter(first + ".extra") as writer:
         writer.write(b"one more record")
     with open(first, "ab") as out, open(first + ".extra", "rb") as extra:
         out.write(extra.read())
     os.remove(first + ".extra")
-    assert pipeline.load_split(directory, "train").counts == (5, 3, 3)
+    assert _split(directory, "train").counts == (5, 3, 3)
 
 
 def test_missing_folder_is_a_usage_error(tmp_path):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(UsageError, match=f"data folder not found: {missing}"):
-        pipeline.load_split(missing, "train")
+        _split(missing, "train")
 
 
 def test_folder_without_train_files_is_a_usage_error(tmp_path, shard_writer):
     directory = _write(tmp_path, shard_writer, 4, 1, "validation")
     with pytest.raises(UsageError, match=f"no train-\\* TFRecord files in {directory}"):
-        pipeline.load_split(directory, "train")
-    assert pipeline.load_split(directory, "validation").counts == (4,)
+        _split(directory, "train")
+    assert _split(directory, "validation").counts == (4,)
 
 
 def test_truncated_file_is_a_usage_error_naming_it(tmp_path, shard_writer):
@@ -216,11 +232,12 @@ def test_truncated_file_is_a_usage_error_naming_it(tmp_path, shard_writer):
     with open(broken, "r+b") as f:
         f.truncate(os.path.getsize(broken) - 100)
     with pytest.raises(UsageError, match=f"{broken}: truncated or corrupt"):
-        pipeline.load_split(directory, "train")
+        _split(directory, "train")
 
 
 def test_synthetic_dataset_shapes_and_labels():
-    ds = pipeline.synthetic_dataset(6, SIZE, 10, seed=3)
+    network, _ = _parts("unused", classes=10)
+    ds = pipeline.synthetic_dataset(network, 6, seed=3)
     (x1, y1), (x2, y2) = list(ds.take(2))
     assert x1.shape == (6, SIZE, SIZE, 3) and x1.dtype == tf.float32
     assert y1.shape == (6,) and y1.dtype == tf.int32

@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vgg_keras.compat import tf
+from vgg_keras import config
+from vgg_keras.compat import tf, v1
 from vgg_keras.data import pipeline, preprocess
+from vgg_keras.errors import UsageError
 
 MEAN = np.array(preprocess.MEAN_RGB, np.float32)
 STD = np.array(preprocess.STDDEV_RGB, np.float32)
@@ -18,13 +20,22 @@ def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+def _parts(image_size: int = 32, **settings):
+    """(Network, Input) of the ImageNet recipe at ``image_size`` with ``settings`` over it."""
+    c = config.resolve(settings={"image_size": image_size, **settings}, need_data=False)
+    return c.network, c.input
+
+
+NETWORK, INPUT = _parts()
+
+
 def _in_range(images: np.ndarray) -> bool:
     return bool(((images >= LOW - 1e-5) & (images <= HIGH + 1e-5)).all())
 
 
 def test_normalize_uses_imagenet_statistics():
     pixels = tf.constant([[[0, 0, 0], [255, 255, 255], [124, 116, 104]]], tf.uint8)
-    out = preprocess.normalize(pixels).numpy()
+    out = preprocess.normalize(pixels, "imagenet").numpy()
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[0, 0], LOW, rtol=1e-6)
     np.testing.assert_allclose(out[0, 1], HIGH, rtol=1e-6)
@@ -35,15 +46,16 @@ def test_normalize_uses_imagenet_statistics():
 def test_train_image_shape_dtype_range(jpeg_encoder, image_size):
     jpeg = tf.constant(jpeg_encoder(_noise(50, 70)))
     no_boxes = tf.zeros([1, 0, 4])
+    network, inp = _parts(image_size)
     images = [
-        preprocess.train_image(jpeg, no_boxes, tf.constant([s, 9], tf.int64), image_size)
+        preprocess.train_image(jpeg, no_boxes, tf.constant([s, 9], tf.int64), network, inp)
         for s in range(4)
     ]
     for image in images:
         assert image.shape == (image_size, image_size, 3) and image.dtype == tf.float32
         assert _in_range(image.numpy())
     # Stateless: the seed alone decides the crop and flip.
-    again = preprocess.train_image(jpeg, no_boxes, tf.constant([0, 9], tf.int64), image_size)
+    again = preprocess.train_image(jpeg, no_boxes, tf.constant([0, 9], tf.int64), network, inp)
     np.testing.assert_array_equal(images[0].numpy(), again.numpy())
     assert not np.array_equal(images[0].numpy(), images[1].numpy())
 
@@ -51,7 +63,8 @@ def test_train_image_shape_dtype_range(jpeg_encoder, image_size):
 def test_train_image_reads_grayscale_jpeg_as_rgb(jpeg_encoder):
     grey = np.tile(np.arange(0, 240, 6, dtype=np.uint8), (30, 1))
     jpeg = tf.constant(jpeg_encoder(grey))
-    image = preprocess.train_image(jpeg, tf.zeros([1, 0, 4]), tf.constant([1, 1], tf.int64), 32)
+    seed = tf.constant([1, 1], tf.int64)
+    image = preprocess.train_image(jpeg, tf.zeros([1, 0, 4]), seed, NETWORK, INPUT)
     assert image.shape == (32, 32, 3)
     # Grey in, grey out: the three channels hold the same pixel value before normalisation.
     pixels = image.numpy() * STD + MEAN
@@ -61,21 +74,23 @@ def test_train_image_reads_grayscale_jpeg_as_rgb(jpeg_encoder):
 
 @pytest.mark.parametrize("height,width", [(40, 48), (64, 40), (37, 37)])
 def test_eval_image_shape_dtype_range(jpeg_encoder, height, width):
-    image = preprocess.eval_image(tf.constant(jpeg_encoder(_noise(height, width))), 32)
+    image = preprocess.eval_image(tf.constant(jpeg_encoder(_noise(height, width))), NETWORK, INPUT)
     assert image.shape == (32, 32, 3) and image.dtype == tf.float32
     assert _in_range(image.numpy())
 
 
 def test_eval_white_image_normalises_to_channel_maximum(jpeg_encoder):
     white = np.full((50, 90, 3), 255, np.uint8)
-    image = preprocess.eval_image(tf.constant(jpeg_encoder(white)), 32).numpy()
+    image = preprocess.eval_image(tf.constant(jpeg_encoder(white)), NETWORK, INPUT).numpy()
     np.testing.assert_allclose(image, np.broadcast_to(HIGH, image.shape), atol=1e-5)
 
 
 def test_resize_shorter_side_keeps_aspect():
-    image = tf.zeros([40, 80, 3])
-    assert tuple(preprocess.resize_shorter_side(image, 37).shape) == (37, 74, 3)
-    assert tuple(preprocess.resize_shorter_side(tf.zeros([90, 30, 3]), 37).shape) == (111, 37, 3)
+    for mode in ("standard", "reference"):
+        image = tf.zeros([40, 80, 3])
+        assert tuple(preprocess.resize_shorter_side(image, 37, mode).shape) == (37, 74, 3)
+        tall = tf.zeros([90, 30, 3])
+        assert tuple(preprocess.resize_shorter_side(tall, 37, mode).shape) == (111, 37, 3)
 
 
 def test_eval_central_crop_is_aspect_preserving(jpeg_encoder):
@@ -83,7 +98,7 @@ def test_eval_central_crop_is_aspect_preserving(jpeg_encoder):
     # crop the square is still square; a squashing resize would make it half as wide as tall.
     image = np.zeros((64, 128, 3), np.uint8)
     image[16:48, 48:80] = 255
-    out = preprocess.eval_image(tf.constant(jpeg_encoder(image)), 32).numpy()
+    out = preprocess.eval_image(tf.constant(jpeg_encoder(image)), NETWORK, INPUT).numpy()
     white = out.mean(axis=-1) > (LOW.mean() + HIGH.mean()) / 2
     rows, cols = np.nonzero(white.any(axis=1))[0], np.nonzero(white.any(axis=0))[0]
     height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
@@ -98,8 +113,11 @@ def test_eval_central_crop_is_aspect_preserving(jpeg_encoder):
 def _train_images(tmp_path, shard_writer, image, count, bboxes=None, **kwargs):
     """``count`` copies of ``image`` through pipeline.train_dataset, one epoch per batch."""
     shard_writer(str(tmp_path), [image] * 16, [1] * 16, bboxes=bboxes, num_classes=2)
-    split = pipeline.load_split(str(tmp_path), "train")
-    ds = pipeline.train_dataset(split, 16, 32, 2, shuffle_buffer=16, **kwargs)
+    network, inp = _parts(
+        data_dir=str(tmp_path), class_num=2, batch_size=16, shuffle_buffer=16, **kwargs
+    )
+    split = pipeline.load_split(inp, "train")
+    ds = pipeline.train_dataset(split, network, inp, seed=0)
     return np.concatenate([x.numpy() for x, _ in ds.take(count // 16)])
 
 
@@ -175,7 +193,9 @@ def test_crop_sampler_has_the_distribution_of_tensorflows(case):
     def ours(index):
         seed = tf.stack([tf.constant(5, tf.int64), index])
         uniforms = tf.random.stateless_uniform([attempts, 4], seed=seed)
-        return preprocess.sample_crop(shape, bboxes, uniforms, covered)
+        return preprocess.sample_crop(
+            shape, bboxes, uniforms, covered, INPUT.area_range, INPUT.aspect_ratio_range
+        )
 
     def theirs(_):
         begin, size, _ = tf.image.sample_distorted_bounding_box(
@@ -183,8 +203,8 @@ def test_crop_sampler_has_the_distribution_of_tensorflows(case):
             bboxes,
             seed=3,
             min_object_covered=covered,
-            aspect_ratio_range=(0.75, 1.33),
-            area_range=(0.08, 1.0),
+            aspect_ratio_range=INPUT.aspect_ratio_range,
+            area_range=INPUT.area_range,
             max_attempts=attempts,
             use_image_if_no_bounding_boxes=True,
         )
@@ -216,14 +236,16 @@ def test_crop_sampler_honours_min_object_covered_and_falls_back_to_the_whole_ima
     shape = tf.constant([100, 100, 3])
     box = tf.constant([[[0.0, 0.0, 0.1, 0.1]]])  # a 10x10 object in the corner
     uniforms = tf.random.stateless_uniform([10, 4], seed=[1, 2])
-    y, x, h, w = preprocess.sample_crop(shape, box, uniforms, min_object_covered=1.0).numpy()
+    area, aspect = INPUT.area_range, INPUT.aspect_ratio_range
+    y, x, h, w = preprocess.sample_crop(shape, box, uniforms, 1.0, area, aspect).numpy()
     assert (y, x, h, w) == (0, 0, 100, 100) or (y == 0 and x == 0 and h >= 10 and w >= 10)
     # No attempt can reach an impossible area: always the whole image.
-    window = preprocess.sample_crop(shape, box, uniforms, 0.1, area_range=(1.0, 1.0))
+    window = preprocess.sample_crop(shape, box, uniforms, 0.1, (1.0, 1.0), aspect)
     assert window.numpy().tolist() == [0, 0, 100, 100]
     # An object nothing can cover enough of: the whole image.
     far = tf.constant([[[0.9, 0.9, 0.9, 0.9]]])  # zero area: never counts as covered
-    assert preprocess.sample_crop(shape, far, uniforms).numpy().tolist() == [0, 0, 100, 100]
+    window = preprocess.sample_crop(shape, far, uniforms, 0.1, area, aspect)
+    assert window.numpy().tolist() == [0, 0, 100, 100]
 
 
 def test_train_image_is_a_function_of_the_seed_alone(jpeg_encoder):
@@ -232,8 +254,10 @@ def test_train_image_is_a_function_of_the_seed_alone(jpeg_encoder):
     jpeg = tf.constant(jpeg_encoder(_noise(60, 80, seed=3)))
     no_boxes = tf.zeros([1, 0, 4])
     seeds = [tf.constant([e, i], tf.int64) for e in (0, 7) for i in (0, 1, 2)]
-    first = [preprocess.train_image(jpeg, no_boxes, s, 32).numpy() for s in seeds]
-    second = [preprocess.train_image(jpeg, no_boxes, s, 32).numpy() for s in reversed(seeds)]
+    first = [preprocess.train_image(jpeg, no_boxes, s, NETWORK, INPUT).numpy() for s in seeds]
+    second = [
+        preprocess.train_image(jpeg, no_boxes, s, NETWORK, INPUT).numpy() for s in reversed(seeds)
+    ]
     for a, b in zip(first, reversed(second)):
         np.testing.assert_array_equal(a, b)
     assert len({a.tobytes() for a in first}) == len(first)
@@ -243,11 +267,26 @@ def test_eval_resize_square_is_the_references_squash_then_central_crop():
     """--eval_resize square: the whole image to image_size*256/224 square (37 for 32), then the
     central crop; aspect keeps the ratio, so on a non-square image the two differ."""
     image = tf.constant(_noise(40, 80))
-    square = preprocess.central_crop(preprocess.resize_for_eval(image, 32, "square"), 32)
+    square = preprocess.resize_for_eval(image, 32, "square", "standard")
+    square = preprocess.central_crop(square, 32)
     expected = tf.image.resize(tf.cast(image, tf.float32), [37, 37])[2:34, 2:34]
     np.testing.assert_allclose(square.numpy(), expected.numpy(), atol=1e-4)
-    aspect = preprocess.resize_for_eval(image, 32, "aspect")
+    aspect = preprocess.resize_for_eval(image, 32, "aspect", "standard")
     assert aspect.shape[:2] == (37, 74)
     assert not np.allclose(preprocess.central_crop(aspect, 32).numpy(), square.numpy())
-    with pytest.raises(ValueError, match="square"):
-        preprocess.resize_for_eval(image, 32, "squash")
+    # Another name is refused where every setting is read (the functions trust their input).
+    with pytest.raises(UsageError, match="--eval_resize: must be one of aspect, square"):
+        _parts(eval_resize="squash")
+
+
+def test_reference_input_resizes_as_tf1s_resize_images_and_squares_by_default():
+    """--input_mode reference: TF 1's resize_images (no half-pixel centres), which
+    tf.image.resize (half-pixel centres) is not; its evaluation resize is the square."""
+    image = tf.constant(_noise(40, 80))
+    ours = preprocess.resize_for_eval(image, 32, "square", "reference")
+    tf1 = v1.image.resize_images(tf.cast(image, tf.float32), [37, 37])
+    np.testing.assert_allclose(ours.numpy(), tf1.numpy(), atol=1e-4)
+    standard = preprocess.resize_for_eval(image, 32, "square", "standard")
+    assert np.abs(ours.numpy() - standard.numpy()).max() > 1
+    assert _parts(input_mode="reference")[1].resize == "square"
+    assert INPUT.resize == "aspect"

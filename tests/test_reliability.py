@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from conftest import make_unwritable, make_writable
 
-from vgg_keras import checkpoints
+from vgg_keras import rundir
 from vgg_keras.compat import tf
 from vgg_keras.reporting import read_metrics
 
@@ -43,6 +43,7 @@ NETWORK += ["--progress", "false", "--display_every", "5", "--iterations_per_loo
 ENV = {**os.environ, "TF_DETERMINISTIC_OPS": "1", "PYTHONUNBUFFERED": "1"}
 BASE_STEPS = 60
 BASE = ["--max_train_steps", str(BASE_STEPS), "--save_checkpoints_steps", "20"]
+LOG_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  step:"  # a training log line starts so
 
 
 class Run:
@@ -142,7 +143,7 @@ def assert_clean_exit(run: Run, code: int) -> None:
 
 
 def steps(log_dir) -> list[int]:
-    return [checkpoints.checkpoint_step(p) for p in checkpoints.list_checkpoints(str(log_dir))]
+    return [rundir.checkpoint_step(p) for p in rundir.list_checkpoints(str(log_dir))]
 
 
 def read_checkpoint(prefix) -> dict[str, np.ndarray]:
@@ -181,7 +182,7 @@ def test_sigint_saves_closes_events_and_resumes_to_identical_weights(base_run, d
     log_dir = tmp_path / "run"
     args = train(log_dir, demo_dir, *BASE)
     run = Run(args)
-    run.wait_for(r"^step:")
+    run.wait_for(LOG_LINE)
     os.kill(run.pid, signal.SIGINT)
     run.finish()
     assert_clean_exit(run, 130)
@@ -215,7 +216,7 @@ def test_sigint_saves_closes_events_and_resumes_to_identical_weights(base_run, d
 def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     first = Run(train(log_dir, demo_dir, "--max_train_steps", "100000"))
-    first.wait_for(r"^step:")
+    first.wait_for(LOG_LINE)
     os.kill(first.pid, signal.SIGTERM)
     first.finish()
     assert_clean_exit(first, 143)
@@ -280,7 +281,9 @@ def test_run_eval_exits_130_on_sigint(base_run, tmp_path):
     os.kill(evaluator.pid, signal.SIGINT)
     evaluator.finish(timeout=30)
     assert_clean_exit(evaluator, 130)
-    assert f"interrupted: the checkpoints evaluated so far are in {output}" in evaluator.stdout
+    # Said where every Ctrl-C is answered (run_cli), on stderr: the last line there.
+    said = f"interrupted: the checkpoints evaluated so far are in {output}"
+    assert evaluator.error_line() == said
     results = json.loads((output / "eval_results.json").read_text())
     assert [r["step"] for r in results] == [BASE_STEPS]
 
@@ -302,7 +305,9 @@ def test_a_signal_during_an_evaluation_inside_training_ends_it_then_stops(demo_d
     assert_clean_exit(run, 130)
     # The evaluation stopped at its next batch (no row, no metrics: a partial top-1 would be
     # wrong), and the run stopped at the step it had saved, without training further.
-    assert not re.search(rf"^\s*{evaluated}\s+\d+\.\d\s+0\.\d{{4}}\s", run.stdout, re.M)
+    # (A row: step, epoch, top-1 % and top-5 % with two decimals.)
+    assert not re.search(rf"^\s*{evaluated}\s+\d+\.\d\s+\d+\.\d\d\s+\d+\.\d\d\s", run.stdout, re.M)
+    assert "top1 %" not in run.stdout  # not even the table's header
     assert run.stdout.splitlines()[-1] == (
         f"SIGINT: stopped at step {evaluated}, saved {log_dir}/model.ckpt-{evaluated} (exit 130)"
     ), run.stdout
@@ -380,11 +385,11 @@ def test_kill_9_at_random_moments_resumes_from_the_newest_complete_checkpoint(de
             break
         moment = ("in a save", "in training", "in start-up")[cycle % 3]
         if moment == "in a save":
-            run.wait_for(r"^step:")
+            run.wait_for(LOG_LINE)
             time.sleep(rng.uniform(0.0, 1.0))
             _kill_during_a_save(run, log_dir)
         elif moment == "in training":
-            run.wait_for(r"^step:")
+            run.wait_for(LOG_LINE)
             time.sleep(rng.uniform(0.0, 1.5))
             os.kill(run.pid, signal.SIGKILL)
         else:
@@ -411,7 +416,7 @@ def test_kill_9_at_random_moments_resumes_from_the_newest_complete_checkpoint(de
 
 
 def test_the_next_start_removes_every_kind_of_partial_save(base_run, demo_dir, tmp_path):
-    """Each leftover ``checkpoints.remove_partial`` cleans, planted as a kill leaves it, with
+    """Each leftover ``rundir.remove_partial`` cleans, planted as a kill leaves it, with
     the names TensorFlow gives them; the next start resumes from the newest complete one."""
     log_dir = copy_run(base_run, tmp_path / "run")
     newest = f"model.ckpt-{BASE_STEPS}"
@@ -450,7 +455,8 @@ def test_the_next_start_removes_every_kind_of_partial_save(base_run, demo_dir, t
 # Numerical faults
 
 
-# The learning rate jumps from 0.01 to LR at a quarter epoch (step 12 of 45 at batch 32).
+# The learning rate jumps from 0.01 to LR at a quarter epoch: the update to step 12 (of 44 per
+# epoch at batch 32) is the first at LR.
 def _lr_jump(lr: str) -> list[str]:
     return ["--lr_schedule", "piecewise", "--lr_boundaries", "0.25", "--lr_values", f"0.01,{lr}"]
 
@@ -578,7 +584,7 @@ def test_unwritable_log_dir_when_saving_stops_with_one_line(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     args = train(log_dir, demo_dir, "--max_train_steps", "100000", "--save_checkpoints_steps", "5")
     run = Run(args)
-    run.wait_for(r"^step:\s+5 ")
+    run.wait_for(LOG_LINE + r"\s+5 ")
     while not steps(log_dir):
         time.sleep(0.01)
     make_unwritable(log_dir)
@@ -784,7 +790,7 @@ def test_a_second_trainer_on_the_same_log_dir_is_refused(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     args = train(log_dir, demo_dir, "--max_train_steps", "100000", "--save_checkpoints_steps", "5")
     owner = Run(args)
-    owner.wait_for(r"^step:")
+    owner.wait_for(LOG_LINE)
     config_before = (log_dir / "config.json").read_text()
     second = Run(args)
     second.finish()
@@ -795,7 +801,7 @@ def test_a_second_trainer_on_the_same_log_dir_is_refused(demo_dir, tmp_path):
         "--log_dir"
     )
     assert (log_dir / "config.json").read_text() == config_before
-    owner.wait_for(r"^step:")  # still training
+    owner.wait_for(LOG_LINE)  # still training
     assert owner.proc.poll() is None
 
     os.kill(owner.pid, signal.SIGKILL)  # leaves a stale lock naming a dead pid
@@ -815,7 +821,7 @@ def test_evaluation_skips_checkpoints_deleted_by_rotation(demo_dir, tmp_path):
     # A checkpoint every step, two kept: the evaluator cannot keep up with the rotation.
     args = train(log_dir, demo_dir, "--max_train_steps", "100000", "--iterations_per_loop", "1")
     trainer = Run([*args, "--save_checkpoints_steps", "1", "--keep_checkpoint_max", "2"])
-    trainer.wait_for(r"^step:")
+    trainer.wait_for(LOG_LINE)
     watch = ["--eval_dir", str(log_dir), "--all-ckpts", "--watch", "--watch_timeout", "3"]
     evaluator = Run([*watch, "--progress", "false"], script="run_eval.py")
     evaluator.wait_for(r"^skipped: \S+ was deleted before it was read$")
