@@ -304,3 +304,32 @@ def write_reference_checkpoint(
 def reference_checkpoint_writer():
     """``write_reference_checkpoint`` (see above)."""
     return write_reference_checkpoint
+
+
+PHOTO_CLASSES = ("astronaut", "coffee", "chelsea")  # scikit-image's sample photographs
+
+
+def write_photo_folder(folder: str, per_class: int = 27, seed: int = 0) -> str:
+    """A folder of one sub-folder per class of real JPEG photographs, as a user brings them:
+    ``folder/<class>/<class>_NN.jpg``, random crops (30-100% of the side, any aspect), flips and
+    colour changes of scikit-image's sample photos, of several sizes.  Returns ``folder``."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    for name in PHOTO_CLASSES:
+        photo = getattr(skimage.data, name)()
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        for k in range(per_class):
+            h, w = photo.shape[:2]
+            ch, cw = (int(side * rng.uniform(0.3, 1.0)) for side in (h, w))
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            crop = photo[y : y + ch, x : x + cw].astype(np.float32)
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            crop = np.clip(crop * rng.uniform(0.7, 1.3, 3) + rng.normal(0, 8), 0, 255)
+            size = [int(rng.integers(80, 300)), int(rng.integers(80, 300))]
+            small = tf.image.resize(crop, size, antialias=True).numpy()
+            jpeg = encode_jpeg(np.clip(np.round(small), 0, 255), quality=int(rng.integers(70, 95)))
+            with open(os.path.join(folder, name, f"{name}_{k:02d}.jpg"), "wb") as f:
+                f.write(jpeg)
+    return folder

@@ -1,11 +1,15 @@
-"""The package's shape, read from its source: no import cycles, no function over 80 lines."""
+"""The package's shape, read from its source: the layer order docs/design.md states (a module
+imports only its own layer and the layers above it), no import cycles, no function over 80
+lines."""
 
 from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "vgg_keras"
+DESIGN = PACKAGE.parent / "docs" / "design.md"
 MAX_FUNCTION_LINES = 80
 
 
@@ -82,3 +86,43 @@ def test_no_function_over_80_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert not long
+
+
+def _layers() -> list[list[str]]:
+    """The modules of each layer, in the order docs/design.md's ```layers block lists them."""
+    block = re.search(r"```layers\n(.*?)```", DESIGN.read_text(), re.S)
+    assert block, f"no ```layers block in {DESIGN}"
+    return [
+        [f"vgg_keras.{name}" for name in line.split(":", 1)[1].split()]
+        for line in block.group(1).splitlines()
+        if line.strip()
+    ]
+
+
+def test_every_module_is_in_one_layer_of_the_design():
+    listed = [name for layer in _layers() for name in layer]
+    assert len(listed) == len(set(listed)), "a module in two layers"
+    modules = {name for name in _modules() if name not in ("vgg_keras", "vgg_keras.data")}
+    assert set(listed) == modules
+
+
+def _from_below(graph: dict[str, set[str]], layer_of: dict[str, int]) -> list[str]:
+    """``a imports b`` for every import of a module from a later (lower) layer."""
+    return [
+        f"{name} imports {imported}"
+        for name, imports in sorted(graph.items())
+        for imported in sorted(imports)
+        if name in layer_of and imported in layer_of and layer_of[imported] > layer_of[name]
+    ]
+
+
+def test_modules_import_only_their_own_layer_or_the_layers_above():
+    modules = _modules()
+    graph = {name: _imports(name, tree, set(modules)) for name, tree in modules.items()}
+    layer_of = {name: i for i, layer in enumerate(_layers()) for name in layer}
+    assert not _from_below(graph, layer_of)
+
+
+def test_the_layer_check_finds_an_import_from_below():
+    graph = {"a": {"b"}, "b": {"a", "c"}, "c": set()}
+    assert _from_below(graph, {"a": 0, "b": 1, "c": 1}) == ["a imports b"]

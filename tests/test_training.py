@@ -298,3 +298,46 @@ def test_accumulated_steps_take_the_big_batchs_images_and_resume_exactly(train_t
     assert records[0]["epoch"] == pytest.approx(2 / (1437 // 32))  # epochs of 32 images
     with open(straight / "config.json") as f:
         assert json.load(f)["run"]["global_batch"] == 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning a part of the network, resuming from a chosen checkpoint
+
+
+def test_trainable_from_keeps_the_base_as_loaded(train_tiny, tmp_path):
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert train_tiny(base, max_train_steps=2)[0] == 0
+    code, _ = train_tiny(
+        tuned, restore_path=str(base), trainable_from="block5", max_train_steps=3, class_num=12
+    )
+    assert code == 0
+    before, after = final_variables(base), final_variables(tuned)
+    for name in after:
+        if name.startswith(("block1", "block2", "block3", "block4")) and "Momentum" not in name:
+            np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    assert not np.array_equal(after["block5_conv1/kernel"], before["block5_conv1/kernel"])
+    assert "block4_conv3/kernel/Momentum" not in after, "no optimizer state for a frozen layer"
+    assert "block5_conv1/kernel/Momentum" in after
+
+
+def test_trainable_from_names_a_layer_or_a_block_of_the_network():
+    with pytest.raises(
+        UsageError, match=r"^--trainable_from: block6 is no layer or block of vgg16"
+    ):
+        demo_config(trainable_from="block6")
+    assert demo_config(trainable_from="block3_conv2").network.trainable_from == "block3_conv2"
+
+
+def test_resume_names_the_checkpoint_to_go_on_from(train_tiny, tmp_path):
+    run, branch = tmp_path / "run", tmp_path / "branch"
+    assert train_tiny(run, max_train_steps=4, save_checkpoints_steps=2)[0] == 0
+    assert checkpoint_steps(run) == [2, 4]
+    with pytest.raises(UsageError, match=r"--resume .*model.ckpt-2: --log_dir .* holds newer"):
+        train_tiny(run, resume=str(run / "model.ckpt-2"), max_train_steps=6)
+    assert checkpoint_steps(run) == [2, 4], "nothing was touched"
+    code, _ = train_tiny(branch, resume=str(run / "model.ckpt-2"), max_train_steps=4)
+    assert code == 0
+    with open(branch / "train.log") as f:
+        assert f"resumed from {run}/model.ckpt-2 at step 2" in f.read()
+    # From step 2 of the same run, the same two steps: the branch ends where the run did.
+    assert_same_variables(final_variables(branch), final_variables(run))

@@ -52,6 +52,15 @@ class Arch:
                 layers.append(self.bn_layer(conv))
         return layers + list(TOP_LAYERS)
 
+    def frozen_before(self, first: str) -> list[str] | None:
+        """The weight layers before ``first`` (a layer, or a block: ``block4``), which
+        --trainable_from keeps as they are; None when ``first`` names nothing here."""
+        layers = self.weight_layers()
+        for index, name in enumerate(layers):
+            if name == first or name.startswith(first + "_"):
+                return layers[:index]
+        return None
+
     def reference_names(self) -> dict[str, str]:
         """{our layer: the reference's tf.compat.v1.layers scope} (plain networks only)."""
         if self.batch_norm:

@@ -142,6 +142,12 @@ class Network:
         "fc1/fc2 init: normal (N(0, 0.01), the reference's) or he (for width-scaled nets)",
         choices=("normal", "he"),
     )
+    trainable_from: Optional[str] = setting(
+        None,
+        "train only this layer and those after it (block4, block5_conv2, fc1, predictions): "
+        "the base before it stays as loaded, its batch norm in inference mode (default: every "
+        "layer trains)",
+    )
 
 
 @dataclass(frozen=True)
@@ -308,6 +314,11 @@ class Loop:
         None, "steps between checkpoints (default: one epoch)", at_least=1, at_most=INT_LIMIT
     )
     keep_checkpoint_max: int = setting(5, "checkpoints kept", at_least=1, at_most=1_000_000)
+    resume: Optional[str] = setting(
+        None,
+        "resume from this checkpoint (a model.ckpt-N prefix, or a folder: its newest) rather than "
+        "from the newest in --log_dir",
+    )
     restore_path: Optional[str] = setting(None, "initialise from this checkpoint (fine-tuning)")
     restore_exclude: Tuple[str, ...] = setting(
         ("predictions",),
@@ -595,6 +606,45 @@ PRESETS: dict[str, dict] = {
         "log_dir": "runs/demo",
         "mode": "train_and_evaluate",
     },
+    # A few hundred images of your own, trained from scratch: a small batch-normalised VGG.
+    "small": {
+        "arch": "vgg11_bn",
+        "image_size": 64,
+        "width_multiplier": 0.25,
+        "dropout": 0.3,
+        "dense_init": "he",
+        "batch_size": 16,
+        "lr": 0.02,
+        "lr_schedule": "cosine",
+        "T_max": 40.0,
+        "max_epochs": 40.0,
+        "warmup_epochs": 2.0,
+        "epochs_between_evals": 5.0,
+        "area_range": (0.35, 1.0),
+        "shuffle_buffer": 2000,
+        "display_every": 20,
+        "log_dir": "runs/small",
+    },
+    # The published VGG16 (--weights imagenet) with a new head on a few hundred images: the
+    # base frozen, the fully connected layers trained afresh, at a size a CPU trains in minutes.
+    "finetune": {
+        "weights": IMAGENET_WEIGHTS,
+        "preprocess": "caffe",
+        "image_size": 128,
+        "restore_exclude": ("fc1", "fc2", "predictions"),
+        "trainable_from": "fc1",
+        "dense_init": "he",
+        "batch_size": 16,
+        "lr": 0.005,
+        "lr_schedule": "cosine",
+        "T_max": 10.0,
+        "max_epochs": 10.0,
+        "epochs_between_evals": 1.0,
+        "area_range": (0.35, 1.0),
+        "shuffle_buffer": 2000,
+        "display_every": 10,
+        "log_dir": "runs/finetune",
+    },
 }
 
 
@@ -711,6 +761,20 @@ def _check(c: Config, need_data: bool) -> None:
         "log_name",
         f"{name} is one of the run's own files in --log_dir; choose another name",
     )
+    if c.network.trainable_from is not None:
+        frozen = arch.get(c.network.arch).frozen_before(c.network.trainable_from)
+        _need(
+            frozen is not None,
+            "trainable_from",
+            f"{c.network.trainable_from} is no layer or block of {c.network.arch} (e.g. block4, "
+            "fc1, predictions)",
+        )
+    if loop.resume is not None:
+        _need(
+            loop.restore_path is None and loop.weights is None,
+            "resume",
+            "resumes a run: not with --restore_path or --weights (they start one)",
+        )
     if loop.weights is not None:
         spec = loop.weights
         _need(

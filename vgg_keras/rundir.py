@@ -252,9 +252,9 @@ def newest_run(runs_dir: str = RUNS_DIR) -> str:
 # Getting a folder ready for a run
 
 
-def prepare(config, cleanup: contextlib.ExitStack, resume: str | None = None) -> str | None:
+def prepare(config, cleanup: contextlib.ExitStack) -> str | None:
     """Lock log_dir for this run and check it against the run; returns the checkpoint to
-    resume from (``resume``, or the newest one there).
+    resume from (--resume, or the newest one there).
 
     The lock is released when ``cleanup`` closes.  Never starts afresh over a run it could
     resume (another network's config.json, checkpoint files without a complete checkpoint):
@@ -270,6 +270,7 @@ def prepare(config, cleanup: contextlib.ExitStack, resume: str | None = None) ->
         print(f"note: took over {lock.path} from pid {owner.get('pid')}, which is not running")
     try:
         remove_partial(log_dir)
+        resume = resume_point(config.loop.resume, log_dir, config.loop.overwrite)
         if config.loop.overwrite:
             _remove_previous_run(log_dir, config.loop.log_name)
         latest = _resumable_checkpoint(log_dir)
@@ -278,6 +279,25 @@ def prepare(config, cleanup: contextlib.ExitStack, resume: str | None = None) ->
     except OSError as err:
         raise UsageError(f"--log_dir {log_dir}: cannot write there ({err.strerror})") from err
     return resume or latest
+
+
+def resume_point(resume: str | None, log_dir: str, overwrite: bool) -> str | None:
+    """The checkpoint --resume names.  Refused when it lies in --log_dir and that holds newer
+    checkpoints (the run would mix two histories there) or --overwrite would delete it."""
+    if resume is None:
+        return None
+    (path,) = resolve_checkpoint(resume)
+    inside = os.path.samefile(os.path.dirname(path), log_dir)
+    if inside and overwrite:
+        raise UsageError(f"--resume {resume}: --overwrite would delete it (it is in --log_dir)")
+    newer = [p for p in list_checkpoints(log_dir) if checkpoint_step(p) > checkpoint_step(path)]
+    if newer and inside:
+        raise UsageError(
+            f"--resume {resume}: --log_dir {log_dir} holds newer checkpoints ({os.path.basename(newer[0])}"
+            f"{' ...' if len(newer) > 1 else ''}): resume into another --log_dir, which the run "
+            "then continues from this one's state"
+        )
+    return path
 
 
 def _check_network(config, log_dir: str) -> None:

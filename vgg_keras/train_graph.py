@@ -215,29 +215,8 @@ def build(
         global_step = v1.train.get_or_create_global_step()
         skipped = v1.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         iterator_init, next_batch = dist.input_iterator(dataset_fn)
-
-        def learning_rate(step):
-            return schedules.learning_rate(
-                step, config.optimizer, plan.steps_per_epoch, plan.global_batch
-            )
-
-        # One optimizer (its momentum slots are shared by the single step and the loop body);
-        # it calls its learning rate where each step is built, reading that step's global_step.
+        one_step = _step_builder(config, plan, dist, model, global_step, skipped, next_batch)
         o = config.optimizer
-        optimizer = v1.train.MomentumOptimizer(
-            lambda: learning_rate(global_step), o.momentum, use_nesterov=o.use_nesterov
-        )
-        one_step = _StepBuilder(
-            config,
-            dist,
-            model,
-            # --precision itself: on Ascend the graph stays float32 while the device mixes.
-            dist.wrap_optimizer(optimizer, config.network.precision),
-            global_step,
-            skipped,
-            next_batch,
-            learning_rate,
-        )
         # The single step is built first so that the optimizer's slot variables are created
         # outside the while loop; the loop body then reuses them.
         measure_grad_norm = v1.placeholder_with_default(False, [], "measure_grad_norm")
@@ -253,10 +232,7 @@ def build(
             loop_fetches = _sunk_steps(one_step, loop_steps, measure_grad_norm, o.nan_policy)
         stop_requested = v1.placeholder_with_default(False, [], "stop_requested")
         if dist.num_workers > 1:
-            # A signal reaches the workers at different calls: they stop together, after the
-            # first call in which any of them had one (one scalar all-reduce per call).
-            votes = dist.run(lambda: tf.cast(stop_requested, tf.float32))
-            anyone = dist.reduce(distribute.ReduceOp.SUM, votes) > 0
+            anyone = _vote(dist, stop_requested)
             step_fetches, loop_fetches = (
                 {**f, "stop": anyone} for f in (step_fetches, loop_fetches)
             )
@@ -284,6 +260,34 @@ def build(
         broadcast_op,
         load_device_loop,
     )
+
+
+def _step_builder(config, plan, dist, model, global_step, skipped, next_batch) -> _StepBuilder:
+    """The step's builder with its one optimizer (its momentum slots are shared by the single
+    step and the loop body), which calls its learning rate where each step is built, reading
+    that step's global_step."""
+
+    def learning_rate(step):
+        return schedules.learning_rate(
+            step, config.optimizer, plan.steps_per_epoch, plan.global_batch
+        )
+
+    o = config.optimizer
+    optimizer = v1.train.MomentumOptimizer(
+        lambda: learning_rate(global_step), o.momentum, use_nesterov=o.use_nesterov
+    )
+    # --precision itself: on Ascend the graph stays float32 while the device mixes.
+    wrapped = dist.wrap_optimizer(optimizer, config.network.precision)
+    return _StepBuilder(
+        config, dist, model, wrapped, global_step, skipped, next_batch, learning_rate
+    )
+
+
+def _vote(dist: distribute.Distribution, stop_requested):
+    """Whether any worker had a signal before this call.  A signal reaches the workers at
+    different calls: they stop together after the same one (one scalar all-reduce per call)."""
+    votes = dist.run(lambda: tf.cast(stop_requested, tf.float32))
+    return dist.reduce(distribute.ReduceOp.SUM, votes) > 0
 
 
 def _sunk_steps(one_step: _StepBuilder, loop_steps, measure_grad_norm, nan_policy: str) -> dict:

@@ -40,8 +40,9 @@ def train(config: Config) -> int:
         if dist.is_chief:
             resume_from = rundir.prepare(config, stack)
         else:  # the chief prepares the log folder; the others only read its newest checkpoint
-            log_dir = config.loop.log_dir
-            resume_from = None if config.loop.overwrite else rundir.latest_checkpoint(log_dir)
+            log_dir, resume = config.loop.log_dir, config.loop.resume
+            newest = None if config.loop.overwrite else rundir.latest_checkpoint(log_dir)
+            resume_from = rundir.resolve_checkpoint(resume)[0] if resume else newest
         if dist.is_chief and resume_from is None:  # else once the checkpoint is restored
             rundir.write_config(config.loop.log_dir, config.flat(), plan.recorded())
         start_step = rundir.checkpoint_step(resume_from) if resume_from else 0
@@ -133,7 +134,8 @@ def _initialise(config, dist, tg: TrainGraph, session, reporter, resume_from, pl
     elif loop.weights:
         from vgg_keras import keras_weights
 
-        path = keras_weights.locate(loop.weights, config.network.arch, reporter.print)
+        top = keras_weights.wants_top(loop.restore_exclude)
+        path = keras_weights.locate(loop.weights, config.network.arch, reporter.print, top)
         loaded = keras_weights.load(session, tg.model, path, loop.restore_exclude)
         note = "" if config.network.preprocess == "caffe" else " (they expect --preprocess caffe)"
         reporter.print(f"initialised {len(loaded)} layers from {path}{note}")
