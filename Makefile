@@ -28,7 +28,8 @@ endef
 DATA    ?=
 SRC     ?=
 CKPT    ?=
-LOG_DIR ?= runs/$(if $(DATA),vgg16,demo)
+# TF 1.15 runs get folders of their own: a TF 2 run there would be resumed, not started.
+LOG_DIR ?= runs/$(if $(DATA),vgg16,demo)$(if $(filter 1.15,$(TF)),-tf115)
 ARGS    ?=
 DEMO    := data/demo
 
@@ -82,12 +83,15 @@ eval: $(STAMP)
 		$(EVAL_CKPT) $(if $(DATA),--data_dir $(DATA)) $(ARGS)
 
 # `make test` runs everything (CI) and lists each skipped test with its reason; `make
-# test-quick` leaves out the tests marked slow (trainings in subprocesses, the demo run).
+# test-quick` leaves out the tests marked slow (trainings in subprocesses, the demo run).  Two
+# pytest processes (pytest-xdist), a test file each at a time: much of a test's time is
+# TensorFlow starting up in a subprocess, which leaves the other core free.
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -rs $(ARGS)
+	$(PY) -m pytest -q -rs -n $(TEST_PROCESSES) --dist loadfile $(ARGS)
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -q -rs -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -rs -n $(TEST_PROCESSES) --dist loadfile -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

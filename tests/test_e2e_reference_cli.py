@@ -103,6 +103,10 @@ def test_make_eval_evaluates_the_run_make_train_wrote():
         log_dir = train.split("--log_dir ")[1].split()[0]
         assert f"--eval_dir || echo --ckpt) {log_dir}" in evaluate, (train, evaluate)
     assert "runs/vgg16" in command("eval", "DATA=/x")
+    # Each stack its own default run folder: a TF 2 run would be resumed, not started, by 1.15.
+    assert "--log_dir runs/demo " in command("train", "TF=2") + " "
+    assert "--log_dir runs/demo-tf115 " in command("train", "TF=1.15") + " "
+    assert "runs/vgg16-tf115" in command("eval", "TF=1.15", "DATA=/x")
 
 
 @pytest.mark.slow
@@ -113,7 +117,10 @@ def test_run_eval_all_ckpts_after_make_train_prints_every_kept_checkpoint(demo_d
     (tmp_path / "data").mkdir()
     os.symlink(demo_dir, tmp_path / "data" / "demo")
     args = "--width_multiplier 0.0625 --max_train_steps 60 --save_checkpoints_steps 10"
-    proc = make("train", f"ARGS={args} --keep_checkpoint_max 3 --progress false", cwd=tmp_path)
+    # TF=2 here: under `make test TF=1.15` the child make would inherit that stack's folder.
+    proc = make(
+        "train", "TF=2", f"ARGS={args} --keep_checkpoint_max 3 --progress false", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     proc = run("python", "run_eval.py", "--all-ckpts", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vgg_keras.compat import tf
+from vgg_keras.config import resolve
 from vgg_keras.data import preprocess, schema
 
 
@@ -95,7 +96,9 @@ def test_record_without_bbox_features_parses_and_preprocesses(jpeg_encoder):
     assert parsed_jpeg.numpy() == jpeg
     assert int(label) == 41
     assert bboxes.shape == (1, 0, 4) and bboxes.dtype == tf.float32
-    image = preprocess.train_image(parsed_jpeg, bboxes, tf.constant([1, 2], tf.int64), 32)
+    settings = resolve(settings={"image_size": 32, "class_num": 100}, need_data=False)
+    seed = tf.constant([1, 2], tf.int64)
+    image = preprocess.train_image(parsed_jpeg, bboxes, seed, settings.network, settings.input)
     assert image.shape == (32, 32, 3)
 
 

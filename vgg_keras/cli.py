@@ -74,6 +74,7 @@ class EvalOptions:
 
 @dataclass(frozen=True)
 class ExportOptions:
+    best: bool = setting(False, "with --ckpt DIR: its best checkpoint (best_checkpoint.json)")
     format: Tuple[str, ...] = setting(
         ("savedmodel",),
         "comma-separated, some of: " + ", ".join(EXPORT_FORMATS),

@@ -640,6 +640,7 @@ PRESETS: dict[str, dict] = {
         "T_max": 10.0,
         "max_epochs": 10.0,
         "epochs_between_evals": 1.0,
+        "keep_checkpoint_max": 2,  # a checkpoint holds the 50 M weights of the head twice
         "area_range": (0.35, 1.0),
         "shuffle_buffer": 2000,
         "display_every": 10,

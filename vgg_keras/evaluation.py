@@ -298,7 +298,7 @@ def targets(options: cli.EvalOptions) -> tuple[str, Iterable[str]]:
     if options.watch:
         return path, _watched(path, options, every)
     if options.best:
-        return path, [_best(path)]
+        return path, [rundir.best_checkpoint(path)]
     found = rundir.resolve_checkpoint(path, every)
     return os.path.dirname(found[0]), found
 
@@ -314,15 +314,6 @@ def _watched(path: str, options: cli.EvalOptions, every: bool) -> Iterator[str]:
         flush=True,
     )
     return watch_checkpoints(path, options.watch_timeout, after)
-
-
-def _best(folder: str) -> str:
-    best = rundir.read_best(folder)
-    if best is None:
-        raise UsageError(
-            f"--best: {folder} has no {rundir.BEST_FILE} (written by train_and_evaluate)"
-        )
-    return rundir.resolve_checkpoint(rundir.checkpoint_prefix(folder, best["step"]))[0]
 
 
 def resolve_config(settings: dict, folder: str, checkpoint: str) -> Config:

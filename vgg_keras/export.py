@@ -293,8 +293,11 @@ def _write(ig: InferenceGraph, source: ModelSource, formats, labels: str | None,
 
 def source_from_args(args: cli.ProgramArgs) -> ModelSource:
     """The model named by --ckpt or --weights, with the settings given as overrides."""
-    if args.extra.get("ckpt"):
-        return from_checkpoint(args.extra["ckpt"], args.settings)
+    path = args.extra.get("ckpt")
+    if path and getattr(args.options, "best", False):
+        return from_checkpoint(rundir.best_checkpoint(path), args.settings)
+    if path:
+        return from_checkpoint(path, args.settings)
     return from_keras_weights(args.extra["weights"], args.settings)
 
 

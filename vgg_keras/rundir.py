@@ -227,6 +227,14 @@ def read_best(folder: str) -> dict | None:
     return best if isinstance(best.get("step"), int) else None
 
 
+def best_checkpoint(folder: str) -> str:
+    """The checkpoint best_checkpoint.json names (the best validation top-1 of the run)."""
+    best = read_best(folder)
+    if best is None:
+        raise UsageError(f"--best: {folder} has no {BEST_FILE} (train_and_evaluate writes it)")
+    return resolve_checkpoint(checkpoint_prefix(folder, best["step"]))[0]
+
+
 def write_best(folder: str, step: int, top1: float) -> None:
     record = {"checkpoint": f"{CHECKPOINT_PREFIX}-{step}", "step": step, "top1": top1}
     atomic.write_text(os.path.join(folder, BEST_FILE), json.dumps(record) + "\n")
