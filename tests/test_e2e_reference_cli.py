@@ -274,7 +274,7 @@ def test_console_scripts_after_pip_install(eval_run, tmp_path):
     env = {"PYTHONPATH": str(target)}  # the installed copy, not the repository
     for name in ("vgg-train", "vgg-export", "vgg-predict"):
         proc = run(target / "bin" / name, "--help", env=env, cwd=tmp_path)
-        assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+        assert proc.returncode == 0 and f"usage: {name} " in proc.stdout, proc.stderr
     proc = run(target / "bin" / "vgg-eval", "--eval_dir", eval_run, "--output", tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert table_steps(proc.stdout) == [50, 100, 150]
