@@ -175,30 +175,30 @@ def build_inference(source: ModelSource, top_k: int = TOP_K) -> InferenceGraph:
 # Writers, one per format; each writes into ``out``.
 
 
-def _write_savedmodel(ig: InferenceGraph, out: str) -> None:
+def _write_savedmodel(inference: InferenceGraph, out: str) -> None:
     def signature(name: str, tensor) -> v1.SignatureDef:
         return v1.saved_model.signature_def_utils.predict_signature_def(
-            {name: tensor}, ig.outputs[name]
+            {name: tensor}, inference.outputs[name]
         )
 
     builder = v1.saved_model.Builder(out)
-    with ig.graph.as_default():  # the builder adds its Saver to the graph
+    with inference.graph.as_default():  # the builder adds its Saver to the graph
         builder.add_meta_graph_and_variables(
-            ig.session,
+            inference.session,
             [v1.saved_model.tag_constants.SERVING],
             signature_def_map={
-                BYTES_SIGNATURE: signature("image_bytes", ig.image_bytes),
-                PIXELS_SIGNATURE: signature("pixels", ig.pixels),
+                BYTES_SIGNATURE: signature("image_bytes", inference.image_bytes),
+                PIXELS_SIGNATURE: signature("pixels", inference.pixels),
             },
             strip_default_attrs=True,
         )
     builder.save()
 
 
-def _write_keras(ig: InferenceGraph, out: str) -> None:
+def _write_keras(inference: InferenceGraph, out: str) -> None:
     # Keras writes its files only from eager variables: copy the values into an eager twin.
-    values = ig.session.run(ig.model.weights)
-    model = model_lib.build(ig.config.network)
+    values = inference.session.run(inference.model.weights)
+    model = model_lib.build(inference.config.network)
     model.set_weights(values)
     for name in KERAS_FILES:
         with warnings.catch_warnings():
@@ -206,19 +206,21 @@ def _write_keras(ig: InferenceGraph, out: str) -> None:
             model.save(os.path.join(out, name))
 
 
-def _write_frozen_graph(ig: InferenceGraph, out: str) -> None:
+def _write_frozen_graph(inference: InferenceGraph, out: str) -> None:
     graph_def = v1.graph_util.convert_variables_to_constants(
-        ig.session, ig.graph.as_graph_def(), [OUTPUT_NODE]
+        inference.session, inference.graph.as_graph_def(), [OUTPUT_NODE]
     )
     tf.io.write_graph(graph_def, out, FROZEN_GRAPH_FILE, as_text=False)
 
 
-def _write_checkpoint(ig: InferenceGraph, out: str, step: int) -> None:
-    with ig.graph.as_default():
-        saver = v1.train.Saver(ig.model.weights, save_relative_paths=True, pad_step_number=False)
+def _write_checkpoint(inference: InferenceGraph, out: str, step: int) -> None:
+    with inference.graph.as_default():
+        saver = v1.train.Saver(
+            inference.model.weights, save_relative_paths=True, pad_step_number=False
+        )
         prefix = os.path.join(out, rundir.CHECKPOINT_PREFIX)
-        saver.save(ig.session, prefix, step, write_meta_graph=False)
-    rundir.write_config(out, ig.config.replace(weights=None, restore_path=None).flat())
+        saver.save(inference.session, prefix, step, write_meta_graph=False)
+    rundir.write_config(out, inference.config.replace(weights=None, restore_path=None).flat())
 
 
 def _normalization_info(normalization: str) -> dict:
@@ -243,29 +245,31 @@ def export(
     if (os.path.isdir(output) and os.listdir(output)) or os.path.isfile(output):
         raise UsageError(f"--output {output}: exists and is not an empty folder")
     labels = labels or source.labels_file()
-    ig = build_inference(source)
+    inference = build_inference(source)
     # os.replace renames a folder over an empty one (POSIX rename), so an empty output is fine.
     try:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        with contextlib.closing(ig), atomic.replacing(output) as tmp:
+        with contextlib.closing(inference), atomic.replacing(output) as tmp:
             class_names(labels, source.config.network.class_num)  # after loading: errors first
-            _write(ig, source, formats, labels, tmp)
+            _write(inference, source, formats, labels, tmp)
     except (OSError, tf.errors.OpError) as err:
         why = err.strerror if isinstance(err, OSError) and err.strerror else reason(err)
         raise UsageError(f"--output {output}: cannot write there ({why})") from err
     return sorted(os.listdir(output))
 
 
-def _write(ig: InferenceGraph, source: ModelSource, formats, labels: str | None, out: str) -> None:
+def _write(
+    inference: InferenceGraph, source: ModelSource, formats, labels: str | None, out: str
+) -> None:
     if "savedmodel" in formats:  # first: the builder wants a folder that does not exist
-        _write_savedmodel(ig, out)
+        _write_savedmodel(inference, out)
     os.makedirs(out, exist_ok=True)
     if "keras" in formats:
-        _write_keras(ig, out)
+        _write_keras(inference, out)
     if "frozen_graph" in formats:
-        _write_frozen_graph(ig, out)
+        _write_frozen_graph(inference, out)
     if "checkpoint" in formats:
-        _write_checkpoint(ig, out, source.step)
+        _write_checkpoint(inference, out, source.step)
     if labels:
         shutil.copyfile(labels, os.path.join(out, info.LABELS_FILE))
     c = source.config

@@ -58,16 +58,16 @@ class Predictor:
 
     @classmethod
     def from_source(cls, source: export.ModelSource, labels_file: str | None = None):
-        ig = export.build_inference(source)  # first: a model that does not load is the error
+        inference = export.build_inference(source)  # first: a model that does not load is the error
         try:
             labels = export.class_names(
                 labels_file or source.labels_file(), source.config.network.class_num
             )
         except UsageError:
-            ig.close()
+            inference.close()
             raise
-        heads = ig.outputs["image_bytes"]
-        return cls(ig.session, ig.image_bytes, heads["probabilities"], labels)
+        heads = inference.outputs["image_bytes"]
+        return cls(inference.session, inference.image_bytes, heads["probabilities"], labels)
 
     @classmethod
     def from_saved_model(cls, folder: str, labels_file: str | None, runtime):

@@ -47,13 +47,13 @@ def train(config: Config) -> int:
             rundir.write_config(config.loop.log_dir, config.flat(), plan.recorded())
         start_step = rundir.checkpoint_step(resume_from) if resume_from else 0
         dataset_fn = _dataset_fn(config, split, start_step, dist)
-        tg = train_graph.build(config, dataset_fn, plan, dist, precision)
+        built = train_graph.build(config, dataset_fn, plan, dist, precision)  # and its parts
         evaluator = None
         if plan.every["evaluate"]:
             evaluator = stack.enter_context(
                 evaluation.Evaluator(config, plan.steps_per_epoch, dist=dist, precision=precision)
             )
-        session = stack.enter_context(contextlib.closing(dist.session(tg.graph, config.runtime)))
+        session = stack.enter_context(contextlib.closing(dist.session(built.graph, config.runtime)))
         reporter = Reporter(
             config.loop.log_dir,
             config.loop.log_name,
@@ -64,14 +64,14 @@ def train(config: Config) -> int:
         )
         stack.callback(reporter.close)
         try:
-            _initialise(config, dist, tg, session, reporter, resume_from, plan, precision)
+            _initialise(config, dist, built, session, reporter, resume_from, plan, precision)
             if split is not None and dist.num_workers > 1:
                 reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
             with StopSignals() as signals:
-                code = _Loop(config, plan, tg, session, reporter, evaluator, split).run(signals)
+                code = _Loop(config, plan, built, session, reporter, evaluator, split).run(signals)
             if code == 0 and dist.num_workers > 1:
                 # Equal on every worker when they stayed in sync (bit-identical weights).
-                weights = session.run(tg.model.weights)
+                weights = session.run(built.model.weights)
                 reporter.print(f"weights fingerprint {_fingerprint(weights)}")
             return code
         except (tf.errors.UnavailableError, tf.errors.CancelledError) as err:
@@ -118,32 +118,34 @@ def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distrib
     return dataset_fn
 
 
-def _initialise(config, dist, tg: TrainGraph, session, reporter, resume_from, plan, precision):
+def _initialise(config, dist, built: TrainGraph, session, reporter, resume_from, plan, precision):
     """Initial weights (a resumed checkpoint, --restore_path, --weights, or fresh ones), the
     same on every worker; the input iterator at its start."""
     for line in _start_notes(config, dist, precision):
         reporter.print(line)
-    session.run(tg.init_op)
+    session.run(built.init_op)
     loop = config.loop
     if resume_from:
-        _resume(config, tg, session, reporter, resume_from, plan, dist.is_chief)
+        _resume(config, built, session, reporter, resume_from, plan, dist.is_chief)
     elif loop.restore_path:
         path = rundir.resolve_checkpoint(loop.restore_path)[0]
-        restored = checkpoints.restore_subset(session, path, tg.model.weights, loop.restore_exclude)
+        restored = checkpoints.restore_subset(
+            session, path, built.model.weights, loop.restore_exclude
+        )
         reporter.print(f"initialised {len(restored)} variables from {path}")
     elif loop.weights:
         from vgg_keras import keras_weights
 
         top = keras_weights.wants_top(loop.restore_exclude)
         path = keras_weights.locate(loop.weights, config.network.arch, reporter.print, top)
-        loaded = keras_weights.load(session, tg.model, path, loop.restore_exclude)
+        loaded = keras_weights.load(session, built.model, path, loop.restore_exclude)
         note = "" if config.network.preprocess == "caffe" else " (they expect --preprocess caffe)"
         reporter.print(f"initialised {len(loaded)} layers from {path}{note}")
-    if tg.broadcast_op is not None:
-        session.run(tg.broadcast_op)
-    if tg.load_device_loop is not None:
-        tg.load_device_loop(session, loop.iterations_per_loop)
-    session.run(tg.iterator_init)
+    if built.broadcast_op is not None:
+        session.run(built.broadcast_op)
+    if built.load_device_loop is not None:
+        built.load_device_loop(session, loop.iterations_per_loop)
+    session.run(built.iterator_init)
 
 
 def _start_notes(config: Config, dist, precision: str) -> list[str]:
@@ -168,12 +170,12 @@ def _start_notes(config: Config, dist, precision: str) -> list[str]:
     return notes
 
 
-def _resume(config, tg: TrainGraph, session, reporter, path: str, plan, is_chief: bool) -> None:
+def _resume(config, built: TrainGraph, session, reporter, path: str, plan, is_chief: bool) -> None:
     """Restore weights, global_step and (where the checkpoint has them) momentum, loss scale
     and the skipped-step count; then record the run's settings."""
-    required = [tg.global_step]
-    optional = [v for v in tg.state if v is not tg.global_step]
-    absent = checkpoints.restore(session, path, tg.model, required, optional)
+    required = [built.global_step]
+    optional = [v for v in built.state if v is not built.global_step]
+    absent = checkpoints.restore(session, path, built.model, required, optional)
     previous = rundir.read_config(config.loop.log_dir).get("precision")
     for line in _absent_notes(path, absent, previous, config.network.precision):
         reporter.print(line)
@@ -227,21 +229,21 @@ class _Loop:
     """
 
     def __init__(
-        self, config, plan: clock.Plan, tg: TrainGraph, session, reporter, evaluator, split
+        self, config, plan: clock.Plan, built: TrainGraph, session, reporter, evaluator, split
     ):
-        self.config, self.plan, self.tg, self.session = config, plan, tg, session
+        self.config, self.plan, self.built, self.session = config, plan, built, session
         self.reporter, self.evaluator, self.split = reporter, evaluator, split
         self.log_dir = config.loop.log_dir
-        self.step = int(session.run(tg.global_step))
+        self.step = int(session.run(built.global_step))
         # The starting state is a checkpoint already, or the initialisation: nothing is due.
         self.last = dict.fromkeys(clock.EVENTS, self.step)
         # Restored with the weights: the first message of a resumed run counts only its own steps.
-        self.skipped_steps = int(session.run(tg.skipped_steps))
+        self.skipped_steps = int(session.run(built.skipped_steps))
         self.speed = Throughput(plan.global_batch, plan.max_steps, self.step)
         self.plateau = ChancePlateau(config.network.class_num)
         self.bad_records = _count_bad_records(config, split, reporter)
         self.best = rundir.read_best(self.log_dir)
-        self.voting = "stop" in tg.step_fetches  # several workers: a signal is put to the vote
+        self.voting = "stop" in built.step_fetches  # several workers: a signal is put to the vote
         self._signals = None
 
     def run(self, signals: StopSignals) -> int:
@@ -285,16 +287,18 @@ class _Loop:
         """One session call of up to --iterations_per_loop steps, ending where the plan says
         something is due; returns its StepOutputs, and (several workers) whether any of them
         had a signal before the call: all stop after the same call."""
-        plan, tg = self.plan, self.tg
+        plan, built = self.plan, self.built
         n = plan.call_length(self.step)
-        fetches, feed = (tg.step_fetches, {}) if n == 1 else (tg.loop_fetches, {tg.loop_steps: n})
+        fetches, feed = (
+            (built.step_fetches, {}) if n == 1 else (built.loop_fetches, {built.loop_steps: n})
+        )
         if self.voting:
-            feed[tg.stop_requested] = self._signals.received is not None
+            feed[built.stop_requested] = self._signals.received is not None
         if plan.due("log", self.last["log"], self.step + n):
-            feed[tg.measure_grad_norm] = True
+            feed[built.measure_grad_norm] = True
         # Each set of fed placeholders is its own executor in the session: its first call is
         # the warm-up of that kind.
-        kind = (n == 1, tg.measure_grad_norm in feed)
+        kind = (n == 1, built.measure_grad_norm in feed)
         try:
             out = self.speed.timed(kind, lambda: self.session.run(fetches, feed), n)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
@@ -302,7 +306,7 @@ class _Loop:
             if not isinstance(explained, UsageError):
                 raise
             # The steps before the bad batch were applied: keep them.
-            self._save(int(self.session.run(tg.global_step)))
+            self._save(int(self.session.run(built.global_step)))
             raise UsageError(f"{explained}; the newest checkpoint is {self._newest()}") from err
         except tf.errors.OutOfRangeError as err:
             data_dir = self.config.input.data_dir
@@ -319,7 +323,7 @@ class _Loop:
         training FPS."""
         extra = self.speed.interval()
         if self.config.optimizer.nan_policy == "skip_step":
-            total = int(self.session.run(self.tg.skipped_steps))
+            total = int(self.session.run(self.built.skipped_steps))
             if total > self.skipped_steps:
                 self.reporter.print(
                     f"skipped {total - self.skipped_steps} step(s) with a non-finite loss up to "
@@ -343,13 +347,13 @@ class _Loop:
             return
         # The loss check stops at the first bad step; this also catches an update that made
         # the weights overflow while its own loss was still finite.
-        weights = self.session.run(self.tg.model.trainable_weights)
+        weights = self.session.run(self.built.model.trainable_weights)
         if not all(np.isfinite(w).all() for w in weights):
             raise _NonFinite(f"the weights are not finite at step {at}")
         prefix = os.path.join(self.log_dir, rundir.CHECKPOINT_PREFIX)
         try:
-            with self.tg.graph.as_default():  # the v1 Saver works only in graph mode
-                self.tg.saver.save(self.session, prefix, global_step=at, write_meta_graph=False)
+            with self.built.graph.as_default():  # the v1 Saver works only in graph mode
+                self.built.saver.save(self.session, prefix, global_step=at, write_meta_graph=False)
         except (tf.errors.OpError, OSError) as err:
             rundir.remove_partial(self.log_dir)  # give back what a failed save took
             raise RunError(
