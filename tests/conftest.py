@@ -5,7 +5,9 @@ Tests run in eager mode; graph mode only inside explicit ``with tf.Graph().as_de
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,12 +101,26 @@ def demo_config(preset: str = "demo", **settings):
     return config.resolve(preset, settings, dataset_classes=pipeline.needed_classes)
 
 
+def shared_once(tmp_path_factory, name: str, build) -> str:
+    """``build(folder)`` once per test session: under pytest-xdist the workers share one
+    folder (the first builds it, the others wait for it); returns the folder."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / f"{name}.done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(str(folder))
+            (root / f"{name}.done").write_text("")
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> str:
     """The embedded digits dataset, built once per session. Treat it as read-only."""
-    out = str(tmp_path_factory.mktemp("demo"))
-    demo.build(out)
-    return out
+    return shared_once(tmp_path_factory, "demo", demo.build)
 
 
 @pytest.fixture(scope="session")
@@ -183,22 +199,16 @@ def demo_run(demo_dir, tmp_path_factory) -> str:
     (checkpoints, train.log, metrics.jsonl with the eval_top1 records, config.json).  Treat it
     as read-only.
     """
-    log_dir = str(tmp_path_factory.mktemp("demo_cli_run"))
-    proc = run_script(
-        "run_train.py",
-        "--preset",
-        "demo",
-        "--data_dir",
-        demo_dir,
-        "--log_dir",
-        log_dir,
-        timeout=900,
-    )
-    if proc.returncode != 0:
-        pytest.fail(
-            f"demo run exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        )
-    return log_dir
+
+    def train(log_dir: str) -> None:
+        args = ("--preset", "demo", "--data_dir", demo_dir, "--log_dir", log_dir)
+        proc = run_script("run_train.py", *args, timeout=900)
+        if proc.returncode != 0:
+            pytest.fail(
+                f"demo run exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
+
+    return shared_once(tmp_path_factory, "demo_cli_run", train)
 
 
 @pytest.fixture(scope="session")
@@ -236,20 +246,21 @@ def eval_run(demo_dir, tmp_path_factory) -> str:
     """
     from vgg_keras import training
 
-    log_dir = str(tmp_path_factory.mktemp("eval_run"))
-    config = demo_config(
-        data_dir=demo_dir,
-        log_dir=log_dir,
-        width_multiplier=0.125,
-        max_train_steps=150,
-        max_epochs=3.0,
-        T_max=3.0,
-        save_checkpoints_steps=50,
-        mode="train",
-        progress=False,
-    )
-    assert training.train(config) == 0
-    return log_dir
+    def train(log_dir: str) -> None:
+        config = demo_config(
+            data_dir=demo_dir,
+            log_dir=log_dir,
+            width_multiplier=0.125,
+            max_train_steps=150,
+            max_epochs=3.0,
+            T_max=3.0,
+            save_checkpoints_steps=50,
+            mode="train",
+            progress=False,
+        )
+        assert training.train(config) == 0
+
+    return shared_once(tmp_path_factory, "eval_run", train)
 
 
 def write_reference_checkpoint(
