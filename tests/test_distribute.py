@@ -126,7 +126,8 @@ def _weights(log_dir, step: int) -> dict[str, np.ndarray]:
 def test_mirrored_on_two_cpus_matches_one_device_on_the_same_global_batches(
     script_runner, demo_dir, tmp_path
 ):
-    """Two replicas of 8 images take the same steps as one device with batches of 16.
+    """Two replicas of 8 images take the same steps as one device with batches of 16, and so do
+    two replicas that each accumulate two micro-batches of 4.
 
     Loop sinking (3 steps per session call) runs inside the strategy, and the evaluations in
     between count every validation image once across the two replicas.  The gradients are
@@ -141,38 +142,43 @@ def test_mirrored_on_two_cpus_matches_one_device_on_the_same_global_batches(
         "one": ["--batch_size", "16", "--distribution", "none"],
         "two": ["--batch_size", "8", "--distribution", "mirrored", "--devices", "cpu:0,cpu:1"],
     }
+    runs["accumulated"] = [*runs["two"][2:], "--batch_size", "4", "--accumulation_steps", "2"]
     for name, extra in runs.items():
         proc = script_runner("run_train.py", *flags, *extra, "--log_dir", tmp_path / name)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    log = (tmp_path / "two" / "train.log").read_text()
-    assert "distribution: mirrored, 2 replicas" in log
-    assert "device:CPU:0" in log and "device:CPU:1" in log
-
-    one, two = _weights(tmp_path / "one", 9), _weights(tmp_path / "two", 9)
-    assert one.keys() == two.keys()  # a mirrored checkpoint restores on one device
-    assert int(two["global_step"]) == 9
-    for name in one:
-        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    assert np.abs(two["fc1/kernel/Momentum"]).max() > 0, "momentum starts at zero: it trained"
-
-    metrics_one, metrics_two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    one, metrics_one = _weights(tmp_path / "one", 9), read_metrics(tmp_path / "one")
     train_one = [(m["step"], m["loss"]) for m in metrics_one if "loss" in m]
-    train_two = [(m["step"], m["loss"]) for m in metrics_two if "loss" in m]
-    assert [s for s, _ in train_two] == [3, 6, 9]
     norms_one = [m["grad_norm"] for m in metrics_one if "loss" in m]
-    norms_two = [m["grad_norm"] for m in metrics_two if "loss" in m]
     assert min(norms_one) > CLIP, "every logged step was clipped"
-    np.testing.assert_allclose(norms_two, norms_one, rtol=1e-5)
-    np.testing.assert_allclose([x for _, x in train_two], [x for _, x in train_one], rtol=1e-5)
     evals_one = [m for m in metrics_one if "eval_top1" in m]
-    evals_two = [m for m in metrics_two if "eval_top1" in m]
-    assert len(evals_two) == len(evals_one) >= 2
-    for a, b in zip(evals_one, evals_two):
-        assert a["step"] == b["step"]
-        np.testing.assert_allclose(b["eval_loss"], a["eval_loss"], rtol=1e-5)
-        # The weights agree to float precision: at most an image whose two best classes nearly
-        # tie can change its top-1.
-        assert abs(a["eval_top1"] - b["eval_top1"]) * 360 <= 1 + 1e-9
+    for name in ("two", "accumulated"):
+        log = (tmp_path / name / "train.log").read_text()
+        assert "distribution: mirrored, 2 replicas" in log
+        assert "device:CPU:0" in log and "device:CPU:1" in log
+
+        two = _weights(tmp_path / name, 9)
+        assert one.keys() == two.keys()  # a mirrored checkpoint restores on one device
+        assert int(two["global_step"]) == 9, "global_step counts optimizer steps"
+        for variable in one:
+            np.testing.assert_allclose(
+                two[variable], one[variable], rtol=1e-5, atol=1e-6, err_msg=f"{name} {variable}"
+            )
+        assert np.abs(two["fc1/kernel/Momentum"]).max() > 0, "momentum starts at zero: it trained"
+
+        metrics_two = read_metrics(tmp_path / name)
+        train_two = [(m["step"], m["loss"]) for m in metrics_two if "loss" in m]
+        assert [s for s, _ in train_two] == [3, 6, 9]
+        norms_two = [m["grad_norm"] for m in metrics_two if "loss" in m]
+        np.testing.assert_allclose(norms_two, norms_one, rtol=1e-5)
+        np.testing.assert_allclose([x for _, x in train_two], [x for _, x in train_one], rtol=1e-5)
+        evals_two = [m for m in metrics_two if "eval_top1" in m]
+        assert len(evals_two) == len(evals_one) >= 2
+        for a, b in zip(evals_one, evals_two):
+            assert a["step"] == b["step"]
+            np.testing.assert_allclose(b["eval_loss"], a["eval_loss"], rtol=1e-5)
+            # The weights agree to float precision: at most an image whose two best classes
+            # nearly tie can change its top-1.
+            assert abs(a["eval_top1"] - b["eval_top1"]) * 360 <= 1 + 1e-9
 
 
 @pytest.mark.slow
