@@ -59,7 +59,12 @@ def test_benchmark_quick_writes_its_figure_and_keeps_the_others(tmp_path, name, 
     assert fig["title"] in capsys.readouterr().out  # the table was printed
     rows = _rows(fig)
     if name == "input_pipeline":
-        assert len(rows) == 6  # --quick: 1 thread; (train, eval) x (project, (a), (b))
+        # --quick: 1 thread; (train, eval) x (project, (a), (b)), and the project's per-image
+        # training work alone against (a).
+        assert len(rows) == 7
+        alone = rows["train: project's per-image work alone, in-memory JPEGs, 1 thread"]
+        minimal = rows["train: (a) minimal tf.data, 1 thread"]
+        assert alone["ratio"] == pytest.approx(alone["value"] / minimal["value"])
         for kind in ("train", "eval"):
             ours = rows[f"{kind}: project, 1 thread"]
             assert ours["value"] > 0 and ours["per_cpu_second"] > 0
