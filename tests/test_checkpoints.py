@@ -177,3 +177,19 @@ def test_training_with_restore_path_fine_tunes_from_another_run(source, train_ti
     stored = tf.train.load_checkpoint(rundir.latest_checkpoint(str(tmp_path)))
     assert stored.get_tensor("predictions/kernel").shape == (256, 12)
     assert "predictions/kernel/Momentum" in stored.get_variable_to_shape_map()
+
+
+def test_a_cut_data_file_is_one_line_naming_the_checkpoint(source, tmp_path):
+    """TF 2's reader raises IndexError ("Read less bytes than requested") for a .data file
+    cut short; TF 1.15's a DataLossError: either is the same one line."""
+    import shutil
+
+    for name in os.listdir(os.path.dirname(source)):
+        if name.startswith(os.path.basename(source) + "."):
+            shutil.copy(os.path.join(os.path.dirname(source), name), tmp_path / name)
+    copy = str(tmp_path / os.path.basename(source))
+    os.truncate(copy + ".data-00000-of-00001", 100)
+    names = sorted(checkpoints.variable_shapes(copy))
+    with pytest.raises(UsageError, match=f"^{copy}: unreadable checkpoint") as err:
+        checkpoints.read_values(copy, names)
+    assert "\n" not in str(err.value)

@@ -322,3 +322,44 @@ def test_class_num_from_the_dataset_where_data_is_read():
     with pytest.raises(UsageError, match="--class_num 5: the dataset in /d has 7 classes"):
         resolve(settings={"data_dir": "/d", "class_num": 5}, dataset_classes=classes)
     assert resolve(settings={"data_dir": "/d", "class_num": 9}, dataset_classes=classes)
+
+
+def test_a_config_file_nested_too_deeply_is_one_line(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UsageError, match=f"^--config {path}: not valid JSON") as err:
+        from_args(["--config", str(path)])
+    assert "\n" not in str(err.value)
+
+
+def test_an_integer_beyond_any_float_is_too_large_wherever_it_arrives(tmp_path):
+    huge = 10**400
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({"data_dir": "/d", "lr": huge}))
+    with pytest.raises(UsageError, match=rf"^--config {path}: lr: is too large"):
+        from_args(["--config", str(path)])
+    with pytest.raises(UsageError, match=r"^train\(\): lr: is too large"):
+        resolve(settings={"data_dir": "/d", "lr": huge}, source="train()")
+
+
+def test_yaml_files_with_odd_keys_or_bad_syntax_are_one_line(tmp_path):
+    pytest.importorskip("yaml")
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("1: 2\nfoo: 3\n")
+    with pytest.raises(UsageError, match=rf"^--config {keys}: unknown setting 1"):
+        from_args(["--config", str(keys)])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [0.1\n")
+    with pytest.raises(UsageError, match=rf"^--config {bad}: not valid YAML \(.*line 2") as err:
+        from_args(["--config", str(bad)])
+    assert "\n" not in str(err.value)
+
+
+def test_the_api_refuses_a_preset_or_config_path_of_the_wrong_type(tmp_path):
+    with pytest.raises(UsageError, match="^--preset: must be one of"):
+        resolve(["demo"])
+    with pytest.raises(UsageError, match=r"^--config: expected a file's path, got 5"):
+        resolve(settings_file=5)
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"data_dir": "/d", "batch_size": 8}))
+    assert resolve(settings_file=path).input.batch_size == 8  # a pathlib.Path is a path

@@ -571,6 +571,28 @@ def test_non_utf8_class_folder_is_refused_before_anything_is_written(tmp_path, c
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", ["a\nb", "a\tb"])
+def test_class_folder_with_a_tab_or_line_break_is_refused(tmp_path, capsys, name):
+    """labels.txt holds one class a line, synset and text tab-separated."""
+    src = tmp_path / "src"
+    for folder in (name, "ok"):
+        _jpeg(str(src / "train" / folder / "0.JPEG"), 0)
+    out = tmp_path / "out"
+    assert run_cli(convert.main, [str(src), str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    escaped = name.replace("\n", "\\n").replace("\t", "\\t")
+    assert (
+        err
+        == f"error: {src}/train/{escaped}: class folder name holds a tab or line break; rename it\n"
+    )
+    assert not out.exists()
+
+
+def test_a_usage_mistake_is_one_line(capsys):
+    assert run_cli(convert.main, ["only_the_source"]) == 2
+    assert capsys.readouterr().err == "error: the following arguments are required: out\n"
+
+
 def test_output_folder_inside_the_source_is_left_out(tmp_path, capsys):
     src = tmp_path / "src"
     for k in range(3):
@@ -688,7 +710,12 @@ def test_read_info_names_the_file_and_the_key_of_a_wrong_type(tmp_path, change, 
 
 @pytest.mark.parametrize(
     "content,why",
-    [(b"[1, 2]", "expected a JSON object"), (b'{"name": "\xff"}', "not UTF-8"), (b"{", "")],
+    [
+        (b"[1, 2]", "expected a JSON object"),
+        (b'{"name": "\xff"}', "not UTF-8"),
+        (b"{", ""),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "maximum recursion depth"),
+    ],
 )
 def test_read_info_refuses_a_file_that_is_no_json_object(tmp_path, content, why):
     (tmp_path / info.INFO_FILE).write_bytes(content)

@@ -237,11 +237,13 @@ def test_npu_launch_gives_each_rank_its_environment_and_log_folder(tmp_path):
         (["--npus", "8", "--rank_table", "missing.json"], "--rank_table missing.json: cannot read"),
         (["--npus", "8", "--rank_table", "2p.json"], "--npus 8: 2p.json lists ranks [0, 1]"),
         (["--npus", "2", "--rank_table", "bad.json"], "not an HCCL rank table"),
+        (["--npus", "2", "--rank_table", "deep.json"], "not an HCCL rank table"),
     ],
 )
 def test_npu_launch_refuses_without_a_fitting_rank_table(tmp_path, args, message):
     rank_table(tmp_path / "2p.json", [0, 1])
     (tmp_path / "bad.json").write_text("{}")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     (tmp_path / "run_train.py").write_text(SHOW_RANK)
     proc = run(
         "python", "-m", "vgg_keras.launch", *args, "--", "run_train.py",

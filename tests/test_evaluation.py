@@ -261,6 +261,7 @@ def test_which_checkpoints_a_command_line_names(eval_run, tmp_path, monkeypatch)
         (("--ckpt", found[0], "--eval_dir", eval_run), "give one of them"),
         (("--all-ckpts", "--ckpt", found[0]), one),
         (("--best", "--all-ckpts", "--ckpt", eval_run), "--best names one checkpoint"),
+        (("--best", "--watch", "--ckpt", eval_run), "not with --all-ckpts, --eval_dir or --watch"),
         (("--ckpt", str(tmp_path / "nope")), "checkpoint not found"),
         (("--ckpt", str(tmp_path)), f"no model.ckpt-* checkpoints in {tmp_path}"),
     ]:

@@ -180,6 +180,10 @@ def test_weights_imagenet_takes_the_file_from_keras_cache(tmp_path, monkeypatch)
         assert found == str(tmp_path / "models" / name)
         assert said[-1] == f"--weights imagenet: {found} (from Keras' cache)"
     assert keras_weights.locate("keras_imagenet:/x/y.h5", "vgg16", said.append) == "/x/y.h5"
+    # export's and predict's --weights: another spelling names what is expected.
+    for spec in ("keras:/x/y.h5", "keras_imagenet:", "imagenet21k"):
+        with pytest.raises(UsageError, match="^--weights: expected imagenet or keras_imagenet:"):
+            keras_weights.locate(spec, "vgg16", said.append)
 
 
 def test_caffe_normalization_is_keras_applications_preprocess_input():

@@ -134,3 +134,21 @@ def test_a_log_dir_that_is_a_file_is_named_so(tmp_path):
     config = resolve("demo", {"log_dir": str(tmp_path / "run")})
     with pytest.raises(UsageError, match="run: a file, not a folder"):
         _prepare(config)
+
+
+def test_hand_edited_records_of_the_wrong_type_count_as_absent(tmp_path):
+    folder = str(tmp_path)
+    rundir.write_config(folder, {"arch": "vgg16"}, {"steps_per_epoch": "x", "global_batch": 8})
+    assert rundir.read_recorded(folder) == {"global_batch": 8}
+    for top1 in ("x", None, True):
+        (tmp_path / rundir.BEST_FILE).write_text(json.dumps({"step": 4, "top1": top1}))
+        assert rundir.read_best(folder) is None
+    (tmp_path / rundir.BEST_FILE).write_text(json.dumps({"step": 4, "top1": 0.5}))
+    assert rundir.read_best(folder)["step"] == 4
+
+
+def test_a_config_json_nested_too_deeply_is_one_line(tmp_path):
+    (tmp_path / rundir.CONFIG_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UsageError, match="config.json: unreadable run settings") as err:
+        rundir.read_config(str(tmp_path))
+    assert "\n" not in str(err.value)

@@ -184,7 +184,7 @@ def read_values(path: str, names: list[str]) -> list:
     try:
         reader = tf.train.load_checkpoint(path)
         return [reader.get_tensor(name) for name in names]
-    except (tf.errors.OpError, ValueError) as err:
+    except (tf.errors.OpError, ValueError, IndexError) as err:  # IndexError: a cut .data file
         raise UsageError(
             f"{path}: unreadable checkpoint ({reason(err)}); move its files away to resume "
             "from an earlier one"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -523,7 +524,12 @@ def _scalar(kind: type, value):
         return value
     if not isinstance(value, (int, float)):
         raise ValueError(f"expected a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float
+        raise ValueError(
+            f"is too large, got {str(value)[:12]}... ({len(str(value))} digits)"
+        ) from None
 
 
 def _check_number(value, bounds, shown: str) -> None:
@@ -671,13 +677,13 @@ def resolve(
     gives the classes the dataset's labels need (training and evaluation pass
     data.info's; export and predict compare the class count with the checkpoint instead).
     """
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise UsageError(f"--preset: must be one of {', '.join(PRESETS)}, got {preset!r}")
     values = {name: SETTINGS[name].read(v, "preset") for name, v in PRESETS[preset].items()}
     for name, value in (saved or {}).items():
         if name in INHERITED:
             values[name] = SETTINGS[name].read(value, saved_source)
-    from_file = read_settings_file(settings_file) if settings_file else {}
+    from_file = read_settings_file(settings_file) if settings_file is not None else {}
     values.update(read_all(from_file, f"--config {settings_file}"))
     given = {k: v for k, v in (settings or {}).items() if v is not None}
     values.update(read_all(given, source))
@@ -695,7 +701,7 @@ def resolve(
 
 def read_all(values: dict, source: str) -> dict:
     """Each of ``values`` read by its Setting; an unknown name is refused, naming it."""
-    unknown = sorted(set(values) - set(SETTINGS))
+    unknown = sorted(set(values) - set(SETTINGS), key=str)
     if unknown:
         where = f"{source}: " if source else ""
         raise UsageError(f"{where}unknown setting {unknown[0]!r}")
@@ -792,9 +798,19 @@ def _check(c: Config, need_data: bool) -> None:
         )
 
 
+def _yaml_problem(err) -> str:
+    """PyYAML's several-line message as one line: what is wrong, and where."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem}, line {mark.line + 1} column {mark.column + 1}" if mark else problem
+
+
 def read_settings_file(path: str) -> dict:
     """The settings in a --config file: a JSON or YAML mapping of setting names to values
     (a run's config.json included: what the run recorded there is left out)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"--config: expected a file's path, got {path!r}")
+    path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -812,12 +828,14 @@ def read_settings_file(path: str) -> dict:
             ) from err
         try:
             values = yaml.safe_load(text)
+        except RecursionError as err:
+            raise UsageError(f"--config {path}: not valid YAML (nested too deeply)") from err
         except yaml.YAMLError as err:
-            raise UsageError(f"--config {path}: not valid YAML ({err})") from err
+            raise UsageError(f"--config {path}: not valid YAML ({_yaml_problem(err)})") from err
     else:
         try:
             values = json.loads(text)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise UsageError(f"--config {path}: not valid JSON ({err})") from err
     if not isinstance(values, dict):
         raise UsageError(f"--config {path}: expected a mapping of setting names to values")

@@ -297,7 +297,7 @@ def _read_tf_config() -> dict | None:
         return None
     try:
         tf_config = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise UsageError(f"TF_CONFIG is not valid JSON ({err})") from err
     if not isinstance(tf_config, dict):
         raise UsageError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")

@@ -285,8 +285,8 @@ def targets(options: cli.EvalOptions) -> tuple[str, Iterable[str]]:
     if options.ckpt and options.eval_dir:
         raise UsageError("--ckpt and --eval_dir both name checkpoints: give one of them")
     every = options.all_ckpts or options.eval_dir is not None
-    if every and options.best:
-        raise UsageError("--best names one checkpoint: not with --all-ckpts or --eval_dir")
+    if options.best and (every or options.watch):
+        raise UsageError("--best names one checkpoint: not with --all-ckpts, --eval_dir or --watch")
     path = options.ckpt or options.eval_dir
     if not path:
         path = rundir.newest_run()

@@ -62,9 +62,13 @@ def locate(spec: str, arch_name: str, say: Callable[[str], None], top: bool = Tr
     """The weight file of a --weights spec: ``keras_imagenet:PATH``'s PATH, or for
     ``imagenet`` keras.applications' file for ``arch_name`` (with the top layers, or without:
     ``top=False``), from Keras' cache or downloaded."""
-    if spec.startswith(KERAS_WEIGHTS):
+    if spec.startswith(KERAS_WEIGHTS) and spec != KERAS_WEIGHTS:
         return spec[len(KERAS_WEIGHTS) :]
-    if spec != IMAGENET_WEIGHTS or not arch.get(arch_name).keras_weights:
+    if spec != IMAGENET_WEIGHTS:
+        raise UsageError(
+            f"--weights: expected {IMAGENET_WEIGHTS} or {KERAS_WEIGHTS}PATH, got {spec!r}"
+        )
+    if not arch.get(arch_name).keras_weights:
         raise UsageError(f"--weights {spec}: published weights exist for vgg16 and vgg19 only")
     name, size, md5 = PUBLISHED[(arch_name, top)]
     cached = os.path.join(cache_dir(), name)

@@ -114,7 +114,7 @@ def read_rank_table(path: str, npus: int) -> list[str]:
         by_rank = {int(d["rank_id"]): str(d["device_id"]) for d in devices}
     except OSError as err:
         raise UsageError(f"--rank_table {path}: cannot read it ({err.strerror})") from err
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
         raise UsageError(
             f"--rank_table {path}: not an HCCL rank table (expected JSON with server_list[]."
             "device[] holding device_id and rank_id)"

@@ -121,7 +121,7 @@ def _merge(path: str, new: list[dict]) -> list[dict]:
     try:
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         old = []
     steps = {r["step"] for r in new}
     kept = [

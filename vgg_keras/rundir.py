@@ -201,7 +201,7 @@ def read_json(path: str, what: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
-    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+    except (OSError, ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise UsageError(f"{path}: unreadable {what} ({err})") from err
     if not isinstance(value, dict):
         raise UsageError(f"{path}: unreadable {what} (not a JSON object)")
@@ -216,15 +216,25 @@ def read_config(folder: str) -> dict:
 
 
 def read_recorded(folder: str) -> dict:
-    """What the run recorded in config.json (steps_per_epoch, ...), {} for none."""
+    """What the run recorded in config.json: its counts (steps_per_epoch, ...) that are
+    positive integers; a hand-edited value of another type is left out, as if not recorded."""
     recorded = read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
-    return recorded if isinstance(recorded, dict) else {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: v for k, v in recorded.items() if _is_count(v)}
 
 
 def read_best(folder: str) -> dict | None:
-    """best_checkpoint.json: {"step", "top1", "checkpoint"} of the best evaluation, or None."""
+    """best_checkpoint.json: {"step", "top1", "checkpoint"} of the best evaluation, or None
+    when it is absent or its step or top-1 is not a number (a hand-edited file)."""
     best = read_json(os.path.join(folder, BEST_FILE), "best checkpoint record")
-    return best if isinstance(best.get("step"), int) else None
+    top1 = best.get("top1")
+    is_number = isinstance(top1, (int, float)) and not isinstance(top1, bool)
+    return best if _is_count(best.get("step")) and is_number else None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def best_checkpoint(folder: str) -> str:

@@ -112,7 +112,7 @@ def _read(handle) -> dict:
     handle.seek(0)
     try:
         return json.loads(handle.read() or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}  # a lock file cut short by a crash while being written
 
 

@@ -45,6 +45,7 @@ import threading
 from tqdm import tqdm
 
 from vgg_keras import atomic
+from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.data import info
 from vgg_keras.errors import EXIT_SIGINT, EXIT_SIGTERM, UsageError, reason, run_cli
 
@@ -273,7 +274,7 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
     try:
         with open(task.state_path) as f:
             state = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if state.get("fingerprint") != task.fingerprint:
         return None
@@ -589,6 +590,10 @@ def _classes(scan: _Scan, folder: str, val_labels: str | None) -> list[str]:
         if not _is_utf8(name):
             path = shown(os.path.join(scan.src, folder, name))
             raise UsageError(f"{path}: class folder name is not UTF-8; rename it")
+        if any(c in name for c in "\t\n\r"):  # labels.txt holds a name a line, tab-separated
+            path = shown(os.path.join(scan.src, folder, name))
+            path = path.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+            raise UsageError(f"{path}: class folder name holds a tab or line break; rename it")
     return [d for d in dirs if scan.real(_join(folder, d)) not in scan.ancestors(folder)]
 
 
@@ -849,7 +854,7 @@ def _tell(out: str, src: str, notes, unreadable: int) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog="python -m vgg_keras.data.convert",
         description=__doc__.split("\n\n")[0],
         epilog="docs/data.md describes the layouts, the shard counts and the report.",

@@ -8,15 +8,16 @@ upscaled to 32x32 and JPEG-encoded as single-channel images, labels 1..10 like I
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 
 import numpy as np
 
+from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.compat import tf
 from vgg_keras.data import info, schema, shards
+from vgg_keras.errors import run_cli
 
 IMAGE_SIDE = 32
 TRAIN_SHARDS = 4
@@ -105,7 +106,7 @@ def build(out_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = UsageParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default="data/demo")
     args = parser.parse_args(argv)
     result = build(args.out_dir)
@@ -114,4 +115,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
+from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.errors import EXIT_SIGINT, UsageError, reason, run_cli
 
 try:
@@ -296,7 +297,7 @@ def _check(path: str, want: int | None, num_classes: int, label_offset: int) -> 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog="python -m vgg_keras.data.diagnose",
         description="Check every record of a data folder's train-* and validation-* shards "
         "the way the input pipelines read them; name the first bad record of each file. "

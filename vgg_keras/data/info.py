@@ -44,7 +44,7 @@ def read_json(path: str, what: str) -> dict:
             return json.load(f)
     except UnicodeDecodeError as err:
         raise UsageError(f"{path}: unreadable {what} (not UTF-8 text)") from err
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise UsageError(f"{path}: unreadable {what} ({err})") from err
 
 

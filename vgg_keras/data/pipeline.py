@@ -129,7 +129,7 @@ def load_split(inp: Input, split: str) -> Split:
         try:
             with open(cache_path) as f:
                 cache = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             cache = {}
     cache = cache if isinstance(cache, dict) else {}
     counts, changed = [], False
