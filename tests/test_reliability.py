@@ -9,6 +9,7 @@ are independent of each other start together (``run_all``) to use both cores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -340,6 +341,20 @@ def leftovers(log_dir) -> dict[str, list[str]]:
     }
 
 
+def _wait_until_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Until every thread of ``pid`` is stopped (state T in /proc): SIGSTOP is delivered
+    asynchronously, and the thread writing a checkpoint may finish its rename meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if states and all(state in "Tt" for state in states):
+            return
+        time.sleep(0.0005)
+
+
 def _kill_during_a_save(run: Run, log_dir: Path, timeout: float = 60) -> None:
     """kill -9 while a checkpoint is half-written.
 
@@ -351,6 +366,7 @@ def _kill_during_a_save(run: Run, log_dir: Path, timeout: float = 60) -> None:
     while time.monotonic() < deadline:
         if _saving(log_dir):
             os.kill(run.pid, signal.SIGSTOP)
+            _wait_until_stopped(run.pid)  # on a busy machine a thread may run on a while
             if _saving(log_dir):
                 os.kill(run.pid, signal.SIGKILL)
                 return
