@@ -82,16 +82,18 @@ eval: $(STAMP)
 	$(PY) run_eval.py $$(test -d $(EVAL_CKPT) && echo --eval_dir || echo --ckpt) \
 		$(EVAL_CKPT) $(if $(DATA),--data_dir $(DATA)) $(ARGS)
 
-# `make test` runs everything (CI) and lists each skipped test with its reason; `make
-# test-quick` leaves out the tests marked slow (trainings in subprocesses, the demo run).  Two
-# pytest processes (pytest-xdist), a test file each at a time: much of a test's time is
-# TensorFlow starting up in a subprocess, which leaves the other core free.
+# `make test` runs everything (CI), lists each skipped test with its reason and ends with the
+# 15 slowest tests, so the suite's cost stays visible; `make test-quick` leaves out the tests
+# marked slow (trainings, the demo run, subprocesses).  Two pytest processes (pytest-xdist), a
+# test file each at a time.  With TF=1.15 the suite runs what that stack can change (compat,
+# graphs, checkpoints, the loop, the programs end to end); tests/conftest.py lists the rest.
 TEST_PROCESSES ?= 2
+PYTEST := $(PY) -m pytest -q -rs -n $(TEST_PROCESSES) --dist loadfile --durations 15
 test: $(STAMP)
-	$(PY) -m pytest -q -rs -n $(TEST_PROCESSES) --dist loadfile $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -q -rs -n $(TEST_PROCESSES) --dist loadfile -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -5,7 +5,9 @@ Tests run in eager mode; graph mode only inside explicit ``with tf.Graph().as_de
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import os
 import shutil
 import signal
@@ -172,10 +174,53 @@ def make_writable(folder) -> None:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
-def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run one of the repository's ``run_*.py`` scripts in a fresh Python; output as text."""
-    command = [sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+# The programs the run_*.py scripts run (commands.PROGRAMS), by script name.
+PROGRAMS = {f"run_{name}.py": name for name in ("train", "eval", "export", "predict")}
+# Flags that set up the process itself (TensorFlow's devices, a distribution's runtime): a run
+# with one of them gets a fresh process, as the command line does.
+PROCESS_FLAGS = ("--devices", "--distribution")
+
+
+def run_script(
+    script: str, *args: str, timeout: float = 300, env: dict | None = None, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """Run one of the repository's ``run_*.py`` scripts; its exit code and output as text.
+
+    By default in this process: the same ``commands.main(program, argv)`` that the script
+    runs, its stdout and stderr captured, so a test file starts TensorFlow once instead of once
+    per command (seconds each).  In a fresh Python with ``fresh``, with ``env`` (the whole
+    environment), or with a flag that sets up the process (``PROCESS_FLAGS``): what a test of
+    the process itself needs.  (In this process, TensorFlow's own native log lines are not part
+    of the captured stderr; the programs' own lines are.)
+    """
+    args = tuple(map(str, args))
+    if fresh or env is not None or any(a.split("=")[0] in PROCESS_FLAGS for a in args):
+        command = [sys.executable, os.path.join(REPO_ROOT, script), *args]
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env
+        )
+    return run_in_process(script, *args)
+
+
+def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``script``'s program called in this process (see ``run_script``)."""
+    from vgg_keras import commands, compat
+
+    out, err = io.StringIO(), io.StringIO()
+    argv0, cwd = sys.argv[0], os.getcwd()
+    sys.argv[0] = os.path.join(REPO_ROOT, script)  # argparse's prog: the script's name
+    os.chdir(REPO_ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = commands.main(PROGRAMS[os.path.basename(script)], list(args))
+            except SystemExit as done:  # --help, --version
+                code = done.code or 0
+    finally:
+        sys.argv[0] = argv0
+        os.chdir(cwd)
+        compat.set_precision_policy("fp32")  # the Keras dtype policy is global
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

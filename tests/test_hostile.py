@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_unwritable, make_writable
+from conftest import make_unwritable, make_writable, run_script
 
 from vgg_keras import compat, rundir
 
@@ -31,15 +31,13 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def cli(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    """One of the repository's scripts (or ``-m module``) in a fresh Python."""
-    command = [sys.executable, *([script] if script == "-m" else [str(ROOT / script)])]
+    """One of the repository's run_*.py programs (conftest.run_script: in this process unless
+    it sets up the process), or ``-m module`` in a fresh Python."""
+    if script != "-m":
+        return run_script(script, *args, timeout=timeout)
+    command = [sys.executable, "-m", *map(str, args)]
     return subprocess.run(
-        [*command, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=ENV,
+        command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=ENV
     )
 
 
