@@ -6,6 +6,7 @@ for every other test."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -45,13 +46,14 @@ def npu_bridge():
 
 
 def _session(graph: tf.Graph, iterations_per_loop: int = 1, precision: str = "fp32"):
-    """A session with the Ascend config, as distribute.Npu makes it."""
+    """A session with the Ascend config, as distribute.Npu makes it; closed on leaving, but not
+    made the default (training uses it that way: outside its graph, eager execution is on)."""
     config = npu.session_config(
         compat.session_config(1, 1, False),
         precision=precision,
         iterations_per_loop=iterations_per_loop,
     )
-    return v1.Session(graph=graph, config=config)
+    return contextlib.closing(v1.Session(graph=graph, config=config))
 
 
 def test_the_device_loop_runs_the_step_as_often_as_loaded_per_session_run(npu_bridge):

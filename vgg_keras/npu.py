@@ -101,4 +101,11 @@ def device_loop(train_op: tf.Operation) -> tuple[tf.Operation, Callable[[v1.Sess
 
     looper = util.IterationPerLoop()
     op = looper.create_iteration_per_loop_var(train_op)
-    return op, looper.load_iteration_per_loop_var
+
+    def load(session: v1.Session, iterations_per_loop: int) -> None:
+        # Variable.load assigns eagerly when eager execution is on (as it is here, outside
+        # any graph): inside the session's graph it runs the initializer in the session.
+        with session.graph.as_default():
+            looper.load_iteration_per_loop_var(session, iterations_per_loop)
+
+    return op, load
