@@ -7,14 +7,16 @@ named ``IterationOp``; ``load_iteration_per_loop_var(sess, n)`` loads ``n - 1`` 
 (and 0, 0, 1 into the others) through the variables' initializers.  The device does the rest:
 when the session config's ``NpuOptimizer`` has ``iterations_per_loop`` > 1, a ``Session.run``
 that includes ``IterationOp`` runs the graph ``npu_runconfig/iterations_per_loop + 1`` times
-before it returns (Huawei's guide requires the two counts to be equal).
+before it returns (the config's value switches loop sinking on; Huawei's examples give both
+the same value).
 
 The stand-in does the device's part on the CPU: ``load_iteration_per_loop_var`` also gives that
 session a ``run`` that repeats such a call as many times as the variable says, reading it from
 the session each time (as the device reads it), and returns the last run's fetches.  A
 ``tf.while_loop`` cannot stand in here: it would have to rebuild the already-built train op in
-its body.  Where the session config and the loaded count disagree the stand-in raises (the
-device's behaviour is then undefined).  If ``NPU_STANDIN_TRACE`` names a file, every device loop
+its body; and only sessions given to ``load_iteration_per_loop_var`` change, so importing the
+stand-in leaves every other session of a process alone.  Where the session config and the loaded count disagree the stand-in raises, so
+that a test notices.  If ``NPU_STANDIN_TRACE`` names a file, every device loop
 appends its number of steps to it, one line each, for tests to read.
 """
 
