@@ -54,7 +54,8 @@ def test_one_rank_with_the_device_loop_and_loss_scaling_trains_as_the_cpu(
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "distribution: npu, 1 replicas = 1 worker(s) x 1" in proc.stdout
-    assert trace.read_text().split() == ["10", "10"]  # two Session.run calls of 10 steps
+    loops = trace.read_text().split() if trace.exists() else []
+    assert loops == ["10", "10"]  # two Session.run calls of 10 steps each
     code, _ = train_tiny(
         tmp_path / "cpu",
         batch_size=16,
