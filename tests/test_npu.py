@@ -162,3 +162,27 @@ def test_the_device_loop_takes_intervals_that_are_multiples_of_it():
     _npu().check_plan(
         _plan(max_train_steps=7, save_checkpoints_steps=3, display_every=1, iterations_per_loop=1)
     )
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"RANK_ID": "1", "RANK_TABLE_FILE": "8p.json"}, "--rank_size 8: set RANK_SIZE"),
+        (
+            {"RANK_ID": "1", "RANK_SIZE": "4", "RANK_TABLE_FILE": "8p.json"},
+            "RANK_SIZE '4' differs from --rank_size 8",
+        ),
+    ],
+)
+def test_several_ranks_need_rank_size_set_as_npu_bridge_reads_it(environment, message, monkeypatch):
+    """NPUDistributedOptimizer takes the number of ranks it averages over from RANK_SIZE."""
+    monkeypatch.setattr(compat, "npu_available", lambda: True)
+    for name in ("RANK_ID", "RANK_SIZE", "RANK_TABLE_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    config = demo_config(data_dir="unused", distribution="npu", rank_size=8)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        distribute.create(config)
+    monkeypatch.setenv("RANK_SIZE", "8")
+    assert distribute.create(config).worker_index == 1

@@ -357,7 +357,7 @@ class Runtime:
     )
     rank_size: int = setting(
         1,
-        "npu: devices (processes) in the job, with RANK_ID and RANK_TABLE_FILE set",
+        "npu: devices (processes) in the job, with RANK_ID, RANK_SIZE and RANK_TABLE_FILE set",
         at_least=1,
         at_most=65536,
     )

@@ -547,9 +547,14 @@ def _npu(config: Config) -> Distribution:
         raise UsageError(f"RANK_ID must be an integer, got {os.environ['RANK_ID']!r}") from err
     ranks = config.runtime.rank_size
     if ranks > 1:
-        missing = [v for v in ("RANK_ID", "RANK_TABLE_FILE") if not os.environ.get(v)]
+        missing = [v for v in ("RANK_ID", "RANK_SIZE", "RANK_TABLE_FILE") if not os.environ.get(v)]
         if missing:
             raise UsageError(f"--rank_size {ranks}: set {' and '.join(missing)}")
+        # NPUDistributedOptimizer averages over RANK_SIZE ranks, whatever --rank_size says.
+        if os.environ["RANK_SIZE"].strip() != str(ranks):
+            raise UsageError(
+                f"RANK_SIZE {os.environ['RANK_SIZE']!r} differs from --rank_size {ranks}"
+            )
         if not 0 <= rank_id < ranks:
             raise UsageError(f"RANK_ID {rank_id} is outside --rank_size {ranks}")
     return Npu(

@@ -40,8 +40,8 @@ def session_config(
     # The iterator's GetNext runs on the device too ("data pre-processing sinking"): Huawei's
     # sess.run guide makes it a precondition of loop sinking, and the reference sets it.
     params["enable_data_pre_proc"].b = True
-    # Must equal the count later given to IterationPerLoop.load_iteration_per_loop_var (the
-    # adapter checks the two agree); training loads exactly this value.
+    # Above 1 it switches loop sinking on; the device then repeats the step as often as
+    # IterationPerLoop.load_iteration_per_loop_var says, which training gives this same value.
     params["iterations_per_loop"].i = iterations_per_loop
     params["hcom_parallel"].b = hcom_parallel  # all-reduce overlaps the backward pass
     if precision in PRECISION_MODES:
@@ -101,4 +101,11 @@ def device_loop(train_op: tf.Operation) -> tuple[tf.Operation, Callable[[v1.Sess
 
     looper = util.IterationPerLoop()
     op = looper.create_iteration_per_loop_var(train_op)
-    return op, looper.load_iteration_per_loop_var
+
+    def load(session: v1.Session, iterations_per_loop: int) -> None:
+        # Variable.load assigns eagerly when eager execution is on (as it is here, outside
+        # any graph): inside the session's graph it runs the initializer in the session.
+        with session.graph.as_default():
+            looper.load_iteration_per_loop_var(session, iterations_per_loop)
+
+    return op, load
