@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vgg_keras import compat
 from vgg_keras.compat import tf
 from vgg_keras.data import demo, info, schema, shards
 
@@ -40,10 +41,31 @@ def pytest_configure(config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# On TF 1.15 the suite runs what that stack can change: compat, the graphs, checkpoints, the
+# loop, input pipelines, evaluation, export, distribution, Ascend, the programs end to end.
+# These files test code with nothing stack-specific in it (settings, the run folder, the file
+# tools, the launcher's arithmetic, the cluster files, reporting, the layout), or run both
+# stacks themselves (test_cross_stack); the TF 2 suite runs them.
+STACK_NEUTRAL = (
+    "test_api", "test_bench", "test_clock", "test_cluster_files", "test_config", "test_convert",
+    "test_cross_stack", "test_demo", "test_diagnose", "test_e2e_readme", "test_hostile",
+    "test_layout", "test_plateau", "test_reporting", "test_rundir", "test_throughput",
+)  # fmt: skip
+collect_ignore = [f"{name}.py" for name in STACK_NEUTRAL] if compat.TF1 else []
+
+
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if item.module.__name__.startswith(SUBPROCESS_MODULES):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if collect_ignore:
+        terminalreporter.write_line(
+            f"TF 1.15: {len(collect_ignore)} stack-neutral test files are the TF 2 suite's "
+            f"(tests/conftest.py STACK_NEUTRAL)"
+        )
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:

@@ -53,12 +53,6 @@ def _parser_actions():
     return parser._actions
 
 
-def test_the_parts_are_frozen():
-    c = from_args(DATA)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        c.input.batch_size = 8  # type: ignore[misc]
-
-
 @pytest.mark.parametrize(
     "argv,flag",
     [

@@ -196,10 +196,11 @@ def test_without_a_terminal_progress_is_a_plain_line_on_stderr(tmp_path, capsys,
 
 
 def test_plain_progress_lines_wait_progress_seconds(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(reporting, "PROGRESS_SECONDS", 0.3)
+    now = [1000.0]  # the reporter's clock, moved by hand
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: now[0])
     reporter = Reporter(str(tmp_path), "train.log", total_steps=10)
     reporter.advance(1)  # too soon after the start
-    time.sleep(0.35)
+    now[0] += reporting.PROGRESS_SECONDS
     reporter.advance(2)
     reporter.advance(3)  # too soon after the line of step 2
     reporter.close()
