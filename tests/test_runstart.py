@@ -18,6 +18,7 @@ from vgg_keras.config import RESUME, SETTINGS, resolve
 from vgg_keras.errors import UsageError
 
 RECORDED_COUNTS = ("replicas", "train_images")  # the table's rows that are no setting
+BATCH_LAYOUT = ("batch_size", "accumulation_steps", "replicas")
 
 
 def recorded_run(folder, steps=(4,), record=None, **settings):
@@ -86,6 +87,8 @@ def test_a_resume_changes_each_setting_as_the_table_says(tmp_path, name, kind):
         changed, counts = base, {name: COUNTS[name] + 1}
     else:
         changed, counts = base.replace(**{name: _other(name, base.value(name), tmp_path)}), {}
+    if name in BATCH_LAYOUT:  # they ask when the global batch changes
+        counts["global_batch"] = 16
     if kind in ("fixed", "ask"):
         with pytest.raises(UsageError, match=rf"holds a run with {name}=") as err:
             start(changed, **counts)
@@ -108,6 +111,20 @@ def test_a_resume_changes_each_setting_as_the_table_says(tmp_path, name, kind):
         assert name in entry["changed"], entry
         said = name if name != "precision" else "the run was trained in fp32, it goes on in"
         assert any(said in note for note in decided.notes), decided.notes
+
+
+@pytest.mark.parametrize("name", BATCH_LAYOUT)
+def test_the_same_global_batch_laid_out_otherwise_goes_on_with_a_note(tmp_path, name):
+    """16 images x 1 replica, 8 x 2, 4 x 2 x 2 micro-batches: the same steps."""
+    base = recorded_run(tmp_path, batch_size=16)
+    if name == "replicas":
+        changed, counts = base.replace(batch_size=8), {"replicas": 2}
+    else:
+        changed, counts = base.replace(batch_size=8, accumulation_steps=2), {}
+    decided = start(changed, **counts)
+    assert decided.stream_step == 4
+    assert decided.record["history"][-1]["changed"]["batch_size"] == [16, 8]
+    assert any("batch_size=8" in note for note in decided.notes)
 
 
 def test_an_allowed_batch_change_gives_position_epochs_and_boundaries_once(tmp_path):
@@ -243,3 +260,26 @@ def test_a_changed_batch_is_refused_then_asked_for(script_runner, demo_dir, tmp_
     assert record["history"][-1]["changed"] == {"batch_size": [32, 16]}
     assert record["history"][-1]["stream_step"] == 4
     assert config_lib.RESUME_KIND["batch_size"] == "ask"
+
+
+TINY = dict(batch_size=8, save_checkpoints_steps=4, image_size=32, width_multiplier=0.0625)
+
+
+def test_overwrite_from_a_checkpoint_of_the_run_it_deletes_is_refused(train_tiny, tmp_path):
+    run = tmp_path / "ow"
+    assert train_tiny(run, max_train_steps=4, **TINY)[0] == 0
+    before = snapshot(run)
+    given = str(run / "model.ckpt-4")
+    with pytest.raises(UsageError, match=rf"^--restore_path {given}: --overwrite would delete"):
+        train_tiny(run, overwrite=True, restore_path=given, max_train_steps=4, **TINY)
+    assert snapshot(run) == before
+
+
+def test_a_users_config_json_and_checkpoint_file_survive_a_start(train_tiny, tmp_path):
+    mine = {"config.json": '{"lr": 0.5, "note": "mine"}\n', "checkpoint": "my notes\n"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UsageError, match=rf"^{tmp_path}/config.json: not a run's config.json"):
+        train_tiny(tmp_path, max_train_steps=1, **TINY)
+    assert {name: (tmp_path / name).read_text() for name in mine} == mine
+    assert not rundir.list_checkpoints(str(tmp_path))

@@ -587,7 +587,8 @@ INHERITED = tuple(n for n, s in SETTINGS.items() if s.part != "runtime")
 # What a resume may change, for every setting and the two counts config.json's run record keeps
 # besides the settings (replicas; train_images: the data itself, wherever data_dir now is):
 # fixed (the network the checkpoint holds), ask (the data, its order, the batch, the schedule,
-# the recipe: refused unless --allow_change NAME), note (printed) or free.
+# the recipe: refused unless --allow_change NAME), note (printed) or free.  batch_size,
+# accumulation_steps and replicas ask only when they change the global batch.
 RESUME = {
     "fixed": ("arch", "class_num", "image_size", "width_multiplier"),
     "ask": (

@@ -291,11 +291,11 @@ def prepare(config, counts: dict, cleanup: contextlib.ExitStack, chief: bool = T
     run.  Workers other than the chief only read the chief's folder.  ``config`` is a
     config.Config (not imported: config.py reads this module's names)."""
     loop = config.loop
-    if not chief and loop.overwrite:  # the chief is deleting the previous run
+    if not chief and not loop.overwrite:
+        return decide(config, counts)
+    if not chief:  # the chief is deleting the previous run: only --resume is read
         path = resolve_checkpoint(loop.resume)[0] if loop.resume else None
         return Start(path, checkpoint_step(path) if path else 0, {})
-    if not chief:
-        return decide(config, counts)
     lock = cleanup.enter_context(runlock.RunLock(loop.log_dir))
     if lock.stale_owner:
         owner = lock.stale_owner
@@ -365,7 +365,11 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
         if old.get(name, counts[name]) != counts[name]:
             changes.append((name, old[name], counts[name], RESUME_KIND[name]))
     notes, changed = [], {}
+    batch, per_epoch = counts["global_batch"], counts["steps_per_epoch"]
+    was_batch, was_epoch = old.get("global_batch", batch), old.get("steps_per_epoch", per_epoch)
     for name, was, now, kind in changes:
+        if was_batch == batch and name in ("batch_size", "accumulation_steps", "replicas"):
+            kind = "note"  # the same global batch, laid out otherwise: the same steps
         shown = f"{name}={_plain(was)}, this run has {name}={_plain(now)}"
         if kind == "fixed":
             raise UsageError(
@@ -380,8 +384,6 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
         precision = f"the run was trained in {was}, it goes on in {now}"
         notes.append(f"note: {precision if name == 'precision' else where + ' had ' + shown}")
         changed.setdefault("changed", {})[name] = [_plain(was), _plain(now)]
-    batch, per_epoch = counts["global_batch"], counts["steps_per_epoch"]
-    was_batch, was_epoch = old.get("global_batch", batch), old.get("steps_per_epoch", per_epoch)
     stream = step * was_batch // batch
     if (was_batch, was_epoch) != (batch, per_epoch):
         bounds = [int(round(b * per_epoch)) for b in config.optimizer.lr_boundaries]
@@ -410,8 +412,8 @@ def _recorded_id(folder: str) -> str | None:
     return record.get("id") if isinstance(record, dict) else None
 
 
-def _run_record(folder: str, absent=None):
-    """config.json's run record in ``folder`` (``absent`` without a config.json).  A config.json
+def _run_record(folder: str) -> dict | None:
+    """config.json's run record in ``folder`` (None without a config.json).  A config.json
     without one, or a ``checkpoint`` file that names no model.ckpt-<step>, is not this
     program's: refused, naming it (a start would replace it)."""
     path, state = os.path.join(folder, CONFIG_FILE), os.path.join(folder, STATE_FILE)
@@ -421,7 +423,7 @@ def _run_record(folder: str, absent=None):
     target = os.path.basename(state_file_target(folder) or "")
     if os.path.exists(state) and not re.fullmatch(rf"{CHECKPOINT_PREFIX}-\d+", target):
         raise UsageError(f"{state}: not a state file naming a model.ckpt-<step>: {_ASIDE}")
-    return record if os.path.exists(path) else absent
+    return record if os.path.exists(path) else None
 
 
 _ASIDE = "a run would replace it; move it away, or use another --log_dir"
