@@ -183,6 +183,14 @@ def test_a_users_config_json_or_checkpoint_file_is_never_replaced(tmp_path, name
     assert (tmp_path / name).read_text() == before
 
 
+@pytest.mark.parametrize("name", ["best_checkpoint.json", "train.log", "eval_results.csv"])
+def test_a_users_file_of_a_runs_name_in_a_folder_without_a_run_is_left_alone(tmp_path, name):
+    (tmp_path / name).write_text("mine\n")
+    with pytest.raises(UsageError, match=rf"^{tmp_path / name}: not a run's file"):
+        start(resolve("demo", {"log_dir": str(tmp_path)}))
+    assert (tmp_path / name).read_text() == "mine\n"
+
+
 def test_overwrite_never_deletes_what_the_command_reads(tmp_path):
     config = recorded_run(tmp_path, steps=[4, 8])
     before = snapshot(tmp_path)

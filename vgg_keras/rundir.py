@@ -326,6 +326,11 @@ def decide(config, counts: dict) -> Start:
         _check_overwrite(loop, record)
         record = None
     held = [] if loop.overwrite else list_checkpoints(log_dir)
+    if record is None and not held and not loop.overwrite:  # no run here: nothing is ours
+        names = [os.path.basename(p) for p in _previous_run(log_dir, loop.log_name)]
+        mine = [n for n in names if n != STATE_FILE and not n.startswith(EVENTS_PREFIX)]
+        if mine:
+            raise UsageError(f"{os.path.join(log_dir, mine[0])}: not a run's file: {_ASIDE}")
     newest = None if loop.overwrite else _resumable_checkpoint(log_dir)
     path = resolve_checkpoint(loop.resume)[0] if loop.resume else newest
     fresh = {"id": uuid.uuid4().hex[:12], **counts}
