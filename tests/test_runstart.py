@@ -141,6 +141,17 @@ def test_an_allowed_batch_change_gives_position_epochs_and_boundaries_once(tmp_p
     assert "20 steps per epoch (were 40)" in note
 
 
+def test_a_restart_after_an_allowed_batch_change_keeps_its_input_position(tmp_path):
+    """Changed at step 8 (the stream at 4 batches of 16), restarted from step 12: 8 batches."""
+    history = [{"step": 0, "global_batch": 8}, {"step": 8, "stream_step": 4, "global_batch": 16}]
+    record = {**COUNTS, "global_batch": 16, "id": "r1", "history": history}
+    config = recorded_run(tmp_path, steps=[8, 12], record=record, batch_size=64)
+    decided = start(config, global_batch=16)
+    assert decided.stream_step == 8 and not decided.notes
+    older = start(config.replace(batch_size=32, allow_change=("batch_size",)), global_batch=8)
+    assert older.stream_step == 16  # 128 images, in batches of 8
+
+
 def test_allow_change_takes_only_what_a_resume_refuses():
     assert resolve("demo", {"allow_change": "batch_size,lr"}).loop.allow_change == (
         "batch_size",
@@ -153,13 +164,15 @@ def test_allow_change_takes_only_what_a_resume_refuses():
 def test_a_fresh_run_and_its_resumes_record_their_lineage(tmp_path):
     config = resolve("demo", {"log_dir": str(tmp_path)})
     fresh = start(config)
-    assert fresh.checkpoint is None and fresh.record["history"] == [{"step": 0}]
+    assert fresh.checkpoint is None
+    assert fresh.record["history"] == [{"step": 0, "global_batch": 8}]
     rundir.write_config(str(tmp_path), config.flat(), fresh.record)
     save_tiny_checkpoints(str(tmp_path), [4])
     resumed = start(config)
     assert resumed.record["id"] == fresh.record["id"]
     own = {"step": 4, "from": "model.ckpt-4", "run": fresh.record["id"]}
-    assert resumed.record["history"] == [{"step": 0}, own]
+    own.update(stream_step=4, global_batch=8)
+    assert resumed.record["history"] == [fresh.record["history"][0], own]
 
 
 def test_a_run_folder_of_before_run_ids_resumes_and_gets_one(tmp_path):
@@ -167,7 +180,7 @@ def test_a_run_folder_of_before_run_ids_resumes_and_gets_one(tmp_path):
     decided = start(config)
     assert decided.checkpoint == str(tmp_path / "model.ckpt-4")
     assert decided.record["id"] and decided.record["history"] == [
-        {"step": 4, "from": "model.ckpt-4"}
+        {"step": 4, "from": "model.ckpt-4", "stream_step": 4, "global_batch": 8}
     ]
 
 
@@ -225,9 +238,9 @@ def test_a_resume_from_elsewhere_never_mixes_into_another_history(tmp_path, othe
     fresh = tmp_path / "fresh"
     decided = start(config.replace(resume=resume, log_dir=str(fresh)))
     assert decided.record["id"] != "r2"
-    assert decided.record["history"] == [
-        {"step": other_steps[-1], "from": os.path.abspath(resume), "run": "r2"}
-    ]
+    step = other_steps[-1]
+    entry = {"step": step, "from": os.path.abspath(resume), "run": "r2", "stream_step": step}
+    assert decided.record["history"] == [{**entry, "global_batch": 8}]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +257,7 @@ def test_resume_from_another_run_into_a_later_history_is_refused(train_tiny, tmp
         train_tiny(run, resume=str(other / "model.ckpt-4"), max_train_steps=8, **tiny)
     assert snapshot(run) == before
     record = json.loads((run / "config.json").read_text())["run"]
-    assert record["history"] == [{"step": 0}]
+    assert record["history"] == [{"step": 0, "global_batch": 8}]
 
 
 def test_a_changed_batch_is_refused_then_asked_for(script_runner, demo_dir, tmp_path):

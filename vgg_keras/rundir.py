@@ -335,11 +335,12 @@ def decide(config, counts: dict) -> Start:
     path = resolve_checkpoint(loop.resume)[0] if loop.resume else newest
     fresh = {"id": uuid.uuid4().hex[:12], **counts}
     if path is None:
-        return Start(None, 0, {**fresh, "history": [{"step": 0}]})
+        history = [{"step": 0, "global_batch": counts["global_batch"]}]
+        return Start(None, 0, {**fresh, "history": history})
     step, source = checkpoint_step(path), os.path.dirname(path)
     inside = _inside(path, log_dir)
     later = [os.path.basename(p) for p in held if checkpoint_step(p) > step]
-    source_id = _recorded_id(source)
+    source_id = _run_record_of(source).get("id")
     same = bool(record and record.get("id")) and record.get("id") == source_id
     if held and (later or not (inside or same)):
         what = "newer checkpoints" if inside else "a later step" if later else "another run's"
@@ -355,7 +356,7 @@ def decide(config, counts: dict) -> Start:
     entry = {"step": step, "from": os.path.basename(path) if inside else os.path.abspath(path)}
     entry.update({"run": source_id, **changed} if source_id else changed)
     kept = record if inside and record and record.get("id") else {"id": fresh["id"]}
-    history = [*kept.get("history", []), entry]
+    history = [*(_history(log_dir) if kept is record else []), entry]
     return Start(path, stream, {"id": kept["id"], **counts, "history": history}, tuple(notes))
 
 
@@ -389,13 +390,19 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
         precision = f"the run was trained in {was}, it goes on in {now}"
         notes.append(f"note: {precision if name == 'precision' else where + ' had ' + shown}")
         changed.setdefault("changed", {})[name] = [_plain(was), _plain(now)]
-    stream = step * was_batch // batch
+    # The images drawn by ``step``: from the start of its history's segment, in that batch.
+    begun = [e for e in _history(folder) if e.get("step", 0) <= step]
+    since = begun[-1] if begun else {}
+    at, begin = since.get("stream_step", since.get("step", 0)), since.get("step", 0)
+    images = (at + step - begin) * since.get("global_batch", was_batch)
+    stream = images // batch
+    changed.update(stream_step=stream, global_batch=batch)
     if (was_batch, was_epoch) != (batch, per_epoch):
         bounds = [int(round(b * per_epoch)) for b in config.optimizer.lr_boundaries]
-        changed.update(stream_step=stream, steps_per_epoch=per_epoch, lr_boundary_steps=bounds)
+        changed.update(steps_per_epoch=per_epoch, lr_boundary_steps=bounds)
         notes.append(
             f"note: global batch {was_batch} -> {batch}: the input goes on after "
-            f"{step * was_batch} images (step {stream} of the new stream); {per_epoch} steps per "
+            f"{images} images (step {stream} of the new stream); {per_epoch} steps per "
             f"epoch (were {was_epoch}): step {step} is epoch {step / per_epoch:.4g} of the "
             f"schedule (was {step / was_epoch:.4g}); piecewise boundaries at steps {bounds}"
         )
@@ -411,10 +418,21 @@ def _inside(path: str, folder: str) -> bool:
     return os.path.isdir(folder) and os.path.samefile(os.path.dirname(path) or ".", folder)
 
 
-def _recorded_id(folder: str) -> str | None:
-    """The run id config.json records in ``folder`` (None: none, or a run of before ids)."""
+def _history(folder: str) -> list[dict]:
+    """The history config.json records in ``folder``: its well-formed entries (counts)."""
+    history = _run_record_of(folder).get("history")
+    keys = ("step", "stream_step", "global_batch")
+    return [
+        e
+        for e in (history if isinstance(history, list) else [])
+        if isinstance(e, dict) and all(_is_count(e[k]) or e[k] == 0 for k in keys if k in e)
+    ]
+
+
+def _run_record_of(folder: str) -> dict:
+    """The run record config.json holds in ``folder`` ({}: none, or not a record)."""
     record = read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
-    return record.get("id") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else {}
 
 
 def _run_record(folder: str) -> dict | None:
