@@ -292,7 +292,7 @@ def prepare(config, counts: dict, cleanup: contextlib.ExitStack, chief: bool = T
     config.Config (not imported: config.py reads this module's names)."""
     loop = config.loop
     if not chief and not loop.overwrite:
-        return decide(config, counts)
+        return decide(config, counts, chief=False)
     if not chief:  # the chief is deleting the previous run: only --resume is read
         path = resolve_checkpoint(loop.resume)[0] if loop.resume else None
         return Start(path, checkpoint_step(path) if path else 0, {})
@@ -310,12 +310,13 @@ def prepare(config, counts: dict, cleanup: contextlib.ExitStack, chief: bool = T
     return start
 
 
-def decide(config, counts: dict) -> Start:
+def decide(config, counts: dict, chief: bool = True) -> Start:
     """How the run in --log_dir starts, from the folder's record and the flags; writes nothing.
 
-    ``counts``: this run's steps_per_epoch, global_batch, train_images and replicas.  A start
-    touches only files a run of this program wrote: another config.json or ``checkpoint`` file
-    there is refused, naming it.  A folder holding checkpoints is resumed from its newest (or
+    ``counts``: this run's steps_per_epoch, global_batch, train_images and replicas (a worker
+    other than the ``chief`` reads a folder the chief may be writing).  A start touches only
+    files a run of this program wrote: another config.json or ``checkpoint`` file there is
+    refused, naming it.  A folder holding checkpoints is resumed from its newest (or
     --resume's, when it holds no later one); a --resume from elsewhere goes only into a folder
     holding no other history; a resume changes settings as config.RESUME says.  --overwrite
     deletes only a recorded run of this program's, never what the same command reads.
@@ -326,7 +327,7 @@ def decide(config, counts: dict) -> Start:
         _check_overwrite(loop, record)
         record = None
     held = [] if loop.overwrite else list_checkpoints(log_dir)
-    if record is None and not held and not loop.overwrite:  # no run here: nothing is ours
+    if chief and record is None and not held and not loop.overwrite:  # nothing here is ours
         names = [os.path.basename(p) for p in _previous_run(log_dir, loop.log_name)]
         mine = [n for n in names if n != STATE_FILE and not n.startswith(EVENTS_PREFIX)]
         if mine:
