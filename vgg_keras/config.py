@@ -340,7 +340,7 @@ class Loop:
     )
     overwrite: bool = setting(False, "allow a fresh start over a log_dir holding another run")
     allow_change: Tuple[str, ...] = setting(
-        (), "resume: settings it may change that RESUME refuses otherwise (batch_size, lr, ...)"
+        (), "a resume may change these, comma-separated (batch_size, lr, seed, replicas, ...)"
     )
 
 
