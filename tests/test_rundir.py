@@ -101,15 +101,18 @@ def test_own_names_cover_what_a_run_writes():
     assert not rundir.is_own_name("vgg16.log")
 
 
-def _prepare(config) -> str | None:
+COUNTS = {"steps_per_epoch": 40, "global_batch": 8, "train_images": 320, "replicas": 1}
+
+
+def _prepare(config, counts=None) -> str | None:
     with contextlib.ExitStack() as stack:
-        return rundir.prepare(config, stack)
+        return rundir.prepare(config, {**COUNTS, **(counts or {})}, stack).checkpoint
 
 
 def test_a_folder_without_a_checkpoint_never_blocks_a_corrected_command(tmp_path):
     """A start that failed before its first checkpoint left its config.json behind."""
     failed = resolve("demo", {"log_dir": str(tmp_path), "image_size": 64})
-    rundir.write_config(str(tmp_path), failed.flat())
+    rundir.write_config(str(tmp_path), failed.flat(), COUNTS)
     corrected = resolve("demo", {"log_dir": str(tmp_path)})
     assert _prepare(corrected) is None
 
@@ -117,7 +120,7 @@ def test_a_folder_without_a_checkpoint_never_blocks_a_corrected_command(tmp_path
 def test_another_network_over_a_checkpoint_is_refused_reading_its_values_typed(tmp_path):
     config = resolve("demo", {"log_dir": str(tmp_path)})
     save_tiny_checkpoints(str(tmp_path), [3])
-    saved = {**config.flat(), "image_size": "32"}  # a hand-edited config.json
+    saved = {**config.flat(), "image_size": "32", "run": COUNTS}  # a hand-edited config.json
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert _prepare(config) == str(tmp_path / "model.ckpt-3")
     saved["arch"] = "vgg19"

@@ -339,6 +339,9 @@ class Loop:
         at_most=SEED_MAX,
     )
     overwrite: bool = setting(False, "allow a fresh start over a log_dir holding another run")
+    allow_change: Tuple[str, ...] = setting(
+        (), "a resume may change these, comma-separated (batch_size, lr, seed, replicas, ...)"
+    )
 
 
 @dataclass(frozen=True)
@@ -404,15 +407,15 @@ class Config:
         """The settings that define the network a checkpoint holds."""
         return {name: self.value(name) for name in IDENTITY}
 
-    def changed_identity(self, saved: dict, source: str) -> list[tuple]:
-        """(name, saved value, ours) for each network setting that ``saved`` (a run's
-        config.json, read from ``source``) holds with another value."""
+    def resume_changes(self, saved: dict, source: str) -> list[tuple]:
+        """(name, saved value, ours, RESUME's kind) for each setting a resume may not change
+        freely that ``saved`` (a run's config.json, read from ``source``) holds otherwise."""
         changes = []
-        for name in IDENTITY:
-            if name in saved:
+        for name in INHERITED:
+            if name in saved and RESUME_KIND[name] != "free":
                 old = SETTINGS[name].read(saved[name], source)
                 if old != self.value(name):
-                    changes.append((name, old, self.value(name)))
+                    changes.append((name, old, self.value(name), RESUME_KIND[name]))
         return changes
 
     def to_json(self) -> str:
@@ -580,6 +583,33 @@ SETTINGS = _declared()
 IDENTITY = tuple(n for n, s in SETTINGS.items() if s.metadata["identity"])
 EVALUATION = tuple(n for n, s in SETTINGS.items() if s.metadata["evaluation"])
 INHERITED = tuple(n for n, s in SETTINGS.items() if s.part != "runtime")
+
+# What a resume may change, for every setting and the two counts config.json's run record keeps
+# besides the settings (replicas; train_images: the data itself, wherever data_dir now is):
+# fixed (the network the checkpoint holds), ask (the data, its order, the batch, the schedule,
+# the recipe: refused unless --allow_change NAME), note (printed) or free.  batch_size,
+# accumulation_steps and replicas ask only when they change the global batch.
+RESUME = {
+    "fixed": ("arch", "class_num", "image_size", "width_multiplier"),
+    "ask": (
+        *("replicas", "batch_size", "accumulation_steps", "train_images", "synthetic"),
+        *("label_offset", "preprocess", "input_mode", "shuffle_buffer", "min_object_covered"),
+        *("area_range", "aspect_ratio_range", "seed", "lr", "lr_schedule", "lr_boundaries"),
+        *("lr_values", "T_max", "eta_min", "warmup_epochs", "scale_lr", "dropout"),
+        *("trainable_from", "momentum", "use_nesterov", "label_smoothing", "weight_decay"),
+        *("decay_biases", "clip_grad_norm"),
+    ),
+    "note": ("precision", "data_dir"),
+    "free": (
+        *("conv_init", "dense_init", "tfds_data_dir", "eval_batch_size", "eval_resize"),
+        *("skip_corrupt", "nan_policy", "mode", "max_train_steps", "max_epochs"),
+        *("epochs_between_evals", "iterations_per_loop", "display_every", "log_name", "log_dir"),
+        *("save_checkpoints_steps", "keep_checkpoint_max", "resume", "restore_path"),
+        *("restore_exclude", "weights", "eval_dir", "overwrite", "allow_change", "distribution"),
+        *("devices", "rank_size", "intra_op_threads", "inter_op_threads", "xla", "progress"),
+    ),
+}
+RESUME_KIND = {name: kind for kind, names in RESUME.items() for name in names}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -776,6 +806,8 @@ def _check(c: Config, need_data: bool) -> None:
             f"{c.network.trainable_from} is no layer or block of {c.network.arch} (e.g. block4, "
             "fc1, predictions)",
         )
+    asked = [n for n in loop.allow_change if RESUME_KIND.get(n) != "ask"] + [""]
+    _need(not asked[0], "allow_change", f"{asked[0]}: not one of {', '.join(RESUME['ask'])}")
     if loop.resume is not None:
         _need(
             loop.restore_path is None and loop.weights is None,

@@ -21,11 +21,13 @@ save therefore leaves only temporary names, which ``remove_partial`` deletes.)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
 import re
 import shutil
+import uuid
 
 from vgg_keras import atomic, runlock
 from vgg_keras.errors import UsageError
@@ -267,65 +269,201 @@ def newest_run(runs_dir: str = RUNS_DIR) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Getting a folder ready for a run
+# How a run starts: decided once, from the folder's record and the flags, before any write
 
 
-def prepare(config, cleanup: contextlib.ExitStack) -> str | None:
-    """Lock log_dir for this run and check it against the run; returns the checkpoint to
-    resume from (--resume, or the newest one there).
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """How a run starts: ``checkpoint`` it resumes from (None: step 0, from --restore_path,
+    --weights or fresh weights), ``stream_step`` where its input stream goes on, ``record`` what
+    config.json records of it (its ``id``, the counts, and ``history``: per start, the step its
+    checkpoints continue from and where from) and ``notes`` to print."""
 
-    The lock is released when ``cleanup`` closes.  Never starts afresh over a run it could
-    resume (another network's config.json, checkpoint files without a complete checkpoint):
-    refused unless ``--overwrite``, which deletes the previous run first.  A folder that holds
-    no checkpoint (a start that failed) never blocks a corrected command.  Leftovers of
-    interrupted saves are deleted.  ``config`` is a config.Config (not imported: config.py
-    reads this module's names).
-    """
-    log_dir = config.loop.log_dir
-    lock = cleanup.enter_context(runlock.RunLock(log_dir))
+    checkpoint: str | None
+    stream_step: int
+    record: dict
+    notes: tuple = ()
+
+
+def prepare(config, counts: dict, cleanup: contextlib.ExitStack, chief: bool = True) -> Start:
+    """Decide how the run starts (``decide``), then get log_dir ready: lock it (released when
+    ``cleanup`` closes), delete what interrupted saves left and, with --overwrite, the previous
+    run.  Workers other than the chief only read the chief's folder.  ``config`` is a
+    config.Config (not imported: config.py reads this module's names)."""
+    loop = config.loop
+    if not chief and not loop.overwrite:
+        return decide(config, counts, chief=False)
+    if not chief:  # the chief is deleting the previous run: only --resume is read
+        path = resolve_checkpoint(loop.resume)[0] if loop.resume else None
+        return Start(path, checkpoint_step(path) if path else 0, {})
+    lock = cleanup.enter_context(runlock.RunLock(loop.log_dir))
     if lock.stale_owner:
         owner = lock.stale_owner
         print(f"note: took over {lock.path} from pid {owner.get('pid')}, which is not running")
     try:
-        remove_partial(log_dir)
-        resume = resume_point(config.loop.resume, log_dir, config.loop.overwrite)
-        if config.loop.overwrite:
-            _remove_previous_run(log_dir, config.loop.log_name)
-        latest = _resumable_checkpoint(log_dir)
-        if latest is not None:
-            _check_network(config, log_dir)
+        remove_partial(loop.log_dir)
+        start = decide(config, counts)
+        if loop.overwrite:
+            _remove_previous_run(loop.log_dir, loop.log_name)
     except OSError as err:
-        raise UsageError(f"--log_dir {log_dir}: cannot write there ({err.strerror})") from err
-    return resume or latest
+        raise UsageError(f"--log_dir {loop.log_dir}: cannot write there ({err.strerror})") from err
+    return start
 
 
-def resume_point(resume: str | None, log_dir: str, overwrite: bool) -> str | None:
-    """The checkpoint --resume names.  Refused when it lies in --log_dir and that holds newer
-    checkpoints (the run would mix two histories there) or --overwrite would delete it."""
-    if resume is None:
-        return None
-    (path,) = resolve_checkpoint(resume)
-    inside = os.path.samefile(os.path.dirname(path), log_dir)
-    if inside and overwrite:
-        raise UsageError(f"--resume {resume}: --overwrite would delete it (it is in --log_dir)")
-    newer = [p for p in list_checkpoints(log_dir) if checkpoint_step(p) > checkpoint_step(path)]
-    if newer and inside:
+def decide(config, counts: dict, chief: bool = True) -> Start:
+    """How the run in --log_dir starts, from the folder's record and the flags; writes nothing.
+
+    ``counts``: this run's steps_per_epoch, global_batch, train_images and replicas (a worker
+    other than the ``chief`` reads a folder the chief may be writing).  A start touches only
+    files a run of this program wrote: another config.json or ``checkpoint`` file there is
+    refused, naming it.  A folder holding checkpoints is resumed from its newest (or
+    --resume's, when it holds no later one); a --resume from elsewhere goes only into a folder
+    holding no other history; a resume changes settings as config.RESUME says.  --overwrite
+    deletes only a recorded run of this program's, never what the same command reads.
+    """
+    loop, log_dir = config.loop, config.loop.log_dir
+    record = _run_record(log_dir)
+    if loop.overwrite:
+        _check_overwrite(loop, record)
+        record = None
+    held = [] if loop.overwrite else list_checkpoints(log_dir)
+    if chief and record is None and not held and not loop.overwrite:  # nothing here is ours
+        names = [os.path.basename(p) for p in _previous_run(log_dir, loop.log_name)]
+        mine = [n for n in names if n != STATE_FILE and not n.startswith(EVENTS_PREFIX)]
+        if mine:
+            raise UsageError(f"{os.path.join(log_dir, mine[0])}: not a run's file: {_ASIDE}")
+    newest = None if loop.overwrite else _resumable_checkpoint(log_dir)
+    path = resolve_checkpoint(loop.resume)[0] if loop.resume else newest
+    fresh = {"id": uuid.uuid4().hex[:12], **counts}
+    if path is None:
+        history = [{"step": 0, "global_batch": counts["global_batch"]}]
+        return Start(None, 0, {**fresh, "history": history})
+    step, source = checkpoint_step(path), os.path.dirname(path)
+    inside = _inside(path, log_dir)
+    later = [os.path.basename(p) for p in held if checkpoint_step(p) > step]
+    source_id = _run_record_of(source).get("id")
+    same = bool(record and record.get("id")) and record.get("id") == source_id
+    if held and (later or not (inside or same)):
+        what = "newer checkpoints" if inside else "a later step" if later else "another run's"
         raise UsageError(
-            f"--resume {resume}: --log_dir {log_dir} holds newer checkpoints ({os.path.basename(newer[0])}"
-            f"{' ...' if len(newer) > 1 else ''}): resume into another --log_dir, which the run "
+            f"--resume {loop.resume}: --log_dir {log_dir} holds {what} ({(later or held)[0]}"
+            f"{' ...' if len(later) > 1 else ''}): resume into another --log_dir, which the run "
             "then continues from this one's state"
         )
-    return path
+    where = f"--log_dir {log_dir}" if inside else f"--resume {loop.resume}"
+    notes, changed, stream = _resume_changes(config, source, where, counts, step)
+    if loop.restore_path or loop.weights:
+        notes.insert(0, f"note: resuming from {path}; --restore_path and --weights start a run")
+    entry = {"step": step, "from": os.path.basename(path) if inside else os.path.abspath(path)}
+    entry.update({"run": source_id, **changed} if source_id else changed)
+    kept = record if inside and record and record.get("id") else {"id": fresh["id"]}
+    history = [*(_history(log_dir) if kept is record else []), entry]
+    return Start(path, stream, {"id": kept["id"], **counts, "history": history}, tuple(notes))
 
 
-def _check_network(config, log_dir: str) -> None:
-    source = os.path.join(log_dir, CONFIG_FILE)
-    changed = config.changed_identity(read_config(log_dir), source)
-    if changed:
-        key, old, new = changed[0]
+def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
+    """(notes, changes to record, the input stream's step) of resuming the run in ``folder`` at
+    ``step`` with ``config``, as config.RESUME says; a change it refuses is a UsageError."""
+    from vgg_keras.config import RESUME_KIND  # config.py imports this module
+
+    old = read_recorded(folder)
+    changes = config.resume_changes(read_config(folder), os.path.join(folder, CONFIG_FILE))
+    for name in ("replicas", "train_images"):
+        if old.get(name, counts[name]) != counts[name]:
+            changes.append((name, old[name], counts[name], RESUME_KIND[name]))
+    notes, changed = [], {}
+    batch, per_epoch = counts["global_batch"], counts["steps_per_epoch"]
+    was_batch, was_epoch = old.get("global_batch", batch), old.get("steps_per_epoch", per_epoch)
+    for name, was, now, kind in changes:
+        if was_batch == batch and name in ("batch_size", "accumulation_steps", "replicas"):
+            kind = "note"  # the same global batch, laid out otherwise: the same steps
+        shown = f"{name}={_plain(was)}, this run has {name}={_plain(now)}"
+        if kind == "fixed":
+            raise UsageError(
+                f"{where} holds a run with {shown} (use another --log_dir, or --overwrite to "
+                "delete that run)"
+            )
+        if kind == "ask" and name not in config.loop.allow_change:
+            raise UsageError(
+                f"{where} holds a run with {shown}: a resume changes it only with "
+                f"--allow_change {name}"
+            )
+        precision = f"the run was trained in {was}, it goes on in {now}"
+        notes.append(f"note: {precision if name == 'precision' else where + ' had ' + shown}")
+        changed.setdefault("changed", {})[name] = [_plain(was), _plain(now)]
+    # The images drawn by ``step``: from the start of its history's segment, in that batch.
+    begun = [e for e in _history(folder) if e.get("step", 0) <= step]
+    since = begun[-1] if begun else {}
+    at, begin = since.get("stream_step", since.get("step", 0)), since.get("step", 0)
+    images = (at + step - begin) * since.get("global_batch", was_batch)
+    stream = images // batch
+    changed.update(stream_step=stream, global_batch=batch)
+    if (was_batch, was_epoch) != (batch, per_epoch):
+        bounds = [int(round(b * per_epoch)) for b in config.optimizer.lr_boundaries]
+        changed.update(steps_per_epoch=per_epoch, lr_boundary_steps=bounds)
+        notes.append(
+            f"note: global batch {was_batch} -> {batch}: the input goes on after "
+            f"{images} images (step {stream} of the new stream); {per_epoch} steps per "
+            f"epoch (were {was_epoch}): step {step} is epoch {step / per_epoch:.4g} of the "
+            f"schedule (was {step / was_epoch:.4g}); piecewise boundaries at steps {bounds}"
+        )
+    return notes, changed, stream
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True when the checkpoint ``path`` lies in ``folder``."""
+    return os.path.isdir(folder) and os.path.samefile(os.path.dirname(path) or ".", folder)
+
+
+def _history(folder: str) -> list[dict]:
+    """The history config.json records in ``folder``: its well-formed entries (counts)."""
+    history = _run_record_of(folder).get("history")
+    keys = ("step", "stream_step", "global_batch")
+    return [
+        e
+        for e in (history if isinstance(history, list) else [])
+        if isinstance(e, dict) and all(_is_count(e[k]) or e[k] == 0 for k in keys if k in e)
+    ]
+
+
+def _run_record_of(folder: str) -> dict:
+    """The run record config.json holds in ``folder`` ({}: none, or not a record)."""
+    record = read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
+    return record if isinstance(record, dict) else {}
+
+
+def _run_record(folder: str) -> dict | None:
+    """config.json's run record in ``folder`` (None without a config.json).  A config.json
+    without one, or a ``checkpoint`` file that names no model.ckpt-<step>, is not this
+    program's: refused, naming it (a start would replace it)."""
+    path, state = os.path.join(folder, CONFIG_FILE), os.path.join(folder, STATE_FILE)
+    record = read_json(path, "run settings").get(RECORDED)
+    if os.path.exists(path) and not isinstance(record, dict):
+        raise UsageError(f"{path}: not a run's config.json (no {RECORDED!r} record): {_ASIDE}")
+    target = os.path.basename(state_file_target(folder) or "")
+    if os.path.exists(state) and not re.fullmatch(rf"{CHECKPOINT_PREFIX}-\d+", target):
+        raise UsageError(f"{state}: not a state file naming a model.ckpt-<step>: {_ASIDE}")
+    return record if os.path.exists(path) else None
+
+
+_ASIDE = "a run would replace it; move it away, or use another --log_dir"
+
+
+def _check_overwrite(loop, record) -> None:
+    """--overwrite deletes a run this program recorded, and nothing the same command reads."""
+    for flag in ("resume", "restore_path"):
+        given = getattr(loop, flag)
+        if given and _inside(resolve_checkpoint(given)[0], loop.log_dir):
+            raise UsageError(f"--{flag} {given}: --overwrite would delete it (it is in --log_dir)")
+    doomed = _previous_run(loop.log_dir, loop.log_name)
+    if doomed and record is None:
         raise UsageError(
-            f"--log_dir {log_dir} holds a run with {key}={old}, this run has {key}={new} (use "
-            "another --log_dir, or --overwrite to delete that run)"
+            f"{doomed[0]}: --overwrite deletes only a run this program recorded, and "
+            f"{loop.log_dir} has no config.json: move it away, or use another --log_dir"
         )
 
 
@@ -349,30 +487,32 @@ def _resumable_checkpoint(log_dir: str) -> str | None:
     return latest
 
 
-def _remove_previous_run(log_dir: str, log_name: str) -> None:
-    """--overwrite: delete the files a run writes (checkpoints, logs, metrics, events,
-    evaluation results), nothing else (not a ``model.ckpt-best.txt`` of the user's)."""
+def _previous_run(log_dir: str, log_name: str) -> list[str]:
+    """The files a run writes in ``log_dir`` (checkpoints, logs, metrics, events, evaluation
+    results), nothing else (not a ``model.ckpt-best.txt`` of the user's)."""
     names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
     owned = {CONFIG_FILE, METRICS_FILE, STATE_FILE, BEST_FILE, EVAL_LOG, log_name}
     results = re.compile(rf"({EVAL_RESULTS}|{EVAL_CURVE})(\.[\w.-]+)?\.(json|csv|png)")
     doomed = [
         os.path.join(log_dir, name)
-        for name in names
+        for name in sorted(names)
         if name in owned
         or _FILE.fullmatch(name)
         or results.fullmatch(name)
         or name.startswith(EVENTS_PREFIX)
     ]
-    for sub in (EVAL_EVENTS,):
-        events = os.path.join(log_dir, sub)
-        if os.path.isdir(events):
-            doomed += [
-                os.path.join(events, n) for n in os.listdir(events) if n.startswith(EVENTS_PREFIX)
-            ]
-    removed = 0
+    events = os.path.join(log_dir, EVAL_EVENTS)
+    if os.path.isdir(events):
+        doomed += [
+            os.path.join(events, n) for n in os.listdir(events) if n.startswith(EVENTS_PREFIX)
+        ]
+    return [path for path in doomed if os.path.isfile(path)]
+
+
+def _remove_previous_run(log_dir: str, log_name: str) -> None:
+    """--overwrite: delete the previous run's files (``_previous_run``)."""
+    doomed = _previous_run(log_dir, log_name)
     for path in doomed:
-        if os.path.isfile(path):
-            os.remove(path)
-            removed += 1
-    if removed:
-        print(f"--overwrite: deleted the previous run in {log_dir} ({removed} files)")
+        os.remove(path)
+    if doomed:
+        print(f"--overwrite: deleted the previous run in {log_dir} ({len(doomed)} files)")

@@ -37,16 +37,13 @@ def train(config: Config) -> int:
     dist.check_plan(plan)
     precision = dist.precision(config.network.precision)  # every graph of the run
     with contextlib.ExitStack() as stack:
-        if dist.is_chief:
-            resume_from = rundir.prepare(config, stack)
-        else:  # the chief prepares the log folder; the others only read its newest checkpoint
-            log_dir, resume = config.loop.log_dir, config.loop.resume
-            newest = None if config.loop.overwrite else rundir.latest_checkpoint(log_dir)
-            resume_from = rundir.resolve_checkpoint(resume)[0] if resume else newest
+        counts = {**plan.recorded(), "replicas": dist.num_replicas}
+        start = rundir.prepare(config, counts, stack, chief=dist.is_chief)  # how the run starts
+        resume_from = start.checkpoint
         if dist.is_chief and resume_from is None:  # else once the checkpoint is restored
-            rundir.write_config(config.loop.log_dir, config.flat(), plan.recorded())
+            rundir.write_config(config.loop.log_dir, config.flat(), start.record)
         start_step = rundir.checkpoint_step(resume_from) if resume_from else 0
-        dataset_fn = _dataset_fn(config, split, start_step, dist)
+        dataset_fn = _dataset_fn(config, split, start.stream_step, dist)
         built = train_graph.build(config, dataset_fn, plan, dist, precision)  # and its parts
         evaluator = None
         if plan.every["evaluate"]:
@@ -64,7 +61,7 @@ def train(config: Config) -> int:
         )
         stack.callback(reporter.close)
         try:
-            _initialise(config, dist, built, session, reporter, resume_from, plan, precision)
+            _initialise(config, dist, built, session, reporter, start, precision)
             if split is not None and dist.num_workers > 1:
                 reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
             with StopSignals() as signals:
@@ -118,15 +115,15 @@ def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distrib
     return dataset_fn
 
 
-def _initialise(config, dist, built: TrainGraph, session, reporter, resume_from, plan, precision):
+def _initialise(config, dist, built: TrainGraph, session, reporter, start, precision):
     """Initial weights (a resumed checkpoint, --restore_path, --weights, or fresh ones), the
     same on every worker; the input iterator at its start."""
     for line in _start_notes(config, dist, precision):
         reporter.print(line)
     session.run(built.init_op)
     loop = config.loop
-    if resume_from:
-        _resume(config, built, session, reporter, resume_from, plan, dist.is_chief)
+    if start.checkpoint:
+        _resume(config, built, session, reporter, start, dist.is_chief)
     elif loop.restore_path:
         path = rundir.resolve_checkpoint(loop.restore_path)[0]
         restored = checkpoints.restore_subset(
@@ -170,28 +167,26 @@ def _start_notes(config: Config, dist, precision: str) -> list[str]:
     return notes
 
 
-def _resume(config, built: TrainGraph, session, reporter, path: str, plan, is_chief: bool) -> None:
+def _resume(config, built: TrainGraph, session, reporter, start, is_chief: bool) -> None:
     """Restore weights, global_step and (where the checkpoint has them) momentum, loss scale
     and the skipped-step count; then record the run's settings."""
     required = [built.global_step]
     optional = [v for v in built.state if v is not built.global_step]
+    path = start.checkpoint
     absent = checkpoints.restore(session, path, built.model, required, optional)
-    previous = rundir.read_config(config.loop.log_dir).get("precision")
-    for line in _absent_notes(path, absent, previous, config.network.precision):
+    for line in [*start.notes, *_absent_notes(path, absent)]:
         reporter.print(line)
     if is_chief:  # only now: a checkpoint that does not fit leaves config.json untouched
-        rundir.write_config(config.loop.log_dir, config.flat(), plan.recorded())
+        rundir.write_config(config.loop.log_dir, config.flat(), start.record)
     step = rundir.checkpoint_step(path)
     reporter.print(f"resumed from {path} at step {step}")
 
 
-def _absent_notes(path: str, absent, previous: str | None, precision: str) -> list[str]:
-    """One line per kind of state the checkpoint did not have (a precision change, another
-    layout's checkpoint, a layer trained that was frozen)."""
+def _absent_notes(path: str, absent) -> list[str]:
+    """One line per kind of state the checkpoint did not have (another layout's checkpoint, a
+    layer trained that was frozen, a precision change)."""
     names = [v.op.name for v in absent]
     notes = []
-    if previous and previous != precision:
-        notes.append(f"note: the run was trained in {previous}, it goes on in {precision}")
     slots = [n for n in names if n.endswith("/Momentum")]
     if slots:
         notes.append(f"note: {path} holds no momentum for {len(slots)} variable(s): from zero")
