@@ -44,8 +44,8 @@ def pytest_configure(config) -> None:
 # On TF 1.15 the suite runs what that stack can change: compat, the graphs, checkpoints, the
 # loop, input pipelines, evaluation, export, distribution, Ascend, the programs end to end.
 # These files test code with nothing stack-specific in it (settings, the run folder, the file
-# tools, the launcher's arithmetic, the cluster files, reporting, the layout), or run both
-# stacks themselves (test_cross_stack); the TF 2 suite runs them.
+# tools, the cluster files, reporting, the layout), or run both stacks themselves
+# (test_cross_stack); the TF 2 suite runs them.
 STACK_NEUTRAL = (
     "test_api", "test_bench", "test_clock", "test_cluster_files", "test_config", "test_convert",
     "test_cross_stack", "test_demo", "test_diagnose", "test_e2e_readme", "test_hostile",
