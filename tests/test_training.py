@@ -114,6 +114,20 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(resumed):
     assert_same_variables(final_variables(interrupted), final_variables(straight))
 
 
+def test_a_run_with_dropout_resumes_to_the_bits_of_an_uninterrupted_run(train_tiny, tmp_path):
+    """The recipe's dropout (0.5): each step's masks come from (seed, step, replica), not from a
+    generator whose state a restart loses.  Sunk calls (the loop's body) and a single step."""
+    settings = dict(dropout=0.5, iterations_per_loop=3, display_every=3, save_checkpoints_steps=3)
+    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
+    assert train_tiny(straight, max_train_steps=7, **settings)[0] == 0
+    assert train_tiny(interrupted, max_train_steps=4, **settings)[0] == 0
+    assert train_tiny(interrupted, max_train_steps=7, **settings)[0] == 0
+    got, want = final_variables(interrupted), final_variables(straight)
+    assert int(got["global_step"]) == 7 and got.keys() == want.keys()
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
+
+
 def test_keep_checkpoint_max_holds_across_resume(resumed):
     interrupted, _, first_checkpoints = resumed
     assert first_checkpoints == [4, 6]
