@@ -167,12 +167,15 @@ class Evaluator:
         step = rundir.checkpoint_step(checkpoint)
         self.session.run(self._init)
         totals = self._run_all(step, stop, checkpoint)
-        images = int(totals["images"])
-        if images != self.split.num_examples and not self.config.input.skip_corrupt:
+        images, expected = int(totals["images"]), self.split.num_examples
+        data, skip = self.config.input.data_dir, self.config.input.skip_corrupt
+        if not images:  # never a 0% result: there is nothing it would be the accuracy of
+            why = " (--skip_corrupt skipped them all)" if skip else ""
             raise UsageError(
-                f"{self.config.input.data_dir}: evaluated {images} images, the split has "
-                f"{self.split.num_examples}"
+                f"{data}: none of the {expected} validation records could be evaluated{why}"
             )
+        if images != expected and not skip:
+            raise UsageError(f"{data}: evaluated {images} images, the split has {expected}")
         result = results.row(checkpoint, step, self.steps_per_epoch, totals, written)
         if "confusion" in totals:
             result["confusion"] = totals["confusion"].astype(np.int64)
