@@ -342,6 +342,18 @@ def test_trainable_from_names_a_layer_or_a_block_of_the_network():
     assert demo_config(trainable_from="block3_conv2").network.trainable_from == "block3_conv2"
 
 
+def test_a_change_of_the_rate_beyond_the_runs_end_is_one_warning_at_start(train_tiny, tmp_path):
+    """The demo's cosine ends at epoch 20 (step 880 at 44 steps per epoch): a 2-step run says
+    so once, and trains on the schedule as it is."""
+    assert train_tiny(tmp_path, max_train_steps=2)[0] == 0
+    with open(tmp_path / "train.log") as f:
+        said = [line for line in f.read().splitlines() if "beyond the run's end" in line]
+    assert said == [
+        "warning: --T_max 20: the cosine's end (step 880) is beyond the run's end "
+        "(--max_train_steps 2): the rate never gets there; the schedule is not rescaled"
+    ]
+
+
 def test_resume_names_the_checkpoint_to_go_on_from(train_tiny, tmp_path):
     run, branch = tmp_path / "run", tmp_path / "branch"
     assert train_tiny(run, max_train_steps=4, save_checkpoints_steps=2)[0] == 0

@@ -24,6 +24,7 @@ from vgg_keras.data import pipeline
 from vgg_keras.errors import EXIT_NONFINITE, EXIT_SIGINT, EXIT_SIGTERM, RunError, UsageError, reason
 from vgg_keras.plateau import ChancePlateau
 from vgg_keras.reporting import Reporter
+from vgg_keras.schedules import unreached
 from vgg_keras.signals import StopSignals
 from vgg_keras.throughput import Throughput
 from vgg_keras.train_graph import StepOutputs, TrainGraph
@@ -121,7 +122,7 @@ def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distrib
 def _initialise(config, dist, built: TrainGraph, session, reporter, resume_from, plan, precision):
     """Initial weights (a resumed checkpoint, --restore_path, --weights, or fresh ones), the
     same on every worker; the input iterator at its start."""
-    for line in _start_notes(config, dist, precision):
+    for line in _start_notes(config, dist, precision, plan):
         reporter.print(line)
     session.run(built.init_op)
     loop = config.loop
@@ -148,7 +149,7 @@ def _initialise(config, dist, built: TrainGraph, session, reporter, resume_from,
     session.run(built.iterator_init)
 
 
-def _start_notes(config: Config, dist, precision: str) -> list[str]:
+def _start_notes(config: Config, dist, precision: str, plan) -> list[str]:
     notes = []
     if dist.kind != "none":
         notes.append(dist.describe())
@@ -164,6 +165,15 @@ def _start_notes(config: Config, dist, precision: str) -> list[str]:
             f"{loop.iterations_per_loop}: every session call stops at the next log step, so "
             f"loops run {loop.display_every} step(s), not {loop.iterations_per_loop}; raise "
             "--display_every to keep the loop sinking"
+        )
+    late = unreached(config.optimizer, plan.steps_per_epoch, plan.max_steps)
+    if late:
+        end = f"--max_epochs {loop.max_epochs:g}, step {plan.max_steps}"
+        if loop.max_train_steps:
+            end = f"--max_train_steps {loop.max_train_steps}"
+        notes.append(
+            f"warning: {late} is beyond the run's end ({end}): the rate never gets there; "
+            "the schedule is not rescaled"
         )
     if loop.mode == "train_and_evaluate" and config.input.synthetic and not config.input.data_dir:
         notes.append("note: --synthetic without --data_dir has no validation data: training only")
