@@ -245,6 +245,20 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path)
     assert read_checkpoint(log_dir / f"model.ckpt-{k}")["global_step"] == k
 
 
+def test_sighup_saves_releases_the_lock_and_exits_129(demo_dir, tmp_path):
+    """A closed terminal or a dropped ssh connection stops the trainer as SIGTERM does."""
+    log_dir = tmp_path / "run"
+    run = Run(train(log_dir, demo_dir, "--max_train_steps", "100000"))
+    run.wait_for(LOG_LINE)
+    os.kill(run.pid, signal.SIGHUP)
+    run.finish()
+    assert_clean_exit(run, 129)
+    said = r"^SIGHUP: stopped at step (\d+), saved \S+model\.ckpt-\1 \(exit 129\)$"
+    k = int(re.search(said, run.stdout, re.M)[1])
+    assert steps(log_dir)[-1] == k
+    assert not (log_dir / "train.lock").exists()
+
+
 def test_a_second_sigint_exits_at_once_and_leaves_the_checkpoints_untouched(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     first = Run(train(log_dir, demo_dir, "--max_train_steps", "5"))

@@ -65,7 +65,7 @@ class TrainGraph:
     loop_fetches: dict  # ``loop_steps`` training steps in one tf.while_loop: the same
     loop_steps: tf.Tensor  # placeholder: how many steps the while loop runs
     measure_grad_norm: tf.Tensor  # placeholder: compute the call's last gradient norm
-    stop_requested: tf.Tensor  # placeholder: this worker has had SIGINT/SIGTERM
+    stop_requested: tf.Tensor  # placeholder: this worker has had a stop signal
     skipped_steps: tf.Variable
     saver: v1.train.Saver
     # What a resume restores besides the model's weights: global_step (required), and the

@@ -21,11 +21,11 @@ from vgg_keras import checkpoints, clock, compat, distribute, evaluation, rundir
 from vgg_keras.compat import tf
 from vgg_keras.config import Config
 from vgg_keras.data import pipeline
-from vgg_keras.errors import EXIT_NONFINITE, EXIT_SIGINT, EXIT_SIGTERM, RunError, UsageError, reason
+from vgg_keras.errors import EXIT_NONFINITE, RunError, UsageError, reason
 from vgg_keras.plateau import ChancePlateau
 from vgg_keras.reporting import Reporter
 from vgg_keras.schedules import unreached
-from vgg_keras.signals import StopSignals
+from vgg_keras.signals import StopSignals, exit_code
 from vgg_keras.throughput import Throughput
 from vgg_keras.train_graph import StepOutputs, TrainGraph
 
@@ -396,7 +396,7 @@ class _Loop:
         self._save(self.step)
         received = signals.received or signal.SIGTERM
         name = signal.Signals(received).name if signals.received else "another worker's signal"
-        code = EXIT_SIGINT if received == signal.SIGINT else EXIT_SIGTERM
+        code = exit_code(received)
         prefix = rundir.checkpoint_prefix(self.log_dir, self.step)
         what = f"saved {prefix}" if self.reporter.is_chief else "the chief saved it"
         self.reporter.print(f"{name}: stopped at step {self.step}, {what} (exit {code})")
