@@ -23,7 +23,7 @@ from vgg_keras.config import Config
 from vgg_keras.data import pipeline
 from vgg_keras.errors import EXIT_NONFINITE, RunError, UsageError, reason
 from vgg_keras.plateau import ChancePlateau
-from vgg_keras.reporting import Reporter
+from vgg_keras.reporting import Reporter, read_metrics
 from vgg_keras.schedules import unreached
 from vgg_keras.signals import StopSignals, exit_code
 from vgg_keras.throughput import Throughput
@@ -247,6 +247,10 @@ class _Loop:
         self.step = int(session.run(built.global_step))
         # The starting state is a checkpoint already, or the initialisation: nothing is due.
         self.last = dict.fromkeys(clock.EVENTS, self.step)
+        # Except an evaluation due there that never finished (a signal or a crash cut it short).
+        if self.step and plan.due("evaluate", self.step - 1, self.step):
+            if not _evaluated(self.log_dir, self.step):
+                self.last["evaluate"] = self.step - 1
         # Restored with the weights: the first message of a resumed run counts only its own steps.
         self.skipped_steps = int(session.run(built.skipped_steps))
         self.speed = Throughput(plan.global_batch, plan.max_steps, self.step)
@@ -260,6 +264,10 @@ class _Loop:
         """Returns the exit code."""
         self._signals = signals
         try:
+            if self.plan.due("evaluate", self.last["evaluate"], self.step):
+                self._evaluate(self.step)
+                if not self.voting and signals.received is not None:
+                    return self._stop(signals)
             while self.step < self.plan.max_steps:
                 out, stop = self._train_call()
                 self.reporter.advance(self.step, self.speed.eta_seconds())
@@ -404,6 +412,14 @@ class _Loop:
 
     def _newest(self) -> str:
         return rundir.latest_checkpoint(self.log_dir) or "none"
+
+
+def _evaluated(log_dir: str, step: int) -> bool:
+    """Whether metrics.jsonl records an evaluation at ``step`` (unreadable: as if not)."""
+    try:
+        return any(r.get("step") == step and "eval_top1" in r for r in read_metrics(log_dir))
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
 
 
 class _NonFinite(Exception):
