@@ -121,11 +121,6 @@ class Distribution:
         """``fn(*args)`` on every local replica (per-replica args are split among them)."""
         return self.strategy.extended.call_for_each_replica(fn, args=args)
 
-    def replica_id(self):
-        """Inside ``run``: this replica's index among the replicas of all workers."""
-        local = tf.distribute.get_replica_context().replica_id_in_sync_group
-        return self.worker_index * self.local_replicas + local % self.local_replicas
-
     def reduce(self, op: ReduceOp, value):
         """A per-replica value reduced over all replicas of all workers."""
         return self.strategy.reduce(op, value, axis=None)

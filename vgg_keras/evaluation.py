@@ -205,12 +205,8 @@ class Evaluator:
         try:
             return self.session.run(self._fetches)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            from vgg_keras.data import diagnose
-
-            split, c = self.split, self.config
-            raise diagnose.explain(
-                err, list(split.files), c.network.class_num, c.input.label_offset, split.parse
-            ) from err
+            c = self.config
+            raise self.split.explain(err, c.network.class_num, c.input.label_offset) from err
 
     def report(self, rows: list[dict], reporter: Reporter, header: bool = True) -> None:
         """The evaluation table through ``reporter`` (percent), and the metrics (fractions) in
@@ -378,9 +374,8 @@ def _reporter(output: str, tag: str, progress: bool) -> Reporter:
             output, rundir.EVAL_LOG, metrics=False, progress=False, summary_subdir=events
         )
     except (OSError, tf.errors.OpError) as err:
-        why = err.strerror if isinstance(err, OSError) else reason(err)
         raise UsageError(
-            f"cannot write {rundir.EVAL_LOG} and the results to {output} ({why}): "
+            f"cannot write {rundir.EVAL_LOG} and the results to {output} ({reason(err)}): "
             "name a writable folder with --output"
         ) from err
 

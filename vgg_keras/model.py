@@ -109,8 +109,6 @@ class StepDropout(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training:
             return inputs
-        if self.seed is None:
-            raise ValueError(f"{self.name}: set_dropout_seed before a training call")
         keep = tf.random.stateless_uniform(tf.shape(inputs), seed=self.seed) >= self.rate
         return inputs * tf.cast(keep, inputs.dtype) / tf.cast(1 - self.rate, inputs.dtype)
 

@@ -95,10 +95,11 @@ class _StepBuilder:
     def forward_backward(self, images, labels, measure_grad_norm):
         """On one replica: [loss, total_loss, gradient norm, top-1] and the gradients of its
         share of the batch, accumulated over --accumulation_steps micro-batches of it."""
-        k = self.config.optimizer.accumulation_steps
+        k, d = self.config.optimizer.accumulation_steps, self.dist
         # Dropout's masks derive from (seed, step, replica, micro-batch), the step read here,
         # inside the loop's body too: a resumed run draws those of an uninterrupted one.
-        stream = self.dist.replica_id() * k
+        local = tf.distribute.get_replica_context().replica_id_in_sync_group % d.local_replicas
+        stream = (d.worker_index * d.local_replicas + local) * k
         if k == 1:
             values, grads = self._micro_batch(images, labels, stream)
         else:

@@ -320,15 +320,15 @@ class _Loop:
         try:
             out = self.speed.timed(kind, lambda: self.session.run(fetches, feed), n)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            explained = _explain_data_error(err, self.config, self.split)
+            c = self.config  # (no split: --synthetic, no file to blame)
+            explained = self.split and self.split.explain(
+                err, c.network.class_num, c.input.label_offset
+            )
             if not isinstance(explained, UsageError):
                 raise
             # The steps before the bad batch were applied: keep them.
             self._save(int(self.session.run(built.global_step)))
             raise UsageError(f"{explained}; the newest checkpoint is {self._newest()}") from err
-        except tf.errors.OutOfRangeError as err:
-            data_dir = self.config.input.data_dir
-            raise UsageError(f"{data_dir}: training data ran out at step {self.step}") from err
         stop = bool(out.get("stop", False))
         out = StepOutputs(**{name: out[name] for name in StepOutputs._fields})
         self.step = int(out.step)
@@ -416,10 +416,9 @@ class _Loop:
 
 def _evaluated(log_dir: str, step: int) -> bool:
     """Whether metrics.jsonl records an evaluation at ``step`` (unreadable: as if not)."""
-    try:
+    with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
         return any(r.get("step") == step and "eval_top1" in r for r in read_metrics(log_dir))
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
+    return False
 
 
 class _NonFinite(Exception):
@@ -427,10 +426,8 @@ class _NonFinite(Exception):
 
 
 def _why(err: Exception) -> str:
-    """The OS's reason ("No space left on device") from an OSError or a TensorFlow error."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return reason(err).rsplit("; ", 1)[-1]  # TensorFlow writes "<file>; <reason>"
+    """The OS's reason ("No space left on device"); TensorFlow writes "<file>; <reason>"."""
+    return reason(err).rsplit("; ", 1)[-1]
 
 
 def _count_bad_records(config: Config, split, reporter) -> int | None:
@@ -448,18 +445,3 @@ def _count_bad_records(config: Config, split, reporter) -> int | None:
     )
     reporter.print(f"--skip_corrupt: {count} unusable training record(s), skipped every epoch")
     return count
-
-
-def _explain_data_error(err, config: Config, split) -> Exception:
-    """Turn a TF error raised by the input pipeline into a one-line message naming the file."""
-    if split is None:
-        return err
-    from vgg_keras.data import diagnose
-
-    return diagnose.explain(
-        err,
-        list(split.files),
-        config.network.class_num,
-        config.input.label_offset,
-        parse=split.parse,
-    )
