@@ -354,6 +354,17 @@ def test_a_change_of_the_rate_beyond_the_runs_end_is_one_warning_at_start(train_
     ]
 
 
+def test_a_branch_from_another_folders_evaluated_checkpoint_goes_on(train_tiny, tmp_path):
+    """--resume into a new --log_dir from a checkpoint at an evaluation step: the evaluation
+    belongs to the folder it was made in; the branch trains on and evaluates its own."""
+    run, branch = tmp_path / "run", tmp_path / "branch"
+    every = dict(mode="train_and_evaluate", epochs_between_evals=2 / 44, eval_batch_size=360)
+    assert train_tiny(run, max_train_steps=2, **every)[0] == 0
+    assert train_tiny(branch, resume=str(run / "model.ckpt-2"), max_train_steps=4, **every)[0] == 0
+    evaluated = [r["step"] for r in read_metrics(branch) if "eval_top1" in r]
+    assert evaluated == [4]
+
+
 def test_resume_names_the_checkpoint_to_go_on_from(train_tiny, tmp_path):
     run, branch = tmp_path / "run", tmp_path / "branch"
     assert train_tiny(run, max_train_steps=4, save_checkpoints_steps=2)[0] == 0

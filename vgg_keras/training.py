@@ -249,7 +249,7 @@ class _Loop:
         self.last = dict.fromkeys(clock.EVENTS, self.step)
         # Except an evaluation due there that never finished (a signal or a crash cut it short).
         if self.step and plan.due("evaluate", self.step - 1, self.step):
-            if not _evaluated(self.log_dir, self.step):
+            if _unevaluated(self.log_dir, self.step):
                 self.last["evaluate"] = self.step - 1
         # Restored with the weights: the first message of a resumed run counts only its own steps.
         self.skipped_steps = int(session.run(built.skipped_steps))
@@ -414,11 +414,14 @@ class _Loop:
         return rundir.latest_checkpoint(self.log_dir) or "none"
 
 
-def _evaluated(log_dir: str, step: int) -> bool:
-    """Whether metrics.jsonl records an evaluation at ``step`` (unreadable: as if not)."""
+def _unevaluated(log_dir: str, step: int) -> bool:
+    """Whether ``log_dir``'s newest checkpoint is that of ``step`` (not one of another folder
+    a branch resumed from) and metrics.jsonl records no evaluation of it (unreadable: none)."""
+    if rundir.latest_checkpoint(log_dir) != rundir.checkpoint_prefix(log_dir, step):
+        return False
     with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
-        return any(r.get("step") == step and "eval_top1" in r for r in read_metrics(log_dir))
-    return False
+        return not any(r.get("step") == step and "eval_top1" in r for r in read_metrics(log_dir))
+    return True
 
 
 class _NonFinite(Exception):
