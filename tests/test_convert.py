@@ -644,8 +644,13 @@ def _stop_converter(src, out, signum: int, ready) -> subprocess.CompletedProcess
 
 @pytest.mark.parametrize(
     "signum,when",
-    [(signal.SIGINT, "importing"), (signal.SIGTERM, "importing"), (signal.SIGTERM, "writing")],
-    ids=["sigint-importing", "sigterm-importing", "sigterm-writing"],
+    [
+        (signal.SIGINT, "importing"),
+        (signal.SIGTERM, "importing"),
+        (signal.SIGTERM, "writing"),
+        (signal.SIGHUP, "writing"),
+    ],
+    ids=["sigint-importing", "sigterm-importing", "sigterm-writing", "sighup-writing"],
 )
 def test_stop_signal_is_one_line_and_leaves_no_half_written_shard(tmp_path, signum, when):
     src, out = tmp_path / "src", tmp_path / "out"
@@ -659,7 +664,7 @@ def test_stop_signal_is_one_line_and_leaves_no_half_written_shard(tmp_path, sign
     proc = _stop_converter(
         src, out, signum, _tensorflow_loading if when == "importing" else staging
     )
-    code = 130 if signum == signal.SIGINT else 143
+    code = 128 + signum  # 130, 143, 129
     assert proc.returncode == code, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == convert.INTERRUPTED, proc.stderr[-3000:]

@@ -24,7 +24,7 @@ from vgg_keras import model as model_lib
 from vgg_keras.compat import tf, v1
 from vgg_keras.data import pipeline, preprocess
 from vgg_keras.errors import EXIT_NONFINITE, UsageError
-from vgg_keras.reporting import Reporter
+from vgg_keras.reporting import Reporter, read_metrics
 
 SIZE = 32
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -407,3 +407,27 @@ def test_per_class_writes_accuracy_per_class_and_the_confusion_matrix(
     for r in per_class:
         assert float(r["top1"]) == pytest.approx(int(r["correct"]) / int(r["images"]), abs=1e-6)
     assert _read(f"{base}.confusion.png")[:8] == PNG
+
+
+def test_no_usable_validation_image_is_an_error_never_zero_percent(
+    shard_writer, train_tiny, tmp_path
+):
+    """--skip_corrupt over a validation split of only bad records: one line naming the data
+    (exit 2), in training's evaluation and in run_eval.py; no result, no best checkpoint."""
+    data, log_dir = tmp_path / "data", tmp_path / "run"
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(16)]
+    shard_writer(str(data), images, [k % 10 + 1 for k in range(16)], num_classes=10)
+    shard_writer(str(data), [b"no jpeg"] * 3, [1, 2, 3], split="validation", num_classes=10)
+    message = rf"^{data}: none of the 3 validation records could be evaluated \(--skip_corrupt"
+    with pytest.raises(UsageError, match=message):
+        train_tiny(
+            log_dir, data_dir=str(data), mode="train_and_evaluate", skip_corrupt=True,
+            batch_size=8, max_train_steps=2,
+        )  # fmt: skip
+    assert rundir.latest_checkpoint(str(log_dir)).endswith("model.ckpt-2")
+    assert rundir.read_best(str(log_dir)) is None
+    assert not any("eval_top1" in r for r in read_metrics(str(log_dir)))
+    with pytest.raises(UsageError, match=message):
+        _evaluate(str(log_dir), settings={"skip_corrupt": True}, ckpt=str(log_dir))
+    assert not glob.glob(str(log_dir / "eval_results*"))

@@ -183,12 +183,13 @@ def _pids(output: str, label: str) -> list[int]:
     return [int(pid) for pid in re.findall(rf"\[launch\] {label} \d+: pid (\d+)", output)]
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sighup"])
 def test_a_signal_to_the_launcher_reaches_every_rank_once_and_the_launcher_waits(
     tmp_path, launch_ranks, how
 ):
     """Ctrl-C at a terminal signals the whole foreground process group: the ranks, in a session
-    of their own, get it once, through the launcher (a second one would mean exit unsaved)."""
+    of their own, get it once, through the launcher (a second one would mean exit unsaved).
+    SIGHUP (the terminal closed, the ssh connection dropped) stops them as SIGTERM does."""
     proc, started = launch_ranks()
     pids = _pids(started, "rank")
     # Outside the launcher's group: the group's signal reaches the ranks only through it (the
@@ -197,9 +198,9 @@ def test_a_signal_to_the_launcher_reaches_every_rank_once_and_the_launcher_waits
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)
     else:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGHUP)
     rest = proc.communicate(timeout=60)[0]
-    name, code = ("SIGINT", 130) if how == "ctrl-c" else ("SIGTERM", 143)
+    name, code = {"ctrl-c": ("SIGINT", 130), "sigterm": ("SIGTERM", 143)}.get(how, ("SIGHUP", 129))
     assert proc.returncode == code, rest
     assert f"[launch] {name}: forwarded to rank(s) 0, 1; they save and stop" in rest
     for rank in (0, 1):

@@ -245,6 +245,20 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path)
     assert read_checkpoint(log_dir / f"model.ckpt-{k}")["global_step"] == k
 
 
+def test_sighup_saves_releases_the_lock_and_exits_129(demo_dir, tmp_path):
+    """A closed terminal or a dropped ssh connection stops the trainer as SIGTERM does."""
+    log_dir = tmp_path / "run"
+    run = Run(train(log_dir, demo_dir, "--max_train_steps", "100000"))
+    run.wait_for(LOG_LINE)
+    os.kill(run.pid, signal.SIGHUP)
+    run.finish()
+    assert_clean_exit(run, 129)
+    said = r"^SIGHUP: stopped at step (\d+), saved \S+model\.ckpt-\1 \(exit 129\)$"
+    k = int(re.search(said, run.stdout, re.M)[1])
+    assert steps(log_dir)[-1] == k
+    assert not (log_dir / "train.lock").exists()
+
+
 def test_a_second_sigint_exits_at_once_and_leaves_the_checkpoints_untouched(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     first = Run(train(log_dir, demo_dir, "--max_train_steps", "5"))
@@ -314,6 +328,33 @@ def test_a_signal_during_an_evaluation_inside_training_ends_it_then_stops(demo_d
     ), run.stdout
     assert not [m for m in read_metrics(str(log_dir)) if "eval_top1" in m]
     assert steps(log_dir) == [evaluated]
+
+
+def test_an_evaluation_a_signal_cut_short_runs_again_when_the_run_resumes(demo_dir, tmp_path):
+    """SIGTERM during training's final evaluation, then the same command again: the resumed
+    run evaluates that checkpoint before it says done."""
+    log_dir = tmp_path / "run"
+    args = train(log_dir, demo_dir, "--max_train_steps", "9", "--mode", "train_and_evaluate")
+    args += ["--epochs_between_evals", "0.2", "--eval_batch_size", "1"]  # 360 batches: seconds
+    run = Run(args)
+    deadline = time.monotonic() + 120
+    while not steps(log_dir):  # saved, and being evaluated
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.stdout + run.stderr
+        time.sleep(0.005)
+    os.kill(run.pid, signal.SIGTERM)
+    run.finish()
+    assert_clean_exit(run, 143)
+    assert "top1 %" not in run.stdout and rundir.read_best(str(log_dir)) is None
+
+    again = Run(args)
+    again.finish()
+    assert_clean_exit(again, 0)
+    lines = again.stdout.splitlines()
+    row = [i for i, line in enumerate(lines) if re.match(r"^\s*9\s+0\.2\s+\d+\.\d\d\s", line)]
+    done = [i for i, line in enumerate(lines) if line.startswith("done: 9 steps")]
+    assert len(row) == 1 and len(done) == 1 and row[0] < done[0], again.stdout
+    assert [m["step"] for m in read_metrics(str(log_dir)) if "eval_top1" in m] == [9]
+    assert rundir.read_best(str(log_dir))["step"] == 9
 
 
 def _saving(log_dir: Path) -> bool:

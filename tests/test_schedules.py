@@ -128,3 +128,23 @@ def test_scale_lr_multiplies_by_global_batch_over_256(schedule):
     assert scaled[0] == pytest.approx(0.4)
     half = lr_at(steps, global_batch=128, scale_lr=True, **settings)
     np.testing.assert_allclose(half, plain / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings, max_epochs, said",
+    [
+        ({}, 60, "--lr_boundaries: the drop at epoch 65.9"),  # the default piecewise
+        ({"lr_boundaries": [2, 7]}, 6, "--lr_boundaries: the drop at epoch 7 (step 70)"),
+        ({"lr_boundaries": [2, 6]}, 6, "--lr_boundaries: the drop at epoch 6 (step 60)"),
+        ({"lr_boundaries": [2, 5]}, 6, None),
+        ({"lr_schedule": "cosine", "T_max": 8}, 6, "--T_max 8: the cosine's end (step 80)"),
+        ({"lr_schedule": "cosine_epoch", "T_max": 8}, 6, "--T_max 8: the cosine's end (step 80)"),
+        ({"lr_schedule": "cosine", "T_max": 6}, 6, None),
+    ],
+)
+def test_a_change_of_the_rate_beyond_the_runs_end_is_named(settings, max_epochs, said):
+    """The last update of a run of N steps runs at the rate of step N - 1: a boundary at step
+    N or later never applies, a cosine longer than the run never reaches eta_min."""
+    optimizer = resolve(settings={"synthetic": True, **settings}).optimizer
+    got = schedules.unreached(optimizer, STEPS_PER_EPOCH, max_epochs * STEPS_PER_EPOCH)
+    assert got == said if said is None or "(" in said else got.startswith(said)

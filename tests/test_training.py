@@ -114,6 +114,20 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(resumed):
     assert_same_variables(final_variables(interrupted), final_variables(straight))
 
 
+def test_a_run_with_dropout_resumes_to_the_bits_of_an_uninterrupted_run(train_tiny, tmp_path):
+    """The recipe's dropout (0.5): each step's masks come from (seed, step, replica), not from a
+    generator whose state a restart loses.  Sunk calls (the loop's body) and a single step."""
+    settings = dict(dropout=0.5, iterations_per_loop=3, display_every=3, save_checkpoints_steps=3)
+    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
+    assert train_tiny(straight, max_train_steps=7, **settings)[0] == 0
+    assert train_tiny(interrupted, max_train_steps=4, **settings)[0] == 0
+    assert train_tiny(interrupted, max_train_steps=7, **settings)[0] == 0
+    got, want = final_variables(interrupted), final_variables(straight)
+    assert int(got["global_step"]) == 7 and got.keys() == want.keys()
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
+
+
 def test_keep_checkpoint_max_holds_across_resume(resumed):
     interrupted, _, first_checkpoints = resumed
     assert first_checkpoints == [4, 6]
@@ -326,6 +340,29 @@ def test_trainable_from_names_a_layer_or_a_block_of_the_network():
     ):
         demo_config(trainable_from="block6")
     assert demo_config(trainable_from="block3_conv2").network.trainable_from == "block3_conv2"
+
+
+def test_a_change_of_the_rate_beyond_the_runs_end_is_one_warning_at_start(train_tiny, tmp_path):
+    """The demo's cosine ends at epoch 20 (step 880 at 44 steps per epoch): a 2-step run says
+    so once, and trains on the schedule as it is."""
+    assert train_tiny(tmp_path, max_train_steps=2)[0] == 0
+    with open(tmp_path / "train.log") as f:
+        said = [line for line in f.read().splitlines() if "beyond the run's end" in line]
+    assert said == [
+        "warning: --T_max 20: the cosine's end (step 880) is beyond the run's end "
+        "(--max_train_steps 2): the rate never gets there; the schedule is not rescaled"
+    ]
+
+
+def test_a_branch_from_another_folders_evaluated_checkpoint_goes_on(train_tiny, tmp_path):
+    """--resume into a new --log_dir from a checkpoint at an evaluation step: the evaluation
+    belongs to the folder it was made in; the branch trains on and evaluates its own."""
+    run, branch = tmp_path / "run", tmp_path / "branch"
+    every = dict(mode="train_and_evaluate", epochs_between_evals=2 / 44, eval_batch_size=360)
+    assert train_tiny(run, max_train_steps=2, **every)[0] == 0
+    assert train_tiny(branch, resume=str(run / "model.ckpt-2"), max_train_steps=4, **every)[0] == 0
+    evaluated = [r["step"] for r in read_metrics(branch) if "eval_top1" in r]
+    assert evaluated == [4]
 
 
 def test_resume_names_the_checkpoint_to_go_on_from(train_tiny, tmp_path):

@@ -11,7 +11,6 @@ EXIT_FAILED = 1  # the run stopped on a fault it explained in one line (e.g. dis
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3  # a NaN/Inf loss (--nan_policy stop) or weights: a restart would repeat it
 EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
 
 
 class UsageError(Exception):
@@ -48,8 +47,11 @@ def reason(err: Exception) -> str:
     TensorFlow's graph errors open with "Graph execution error:" and the node's stack (file
     and code lines); the cause (a file name and the OS's reason, a checksum mismatch) is the
     line before the ``[[node ...]]`` line, and TF 1.15 appends the stack after it.  Eager errors
-    wrap the cause in ``{{function_node ...}}`` and ``[Op:...]``.
+    wrap the cause in ``{{function_node ...}}`` and ``[Op:...]``.  An OSError's is the OS's
+    reason ("No space left on device").
     """
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
     text = getattr(err, "message", None) or str(err)
     text = text.split("Original stack trace", 1)[0]
     lines = [line.strip() for line in text.splitlines() if line.strip()]

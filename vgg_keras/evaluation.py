@@ -167,12 +167,15 @@ class Evaluator:
         step = rundir.checkpoint_step(checkpoint)
         self.session.run(self._init)
         totals = self._run_all(step, stop, checkpoint)
-        images = int(totals["images"])
-        if images != self.split.num_examples and not self.config.input.skip_corrupt:
+        images, expected = int(totals["images"]), self.split.num_examples
+        data, skip = self.config.input.data_dir, self.config.input.skip_corrupt
+        if not images:  # never a 0% result: there is nothing it would be the accuracy of
+            why = " (--skip_corrupt skipped them all)" if skip else ""
             raise UsageError(
-                f"{self.config.input.data_dir}: evaluated {images} images, the split has "
-                f"{self.split.num_examples}"
+                f"{data}: none of the {expected} validation records could be evaluated{why}"
             )
+        if images != expected and not skip:
+            raise UsageError(f"{data}: evaluated {images} images, the split has {expected}")
         result = results.row(checkpoint, step, self.steps_per_epoch, totals, written)
         if "confusion" in totals:
             result["confusion"] = totals["confusion"].astype(np.int64)
@@ -202,12 +205,8 @@ class Evaluator:
         try:
             return self.session.run(self._fetches)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            from vgg_keras.data import diagnose
-
-            split, c = self.split, self.config
-            raise diagnose.explain(
-                err, list(split.files), c.network.class_num, c.input.label_offset, split.parse
-            ) from err
+            c = self.config
+            raise self.split.explain(err, c.network.class_num, c.input.label_offset) from err
 
     def report(self, rows: list[dict], reporter: Reporter, header: bool = True) -> None:
         """The evaluation table through ``reporter`` (percent), and the metrics (fractions) in
@@ -375,9 +374,8 @@ def _reporter(output: str, tag: str, progress: bool) -> Reporter:
             output, rundir.EVAL_LOG, metrics=False, progress=False, summary_subdir=events
         )
     except (OSError, tf.errors.OpError) as err:
-        why = err.strerror if isinstance(err, OSError) else reason(err)
         raise UsageError(
-            f"cannot write {rundir.EVAL_LOG} and the results to {output} ({why}): "
+            f"cannot write {rundir.EVAL_LOG} and the results to {output} ({reason(err)}): "
             "name a writable folder with --output"
         ) from err
 

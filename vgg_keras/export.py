@@ -253,8 +253,7 @@ def export(
             class_names(labels, source.config.network.class_num)  # after loading: errors first
             _write(inference, source, formats, labels, tmp)
     except (OSError, tf.errors.OpError) as err:
-        why = err.strerror if isinstance(err, OSError) and err.strerror else reason(err)
-        raise UsageError(f"--output {output}: cannot write there ({why})") from err
+        raise UsageError(f"--output {output}: cannot write there ({reason(err)})") from err
     return sorted(os.listdir(output))
 
 

@@ -16,9 +16,10 @@ lose their all-reduce partner; they get ``--grace`` seconds to notice and stop o
 then are terminated (SIGTERM, then SIGKILL), so a launch never hangs.  The exit code is 0 when
 every worker succeeded, else the first failure's (128 + N for a worker killed by signal N).
 
-SIGINT and SIGTERM to the launcher (Ctrl-C, ``kill``) are forwarded to every worker, which saves
-its checkpoint and stops as a lone run_train.py does; they get ``--grace`` seconds, then the
-ones still running are terminated, and the launcher exits 130 or 143.  The workers run in a
+SIGINT, SIGTERM and SIGHUP to the launcher (Ctrl-C, ``kill``, a closed terminal) are forwarded
+to every worker, which saves its checkpoint and stops as a lone run_train.py does; they get
+``--grace`` seconds, then the ones still running are terminated, and the launcher exits 130, 143
+or 129.  The workers run in a
 session of their own, so a Ctrl-C at the terminal reaches them once, through the launcher.
 
 On several hosts, start run_train.py on each host instead: under SLURM with srun, on Kubernetes
@@ -44,12 +45,12 @@ from collections.abc import Sequence
 
 from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.errors import UsageError, run_cli
+from vgg_keras.signals import STOP
 
 KILL_WAIT_SECONDS = 5.0  # after SIGTERM, before SIGKILL
 MAX_PROCESSES = 64  # one machine: a bound on --workers and --npus (ports, pipes, threads)
 MAX_GRACE_SECONDS = 86400.0  # a day; a timeout beyond the platform's limit would overflow
 POLL_SECONDS = 0.2  # how soon the watch loop reports a signal the handler forwarded
-FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
 def free_ports(count: int) -> list[int]:
@@ -144,7 +145,7 @@ class Workers:
 
     ``start`` runs process ``i`` with ``envs[i]`` added to this environment; with ``logs``, its
     output goes to ``logs[i]`` and only process 0's is also printed.  Inside ``forwarding()``,
-    SIGINT and SIGTERM to this process are sent on to every running process.
+    SIGINT, SIGTERM and SIGHUP to this process are sent on to every running process.
     """
 
     def __init__(self, label: str = "worker"):
@@ -210,7 +211,7 @@ class Workers:
 
     @contextlib.contextmanager
     def forwarding(self):
-        """SIGINT/SIGTERM are forwarded while inside; the handler only sends and records (it
+        """The stop signals are forwarded while inside; the handler only sends and records (it
         runs between two bytecodes of the main thread, which may hold the print lock)."""
 
         def forward(signum, _frame):
@@ -219,7 +220,7 @@ class Workers:
                 if proc.returncode is None:
                     proc.send_signal(signum)
 
-        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+        previous = {sig: signal.signal(sig, forward) for sig in STOP}
         try:
             yield self
         finally:
@@ -407,7 +408,7 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds the others get to stop by themselves once a worker has stopped, and the "
-        "workers get to save and stop after a SIGINT/SIGTERM to the launcher",
+        "workers get to save and stop after a SIGINT/SIGTERM/SIGHUP to the launcher",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- run_train.py [flags]")
     return p

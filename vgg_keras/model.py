@@ -32,7 +32,7 @@ def build(network: Network, training: bool = False, seed: int | None = None) -> 
     is kept, which a small plain network needs).  Dense kernels are N(0, 0.01) as published
     (``dense_init normal``) or He on fan-in (``he``: a width-scaled network's narrow dense
     layers would shrink the signal to nothing with N(0, 0.01)).  ``training`` adds the dropout
-    layers and freezes the layers before --trainable_from; ``seed`` reaches the initial weights
+    layers (``StepDropout``) and freezes the layers before --trainable_from; ``seed`` reaches the initial weights
     (Keras initializers ignore the graph seed).
     The logits are float32 even under a mixed-precision policy, so the softmax and the loss are
     computed in float32.
@@ -82,7 +82,7 @@ def build(network: Network, training: bool = False, seed: int | None = None) -> 
             name=f"fc{i}",
         )(x)
         if training and network.dropout > 0:
-            x = keras.layers.Dropout(network.dropout, name=f"dropout{i}")(x)
+            x = StepDropout(network.dropout, name=f"dropout{i}")(x)
     layer_index += 1
     logits = keras.layers.Dense(
         network.class_num,
@@ -95,6 +95,31 @@ def build(network: Network, training: bool = False, seed: int | None = None) -> 
         for name in row.frozen_before(network.trainable_from):
             model.get_layer(name).trainable = False
     return model
+
+
+class StepDropout(keras.layers.Layer):
+    """Dropout whose masks are a function of the seed ``set_dropout_seed`` gives each call of
+    the model, not of a random generator's state, which a restart would lose: a resumed run
+    draws the masks of an uninterrupted one.  ``training`` is a Python bool."""
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.seed = rate, None
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        keep = tf.random.stateless_uniform(tf.shape(inputs), seed=self.seed) >= self.rate
+        return inputs * tf.cast(keep, inputs.dtype) / tf.cast(1 - self.rate, inputs.dtype)
+
+
+def set_dropout_seed(model: keras.Model, seed: int, step, stream) -> None:
+    """Seed the dropout masks of ``model``'s next call from (``seed``, global ``step``,
+    ``stream``: the replica and micro-batch); every (step, stream, layer) gets its own."""
+    layers = [layer for layer in model.layers if isinstance(layer, StepDropout)]
+    key = seed + (tf.cast(stream, tf.int64) + 1) * 2**32  # seed < 2**31: never seed itself
+    for i, layer in enumerate(layers):
+        layer.seed = tf.stack([key, tf.cast(step, tf.int64) * len(layers) + i])
 
 
 def update_ops(model: keras.Model, inputs) -> list:

@@ -37,7 +37,7 @@ HEADER = (
 def row(
     checkpoint: str, step: int, steps_per_epoch: int | None, totals: dict, written: float
 ) -> dict:
-    images = max(int(totals["images"]), 1)
+    images = int(totals["images"])  # at least one: evaluation refuses none
     return {
         "checkpoint": checkpoint,
         "step": step,

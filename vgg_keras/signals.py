@@ -1,4 +1,6 @@
-"""SIGINT/SIGTERM during training: a flag the loop checks, and a second signal that exits at once."""
+"""SIGINT/SIGTERM/SIGHUP during training: a flag the loop checks, and a second signal that exits
+at once.  ``STOP`` is the one set of signals that stop a program after saving (the trainer's,
+the launcher's forwarding); each exits 128 + its number."""
 
 from __future__ import annotations
 
@@ -7,20 +9,19 @@ import signal
 import sys
 import threading
 
-from vgg_keras.errors import EXIT_SIGINT, EXIT_SIGTERM
+# A closed terminal or a dropped ssh connection (SIGHUP) is a stop like any other.
+STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopSignals:
-    """SIGINT/SIGTERM become a flag the loop checks after each session call.
+    """SIGINT/SIGTERM/SIGHUP become a flag the loop checks after each session call.
 
     The first signal lets the current session call finish; the loop then saves a checkpoint
-    and exits 130 or 143.  A second one exits at once, even in the middle of a long session
+    and exits 130, 143 or 129.  A second one exits at once, even in the middle of a long session
     call: Python runs signal handlers only between bytecodes of the main thread, which a session
     call blocks, so a helper thread reads the signals from a wakeup fd instead.  Exiting there
     cannot leave a half-written checkpoint that a reader would take (see checkpoints.py).
     """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.received: int | None = None
@@ -29,7 +30,7 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
-        for sig in self.SIGNALS:
+        for sig in STOP:
             # The C-level handler writes to the wakeup fd only for signals with a Python handler.
             self._previous[sig] = signal.signal(sig, lambda *_: None)
         self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
@@ -44,14 +45,14 @@ class StopSignals:
                 if not data:  # __exit__ closed the write end
                     return
                 for signum in data:
-                    if signum not in self.SIGNALS:
+                    if signum not in STOP:
                         continue
                     if self.received is None:
                         self.received = signum
                     else:
                         name = signal.Signals(signum).name
                         print(f"{name} again: exiting at once, without saving", file=sys.stderr)
-                        os._exit(_exit_code(signum))
+                        os._exit(exit_code(signum))
 
     def __exit__(self, *exc) -> None:
         signal.set_wakeup_fd(self._previous_fd)
@@ -62,8 +63,9 @@ class StopSignals:
 
     @property
     def exit_code(self) -> int:
-        return _exit_code(self.received)
+        return exit_code(self.received)
 
 
-def _exit_code(signum: int) -> int:
-    return EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+def exit_code(signum: int) -> int:
+    """The shell's code for a program ended by ``signum``: 130 SIGINT, 143 SIGTERM, 129 SIGHUP."""
+    return 128 + signum

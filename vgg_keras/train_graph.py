@@ -65,7 +65,7 @@ class TrainGraph:
     loop_fetches: dict  # ``loop_steps`` training steps in one tf.while_loop: the same
     loop_steps: tf.Tensor  # placeholder: how many steps the while loop runs
     measure_grad_norm: tf.Tensor  # placeholder: compute the call's last gradient norm
-    stop_requested: tf.Tensor  # placeholder: this worker has had SIGINT/SIGTERM
+    stop_requested: tf.Tensor  # placeholder: this worker has had a stop signal
     skipped_steps: tf.Variable
     saver: v1.train.Saver
     # What a resume restores besides the model's weights: global_step (required), and the
@@ -95,11 +95,15 @@ class _StepBuilder:
     def forward_backward(self, images, labels, measure_grad_norm):
         """On one replica: [loss, total_loss, gradient norm, top-1] and the gradients of its
         share of the batch, accumulated over --accumulation_steps micro-batches of it."""
-        k = self.config.optimizer.accumulation_steps
+        k, d = self.config.optimizer.accumulation_steps, self.dist
+        # Dropout's masks derive from (seed, step, replica, micro-batch), the step read here,
+        # inside the loop's body too: a resumed run draws those of an uninterrupted one.
+        local = tf.distribute.get_replica_context().replica_id_in_sync_group % d.local_replicas
+        stream = (d.worker_index * d.local_replicas + local) * k
         if k == 1:
-            values, grads = self._micro_batch(images, labels)
+            values, grads = self._micro_batch(images, labels, stream)
         else:
-            values, grads = self._accumulate(images, labels, k)
+            values, grads = self._accumulate(images, labels, k, stream)
         # The norm of this replica's gradient of its mean loss, on steps that end a log interval
         # (NaN on the others: it costs a pass over every gradient).
         grad_norm = tf.cond(
@@ -111,10 +115,12 @@ class _StepBuilder:
         variables = self.model.trainable_weights
         return tf.stack([loss, total_loss, grad_norm, top1]), list(zip(grads, variables))
 
-    def _micro_batch(self, images, labels):
+    def _micro_batch(self, images, labels, stream):
         """[loss, total_loss, top-1] of one batch and its gradients (zeros for a variable it
         does not reach); the gradients wait for batch norm's moving-statistics updates."""
         network, o = self.config.network, self.config.optimizer
+        step = self.global_step.read_value()
+        model_lib.set_dropout_seed(self.model, self.config.loop.seed, step, stream)
         logits = self.model(images, training=True)
         loss = cross_entropy(logits, labels, network.class_num, o.label_smoothing)
         total_loss = loss + weight_decay_loss(self.model, o)
@@ -129,7 +135,7 @@ class _StepBuilder:
         top1 = tf.reduce_mean(tf.cast(hits, tf.float32))
         return tf.stack([loss, total_loss, top1]), grads
 
-    def _accumulate(self, images, labels, k: int):
+    def _accumulate(self, images, labels, k: int, stream):
         """The mean of ``_micro_batch`` over the ``k`` equal slices of the batch, one after
         another in a tf.while_loop: the gradient of the whole batch's mean loss, with one
         slice's activations in memory at a time."""
@@ -137,7 +143,7 @@ class _StepBuilder:
         labels = tf.reshape(labels, [k, -1])
 
         def body(i, values, grads):
-            more, more_grads = self._micro_batch(images[i], labels[i])
+            more, more_grads = self._micro_batch(images[i], labels[i], stream + i)
             return i + 1, values + more / k, [g + m / k for g, m in zip(grads, more_grads)]
 
         zeros = [tf.zeros_like(v) for v in self.model.trainable_weights]

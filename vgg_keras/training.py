@@ -21,10 +21,11 @@ from vgg_keras import checkpoints, clock, compat, distribute, evaluation, rundir
 from vgg_keras.compat import tf
 from vgg_keras.config import Config
 from vgg_keras.data import pipeline
-from vgg_keras.errors import EXIT_NONFINITE, EXIT_SIGINT, EXIT_SIGTERM, RunError, UsageError, reason
+from vgg_keras.errors import EXIT_NONFINITE, RunError, UsageError, reason
 from vgg_keras.plateau import ChancePlateau
-from vgg_keras.reporting import Reporter
-from vgg_keras.signals import StopSignals
+from vgg_keras.reporting import Reporter, read_metrics
+from vgg_keras.schedules import unreached
+from vgg_keras.signals import StopSignals, exit_code
 from vgg_keras.throughput import Throughput
 from vgg_keras.train_graph import StepOutputs, TrainGraph
 
@@ -118,7 +119,7 @@ def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distrib
 def _initialise(config, dist, built: TrainGraph, session, reporter, start, precision):
     """Initial weights (a resumed checkpoint, --restore_path, --weights, or fresh ones), the
     same on every worker; the input iterator at its start."""
-    for line in _start_notes(config, dist, precision):
+    for line in _start_notes(config, dist, precision, plan):
         reporter.print(line)
     session.run(built.init_op)
     loop = config.loop
@@ -145,7 +146,7 @@ def _initialise(config, dist, built: TrainGraph, session, reporter, start, preci
     session.run(built.iterator_init)
 
 
-def _start_notes(config: Config, dist, precision: str) -> list[str]:
+def _start_notes(config: Config, dist, precision: str, plan) -> list[str]:
     notes = []
     if dist.kind != "none":
         notes.append(dist.describe())
@@ -161,6 +162,15 @@ def _start_notes(config: Config, dist, precision: str) -> list[str]:
             f"{loop.iterations_per_loop}: every session call stops at the next log step, so "
             f"loops run {loop.display_every} step(s), not {loop.iterations_per_loop}; raise "
             "--display_every to keep the loop sinking"
+        )
+    late = unreached(config.optimizer, plan.steps_per_epoch, plan.max_steps)
+    if late:
+        end = f"--max_epochs {loop.max_epochs:g}, step {plan.max_steps}"
+        if loop.max_train_steps:
+            end = f"--max_train_steps {loop.max_train_steps}"
+        notes.append(
+            f"warning: {late} is beyond the run's end ({end}): the rate never gets there; "
+            "the schedule is not rescaled"
         )
     if loop.mode == "train_and_evaluate" and config.input.synthetic and not config.input.data_dir:
         notes.append("note: --synthetic without --data_dir has no validation data: training only")
@@ -232,6 +242,10 @@ class _Loop:
         self.step = int(session.run(built.global_step))
         # The starting state is a checkpoint already, or the initialisation: nothing is due.
         self.last = dict.fromkeys(clock.EVENTS, self.step)
+        # Except an evaluation due there that never finished (a signal or a crash cut it short).
+        if self.step and plan.due("evaluate", self.step - 1, self.step):
+            if _unevaluated(self.log_dir, self.step):
+                self.last["evaluate"] = self.step - 1
         # Restored with the weights: the first message of a resumed run counts only its own steps.
         self.skipped_steps = int(session.run(built.skipped_steps))
         self.speed = Throughput(plan.global_batch, plan.max_steps, self.step)
@@ -245,6 +259,10 @@ class _Loop:
         """Returns the exit code."""
         self._signals = signals
         try:
+            if self.plan.due("evaluate", self.last["evaluate"], self.step):
+                self._evaluate(self.step)
+                if not self.voting and signals.received is not None:
+                    return self._stop(signals)
             while self.step < self.plan.max_steps:
                 out, stop = self._train_call()
                 self.reporter.advance(self.step, self.speed.eta_seconds())
@@ -297,15 +315,15 @@ class _Loop:
         try:
             out = self.speed.timed(kind, lambda: self.session.run(fetches, feed), n)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            explained = _explain_data_error(err, self.config, self.split)
+            c = self.config  # (no split: --synthetic, no file to blame)
+            explained = self.split and self.split.explain(
+                err, c.network.class_num, c.input.label_offset
+            )
             if not isinstance(explained, UsageError):
                 raise
             # The steps before the bad batch were applied: keep them.
             self._save(int(self.session.run(built.global_step)))
             raise UsageError(f"{explained}; the newest checkpoint is {self._newest()}") from err
-        except tf.errors.OutOfRangeError as err:
-            data_dir = self.config.input.data_dir
-            raise UsageError(f"{data_dir}: training data ran out at step {self.step}") from err
         stop = bool(out.get("stop", False))
         out = StepOutputs(**{name: out[name] for name in StepOutputs._fields})
         self.step = int(out.step)
@@ -381,7 +399,7 @@ class _Loop:
         self._save(self.step)
         received = signals.received or signal.SIGTERM
         name = signal.Signals(received).name if signals.received else "another worker's signal"
-        code = EXIT_SIGINT if received == signal.SIGINT else EXIT_SIGTERM
+        code = exit_code(received)
         prefix = rundir.checkpoint_prefix(self.log_dir, self.step)
         what = f"saved {prefix}" if self.reporter.is_chief else "the chief saved it"
         self.reporter.print(f"{name}: stopped at step {self.step}, {what} (exit {code})")
@@ -391,15 +409,23 @@ class _Loop:
         return rundir.latest_checkpoint(self.log_dir) or "none"
 
 
+def _unevaluated(log_dir: str, step: int) -> bool:
+    """Whether ``log_dir``'s newest checkpoint is that of ``step`` (not one of another folder
+    a branch resumed from) and metrics.jsonl records no evaluation of it (unreadable: none)."""
+    if rundir.latest_checkpoint(log_dir) != rundir.checkpoint_prefix(log_dir, step):
+        return False
+    with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
+        return not any(r.get("step") == step and "eval_top1" in r for r in read_metrics(log_dir))
+    return True
+
+
 class _NonFinite(Exception):
     """A NaN/Inf loss or weights: the run stops without saving that state."""
 
 
 def _why(err: Exception) -> str:
-    """The OS's reason ("No space left on device") from an OSError or a TensorFlow error."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return reason(err).rsplit("; ", 1)[-1]  # TensorFlow writes "<file>; <reason>"
+    """The OS's reason ("No space left on device"); TensorFlow writes "<file>; <reason>"."""
+    return reason(err).rsplit("; ", 1)[-1]
 
 
 def _count_bad_records(config: Config, split, reporter) -> int | None:
@@ -417,18 +443,3 @@ def _count_bad_records(config: Config, split, reporter) -> int | None:
     )
     reporter.print(f"--skip_corrupt: {count} unusable training record(s), skipped every epoch")
     return count
-
-
-def _explain_data_error(err, config: Config, split) -> Exception:
-    """Turn a TF error raised by the input pipeline into a one-line message naming the file."""
-    if split is None:
-        return err
-    from vgg_keras.data import diagnose
-
-    return diagnose.explain(
-        err,
-        list(split.files),
-        config.network.class_num,
-        config.input.label_offset,
-        parse=split.parse,
-    )

@@ -47,7 +47,8 @@ from tqdm import tqdm
 from vgg_keras import atomic
 from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.data import info
-from vgg_keras.errors import EXIT_SIGINT, EXIT_SIGTERM, UsageError, reason, run_cli
+from vgg_keras.errors import UsageError, reason, run_cli
+from vgg_keras.signals import STOP, exit_code
 
 SHUFFLE_SEED = 12345  # TF-slim's seed for the training file order
 SPLIT_SEED = 0  # --split_seed's default
@@ -74,7 +75,7 @@ class BadImage(Exception):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt: one path stops the workers for both."""
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt: one path stops the workers."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,8 +259,7 @@ def convert_shard(task: ShardTask) -> ShardResult:
         state = {"fingerprint": task.fingerprint, **dataclasses.asdict(result)}
         atomic.write_text(task.state_path, json.dumps(state))
     except (OSError, tf.errors.OpError) as err:
-        why = err.strerror if isinstance(err, OSError) else reason(err)
-        raise UsageError(f"{path}: cannot write shard ({why})") from err
+        raise UsageError(f"{path}: cannot write shard ({reason(err)})") from err
     return result
 
 
@@ -272,11 +272,10 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
     if not os.path.exists(os.path.join(task.out, task.name)):
         return None
     try:
-        with open(task.state_path) as f:
-            state = json.load(f)
-    except (OSError, ValueError, RecursionError):
+        state = info.read_json(task.state_path, "shard state")
+    except UsageError:
         return None
-    if state.get("fingerprint") != task.fingerprint:
+    if not isinstance(state, dict) or state.get("fingerprint") != task.fingerprint:
         return None
     from vgg_keras.data import pipeline
 
@@ -335,15 +334,13 @@ def _exit_on_sigterm(signum, _frame) -> None:
 
 
 class _StopSignals:
-    """Ctrl-C raises KeyboardInterrupt and SIGTERM Terminated in this process, so both stop the
-    workers and end in one line (SIGTERM's default action would kill this process alone, and
-    its workers would die on broken pipes, each with a traceback).
+    """Ctrl-C raises KeyboardInterrupt and the other stop signals (signals.STOP) Terminated in
+    this process, so all stop the workers and end in one line (SIGTERM's default action would
+    kill this process alone, and its workers would die on broken pipes, each with a traceback).
 
     The signal is remembered too: TF 1.15's import swallows a KeyboardInterrupt raised early in
     it (its import then completes), so ``check()`` raises it again once TensorFlow is loaded.
     """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.received: int | None = None
@@ -351,7 +348,7 @@ class _StopSignals:
 
     def _raise(self, signum, _frame=None) -> None:
         self.received = signum
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
     def check(self) -> None:
         if self.received is not None:
@@ -359,7 +356,7 @@ class _StopSignals:
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._raise) for sig in self.SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._raise) for sig in STOP}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -897,10 +894,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with _StopSignals() as stop:
+        with _StopSignals() as signals:
             from vgg_keras import compat  # noqa: F401 (TensorFlow loads here, seconds)
 
-            stop.check()
+            signals.check()
             result = convert(
                 args.src,
                 args.out,
@@ -912,9 +909,9 @@ def main(argv: list[str] | None = None) -> int:
                 val_fraction=args.val_fraction,
                 split_seed=args.split_seed,
             )
-    except KeyboardInterrupt as stop:
+    except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
-        return EXIT_SIGTERM if isinstance(stop, Terminated) else EXIT_SIGINT
+        return exit_code(signals.received or signal.SIGINT)
     print(
         f"{args.out}: {result['num_classes']} classes, {result['splits']} records "
         f"in {len(result['files'])} shards"

@@ -43,6 +43,13 @@ class Split:
     def num_examples(self) -> int:
         return sum(self.counts)
 
+    def explain(self, err: Exception, num_classes: int, label_offset: int) -> Exception:
+        """A one-line UsageError naming the record of these files behind ``err``, an input
+        pipeline's TensorFlow error; ``err`` itself when no record is to blame."""
+        from vgg_keras.data import diagnose
+
+        return diagnose.explain(err, list(self.files), num_classes, label_offset, self.parse)
+
     def for_worker(self, num_workers: int, worker_index: int) -> tuple[tuple[str, ...], bool, int]:
         """(files this worker reads, whether it shards by record, its records per epoch).
 
@@ -124,13 +131,10 @@ def load_split(inp: Input, split: str) -> Split:
     files = list_files(data_dir, split)
     known = info.read_info(data_dir).get("files", {})
     cache_path = os.path.join(data_dir, COUNTS_CACHE)
-    cache = {}
-    if os.path.exists(cache_path):
-        try:
-            with open(cache_path) as f:
-                cache = json.load(f)
-        except (OSError, ValueError, RecursionError):
-            cache = {}
+    try:
+        cache = info.read_json(cache_path, "record counts")
+    except UsageError:
+        cache = {}  # damaged: counted again
     cache = cache if isinstance(cache, dict) else {}
     counts, changed = [], False
     for path in files:
