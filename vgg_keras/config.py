@@ -407,10 +407,11 @@ class Config:
         """The settings that define the network a checkpoint holds."""
         return {name: self.value(name) for name in IDENTITY}
 
-    def resume_changes(self, saved: dict, source: str) -> list[tuple]:
+    def resume_changes(self, saved: dict, source: str, counts: dict) -> list[tuple]:
         """(name, saved value, ours, RESUME's kind) for each setting a resume may not change
-        freely that ``saved`` (a run's config.json, read from ``source``) holds otherwise."""
-        changes = []
+        freely that ``saved`` (a run's config.json, read from ``source``) holds otherwise, and
+        for each changed count in ``counts`` ({name: (recorded, now)})."""
+        changes = [(name, *pair, RESUME_KIND[name]) for name, pair in counts.items()]
         for name in INHERITED:
             if name in saved and RESUME_KIND[name] != "free":
                 old = SETTINGS[name].read(saved[name], source)

@@ -29,7 +29,7 @@ from vgg_keras import config as config_lib
 from vgg_keras import model as model_lib
 from vgg_keras.compat import tf
 from vgg_keras.config import Config
-from vgg_keras.data import pipeline
+from vgg_keras.data import diagnose, pipeline
 from vgg_keras.errors import EXIT_FAILED, EXIT_NONFINITE, UsageError, on_interrupt, reason
 from vgg_keras.reporting import Reporter
 
@@ -206,7 +206,9 @@ class Evaluator:
             return self.session.run(self._fetches)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
             c = self.config
-            raise self.split.explain(err, c.network.class_num, c.input.label_offset) from err
+            raise diagnose.explain(
+                err, self.split, c.network.class_num, c.input.label_offset
+            ) from err
 
     def report(self, rows: list[dict], reporter: Reporter, header: bool = True) -> None:
         """The evaluation table through ``reporter`` (percent), and the metrics (fractions) in

@@ -364,13 +364,10 @@ def decide(config, counts: dict, chief: bool = True) -> Start:
 def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
     """(notes, changes to record, the input stream's step) of resuming the run in ``folder`` at
     ``step`` with ``config``, as config.RESUME says; a change it refuses is a UsageError."""
-    from vgg_keras.config import RESUME_KIND  # config.py imports this module
-
     old = read_recorded(folder)
-    changes = config.resume_changes(read_config(folder), os.path.join(folder, CONFIG_FILE))
-    for name in ("replicas", "train_images"):
-        if old.get(name, counts[name]) != counts[name]:
-            changes.append((name, old[name], counts[name], RESUME_KIND[name]))
+    counted = ("replicas", "train_images")
+    moved = {n: (old[n], counts[n]) for n in counted if old.get(n, counts[n]) != counts[n]}
+    changes = config.resume_changes(read_config(folder), os.path.join(folder, CONFIG_FILE), moved)
     notes, changed = [], {}
     batch, per_epoch = counts["global_batch"], counts["steps_per_epoch"]
     was_batch, was_epoch = old.get("global_batch", batch), old.get("steps_per_epoch", per_epoch)

@@ -20,7 +20,7 @@ import numpy as np
 from vgg_keras import checkpoints, clock, compat, distribute, evaluation, rundir, train_graph
 from vgg_keras.compat import tf
 from vgg_keras.config import Config
-from vgg_keras.data import pipeline
+from vgg_keras.data import diagnose, pipeline
 from vgg_keras.errors import EXIT_NONFINITE, RunError, UsageError, reason
 from vgg_keras.plateau import ChancePlateau
 from vgg_keras.reporting import Reporter, read_metrics
@@ -62,7 +62,7 @@ def train(config: Config) -> int:
         )
         stack.callback(reporter.close)
         try:
-            _initialise(config, dist, built, session, reporter, start, precision)
+            _initialise(config, dist, built, session, reporter, start, plan, precision)
             if split is not None and dist.num_workers > 1:
                 reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
             with StopSignals() as signals:
@@ -116,7 +116,7 @@ def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distrib
     return dataset_fn
 
 
-def _initialise(config, dist, built: TrainGraph, session, reporter, start, precision):
+def _initialise(config, dist, built: TrainGraph, session, reporter, start, plan, precision):
     """Initial weights (a resumed checkpoint, --restore_path, --weights, or fresh ones), the
     same on every worker; the input iterator at its start."""
     for line in _start_notes(config, dist, precision, plan):
@@ -316,8 +316,8 @@ class _Loop:
             out = self.speed.timed(kind, lambda: self.session.run(fetches, feed), n)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
             c = self.config  # (no split: --synthetic, no file to blame)
-            explained = self.split and self.split.explain(
-                err, c.network.class_num, c.input.label_offset
+            explained = self.split and diagnose.explain(
+                err, self.split, c.network.class_num, c.input.label_offset
             )
             if not isinstance(explained, UsageError):
                 raise

@@ -94,16 +94,10 @@ def find_bad_record(
     return _eagerly(scan)
 
 
-def explain(
-    err: Exception,
-    files: Sequence[str],
-    num_classes: int,
-    label_offset: int = 1,
-    parse: Parser = schema.parse,
-) -> Exception:
-    """A one-line UsageError naming the file and record behind ``err``, an input pipeline's
-    TensorFlow error; ``err`` itself when no record is to blame."""
-    bad = find_bad_record(files, num_classes, label_offset, parse=parse)
+def explain(err: Exception, split, num_classes: int, label_offset: int = 1) -> Exception:
+    """A one-line UsageError naming the record of ``split`` (a pipeline.Split) behind ``err``,
+    an input pipeline's TensorFlow error; ``err`` itself when no record is to blame."""
+    bad = find_bad_record(list(split.files), num_classes, label_offset, parse=split.parse)
     if bad is None:
         return err
     return UsageError(f"{bad} (use --skip_corrupt to skip bad records)")

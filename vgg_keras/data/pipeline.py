@@ -43,13 +43,6 @@ class Split:
     def num_examples(self) -> int:
         return sum(self.counts)
 
-    def explain(self, err: Exception, num_classes: int, label_offset: int) -> Exception:
-        """A one-line UsageError naming the record of these files behind ``err``, an input
-        pipeline's TensorFlow error; ``err`` itself when no record is to blame."""
-        from vgg_keras.data import diagnose
-
-        return diagnose.explain(err, list(self.files), num_classes, label_offset, self.parse)
-
     def for_worker(self, num_workers: int, worker_index: int) -> tuple[tuple[str, ...], bool, int]:
         """(files this worker reads, whether it shards by record, its records per epoch).
 
