@@ -91,12 +91,14 @@ def bare_rates(cfg: config.Config, s: dict, precision: str) -> tuple[float, floa
             tf.random.stateless_uniform([batch], [0, 2], 0, net.class_num, tf.int32),
             trainable=False,
         )
+        step = v1.train.get_or_create_global_step()
+        model_lib.set_dropout_seed(model, cfg.loop.seed, step, 0)  # masks per step, as training
         logits = model(images.value(), training=True)  # a tensor: Keras casts those for bf16
         o = cfg.optimizer
         loss = train_graph.cross_entropy(logits, labels, net.class_num, o.label_smoothing)
         loss += train_graph.weight_decay_loss(model, o)
         optimizer = v1.train.MomentumOptimizer(o.lr, o.momentum, use_nesterov=o.use_nesterov)
-        train_op = optimizer.minimize(loss, var_list=model.trainable_weights)
+        train_op = optimizer.minimize(loss, step, var_list=model.trainable_weights)
         init = v1.global_variables_initializer()
     with v1.Session(graph=graph) as session:
         session.run(init)

@@ -182,7 +182,10 @@ def test_a_run_repeats_from_another_runs_config_json(reference_run):
     proc = run("run_train.py", "--config", first, "--log_dir", folder / "again")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     again = json.loads((folder / "again" / "config.json").read_text())
-    assert again == {**json.loads(first.read_text()), "log_dir": str(folder / "again")}
+    settings = json.loads(first.read_text())
+    assert again["run"]["id"] != settings["run"]["id"]  # another run, of the same settings
+    assert again == {**settings, "log_dir": str(folder / "again"), "run": again["run"]}
+    assert again["run"] == {**settings["run"], "id": again["run"]["id"]}
 
 
 # ---------------------------------------------------------------------------------------------

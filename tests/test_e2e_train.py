@@ -109,4 +109,9 @@ def test_demo_config_json_is_the_resolved_configuration(demo_run, demo_dir):
     recorded = written.pop("run")
     assert written == json.loads(resolved.to_json())
     assert written["mode"] == "train_and_evaluate" and written["class_num"] == 10
-    assert recorded == {"steps_per_epoch": 44, "global_batch": 32, "train_images": 1437}
+    counts = {"steps_per_epoch": 44, "global_batch": 32, "train_images": 1437, "replicas": 1}
+    assert recorded == {
+        "id": recorded["id"],
+        **counts,
+        "history": [{"step": 0, "global_batch": 32}],
+    }

@@ -67,22 +67,22 @@ class Run:
         self._out: list[str] = []
         self._err: list[str] = []
         self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, self._out, True)),
-            threading.Thread(target=self._read, args=(self.proc.stderr, self._err, False)),
+            threading.Thread(target=self._read, args=(self.proc.stdout, self._out)),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self._err)),
         ]
+        self._open = len(self._readers)
         for reader in self._readers:
             reader.start()
 
-    def _read(self, stream, sink: list[str], forward: bool) -> None:
+    def _read(self, stream, sink: list[str]) -> None:
         for line in stream:
             sink.append(line)
-            if forward:
-                self._lines.put(line.rstrip("\n"))
-        if forward:
-            self._lines.put(None)  # end of output
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)  # end of this stream
 
     def wait_for(self, pattern: str, timeout: float = 90) -> re.Match:
-        """The first new stdout line matching ``pattern``; fails when the run ends first."""
+        """The first new line (stdout or stderr) matching ``pattern``; fails when the run ends
+        first."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -90,6 +90,9 @@ class Run:
             except queue.Empty:
                 pytest.fail(f"no line matching {pattern!r} within {timeout} s:\n{self.stdout}")
             if line is None:
+                self._open -= 1
+                if self._open:
+                    continue
                 self.finish()
                 pytest.fail(f"run ended before {pattern!r}:\n{self.stdout}\n{self.stderr}")
             match = re.search(pattern, line)
@@ -214,15 +217,25 @@ def test_sigint_saves_closes_events_and_resumes_to_identical_weights(base_run, d
         assert np.array_equal(interrupted[name], value), name
 
 
+def _stopped_by(sig: int, log_dir: Path, demo_dir) -> int:
+    """A run sent ``sig`` after its first log line saves, releases the lock and exits 128 + the
+    signal's number; returns the step it saved."""
+    run = Run(train(log_dir, demo_dir, "--max_train_steps", "100000"))
+    run.wait_for(LOG_LINE)
+    os.kill(run.pid, sig)
+    run.finish()
+    assert_clean_exit(run, 128 + sig)
+    name, code = signal.Signals(sig).name, 128 + sig
+    said = rf"^{name}: stopped at step (\d+), saved \S+model\.ckpt-\1 \(exit {code}\)$"
+    k = int(re.search(said, run.stdout, re.M)[1])
+    assert steps(log_dir)[-1] == k
+    assert not (log_dir / "train.lock").exists()
+    return k
+
+
 def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
-    first = Run(train(log_dir, demo_dir, "--max_train_steps", "100000"))
-    first.wait_for(LOG_LINE)
-    os.kill(first.pid, signal.SIGTERM)
-    first.finish()
-    assert_clean_exit(first, 143)
-    k = int(re.search(r"^SIGTERM: stopped at step (\d+), saved", first.stdout, re.M)[1])
-    assert steps(log_dir)[-1] == k
+    k = _stopped_by(signal.SIGTERM, log_dir, demo_dir)
     before = snapshot(log_dir, kinds=("model.ckpt", "checkpoint"))
 
     # One session call of 5000 steps takes a minute here: the first SIGTERM would wait for it,
@@ -231,9 +244,8 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path)
     long_calls += ["--save_checkpoints_steps", "5000"]
     second = Run(train(log_dir, demo_dir, "--max_train_steps", "100000", *long_calls))
     second.wait_for(rf"^resumed from \S+model\.ckpt-{k} at step {k}$")
-    time.sleep(1.5)  # well inside the first session call
-    os.kill(second.pid, signal.SIGTERM)
-    time.sleep(0.3)
+    os.kill(second.pid, signal.SIGTERM)  # answered from the first line on
+    second.wait_for(r"^SIGTERM: stopping after the running steps, then saving a checkpoint")
     sent = time.monotonic()
     os.kill(second.pid, signal.SIGTERM)
     second.finish()
@@ -247,16 +259,7 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path)
 
 def test_sighup_saves_releases_the_lock_and_exits_129(demo_dir, tmp_path):
     """A closed terminal or a dropped ssh connection stops the trainer as SIGTERM does."""
-    log_dir = tmp_path / "run"
-    run = Run(train(log_dir, demo_dir, "--max_train_steps", "100000"))
-    run.wait_for(LOG_LINE)
-    os.kill(run.pid, signal.SIGHUP)
-    run.finish()
-    assert_clean_exit(run, 129)
-    said = r"^SIGHUP: stopped at step (\d+), saved \S+model\.ckpt-\1 \(exit 129\)$"
-    k = int(re.search(said, run.stdout, re.M)[1])
-    assert steps(log_dir)[-1] == k
-    assert not (log_dir / "train.lock").exists()
+    _stopped_by(signal.SIGHUP, tmp_path / "run", demo_dir)
 
 
 def test_a_second_sigint_exits_at_once_and_leaves_the_checkpoints_untouched(demo_dir, tmp_path):
@@ -270,9 +273,9 @@ def test_a_second_sigint_exits_at_once_and_leaves_the_checkpoints_untouched(demo
     long_calls += ["--save_checkpoints_steps", "5000", "--max_train_steps", "100000"]
     second = Run(train(log_dir, demo_dir, *long_calls))
     second.wait_for(r"^resumed from \S+model\.ckpt-5 at step 5$")
-    time.sleep(1.5)  # well inside the first session call
-    os.kill(second.pid, signal.SIGINT)
-    time.sleep(0.3)
+    os.kill(second.pid, signal.SIGINT)  # answered from the first line on
+    said = second.wait_for(r"^SIGINT: stopping after the running steps.*\((.*)\)$")
+    assert said[1] == "Ctrl-C again to quit without saving"
     sent = time.monotonic()
     os.kill(second.pid, signal.SIGINT)
     second.finish()
@@ -292,7 +295,6 @@ def test_run_eval_exits_130_on_sigint(base_run, tmp_path):
     evaluator.wait_for(rf"^\s*{BASE_STEPS}\s+\d")  # the table row of model.ckpt-60
     while not (output / "eval_results.json").exists():  # written just after the row
         time.sleep(0.01)
-    time.sleep(0.5)  # then it polls the folder for a newer checkpoint
     os.kill(evaluator.pid, signal.SIGINT)
     evaluator.finish(timeout=30)
     assert_clean_exit(evaluator, 130)

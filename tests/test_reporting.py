@@ -240,8 +240,11 @@ def test_a_run_logs_on_display_multiples_and_writes_its_resolved_config(train_ti
         for r in records
     ]
     with open(tmp_path / "config.json") as f:
-        recorded = {"steps_per_epoch": 44, "global_batch": 32, "train_images": 1437}
-        assert json.load(f) == {**config.flat(), "run": recorded}
+        written = json.load(f)
+    run = written.pop("run")
+    assert written == config.flat()
+    counts = {"steps_per_epoch": 44, "global_batch": 32, "train_images": 1437, "replicas": 1}
+    assert run == {"id": run["id"], **counts, "history": [{"step": 0, "global_batch": 32}]}
     assert scalar_events(str(tmp_path))["lr"] == [
         (r["step"], pytest.approx(r["lr"])) for r in records
     ]

@@ -16,11 +16,12 @@ STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class StopSignals:
     """SIGINT/SIGTERM/SIGHUP become a flag the loop checks after each session call.
 
-    The first signal lets the current session call finish; the loop then saves a checkpoint
-    and exits 130, 143 or 129.  A second one exits at once, even in the middle of a long session
-    call: Python runs signal handlers only between bytecodes of the main thread, which a session
-    call blocks, so a helper thread reads the signals from a wakeup fd instead.  Exiting there
-    cannot leave a half-written checkpoint that a reader would take (see checkpoints.py).
+    The first signal is answered at once (a line on stderr) and lets the current session call
+    finish; the loop then saves a checkpoint and exits 130, 143 or 129.  A second one exits at
+    once, even in the middle of a long session call: Python runs signal handlers only between
+    bytecodes of the main thread, which a session call blocks, so a helper thread reads the
+    signals from a wakeup fd instead.  Exiting there cannot leave a half-written checkpoint that
+    a reader would take (see checkpoints.py).
     """
 
     def __init__(self):
@@ -47,10 +48,17 @@ class StopSignals:
                 for signum in data:
                     if signum not in STOP:
                         continue
+                    name = signal.Signals(signum).name
                     if self.received is None:
                         self.received = signum
+                        again = "Ctrl-C" if signum == signal.SIGINT else name
+                        print(
+                            f"{name}: stopping after the running steps, then saving a checkpoint "
+                            f"({again} again to quit without saving)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     else:
-                        name = signal.Signals(signum).name
                         print(f"{name} again: exiting at once, without saving", file=sys.stderr)
                         os._exit(exit_code(signum))
 

@@ -62,10 +62,11 @@ def train(config: Config) -> int:
         )
         stack.callback(reporter.close)
         try:
-            _initialise(config, dist, built, session, reporter, start, plan, precision)
-            if split is not None and dist.num_workers > 1:
-                reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
+            # From the first line on, a signal is answered (a restore can take a while).
             with StopSignals() as signals:
+                _initialise(config, dist, built, session, reporter, start, plan, precision)
+                if split is not None and dist.num_workers > 1:
+                    reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
                 code = _Loop(config, plan, built, session, reporter, evaluator, split).run(signals)
             if code == 0 and dist.num_workers > 1:
                 # Equal on every worker when they stayed in sync (bit-identical weights).
