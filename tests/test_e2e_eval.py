@@ -208,24 +208,6 @@ def test_watch_evaluates_a_checkpoint_written_later_then_stops(eval_run, tmp_pat
         assert [r["step"] for r in json.load(f)] == [50, 100]
 
 
-@pytest.mark.slow
-def test_demo_run_every_checkpoint_and_final_accuracy(demo_run, tmp_path, script_runner):
-    proc = script_runner("run_eval.py", "--all-ckpts", "--eval_dir", demo_run, "--output", tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    with open(tmp_path / RESULTS_JSON) as f:
-        found = json.load(f)
-    kept = rundir.list_checkpoints(demo_run)
-    assert [r["checkpoint"] for r in found] == kept
-    assert [int(r[0]) for r in _table(proc.stdout)] == [r["step"] for r in found]
-    assert found[-1]["step"] == 880  # 20 epochs of 1437 // 32 = 44 steps
-    assert found[-1]["top1"] >= 0.97
-    # Training's own evaluation (train_and_evaluate) runs this same code: same final top-1.
-    with open(os.path.join(demo_run, "metrics.jsonl")) as f:
-        evals = [r for r in map(json.loads, f) if "eval_top1" in r]
-    assert evals[-1]["step"] == found[-1]["step"]
-    assert evals[-1]["eval_top1"] == pytest.approx(found[-1]["top1"], abs=1e-9)
-
-
 # ---------------------------------------------------------------------------------------------
 # Fewer than five classes, the image count, ten crops
 

@@ -1,10 +1,8 @@
-"""run_train.py as a user runs it (real subprocesses): bad flag values, Ctrl-C, and the demo,
-which must reach >= 97% top-1 on the digits' validation split.
-"""
+"""run_train.py as a user runs it: bad flag values (one line, exit 2) and Ctrl-C (a real
+subprocess).  The demo run's own tests are in test_e2e_demo.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,9 +10,8 @@ import sys
 import time
 
 import pytest
-from conftest import demo_config
 
-from vgg_keras import results, rundir
+from vgg_keras import rundir
 from vgg_keras.reporting import read_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,43 +72,3 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert stdout.splitlines()[-1].startswith("SIGINT")
     assert f"{log_dir}/model.ckpt-{step}" in stdout.splitlines()[-1]
     assert "Traceback" not in stderr
-
-
-@pytest.mark.slow
-def test_demo_reaches_97_percent_top1(demo_run):
-    evals = [r for r in read_metrics(demo_run) if "eval_top1" in r]
-    # --preset demo: 20 epochs of 1437 // 32 = 44 steps, evaluated every 5 epochs.
-    assert [r["step"] for r in evals] == [220, 440, 660, 880]
-    assert evals[-1]["eval_top1"] >= 0.97, evals
-    assert rundir.latest_checkpoint(demo_run).endswith("model.ckpt-880")
-
-
-@pytest.mark.slow
-def test_demo_log_prints_train_lines_and_the_evaluation_table(demo_run):
-    with open(os.path.join(demo_run, "train.log")) as f:
-        lines = f.read().splitlines()
-    # <date> <time>  step: N  epoch: ...  top1: ..%  eta H:MM:SS
-    train_lines = [line.split() for line in lines if "  step:" in line]
-    assert [int(words[3]) for words in train_lines] == list(range(50, 880, 50)) + [880]
-    assert all(words[2] == "step:" and words[-2] == "eta" for words in train_lines)
-    assert train_lines[-1][-1] == "0:00:00"  # nothing left at the last step
-    assert lines.count(results.HEADER) == 4  # once per evaluation, in percent
-    header = lines.index(results.HEADER)
-    assert lines[header + 1].split()[:2] == ["220", "5.0"]
-    assert lines[-1] == f"done: 880 steps, checkpoint {demo_run}/model.ckpt-880"
-
-
-@pytest.mark.slow
-def test_demo_config_json_is_the_resolved_configuration(demo_run, demo_dir):
-    with open(os.path.join(demo_run, "config.json")) as f:
-        written = json.load(f)
-    resolved = demo_config(data_dir=demo_dir, log_dir=demo_run)
-    recorded = written.pop("run")
-    assert written == json.loads(resolved.to_json())
-    assert written["mode"] == "train_and_evaluate" and written["class_num"] == 10
-    counts = {"steps_per_epoch": 44, "global_batch": 32, "train_images": 1437, "replicas": 1}
-    assert recorded == {
-        "id": recorded["id"],
-        **counts,
-        "history": [{"step": 0, "global_batch": 32}],
-    }
