@@ -204,7 +204,7 @@ def run_steps(name: str):
 
 # On TF 1.15 (the reference's stack, its kernels) the project computes the reference's numbers
 # exactly, on the CPU kind the golden values come from (AMD EPYC with AVX-512).  TF 1.15's
-# matrix products go through oneDNN, which picks its kernels by CPU: on an AVX2-only AMD EPYC
+# kernels differ by CPU kind (the vector units they use): on an AVX2-only AMD EPYC
 # the reference's own code (bench/reference_parity.py run there) gives a third-step loss of
 # 4.28606 (VGG16) and 12.13931 (VGG19) against the golden 4.28261 and 12.13117, and the project
 # gives 4.28606 and 12.13931 there, equal again.  Elsewhere, and on TF 2, the kernels round
