@@ -32,8 +32,8 @@ def build(network: Network, training: bool = False, seed: int | None = None) -> 
     is kept, which a small plain network needs).  Dense kernels are N(0, 0.01) as published
     (``dense_init normal``) or He on fan-in (``he``: a width-scaled network's narrow dense
     layers would shrink the signal to nothing with N(0, 0.01)).  ``training`` adds the dropout
-    layers (``StepDropout``) and freezes the layers before --trainable_from; ``seed`` reaches the initial weights
-    (Keras initializers ignore the graph seed).
+    layers (``StepDropout``) and freezes the layers before --trainable_from; ``seed`` reaches
+    the initial weights (Keras initializers ignore the graph seed).
     The logits are float32 even under a mixed-precision policy, so the softmax and the loss are
     computed in float32.
     """
