@@ -146,7 +146,9 @@ def test_the_api_is_checked_like_flags():
 def test_a_non_utf8_config_file_is_one_line(tmp_path):
     path = tmp_path / "settings.json"
     path.write_bytes(b'{"batch_size": "\xff"}')
-    with pytest.raises(UsageError, match=f"^--config {path}: not a UTF-8 text file"):
+    with pytest.raises(
+        UsageError, match=f"^--config {path}: unreadable settings file \\(not UTF-8 text\\)"
+    ):
         from_args(["--config", str(path)])
 
 
@@ -321,7 +323,9 @@ def test_class_num_from_the_dataset_where_data_is_read():
 def test_a_config_file_nested_too_deeply_is_one_line(tmp_path):
     path = tmp_path / "deep.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(UsageError, match=f"^--config {path}: not valid JSON") as err:
+    with pytest.raises(
+        UsageError, match=f"^--config {path}: unreadable settings file \\(nested too deeply\\)"
+    ) as err:
         from_args(["--config", str(path)])
     assert "\n" not in str(err.value)
 
@@ -344,7 +348,9 @@ def test_yaml_files_with_odd_keys_or_bad_syntax_are_one_line(tmp_path):
         from_args(["--config", str(keys)])
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: [0.1\n")
-    with pytest.raises(UsageError, match=rf"^--config {bad}: not valid YAML \(.*line 2") as err:
+    with pytest.raises(
+        UsageError, match=rf"^--config {bad}: unreadable settings file \(.*line 2"
+    ) as err:
         from_args(["--config", str(bad)])
     assert "\n" not in str(err.value)
 

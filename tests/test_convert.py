@@ -716,10 +716,10 @@ def test_read_info_names_the_file_and_the_key_of_a_wrong_type(tmp_path, change, 
 @pytest.mark.parametrize(
     "content,why",
     [
-        (b"[1, 2]", "expected a JSON object"),
+        (b"[1, 2]", "expected a mapping, found a list"),
         (b'{"name": "\xff"}', "not UTF-8"),
         (b"{", ""),
-        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "maximum recursion depth"),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     ],
 )
 def test_read_info_refuses_a_file_that_is_no_json_object(tmp_path, content, why):

@@ -41,7 +41,7 @@ def test_auto_is_none_on_a_cpu_host_and_multi_worker_under_tf_config():
     ("overrides", "tf_config", "message"),
     [
         ({"distribution": "multi_worker"}, None, "--distribution multi_worker needs TF_CONFIG"),
-        ({}, "{not json", "TF_CONFIG is not valid JSON"),
+        ({}, "{not json", "TF_CONFIG: unreadable cluster description"),
         (
             {"distribution": "none"},
             json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": 0}}),

@@ -565,3 +565,56 @@ def test_converter_rerun_rewrites_a_truncated_shard(tmp_path):
     _truncate_half(shard)
     ok(cli("-m", "vgg_keras.data.convert", src, out, *flags))
     assert shard.read_bytes() == whole
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents and checkpoints that are not what they claim: one line, never a traceback
+
+
+def test_a_settings_file_of_unfolding_yaml_aliases_is_one_line(demo_dir, tmp_path):
+    from test_documents import alias_bomb
+
+    (tmp_path / "bomb.yaml").write_text(alias_bomb())
+    proc = cli(
+        "run_train.py", *train_args(demo_dir, tmp_path / "run"), "--config", tmp_path / "bomb.yaml"
+    )
+    assert "over 1,000,000 values" in error_line(proc, 2)
+
+
+def test_a_lock_file_holding_null_is_taken_over(demo_dir, tmp_path):
+    log_dir = tmp_path / "run"
+    log_dir.mkdir()
+    (log_dir / "train.lock").write_text("null")
+    ok(cli("run_train.py", *train_args(demo_dir, log_dir, "--max_train_steps", "2")))
+    assert steps(log_dir) == [2]
+
+
+def test_a_cosine_longer_than_any_run_is_refused_at_once(demo_dir, tmp_path):
+    args = train_args(demo_dir, tmp_path / "run", "--lr_schedule", "cosine_epoch")
+    proc = cli("run_train.py", *args, "--T_max", "1e10", timeout=60)
+    assert error_line(proc, 2) == "error: --T_max: must be <= 100000, got 1e+10"
+
+
+def test_a_checkpoint_with_a_kernel_of_another_rank_is_one_line(run20, demo_dir, tmp_path):
+    from vgg_keras.compat import tf, v1
+
+    reader = tf.train.load_checkpoint(str(run20 / "model.ckpt-20"))
+    with tf.Graph().as_default(), v1.Session() as session:
+        stored = []
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            stored.append(
+                v1.Variable(np.float32(1) if name == "predictions/kernel" else value, name=name)
+            )
+        session.run(v1.global_variables_initializer())
+        v1.train.Saver(stored).save(session, str(tmp_path / "model.ckpt"), global_step=20)
+    wanted = f"error: {tmp_path / 'model.ckpt-20'}: not a VGG checkpoint (predictions/kernel has the shape [])"
+    for script, args in [
+        ("run_eval.py", ["--ckpt", tmp_path / "model.ckpt-20", "--data_dir", demo_dir]),
+        ("run_export.py", ["--ckpt", tmp_path / "model.ckpt-20", "--output", tmp_path / "out"]),
+        (
+            "run_train.py",
+            train_args(demo_dir, tmp_path / "go_on", "--resume", tmp_path / "model.ckpt-20"),
+        ),
+    ]:
+        assert error_line(cli(script, *args), 2) == wanted, script

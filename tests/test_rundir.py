@@ -89,7 +89,9 @@ def test_config_json_holds_the_settings_and_what_the_run_recorded(tmp_path):
     assert rundir.read_config(str(tmp_path)) == config.flat()
     assert rundir.read_recorded(str(tmp_path)) == {"steps_per_epoch": 44}
     (tmp_path / "config.json").write_text("[1, 2]")
-    with pytest.raises(UsageError, match="config.json: unreadable run settings \\(not a JSON obj"):
+    with pytest.raises(
+        UsageError, match="config.json: unreadable run settings \\(expected a mapping, found a list"
+    ):
         rundir.read_config(str(tmp_path))
 
 

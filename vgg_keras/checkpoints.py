@@ -93,6 +93,9 @@ def read_contents(path: str) -> Contents:
             f"{path}: not a VGG checkpoint of this project or of the reference (it holds "
             f"{found or 'no variables'}; expected block1_conv1/kernel ... or conv2d/kernel ...)"
         )
+    for name, shape in shapes.items():  # a kernel of another rank would fail far from here
+        if name.endswith("/kernel") and len(shape) != (4 if "conv" in name else 2):
+            raise UsageError(f"{path}: not a VGG checkpoint ({name} has the shape {shape})")
     contents = Contents(path, shapes, layout, None)
     if layout == REFERENCE:
         return dataclasses.replace(contents, arch=arch.from_reference_scopes(contents.layers))

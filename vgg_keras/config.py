@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-from vgg_keras import arch, rundir
+from vgg_keras import arch, documents, rundir
 from vgg_keras.errors import UsageError
 
 DEMO_DATA_DIR = "data/demo"
@@ -236,7 +236,8 @@ class Optimizer:
     lr_values: Optional[Tuple[float, ...]] = setting(
         None, "piecewise: values, one more than boundaries (default: lr, lr/10, ...)", at_least=0
     )
-    T_max: float = setting(150.0, "cosine: epochs until eta_min", above=0)
+    # at_most: cosine_epoch holds one rate per epoch up to T_max in the graph
+    T_max: float = setting(150.0, "cosine: epochs until eta_min", above=0, at_most=1e5)
     eta_min: float = setting(0.0, "cosine: final learning rate", at_least=0)
     warmup_epochs: float = setting(
         0.0,
@@ -831,46 +832,16 @@ def _check(c: Config, need_data: bool) -> None:
         )
 
 
-def _yaml_problem(err) -> str:
-    """PyYAML's several-line message as one line: what is wrong, and where."""
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    mark = getattr(err, "problem_mark", None)
-    return f"{problem}, line {mark.line + 1} column {mark.column + 1}" if mark else problem
-
-
 def read_settings_file(path: str) -> dict:
     """The settings in a --config file: a JSON or YAML mapping of setting names to values
     (a run's config.json included: what the run recorded there is left out)."""
     if not isinstance(path, (str, os.PathLike)):
         raise UsageError(f"--config: expected a file's path, got {path!r}")
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise UsageError(f"--config {path}: cannot read it ({err.strerror})") from err
-    except ValueError as err:
-        raise UsageError(f"--config {path}: not a UTF-8 text file ({err})") from err
-    if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError as err:
-            raise UsageError(
-                f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); "
-                "or give the settings as JSON"
-            ) from err
-        try:
-            values = yaml.safe_load(text)
-        except RecursionError as err:
-            raise UsageError(f"--config {path}: not valid YAML (nested too deeply)") from err
-        except yaml.YAMLError as err:
-            raise UsageError(f"--config {path}: not valid YAML ({_yaml_problem(err)})") from err
-    else:
-        try:
-            values = json.loads(text)
-        except (ValueError, RecursionError) as err:
-            raise UsageError(f"--config {path}: not valid JSON ({err})") from err
-    if not isinstance(values, dict):
-        raise UsageError(f"--config {path}: expected a mapping of setting names to values")
+    name = f"--config {path}"
+    text = documents.read_text(path, "settings file", name)
+    if text is None:
+        raise UsageError(f"{name}: no such file")
+    values = documents.parse(text, name, "settings file", dict, path.endswith((".yaml", ".yml")))
     values.pop(rundir.RECORDED, None)
     return values

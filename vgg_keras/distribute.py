@@ -30,7 +30,6 @@ all-reduce (NCCL on GPU workers, a ring over gRPC otherwise).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -38,7 +37,7 @@ import warnings
 from collections.abc import Callable
 from typing import ClassVar
 
-from vgg_keras import compat, npu
+from vgg_keras import compat, documents, npu
 from vgg_keras.compat import tf, v1
 from vgg_keras.config import Config, Runtime
 from vgg_keras.data import pipeline
@@ -295,13 +294,9 @@ def _read_tf_config() -> dict | None:
     text = os.environ.get("TF_CONFIG", "").strip()
     if not text:
         return None
-    try:
-        tf_config = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise UsageError(f"TF_CONFIG is not valid JSON ({err})") from err
-    if not isinstance(tf_config, dict):
-        raise UsageError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
-    return tf_config
+    return documents.parse(
+        text, "TF_CONFIG", "cluster description (JSON with 'cluster' and 'task')"
+    )
 
 
 def _num_workers(cluster: dict) -> int:

@@ -66,17 +66,21 @@ def reason(err: Exception) -> str:
     return line or type(err).__name__
 
 
+def one_line(message: str, limit: int = 400) -> str:
+    """``message`` as one line of at most ``limit`` characters (a value quoted in it may be
+    anything a file held)."""
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 4] + " ..."
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run ``main``; UsageError and RunError become one line on stderr and exit code 2 or 1,
     Ctrl-C before a handler of its own is installed exits 130 without a traceback."""
     try:
         return int(main(argv) or 0)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
+    except (UsageError, RunError) as err:
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(err, UsageError) else EXIT_FAILED
     except KeyboardInterrupt as err:
         print(str(err) or "interrupted", file=sys.stderr)
         return EXIT_SIGINT

@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from vgg_keras import documents
 from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.errors import UsageError, run_cli
 from vgg_keras.signals import STOP
@@ -108,14 +109,11 @@ def _exit_status(code: int) -> int:
 def read_rank_table(path: str, npus: int) -> list[str]:
     """The device id of each rank 0..npus-1 in an HCCL rank table (``server_list[].device[]``
     with ``device_id`` and ``rank_id``, as the reference's 8p.json)."""
+    table = documents.read_json(path, "HCCL rank table", required=True)
     try:
-        with open(path, encoding="utf-8") as f:
-            table = json.load(f)
         devices = [d for server in table["server_list"] for d in server["device"]]
         by_rank = {int(d["rank_id"]): str(d["device_id"]) for d in devices}
-    except OSError as err:
-        raise UsageError(f"--rank_table {path}: cannot read it ({err.strerror})") from err
-    except (ValueError, KeyError, TypeError, RecursionError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise UsageError(
             f"--rank_table {path}: not an HCCL rank table (expected JSON with server_list[]."
             "device[] holding device_id and rank_id)"

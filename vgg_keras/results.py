@@ -22,9 +22,10 @@ import re
 
 import numpy as np
 
-from vgg_keras import atomic, rundir
+from vgg_keras import atomic, documents, rundir
 from vgg_keras.config import Config
 from vgg_keras.data import info
+from vgg_keras.errors import UsageError
 
 SUMS = ("top1", "top5", "loss", "images")  # what the evaluation graph sums
 KEYS = ("checkpoint", "step", "epoch", "top1", "top5", "loss", "images")
@@ -119,10 +120,9 @@ def write(rows: list[dict], config: Config, output: str, tag: str, crops: int) -
 def _merge(path: str, new: list[dict]) -> list[dict]:
     """The rows of the file at ``path`` with those of ``new`` in place of the same steps."""
     try:
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        old = []
+        old = documents.read_json(path, "evaluation results", list)
+    except UsageError:
+        old = []  # not ours, or cut short: replaced by the complete new file
     steps = {r["step"] for r in new}
     kept = [
         r

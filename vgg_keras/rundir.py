@@ -29,7 +29,7 @@ import re
 import shutil
 import uuid
 
-from vgg_keras import atomic, runlock
+from vgg_keras import atomic, documents, runlock
 from vgg_keras.errors import UsageError
 
 CONFIG_FILE = "config.json"
@@ -195,24 +195,9 @@ def write_config(folder: str, settings: dict, recorded: dict | None = None) -> N
     )
 
 
-def read_json(path: str, what: str) -> dict:
-    """The JSON object in ``path``, or {} when the file is absent; anything else that is not a
-    readable JSON object is a one-line UsageError naming the file."""
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
-        raise UsageError(f"{path}: unreadable {what} ({err})") from err
-    if not isinstance(value, dict):
-        raise UsageError(f"{path}: unreadable {what} (not a JSON object)")
-    return value
-
-
 def read_config(folder: str) -> dict:
     """The settings a run saved in ``<folder>/config.json`` ({} when there are none)."""
-    saved = read_json(os.path.join(folder, CONFIG_FILE), "run settings")
+    saved = documents.read_json(os.path.join(folder, CONFIG_FILE), "run settings")
     saved.pop(RECORDED, None)
     return saved
 
@@ -220,7 +205,7 @@ def read_config(folder: str) -> dict:
 def read_recorded(folder: str) -> dict:
     """What the run recorded in config.json: its counts (steps_per_epoch, ...) that are
     positive integers; a hand-edited value of another type is left out, as if not recorded."""
-    recorded = read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
+    recorded = documents.read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
     if not isinstance(recorded, dict):
         return {}
     return {k: v for k, v in recorded.items() if _is_count(v)}
@@ -229,7 +214,7 @@ def read_recorded(folder: str) -> dict:
 def read_best(folder: str) -> dict | None:
     """best_checkpoint.json: {"step", "top1", "checkpoint"} of the best evaluation, or None
     when it is absent or its step or top-1 is not a number (a hand-edited file)."""
-    best = read_json(os.path.join(folder, BEST_FILE), "best checkpoint record")
+    best = documents.read_json(os.path.join(folder, BEST_FILE), "best checkpoint record")
     top1 = best.get("top1")
     is_number = isinstance(top1, (int, float)) and not isinstance(top1, bool)
     return best if _is_count(best.get("step")) and is_number else None
@@ -429,7 +414,7 @@ def _history(folder: str) -> list[dict]:
 
 def _run_record_of(folder: str) -> dict:
     """The run record config.json holds in ``folder`` ({}: none, or not a record)."""
-    record = read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
+    record = documents.read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
     return record if isinstance(record, dict) else {}
 
 
@@ -438,7 +423,7 @@ def _run_record(folder: str) -> dict | None:
     without one, or a ``checkpoint`` file that names no model.ckpt-<step>, is not this
     program's: refused, naming it (a start would replace it)."""
     path, state = os.path.join(folder, CONFIG_FILE), os.path.join(folder, STATE_FILE)
-    record = read_json(path, "run settings").get(RECORDED)
+    record = documents.read_json(path, "run settings").get(RECORDED)
     if os.path.exists(path) and not isinstance(record, dict):
         raise UsageError(f"{path}: not a run's config.json (no {RECORDED!r} record): {_ASIDE}")
     target = os.path.basename(state_file_target(folder) or "")

@@ -21,6 +21,7 @@ import os
 import socket
 import time
 
+from vgg_keras import documents
 from vgg_keras.errors import RunError, UsageError
 
 LOCK_FILE = "train.lock"
@@ -111,9 +112,9 @@ class RunLock:
 def _read(handle) -> dict:
     handle.seek(0)
     try:
-        return json.loads(handle.read() or "{}")
-    except (ValueError, RecursionError):
-        return {}  # a lock file cut short by a crash while being written
+        return documents.parse(handle.read() or "{}", handle.name, "run lock")
+    except UsageError:
+        return {}  # a lock file cut short by a crash while being written, or not ours
 
 
 def _same_file(handle, path: str) -> bool:

@@ -44,7 +44,7 @@ import threading
 
 from tqdm import tqdm
 
-from vgg_keras import atomic
+from vgg_keras import atomic, documents
 from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.data import info
 from vgg_keras.errors import UsageError, reason, run_cli
@@ -272,7 +272,7 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
     if not os.path.exists(os.path.join(task.out, task.name)):
         return None
     try:
-        state = info.read_json(task.state_path, "shard state")
+        state = documents.read_json(task.state_path, "shard state")
     except UsageError:
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != task.fingerprint:

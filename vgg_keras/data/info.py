@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from vgg_keras import atomic
+from vgg_keras import atomic, documents
 from vgg_keras.errors import UsageError
 
 INFO_FILE = "dataset_info.json"
@@ -30,22 +30,9 @@ def read_info(data_dir: str) -> dict:
     naming the file and the key rather than a TypeError wherever the value is first used.
     """
     path = os.path.join(data_dir, INFO_FILE)
-    meta = read_json(path, "dataset info")
+    meta = documents.read_json(path, "dataset info")
     _check_schema(path, meta)
     return meta
-
-
-def read_json(path: str, what: str) -> dict:
-    """The JSON object in ``path``, or {} when the file is absent; unreadable is a UsageError."""
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except UnicodeDecodeError as err:
-        raise UsageError(f"{path}: unreadable {what} (not UTF-8 text)") from err
-    except (OSError, ValueError, RecursionError) as err:
-        raise UsageError(f"{path}: unreadable {what} ({err})") from err
 
 
 def _is_int(value, minimum: int | None) -> bool:

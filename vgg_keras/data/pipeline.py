@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from vgg_keras import atomic, compat
+from vgg_keras import atomic, compat, documents
 from vgg_keras.compat import tf
 from vgg_keras.config import Input, Network
 from vgg_keras.data import info, preprocess, schema, tfds_source
@@ -125,7 +125,7 @@ def load_split(inp: Input, split: str) -> Split:
     known = info.read_info(data_dir).get("files", {})
     cache_path = os.path.join(data_dir, COUNTS_CACHE)
     try:
-        cache = info.read_json(cache_path, "record counts")
+        cache = documents.read_json(cache_path, "record counts")
     except UsageError:
         cache = {}  # damaged: counted again
     cache = cache if isinstance(cache, dict) else {}
