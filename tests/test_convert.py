@@ -285,9 +285,13 @@ def test_resume_keeps_finished_shards(tree, converted, tmp_path):
     assert _examples(out, victim) == _examples(converted[0], victim)
     with open(os.path.join(out, convert.REPORT_FILE)) as f:
         assert os.path.join(src, sorted(BAD)[0]) in f.read()
-    # another shard count would leave two conversions mixed in one folder
-    with pytest.raises(UsageError, match="train-00000-of-00003"):
+    # another shard count is another dataset: refused, unless --overwrite replaces the first
+    with pytest.raises(UsageError, match=f"{out}/dataset_info.json: the output folder holds"):
         convert.convert(src, out, **{**kwargs, "train_shards": 2})
+    assert info.read_info(out) == first
+    third = convert.convert(src, out, **{**kwargs, "train_shards": 2}, overwrite=True)
+    shards = sorted(n for n in os.listdir(out) if info.SHARD_NAME.fullmatch(n))
+    assert shards == sorted(third["files"]) and os.path.exists(os.path.join(out, victim + ".tmp"))
 
 
 def _flat_source(tree, tmp_path) -> tuple[str, list[str]]:

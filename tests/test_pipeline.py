@@ -14,7 +14,7 @@ import pytest
 
 from vgg_keras import config
 from vgg_keras.compat import tf
-from vgg_keras.data import pipeline
+from vgg_keras.data import info, pipeline
 from vgg_keras.errors import UsageError
 
 SIZE = 32
@@ -184,7 +184,7 @@ def test_load_split_counts_from_dataset_info(tmp_path, shard_writer):
         json.dump(meta, f)
     split = _split(directory, "train")
     assert split.counts == (99, 3, 3)
-    assert not os.path.exists(os.path.join(directory, pipeline.COUNTS_CACHE))
+    assert not os.path.exists(os.path.join(directory, info.COUNTS_CACHE))
 
 
 def test_load_split_counts_once_and_caches(tmp_path, shard_writer, jpeg_encoder):
@@ -194,7 +194,7 @@ def test_load_split_counts_once_and_caches(tmp_path, shard_writer, jpeg_encoder)
     assert [os.path.basename(f) for f in split.files] == [
         f"train-0000{i}-of-00003" for i in range(3)
     ]
-    cache_path = os.path.join(directory, pipeline.COUNTS_CACHE)
+    cache_path = os.path.join(directory, info.COUNTS_CACHE)
     with open(cache_path) as f:
         cache = json.load(f)
     first = os.path.join(directory, "train-00000-of-00003")
