@@ -168,19 +168,21 @@ def needed_classes(data_dir: str, label_offset: int) -> int | None:
 
 def _shard_records(path, count):
     """The records of one shard, and an InvalidArgumentError when it holds more or fewer than
-    ``count`` (its dataset's): checked as it is read, at the ``count``-th record and at its end,
-    so a shard that changed since it was listed stops the run (diagnose.explain names it)."""
+    ``count`` (its dataset's), so that a shard that changed since it was listed stops the run
+    (diagnose.explain names it).  Each record leaves one element late, after the check of the
+    next (or of the file's end): a reader that takes exactly ``count`` records checks too."""
     records = tf.data.TFRecordDataset(path).map(lambda record: (record, True))
     end = tf.data.Dataset.from_tensors((tf.constant(b""), False))
 
-    def check(index, element):
-        record, real = element
+    def check(previous, element):
+        index, (record, real) = element
         ok = tf.where(real, index < count, tf.equal(index, count))
         message = [path, ": not the record count its dataset lists:", count]
         with tf.control_dependencies([tf.debugging.Assert(ok, message)]):
-            return tf.identity(record), real
+            return (record, real), tuple(tf.identity(t) for t in previous)
 
-    checked = records.concatenate(end).enumerate().map(check)
+    start = (tf.constant(b""), tf.constant(False))
+    checked = records.concatenate(end).enumerate().apply(tf.data.experimental.scan(start, check))
     # Filtered inside the file's dataset: an interleave of files sees the same records as before.
     return checked.filter(lambda _, real: real).map(lambda record, _: record)
 
