@@ -187,6 +187,12 @@ def _shard_records(path, count):
     return checked.filter(lambda _, real: real).map(lambda record, _: record)
 
 
+def _reader(inp: Input) -> Callable:
+    """(path, count) -> the shard's records: checked, or as they are with --skip_corrupt (which
+    takes what a damaged shard still holds)."""
+    return (lambda path, _: tf.data.TFRecordDataset(path)) if inp.skip_corrupt else _shard_records
+
+
 def _files_and_counts(split: Split, files) -> tuple[tf.Tensor, tf.Tensor]:
     """(path, record count) of ``files``, a worker's share of ``split``."""
     counts = dict(zip(split.files, split.counts))
@@ -235,7 +241,7 @@ def train_dataset(
         order = tf.argsort(keys)
         shards = (tf.gather(files_tensor, order), tf.gather(counts_tensor, order))
         records = tf.data.Dataset.from_tensor_slices(shards).interleave(
-            _shard_records,
+            _reader(inp),
             cycle_length=min(8, len(files)),
             block_length=1,
             num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
@@ -278,7 +284,7 @@ def eval_dataset(
     """
     files, by_record, _ = split.for_worker(num_workers, worker_index)
     ds = tf.data.Dataset.from_tensor_slices(_files_and_counts(split, files))
-    ds = ds.flat_map(_shard_records)
+    ds = ds.flat_map(_reader(inp))
     if by_record:
         ds = ds.shard(num_workers, worker_index)
 
