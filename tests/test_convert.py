@@ -285,9 +285,13 @@ def test_resume_keeps_finished_shards(tree, converted, tmp_path):
     assert _examples(out, victim) == _examples(converted[0], victim)
     with open(os.path.join(out, convert.REPORT_FILE)) as f:
         assert os.path.join(src, sorted(BAD)[0]) in f.read()
-    # another shard count would leave two conversions mixed in one folder
-    with pytest.raises(UsageError, match="train-00000-of-00003"):
+    # another shard count is another dataset: refused, unless --overwrite replaces the first
+    with pytest.raises(UsageError, match=f"{out}/dataset_info.json: the output folder holds"):
         convert.convert(src, out, **{**kwargs, "train_shards": 2})
+    assert info.read_info(out) == first
+    third = convert.convert(src, out, **{**kwargs, "train_shards": 2}, overwrite=True)
+    shards = sorted(n for n in os.listdir(out) if info.SHARD_NAME.fullmatch(n))
+    assert shards == sorted(third["files"]) and os.path.exists(os.path.join(out, victim + ".tmp"))
 
 
 def _flat_source(tree, tmp_path) -> tuple[str, list[str]]:
@@ -304,31 +308,155 @@ def _flat_source(tree, tmp_path) -> tuple[str, list[str]]:
     return str(flat), [rel.split("/")[1] for rel in order]
 
 
-@pytest.mark.parametrize("style", ["one_per_line", "two_columns"])
-def test_flat_val_with_labels_file(tree, tmp_path, style):
-    src, synsets = _flat_source(tree, tmp_path)
-    labels_file = tmp_path / "val_labels.txt"
-    if style == "one_per_line":
-        labels_file.write_text("".join(f"{s}\n" for s in synsets))
-    else:  # any line order, name without extension, LOC_val_solution.csv-like header
+def _labels_file(tmp_path, style: str, synsets: list[str]) -> str:
+    """A stand-in of one of the files ImageNet's validation labels come in."""
+    if style == "tf_slim":  # imagenet_2012_validation_synset_labels.txt: a synset a line
+        path = tmp_path / "imagenet_2012_validation_synset_labels.txt"
+        path.write_text("".join(f"{s}\n" for s in synsets))
+    elif style == "kaggle_csv":  # LOC_val_solution.csv: any row order, boxes after the synset
+        path = tmp_path / "LOC_val_solution.csv"
         rows = [f"ILSVRC2012_val_{k + 1:08d},{s} 1 2 3 4" for k, s in enumerate(synsets)]
-        labels_file.write_text("ImageId,PredictionString\n" + "\n".join(reversed(rows)) + "\n")
+        path.write_text("ImageId,PredictionString\n" + "\n".join(reversed(rows)) + "\n")
+    else:  # the devkit: 1-based ILSVRC ids, mapped to synsets by data/meta.mat
+        import scipy.io
+
+        ids = {s: i for i, s in enumerate([SYNSETS[2], SYNSETS[0], "n00001740", SYNSETS[1]], 1)}
+        data = tmp_path / "ILSVRC2012_devkit_t12" / "data"
+        data.mkdir(parents=True)
+        fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")]
+        rows = np.array([(i, s, f"words {i}") for s, i in ids.items()], dtype=fields)
+        scipy.io.savemat(str(data / "meta.mat"), {"synsets": rows})
+        folder = data if style == "devkit" else data.parent / "evaluation"  # or in ../data
+        folder.mkdir(exist_ok=True)
+        path = folder / "ILSVRC2012_validation_ground_truth.txt"
+        path.write_text("".join(f"{ids[s]}\n" for s in synsets))
+    return str(path)
+
+
+@pytest.mark.parametrize("style", ["tf_slim", "kaggle_csv", "devkit", "devkit_data"])
+def test_flat_val_with_labels_file(tree, tmp_path, style, capsys):
+    """ImageNet's flat val/ with each of the files its labels come in: one command."""
+    src, synsets = _flat_source(tree, tmp_path)
     out = str(tmp_path / "out")
-    result = convert.convert(
-        src,
-        out,
-        train_shards=2,
-        validation_shards=2,
-        workers=1,
-        val_labels=str(labels_file),
-        progress=False,
+    args = [src, out, "--train_shards", "2", "--validation_shards", "2", "--workers", "1"]
+    assert (
+        run_cli(convert.main, [*args, "--val_labels", _labels_file(tmp_path, style, synsets)]) == 0
     )
+    result = info.read_info(out)
     assert result["synsets"] == SYNSETS and result["texts"] == SYNSETS
     assert result["splits"]["validation"] == 6
     records = _records(out, "validation")
     assert [r["filename"] for r in records] == [f"ILSVRC2012_val_{k:08d}.JPEG" for k in range(1, 7)]
     assert [r["synset"] for r in records] == synsets
     assert [r["label"] for r in records] == [SYNSETS.index(s) + 1 for s in synsets]
+
+
+def test_flat_val_says_which_labels_file_it_needs(tree, tmp_path, capsys):
+    src, synsets = _flat_source(tree, tmp_path)
+    out = tmp_path / "out"
+    assert run_cli(convert.main, [src, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {src}/val: 6 images and no class folders (ImageNet's flat val/)")
+    for name in (
+        "ILSVRC2012_validation_ground_truth.txt",
+        "imagenet_2012_validation_synset_labels",
+    ):
+        assert name in err
+    assert "LOC_val_solution.csv" in err and err.count("\n") == 1 and not out.exists()
+    # the devkit's ids without its meta.mat: the flag and the file named
+    (tmp_path / "ids.txt").write_text("".join(f"{k}\n" for k in range(1, 7)))
+    assert run_cli(convert.main, [src, str(out), "--val_labels", str(tmp_path / "ids.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --val_labels {tmp_path}/ids.txt: ILSVRC ids: the devkit's meta")
+
+
+def _files(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) and its bytes."""
+    return {
+        os.path.relpath(os.path.join(d, n), folder): open(os.path.join(d, n), "rb").read()
+        for d, _, names in os.walk(folder)
+        for n in names
+    }
+
+
+def test_another_datasets_folder_is_left_as_it_was(tree, converted, tmp_path, capsys):
+    """A second source into a folder holding a dataset, and a user's own labels.txt and report,
+    are refused before anything is written: the folder stays byte for byte."""
+    out = tmp_path / "first"
+    shutil.copytree(converted[0], out)
+    before = _files(out)
+    second = shutil.copytree(tree[0], tmp_path / "copy")  # another source, the same names
+    args = ["--train_shards", str(TRAIN_SHARDS), "--validation_shards", str(VAL_SHARDS)]
+    assert run_cli(convert.main, [str(second), str(out), *args, "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {out}/dataset_info.json: the output folder holds another dataset's files; use "
+        "an empty folder, or --overwrite to replace that dataset\n"
+    )
+    assert _files(out) == before
+    for name in (info.LABELS_FILE, info.REPORT_FILE):
+        mine = tmp_path / name.split(".")[0]
+        mine.mkdir()
+        (mine / name).write_text("the user's own file\n")
+        assert run_cli(convert.main, [tree[0], str(mine), "--workers", "1"]) == 2
+        assert f"error: {mine}/{name}: the output folder holds" in capsys.readouterr().err
+        assert _files(mine) == {name: b"the user's own file\n"}
+
+
+def test_an_interrupted_overwrite_is_unfinished_until_the_same_command_finishes_it(
+    tree, converted, tmp_path, monkeypatch, capsys
+):
+    """--overwrite, stopped after its first shard: readers refuse the folder in one line (it is
+    no dataset, neither the old nor the new); the same command again keeps that shard."""
+    from vgg_keras.data import diagnose
+
+    out = tmp_path / "out"
+    shutil.copytree(converted[0], out)
+    second, _ = _flat_source(tree, tmp_path)
+    command = [second, str(out), "--workers", "1", "--overwrite", "--val_labels"]
+    command.append(_labels_file(tmp_path, "tf_slim", _flat_source(tree, tmp_path / "x")[1]))
+    write, calls = convert.convert_shard, []
+
+    def stopped_after_one(task):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(task.name)
+        return write(task)
+
+    monkeypatch.setattr(convert, "convert_shard", stopped_after_one)
+    assert run_cli(convert.main, command) == 130
+    assert capsys.readouterr().err.endswith(convert.INTERRUPTED + "\n")
+    unfinished = f"error: {out}: an unfinished dataset (no dataset_info.json yet): run the command"
+    assert run_cli(diagnose.main, [str(out)]) == 2
+    assert capsys.readouterr().err.startswith(unfinished)
+    with pytest.raises(UsageError, match="an unfinished dataset"):
+        pipeline.list_files(str(out), "train")
+    first_shard = os.stat(out / calls[0]).st_mtime_ns
+    monkeypatch.setattr(convert, "convert_shard", write)
+    assert run_cli(convert.main, command) == 0
+    assert os.stat(out / calls[0]).st_mtime_ns == first_shard
+    assert info.read_info(str(out))["name"] == "flat"
+    assert run_cli(diagnose.main, [str(out)]) == 0
+
+
+def test_a_class_whose_files_vanish_is_an_error(tmp_path, monkeypatch, capsys):
+    src = _single_folder(tmp_path / "src", {"a": 3, "b": 2})
+    scan = convert.scan_source
+
+    def scan_then_delete(*args, **kwargs):  # the files disappear once the scan has listed them
+        found = scan(*args, **kwargs)
+        shutil.rmtree(os.path.join(src, "b"))
+        return found
+
+    monkeypatch.setattr(convert, "scan_source", scan_then_delete)
+    out = tmp_path / "out"
+    assert run_cli(convert.main, [src, str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        err[-1]
+        == f"error: {src}/b: no readable images (listed in the report); the class would be empty"
+    )
+    assert not (out / info.INFO_FILE).exists()
 
 
 def test_cli_matches_in_process_conversion(tree, converted, tmp_path):

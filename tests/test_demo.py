@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 from vgg_keras import clock
 from vgg_keras.compat import tf
 from vgg_keras.data import demo, info, pipeline
+from vgg_keras.errors import run_cli
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -108,3 +109,19 @@ def test_build_is_idempotent_and_main_reports(demo_dir, capsys):
     assert f"demo dataset in {demo_dir}" in capsys.readouterr().out
     after = {name: os.path.getmtime(os.path.join(demo_dir, name)) for name in os.listdir(demo_dir)}
     assert after == stamps, "a complete demo dataset is not rewritten"
+
+
+def test_build_refuses_a_folder_holding_another_dataset(tmp_path, shard_writer, capsys):
+    """The demo builder into another dataset's folder: one line, exit 2, that folder unchanged
+    (its dataset_info.json, labels.txt and shards are not the demo's to replace)."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(4)]
+    shard_writer(str(tmp_path), images, [1, 2, 1, 2], num_classes=2)
+    (tmp_path / info.LABELS_FILE).write_text("cat\ndog\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert run_cli(demo.main, [str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path}/dataset_info.json: the output folder holds another dataset's files; "
+        "use an empty folder, or --overwrite to replace that dataset\n"
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

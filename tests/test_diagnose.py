@@ -322,7 +322,7 @@ def test_command_refuses_in_one_line(tmp_path, capsys, case):
         "missing": f"error: data folder not found: {folder}",
         "empty": f"error: no train-* or validation-* TFRecord files in {folder}",
         "wrong_types": f"error: {folder / info.INFO_FILE}: num_classes must be an integer >= 1",
-        "not_an_object": f"error: {folder / info.INFO_FILE}: expected a JSON object",
+        "not_an_object": f"error: {folder / info.INFO_FILE}: unreadable dataset info (expected a mapping",
     }[case]
     assert err.startswith(expected) and err.count("\n") == 1, err
 
@@ -355,3 +355,23 @@ def test_ctrl_c_while_tensorflow_loads(tmp_path):
     finally:
         proc.kill()
     assert (proc.returncode, stderr) == (130, "interrupted\n"), stderr
+
+
+def test_command_names_a_shard_of_another_count_or_size(
+    tmp_path, shard_writer, jpeg_encoder, capsys
+):
+    """A shard longer than listed, and one whose size is not the listed one: exit 2, naming it."""
+    files = _data_folder(str(tmp_path), shard_writer, jpeg_encoder, broken=False)
+    meta = json.loads((tmp_path / info.INFO_FILE).read_text())
+    shard = files["train"][0]
+    name, size = os.path.basename(shard), os.path.getsize(shard)
+    for key, change in (("files", -1), ("bytes", 1)):
+        meta[key][name] += change
+        (tmp_path / info.INFO_FILE).write_text(json.dumps(meta))
+        assert run_cli(diagnose.main, [str(tmp_path)]) == 2
+        out = capsys.readouterr().out
+        meta[key][name] -= change
+        if key == "files":
+            assert f"{shard}: 6 records, its dataset lists 5: not the shard" in out, out
+        else:
+            assert f"{shard}: {size} bytes, {info.INFO_FILE} lists {size + 1}: not the" in out, out

@@ -431,3 +431,27 @@ def test_no_usable_validation_image_is_an_error_never_zero_percent(
     with pytest.raises(UsageError, match=message):
         _evaluate(str(log_dir), settings={"skip_corrupt": True}, ckpt=str(log_dir))
     assert not glob.glob(str(log_dir / "eval_results*"))
+
+
+def test_a_shard_longer_than_listed_stops_the_evaluation_in_one_line(
+    eval_run, tmp_path, shard_writer
+):
+    """12 records where dataset_info.json lists 5: one line naming the shard, not "evaluated 8
+    images, the split has 5"."""
+    from conftest import run_script
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(12)]
+    shard = shard_writer(str(data), images, [1 + k % 10 for k in range(12)], split="validation")
+    meta = json.loads((data / "dataset_info.json").read_text())
+    meta["files"]["validation-00000-of-00001"] = meta["splits"]["validation"] = 5
+    (data / "dataset_info.json").write_text(json.dumps(meta))
+    out = tmp_path / "eval"
+    proc = run_script("run_eval.py", "--ckpt", eval_run, "--data_dir", data, "--output", out)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert (
+        last
+        == f"error: {shard[0]}: 12 records, its dataset lists 5: not the shard that was written"
+    )

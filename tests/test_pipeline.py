@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from vgg_keras import config
 from vgg_keras.compat import tf
-from vgg_keras.data import pipeline
+from vgg_keras.data import info, pipeline
 from vgg_keras.errors import UsageError
 
 SIZE = 32
@@ -184,7 +185,7 @@ def test_load_split_counts_from_dataset_info(tmp_path, shard_writer):
         json.dump(meta, f)
     split = _split(directory, "train")
     assert split.counts == (99, 3, 3)
-    assert not os.path.exists(os.path.join(directory, pipeline.COUNTS_CACHE))
+    assert not os.path.exists(os.path.join(directory, info.COUNTS_CACHE))
 
 
 def test_load_split_counts_once_and_caches(tmp_path, shard_writer, jpeg_encoder):
@@ -194,7 +195,7 @@ def test_load_split_counts_once_and_caches(tmp_path, shard_writer, jpeg_encoder)
     assert [os.path.basename(f) for f in split.files] == [
         f"train-0000{i}-of-00003" for i in range(3)
     ]
-    cache_path = os.path.join(directory, pipeline.COUNTS_CACHE)
+    cache_path = os.path.join(directory, info.COUNTS_CACHE)
     with open(cache_path) as f:
         cache = json.load(f)
     first = os.path.join(directory, "train-00000-of-00003")
@@ -245,3 +246,43 @@ def test_synthetic_dataset_shapes_and_labels():
     np.testing.assert_array_equal(x1.numpy(), x2.numpy())  # one fixed batch, repeated
     np.testing.assert_array_equal(y1.numpy(), y2.numpy())
     assert 0.5 < float(tf.math.reduce_std(x1)) < 1.5
+
+
+def test_a_shard_of_another_size_is_refused_at_the_start(tmp_path, shard_writer):
+    """Another dataset's shard of the same record count in place of a listed one: its size
+    tells (unless --skip_corrupt, which reads what is there); a dataset without sizes passes."""
+    directory = _write(tmp_path / "data", shard_writer, 6, 2)
+    other = _write(tmp_path / "other", shard_writer, 8, 2)  # 4 records a shard, as here ...
+    replaced = os.path.join(directory, "train-00001-of-00002")
+    shutil.copyfile(os.path.join(other, "train-00001-of-00002"), replaced)
+    meta = info.read_info(directory)
+    meta["files"]["train-00001-of-00002"] = 4  # ... as the manifest says (sizes tell them apart)
+    with open(os.path.join(directory, info.INFO_FILE), "w") as f:
+        json.dump({**meta, "bytes": {"train-00001-of-00002": 1}}, f)
+    size = os.path.getsize(replaced)
+    with pytest.raises(UsageError) as raised:
+        _split(directory, "train")
+    assert str(raised.value).startswith(f"{replaced}: {size} bytes, dataset_info.json lists 1: ")
+    assert pipeline.load_split(_parts(directory, skip_corrupt=True)[1], "train").counts == (3, 4)
+    del meta["bytes"]
+    with open(os.path.join(directory, info.INFO_FILE), "w") as f:
+        json.dump(meta, f)  # written before sizes were listed
+    assert _split(directory, "train").counts == (3, 4)
+
+
+@pytest.mark.parametrize("listed", [2, 5], ids=["longer", "shorter"])
+def test_a_shard_holding_another_count_stops_both_pipelines(tmp_path, shard_writer, listed):
+    """A shard holding more or fewer records than listed: both pipelines stop as they read it,
+    and diagnose.explain names it in one line."""
+    from vgg_keras.data import diagnose
+
+    directory = _write(tmp_path, shard_writer, 6, 2)
+    split = _split(directory, "train")
+    split = pipeline.Split("train", split.files, (3, listed))
+    for ds in (_eval(split, 2, classes=6), _train(split, 2, classes=6)):
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            list(ds.take(10))
+        explained = diagnose.explain(raised.value, split, 6)
+        assert str(explained) == (
+            f"{split.files[1]}: 3 records, its dataset lists {listed}: not the shard that was written"
+        )

@@ -378,3 +378,30 @@ def test_resume_names_the_checkpoint_to_go_on_from(train_tiny, tmp_path):
         assert f"resumed from {run}/model.ckpt-2 at step 2" in f.read()
     # From step 2 of the same run, the same two steps: the branch ends where the run did.
     assert_same_variables(final_variables(branch), final_variables(run))
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset checked as it is read
+
+
+def test_a_shard_shorter_than_listed_stops_a_sunk_run_in_one_line(tmp_path, shard_writer):
+    """40 records where dataset_info.json lists 3,200: the run stops as it reads the shard (in
+    the sunk loop), with one line naming it, instead of training at "epoch 0.0"."""
+    from conftest import run_script
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(40)]
+    labels = [1 + k % 10 for k in range(40)]
+    shard = shard_writer(str(data), images, labels, num_classes=10)[0]
+    meta = json.loads((data / "dataset_info.json").read_text())
+    meta["files"]["train-00000-of-00001"] = meta["splits"]["train"] = 3200
+    (data / "dataset_info.json").write_text(json.dumps(meta))
+    flags = ["--preset", "demo", "--width_multiplier", "0.0625", "--batch_size", "8"]
+    flags += ["--iterations_per_loop", "4", "--max_train_steps", "40", "--mode", "train"]
+    proc = run_script("run_train.py", *flags, "--data_dir", data, "--log_dir", tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {shard}: 40 records, its dataset lists 3200: not the shard"), (
+        last
+    )

@@ -55,13 +55,10 @@ SPLIT_SEED = 0  # --split_seed's default
 # TF-slim wrote ImageNet's 1,281,167 training images into 1,024 shards: ~1,250 per shard.
 IMAGES_PER_SHARD = 1250
 JPEG_QUALITY = 95
-REPORT_FILE = "conversion_report.txt"
-STATE_DIR = ".convert"  # per-shard sidecars: record counts and skipped files of finished shards
+REPORT_FILE = info.REPORT_FILE
 SOURCE_SPLITS = {"train": "train", "validation": "val"}
 SPLIT_NAMES = ("train", "validation")  # schema.SPLIT_PREFIXES' keys, without importing TF
 INTERRUPTED = "interrupted: finished shards are kept; run again to resume"
-
-_SHARD_NAME = re.compile(r"^(train|validation)-\d{5}-of-(\d{5})$")
 
 # Why the scan of SRC left something out (report rows: kind, path, why).
 LOOP = "symlink loop: a folder inside itself"
@@ -106,7 +103,7 @@ class ShardTask:
 
     @property
     def state_path(self) -> str:
-        return os.path.join(self.out, STATE_DIR, self.name + ".json")
+        return os.path.join(self.out, info.STATE_DIR, self.name + ".json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +254,7 @@ def convert_shard(task: ShardTask) -> ShardResult:
         records = shards.write_shard(path, examples())
         result = ShardResult(task.name, records, tuple(skipped), tuple(reencoded))
         state = {"fingerprint": task.fingerprint, **dataclasses.asdict(result)}
+        state["bytes"] = os.path.getsize(path)
         atomic.write_text(task.state_path, json.dumps(state))
     except (OSError, tf.errors.OpError) as err:
         raise UsageError(f"{path}: cannot write shard ({reason(err)})") from err
@@ -264,26 +262,18 @@ def convert_shard(task: ShardTask) -> ShardResult:
 
 
 def kept_shard(task: ShardTask) -> ShardResult | None:
-    """The result of an earlier run's shard if it is finished and was made from the same files.
-
-    A shard without its sidecar (the run died between the two renames), or whose records cannot
-    all be read back, is written again.
+    """The result of an earlier run's shard if it is finished, was made from the same files and
+    has the size it was written with; else None (written again).  A shard without its sidecar
+    (the run died between the two renames) is written again too.
     """
-    if not os.path.exists(os.path.join(task.out, task.name)):
-        return None
+    path = os.path.join(task.out, task.name)
     try:
         state = documents.read_json(task.state_path, "shard state")
     except UsageError:
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != task.fingerprint:
         return None
-    from vgg_keras.data import pipeline
-
-    # A shard damaged since (truncated, bit rot) is written again: read it all, CRCs checked.
-    try:
-        if pipeline.count_records(os.path.join(task.out, task.name)) != int(state["records"]):
-            return None
-    except UsageError:
+    if not os.path.exists(path) or os.path.getsize(path) != state.get("bytes"):
         return None
     return ShardResult(
         task.name,
@@ -380,46 +370,36 @@ def _sigint_ignored():
         signal.signal(signal.SIGINT, handler)
 
 
-def run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[ShardResult]:
-    """Keep finished shards, write the others over ``workers`` processes, one bar over shards."""
-    results, todo = [], []
-    for task in tasks:
-        kept = kept_shard(task)
-        if kept is None:
-            todo.append(task)
-        else:
-            results.append(kept)
-    bar = tqdm(
-        total=len(tasks), initial=len(results), unit="shard", desc="convert", disable=not progress
-    )
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            for task in todo:
-                results.append(convert_shard(task))
-                bar.update()
-            return results
-        # spawn: a forked child would inherit TensorFlow's threads in an undefined state.
-        # multiprocessing.Pool rather than ProcessPoolExecutor: its terminate() stops the workers
-        # at once, where the executor's thread prints tracebacks when its workers are killed.
-        context, pool = multiprocessing.get_context("spawn"), None
-        try:
-            with _sigint_ignored():  # the workers start ignoring Ctrl-C
-                pool = context.Pool(min(workers, len(todo)), initializer=_init_worker)
-            for result in pool.imap_unordered(convert_shard, todo):
-                results.append(result)
-                bar.update()
-        except BaseException:
-            if pool is not None:
-                pool.terminate()  # a half-written shard is discarded, written by a re-run
-            raise
-        else:
-            pool.close()
-        finally:
-            if pool is not None:
-                pool.join()
+def run_tasks(todo: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResult]:
+    """Write the shards of ``todo`` over ``workers`` processes, advancing ``bar`` by the images
+    of each finished shard."""
+    if workers <= 1 or len(todo) <= 1:
+        results = []
+        for task in todo:
+            results.append(convert_shard(task))
+            bar.update(len(task.items))
         return results
+    # spawn: a forked child would inherit TensorFlow's threads in an undefined state.
+    # multiprocessing.Pool rather than ProcessPoolExecutor: its terminate() stops the workers
+    # at once, where the executor's thread prints tracebacks when its workers are killed.
+    context, pool, results = multiprocessing.get_context("spawn"), None, []
+    try:
+        with _sigint_ignored():  # the workers start ignoring Ctrl-C
+            pool = context.Pool(min(workers, len(todo)), initializer=_init_worker)
+        sizes = {task.name: len(task.items) for task in todo}
+        for result in pool.imap_unordered(convert_shard, todo):
+            results.append(result)
+            bar.update(sizes[result.name])
+    except BaseException:
+        if pool is not None:
+            pool.terminate()  # a half-written shard is discarded, written by a re-run
+        raise
+    else:
+        pool.close()
     finally:
-        bar.close()
+        if pool is not None:
+            pool.join()
+    return results
 
 
 # ---------------------------------------------------------------- source folders
@@ -522,14 +502,20 @@ def read_synset_text(path: str) -> dict[str, str]:
 def read_val_labels(path: str, filenames: list[str]) -> list[str]:
     """Synsets of the sorted flat ``filenames`` from a labels file.
 
-    One synset per line (in sorted-filename order), or ``filename synset`` per line, with the
-    filename with or without extension (LOC_val_solution.csv style rows also work).
+    One synset per line (in sorted-filename order: TF-slim's
+    imagenet_2012_validation_synset_labels.txt), or one ILSVRC id per line (the devkit's
+    ILSVRC2012_validation_ground_truth.txt, mapped by its data/meta.mat), or ``filename
+    synset`` per line, with the filename with or without extension (Kaggle's
+    LOC_val_solution.csv rows too).
     """
     rows = [re.split(r"[\s,]+", line.strip()) for line in _read_lines(path, "--val_labels")]
     rows = [r for r in rows if r != [""] and r[0] != "ImageId"]  # LOC_val_solution.csv header
     if rows and all(len(r) == 1 for r in rows):
         if len(rows) != len(filenames):
             raise UsageError(f"{path}: {len(rows)} labels for {len(filenames)} images")
+        if all(r[0].isdigit() for r in rows):
+            synsets = _devkit_synsets(path)
+            rows = [[synsets.get(int(r[0]), r[0])] for r in rows]
         return [r[0] for r in rows]
     by_name = {}
     for number, row in enumerate(rows, 1):
@@ -543,6 +529,25 @@ def read_val_labels(path: str, filenames: list[str]) -> list[str]:
             raise UsageError(f"{path}: no label for {shown(name)}")
         labels.append(synset)
     return labels
+
+
+def _devkit_synsets(path: str) -> dict[int, str]:
+    """{ILSVRC2012_ID: synset} from the devkit's meta.mat, beside ``path`` or in ../data."""
+    here = os.path.dirname(os.path.abspath(path))
+    found = [p for p in (here, os.path.join(here, "..", "data")) if os.path.isfile(f"{p}/meta.mat")]
+    if not found:
+        raise UsageError(
+            f"--val_labels {path}: ILSVRC ids: the devkit's meta.mat, which maps them to synsets, "
+            "is neither beside it nor in ../data"
+        )
+    meta = os.path.normpath(os.path.join(found[0], "meta.mat"))
+    import scipy.io
+
+    try:
+        rows = scipy.io.loadmat(meta, squeeze_me=True)["synsets"]
+        return {int(row["ILSVRC2012_ID"]): str(row["WNID"]) for row in rows}
+    except Exception as err:  # scipy raises several kinds for a file that is no meta.mat
+        raise UsageError(f"{meta}: not the ImageNet devkit's meta.mat ({reason(err)})") from err
 
 
 def _read_lines(path: str, flag: str) -> list[str]:
@@ -610,6 +615,12 @@ def _split_items(scan: _Scan, folder: str, label_of: dict, val_labels: str | Non
             scan.note("ignored", _join(folder, name), "folder in a flat val/ (--val_labels)")
         labels = read_val_labels(val_labels, files)
         return [item(_join(folder, f), s, val_labels) for f, s in zip(files, labels)]
+    if files and not dirs and not defines:
+        raise UsageError(
+            f"{_where(scan.src, folder)}: {len(files)} images and no class folders (ImageNet's "
+            "flat val/): pass --val_labels with the devkit's ILSVRC2012_validation_ground_truth"
+            ".txt, TF-slim's imagenet_2012_validation_synset_labels.txt or LOC_val_solution.csv"
+        )
     for name in files:
         scan.note("ignored", _join(folder, name), LOOSE)
     items = []
@@ -720,18 +731,17 @@ def _shard_counts(source: Source, src: str, requested: dict) -> dict[str, int]:
     return counts
 
 
-def _check_output(out: str, num_shards: dict[str, int]) -> None:
-    """Refuse an output folder holding shards of another shard count: readers would mix them."""
-    try:
-        os.makedirs(os.path.join(out, STATE_DIR), exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"{out}: cannot create output folder ({err.strerror})") from err
-    for name in sorted(os.listdir(out)):
-        match = _SHARD_NAME.match(name)
-        if match and int(match.group(2)) != num_shards.get(match.group(1)):
+def _check_classes(source: Source, src: str, results: list[ShardResult]) -> None:
+    """A class left without images (its files vanished or none is readable) is refused:
+    numbered, listed in labels.txt and never seen in training."""
+    split = "train" if "train" in source.items else "validation"
+    skipped = {rel for result in results for rel, _ in result.skipped}
+    found = {it.synset for it in source.items[split] if it.rel not in skipped}
+    for synset in source.synsets:
+        if synset not in found:
+            where = _where(src, _join(source.folders[split], synset))
             raise UsageError(
-                f"{os.path.join(out, name)}: shard of another conversion; "
-                "use an empty output folder or the same shard counts"
+                f"{where}: no readable images (listed in the report); the class would be empty"
             )
 
 
@@ -764,13 +774,16 @@ def convert(
     val_fraction: float | None = None,
     split_seed: int = SPLIT_SEED,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Convert ``src`` into shards in ``out``; returns the dataset info that was written.
 
     Shard counts default to shard_count() of each split's images.  Also writes
     ``conversion_report.txt`` (what the scan left out, skipped and re-encoded files) and prints
-    one line on stderr for each kind of file that was left out.  Shards finished by an earlier
-    run are kept.  Nothing is written to ``out`` before SRC and the flags are checked.
+    one line on stderr for each kind of file that was left out.  Nothing is written to ``out``
+    before SRC and the flags are checked; then ``out`` is claimed (``info.claim``: a folder
+    holding another dataset is refused, or emptied with ``overwrite``), the shards are written
+    (those an earlier run of the same command finished are kept) and dataset_info.json last.
     """
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
@@ -785,8 +798,24 @@ def convert(
         if split in source.items
         for task in plan_shards(src, out, split, source.items[split], num_shards[split])
     ]
-    _check_output(out, num_shards)
-    results = sorted(run_tasks(tasks, workers, progress), key=lambda r: r.name)
+    files = [val_labels, synset_text]
+    writer = [os.path.realpath(f) if f else None for f in [src, *files]]
+    info.claim(out, {"convert": writer + [num_shards, val_fraction, split_seed]}, overwrite)
+    kept = [result for result in map(kept_shard, tasks) if result]
+    todo = [task for task in tasks if task.name not in {result.name for result in kept}]
+    if todo and os.path.exists(os.path.join(out, info.INFO_FILE)):
+        os.remove(os.path.join(out, info.INFO_FILE))  # the dataset changes: unpublished first
+    images = sum(len(task.items) for task in tasks)
+    done = images - sum(len(task.items) for task in todo)
+    disable = None if progress else True  # None: a bar on a terminal only
+    with tqdm(total=images, initial=done, unit="image", desc="convert", disable=disable) as bar:
+        results = sorted(kept + run_tasks(todo, workers, bar), key=lambda r: r.name)
+    rows = [(kind, os.path.join(src, rel), why) for kind, rel, why in source.notes]
+    rows += [("skipped", os.path.join(src, rel), why) for r in results for rel, why in r.skipped]
+    reencoded = sorted(row for r in results for row in r.reencoded)
+    _write_report(out, src, source, rows, reencoded, warning)
+    _tell(out, src, source.notes, sum(len(r.skipped) for r in results))
+    _check_classes(source, src, results)
     files = {r.name: r.records for r in results}
     result = {
         "name": shown(os.path.basename(os.path.abspath(src))),
@@ -803,13 +832,7 @@ def convert(
     }
     if source.val_split:
         result["val_split"] = source.val_split
-    info.write_info(out, result)
-    rows = [(kind, os.path.join(src, rel), why) for kind, rel, why in source.notes]
-    rows += [("skipped", os.path.join(src, rel), why) for r in results for rel, why in r.skipped]
-    reencoded = sorted(row for r in results for row in r.reencoded)
-    _write_report(out, src, source, rows, reencoded, warning)
-    _tell(out, src, source.notes, sum(len(r.skipped) for r in results))
-    return result
+    return info.write_info(out, result)
 
 
 def _write_report(out: str, src: str, source: Source, rows, reencoded, warning) -> None:
@@ -883,6 +906,12 @@ def _parser() -> argparse.ArgumentParser:
         help="for a source without val/: set this fraction of each class aside for validation",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the dataset the output folder holds (its shards, dataset_info.json, "
+        "labels.txt, report)",
+    )
+    parser.add_argument(
         "--split_seed",
         type=int,
         default=SPLIT_SEED,
@@ -908,6 +937,7 @@ def main(argv: list[str] | None = None) -> int:
                 synset_text=args.synset_text,
                 val_fraction=args.val_fraction,
                 split_seed=args.split_seed,
+                overwrite=args.overwrite,
             )
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)

@@ -9,8 +9,6 @@ upscaled to 32x32 and JPEG-encoded as single-channel images, labels 1..10 like I
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -22,6 +20,7 @@ from vgg_keras.errors import run_cli
 IMAGE_SIDE = 32
 TRAIN_SHARDS = 4
 EVAL_SHARDS = 2
+NAME = "sklearn_digits"
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -51,21 +50,23 @@ def _examples(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> li
 
 def built_info(out_dir: str) -> dict | None:
     """The dataset info when ``out_dir`` holds a complete demo dataset, else None."""
-    existing = info.read_info(out_dir) if os.path.isdir(out_dir) else {}
-    if existing.get("name") == "sklearn_digits" and all(
+    if not os.path.exists(os.path.join(out_dir, info.INFO_FILE)):
+        return None
+    existing = info.read_info(out_dir)
+    if existing.get("name") == NAME and all(
         os.path.exists(os.path.join(out_dir, name)) for name in existing.get("files", {})
     ):
         return existing
     return None
 
 
-def build(out_dir: str) -> dict:
-    """Write the demo shards, dataset_info.json and labels.txt into ``out_dir``; returns the info.
+def build(out_dir: str, overwrite: bool = False) -> dict:
+    """Write the demo shards, labels.txt and dataset_info.json into ``out_dir``; returns the info.
 
-    Skips the work when ``out_dir`` already holds a complete demo dataset.  The files are
-    written in a private folder beside ``out_dir`` and moved in one by one, dataset_info.json
-    last, so processes building it at the same time (the workers of a local multi-worker run)
-    never see or write each other's half-written files.
+    Skips the work when ``out_dir`` already holds a complete demo dataset, and refuses a folder
+    holding another dataset's files (``overwrite`` replaces them): ``info.claim``.  Processes
+    building it at the same time (the workers of a local multi-worker run) write the same
+    bytes, each shard under a temporary name, and the manifest last.
     """
     existing = built_info(out_dir)
     if existing:
@@ -78,38 +79,34 @@ def build(out_dir: str) -> dict:
     train_idx, eval_idx = train_test_split(
         order, test_size=0.2, random_state=0, stratify=digits.target
     )
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".demo-", dir=os.path.dirname(os.path.abspath(out_dir)))
-    try:
-        files = {}
-        for split, indices, num_shards in (
-            ("train", train_idx, TRAIN_SHARDS),
-            ("validation", eval_idx, EVAL_SHARDS),
-        ):
-            examples = _examples(digits.images, digits.target, np.sort(indices))
-            files.update(shards.write_split(examples, staging, split, num_shards))
-        result = {
-            "name": "sklearn_digits",
-            "num_classes": 10,
-            "label_offset": 1,
-            "splits": {"train": len(train_idx), "validation": len(eval_idx)},
-            "synsets": [f"digit{d}" for d in range(10)],
-            "texts": list(DIGIT_NAMES),
-            "files": files,
-        }
-        info.write_info(staging, result)
-        for name in [*files, info.LABELS_FILE, info.INFO_FILE]:
-            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return result
+    info.claim(out_dir, {"demo": NAME}, overwrite)
+    files = {}
+    for split, indices, num_shards in (
+        ("train", train_idx, TRAIN_SHARDS),
+        ("validation", eval_idx, EVAL_SHARDS),
+    ):
+        examples = _examples(digits.images, digits.target, np.sort(indices))
+        files.update(shards.write_split(examples, out_dir, split, num_shards))
+    result = {
+        "name": NAME,
+        "num_classes": 10,
+        "label_offset": 1,
+        "splits": {"train": len(train_idx), "validation": len(eval_idx)},
+        "synsets": [f"digit{d}" for d in range(10)],
+        "texts": list(DIGIT_NAMES),
+        "files": files,
+    }
+    return info.write_info(out_dir, result)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = UsageParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default="data/demo")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the dataset out_dir holds"
+    )
     args = parser.parse_args(argv)
-    result = build(args.out_dir)
+    result = build(args.out_dir, args.overwrite)
     print(f"demo dataset in {args.out_dir}: {result['splits']}")
     return 0
 

@@ -70,14 +70,16 @@ def find_bad_record(
     num_classes: int,
     label_offset: int = 1,
     parse: Parser = schema.parse,
+    expected: Sequence[int] | None = None,
 ) -> BadRecord | None:
-    """The first record in ``files`` (in order) that the pipelines cannot use, or None.
+    """The first record in ``files`` (in order) that the pipelines cannot use, or None; with
+    ``expected`` (each file's record count), also the first file holding another count.
 
     ``parse`` reads one record; pass ``Split.parse`` for splits not in the TF-slim schema.
     """
 
     def scan() -> BadRecord | None:
-        for path in files:
+        for k, path in enumerate(files):
             readable, tail = _readable_records(path)
             if readable is None:
                 return BadRecord(path, None, tail)
@@ -89,18 +91,23 @@ def find_bad_record(
                 return BadRecord(path, index, why)
             if tail is not None:
                 return BadRecord(path, readable, tail)
+            if expected is not None and readable != expected[k]:
+                why = f"{readable} records, its dataset lists {expected[k]}"
+                return BadRecord(path, None, f"{why}: not the shard that was written")
         return None
 
     return _eagerly(scan)
 
 
 def explain(err: Exception, split, num_classes: int, label_offset: int = 1) -> Exception:
-    """A one-line UsageError naming the record of ``split`` (a pipeline.Split) behind ``err``,
-    an input pipeline's TensorFlow error; ``err`` itself when no record is to blame."""
-    bad = find_bad_record(list(split.files), num_classes, label_offset, parse=split.parse)
+    """A one-line UsageError naming the record or shard of ``split`` (a pipeline.Split) behind
+    ``err``, an input pipeline's TensorFlow error; ``err`` itself when none is to blame."""
+    files, counts = list(split.files), list(split.counts)
+    bad = find_bad_record(files, num_classes, label_offset, split.parse, counts)
     if bad is None:
         return err
-    return UsageError(f"{bad} (use --skip_corrupt to skip bad records)")
+    hint = " (use --skip_corrupt to skip bad records)" if bad.index is not None else ""
+    return UsageError(f"{bad}{hint}")
 
 
 def count_bad_records(
@@ -124,13 +131,14 @@ def count_bad_records(
 
 
 def _tally(path: str, num_classes: int, label_offset: int, parse: Parser, want: int | None):
-    """(records readable, bad records) of one file; ``want`` is its count in dataset_info.json."""
+    """(records readable, bad records) of one file; ``want`` is its count in dataset_info.json
+    (records beyond it are bad too)."""
     readable, tail = _readable_records(path)
     if readable is None:
         return 0, want if want else 1
     good, _ = _check_file(path, num_classes, label_offset, parse)
-    lost = max(want - readable, int(tail is not None)) if want else int(tail is not None)
-    return readable, readable - good + lost
+    lost = abs(want - readable) if want is not None else 0
+    return readable, readable - good + max(lost, int(tail is not None))
 
 
 def _eagerly(fn: Callable):
@@ -264,10 +272,11 @@ class FileCheck:
 
 def check_folder(data_dir: str, num_classes: int, label_offset: int, split: str) -> list[FileCheck]:
     """Every shard of ``split`` in ``data_dir``: the ones dataset_info.json lists (a missing
-    one is bad), else the files named like shards; [] when the split has none."""
+    one is bad, as is one of another size or count), else the files named like shards; []
+    when the split has none."""
     prefix = schema.SPLIT_PREFIXES[split] + "-"
-    listed = info.read_info(data_dir).get("files", {})
-    wanted = {name: n for name, n in listed.items() if name.startswith(prefix)}
+    meta = info.read_info(data_dir)
+    wanted = {name: n for name, n in meta.get("files", {}).items() if name.startswith(prefix)}
     if wanted:
         files = [(os.path.join(data_dir, name), n) for name, n in sorted(wanted.items())]
     else:
@@ -279,14 +288,21 @@ def check_folder(data_dir: str, num_classes: int, label_offset: int, split: str)
             return []
 
     bar = tqdm(files, desc=f"diagnose {split}", unit="file", disable=None, leave=False)
-    return [_eagerly(functools.partial(_check, p, n, num_classes, label_offset)) for p, n in bar]
+    sizes = meta.get("bytes", {})
+    checks = [
+        _check(p, n, sizes.get(os.path.basename(p)), num_classes, label_offset) for p, n in bar
+    ]
+    return checks
 
 
-def _check(path: str, want: int | None, num_classes: int, label_offset: int) -> FileCheck:
-    readable, bad = _tally(path, num_classes, label_offset, schema.parse, want)
-    first = find_bad_record([path], num_classes, label_offset) if bad else None
-    if bad and first is None:  # every record is fine, but fewer than dataset_info.json says
-        first = BadRecord(path, None, f"{readable} records, {want} listed in {info.INFO_FILE}")
+def _check(path: str, want, size, num_classes: int, label_offset: int) -> FileCheck:
+    """One shard; ``want`` and ``size``: its record count and bytes in dataset_info.json."""
+    readable, bad = _eagerly(lambda: _tally(path, num_classes, label_offset, schema.parse, want))
+    expected = None if want is None else [want]
+    first = find_bad_record([path], num_classes, label_offset, expected=expected) if bad else None
+    if first is None and size is not None and readable and os.path.getsize(path) != size:
+        why = f"{os.path.getsize(path)} bytes, {info.INFO_FILE} lists {size}"
+        bad, first = want, BadRecord(path, None, f"{why}: not the shard that was written")
     return FileCheck(path, readable if want is None else want, bad, first)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
 
@@ -23,7 +22,6 @@ from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
-COUNTS_CACHE = "record_counts.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +79,7 @@ def list_files(data_dir: str, split: str) -> list[str]:
             )
         names = listed
     else:
-        shard = re.compile(rf"{re.escape(prefix)}-\d{{5,}}-of-\d{{5,}}")
-        names = [n for n in present if shard.fullmatch(n)]
+        names = [n for n in present if n.startswith(prefix) and info.SHARD_NAME.fullmatch(n)]
     ignored = [n for n in present if n.startswith(prefix + "-") and n not in names]
     if ignored and names:
         why = f"not listed in {info.INFO_FILE}" if listed else f"not named {prefix}-NNNNN-of-NNNNN"
@@ -113,17 +110,21 @@ def count_records(path: str, skip_corrupt: bool = False) -> int:
 def load_split(inp: Input, split: str) -> Split:
     """The files of ``split`` with exact counts: from dataset_info.json, else counted once.
 
-    Counting reads every record once; the result is cached beside the data when the folder is
-    writable, keyed by file size so a changed shard is counted again.  ``tfds:NAME[:SPLIT]``
-    names a TFDS-prepared dataset in ``tfds_data_dir`` instead of a folder.
+    A shard whose size is not the one dataset_info.json lists is a UsageError (unless
+    --skip_corrupt: its bad records are skipped as it is read).  Counting reads every record
+    once; the result is cached beside the data when the folder is writable, keyed by file size
+    so a changed shard is counted again.  ``tfds:NAME[:SPLIT]`` names a TFDS-prepared dataset in
+    ``tfds_data_dir`` instead of a folder.
     """
     data_dir, skip_corrupt = inp.data_dir, inp.skip_corrupt
     if data_dir.startswith(tfds_source.PREFIX):
         files, counts = tfds_source.locate(data_dir, split, inp.tfds_data_dir)
         return Split(split, files, counts, parse=schema.parse_tfds)
     files = list_files(data_dir, split)
+    if not skip_corrupt:
+        info.check_sizes(data_dir, files)
     known = info.read_info(data_dir).get("files", {})
-    cache_path = os.path.join(data_dir, COUNTS_CACHE)
+    cache_path = os.path.join(data_dir, info.COUNTS_CACHE)
     try:
         cache = documents.read_json(cache_path, "record counts")
     except UsageError:
@@ -165,6 +166,39 @@ def needed_classes(data_dir: str, label_offset: int) -> int | None:
     return meta["num_classes"] + int(meta.get("label_offset", 1)) - label_offset
 
 
+def _shard_records(path, count):
+    """The records of one shard, and an InvalidArgumentError when it holds more or fewer than
+    ``count`` (its dataset's), so that a shard that changed since it was listed stops the run
+    (diagnose.explain names it).  Each record leaves one element late, after the check of the
+    next (or of the file's end): a reader that takes exactly ``count`` records checks too."""
+    records = tf.data.TFRecordDataset(path).map(lambda record: (record, True))
+    end = tf.data.Dataset.from_tensors((tf.constant(b""), False))
+
+    def check(previous, element):
+        index, (record, real) = element
+        ok = tf.where(real, index < count, tf.equal(index, count))
+        message = [path, ": not the record count its dataset lists:", count]
+        with tf.control_dependencies([tf.debugging.Assert(ok, message)]):
+            return (record, real), tuple(tf.identity(t) for t in previous)
+
+    start = (tf.constant(b""), tf.constant(False))
+    checked = records.concatenate(end).enumerate().apply(tf.data.experimental.scan(start, check))
+    # Filtered inside the file's dataset: an interleave of files sees the same records as before.
+    return checked.filter(lambda _, real: real).map(lambda record, _: record)
+
+
+def _reader(inp: Input) -> Callable:
+    """(path, count) -> the shard's records: checked, or as they are with --skip_corrupt (which
+    takes what a damaged shard still holds)."""
+    return (lambda path, _: tf.data.TFRecordDataset(path)) if inp.skip_corrupt else _shard_records
+
+
+def _files_and_counts(split: Split, files) -> tuple[tf.Tensor, tf.Tensor]:
+    """(path, record count) of ``files``, a worker's share of ``split``."""
+    counts = dict(zip(split.files, split.counts))
+    return tf.constant(list(files)), tf.constant([counts[f] for f in files], tf.int64)
+
+
 def _check_label(label, num_classes: int):
     with tf.control_dependencies(
         [
@@ -198,15 +232,16 @@ def train_dataset(
         )
     consumed = start_step * batch_size
     first_epoch, offset = divmod(consumed, epoch_size)
-    files_tensor = tf.constant(list(files))
+    files_tensor, counts_tensor = _files_and_counts(split, files)
 
     def one_epoch(epoch):
         epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
         # A stateless permutation (TF 1.15 has no stateless_shuffle): sort by seeded uniforms.
         keys = tf.random.stateless_uniform([len(files)], seed=epoch_seed)
-        order = tf.gather(files_tensor, tf.argsort(keys))
-        records = tf.data.Dataset.from_tensor_slices(order).interleave(
-            tf.data.TFRecordDataset,
+        order = tf.argsort(keys)
+        shards = (tf.gather(files_tensor, order), tf.gather(counts_tensor, order))
+        records = tf.data.Dataset.from_tensor_slices(shards).interleave(
+            _reader(inp),
             cycle_length=min(8, len(files)),
             block_length=1,
             num_parallel_calls=AUTOTUNE if len(files) > 1 else None,
@@ -248,7 +283,8 @@ def eval_dataset(
     of shape (batch, 10, size, size, 3).
     """
     files, by_record, _ = split.for_worker(num_workers, worker_index)
-    ds = tf.data.TFRecordDataset(list(files))
+    ds = tf.data.Dataset.from_tensor_slices(_files_and_counts(split, files))
+    ds = ds.flat_map(_reader(inp))
     if by_record:
         ds = ds.shard(num_workers, worker_index)
 
