@@ -621,3 +621,17 @@ def test_a_checkpoint_with_a_kernel_of_another_rank_is_one_line(run20, demo_dir,
         ),
     ]:
         assert error_line(cli(script, *args), 2) == wanted, script
+
+
+def test_a_start_whose_weights_cannot_be_downloaded_leaves_the_run_folder_unwritten(
+    demo_dir, tmp_path
+):
+    """--preset finetune downloads keras.applications' weights: here the download fails at
+    once (a proxy on a closed local port, an empty Keras cache), before anything is written."""
+    log_dir = tmp_path / "run"
+    offline = {**ENV, "HOME": str(tmp_path), "https_proxy": "http://127.0.0.1:9"}
+    offline["HTTPS_PROXY"] = offline["https_proxy"]
+    args = ["--preset", "finetune", "--data_dir", demo_dir, "--log_dir", log_dir]
+    proc = run_script("run_train.py", *args, "--max_train_steps", "2", env=offline)
+    assert "--weights imagenet: cannot download" in error_line(proc, 2)
+    assert (sorted(os.listdir(log_dir)) if log_dir.exists() else []) == []

@@ -41,6 +41,7 @@ def train(config: Config) -> int:
         counts = {**plan.recorded(), "replicas": dist.num_replicas}
         start = rundir.prepare(config, counts, stack, chief=dist.is_chief)  # how the run starts
         resume_from = start.checkpoint
+        weights = _initial_weights(config, start)  # before anything is written: may fail
         if dist.is_chief and resume_from is None:  # else once the checkpoint is restored
             rundir.write_config(config.loop.log_dir, config.flat(), start.record)
         start_step = rundir.checkpoint_step(resume_from) if resume_from else 0
@@ -64,7 +65,7 @@ def train(config: Config) -> int:
         try:
             # From the first line on, a signal is answered (a restore can take a while).
             with StopSignals() as signals:
-                _initialise(config, dist, built, session, reporter, start, plan, precision)
+                _initialise(config, dist, built, session, reporter, start, weights, plan, precision)
                 if split is not None and dist.num_workers > 1:
                     reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
                 code = _Loop(config, plan, built, session, reporter, evaluator, split).run(signals)
@@ -117,9 +118,26 @@ def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distrib
     return dataset_fn
 
 
-def _initialise(config, dist, built: TrainGraph, session, reporter, start, plan, precision):
-    """Initial weights (a resumed checkpoint, --restore_path, --weights, or fresh ones), the
-    same on every worker; the input iterator at its start."""
+def _initial_weights(config: Config, start) -> str | None:
+    """The file a run that does not resume starts from: --restore_path's checkpoint, or
+    --weights' file (downloaded now), so that a missing one fails before the run folder is
+    written to."""
+    loop = config.loop
+    if start.checkpoint or not (loop.restore_path or loop.weights):
+        return None
+    if loop.restore_path:
+        return rundir.resolve_checkpoint(loop.restore_path)[0]
+    from vgg_keras import keras_weights
+
+    top = keras_weights.wants_top(loop.restore_exclude)
+    return keras_weights.locate(loop.weights, config.network.arch, print, top)
+
+
+def _initialise(
+    config, dist, built: TrainGraph, session, reporter, start, weights, plan, precision
+):
+    """Initial weights (a resumed checkpoint, ``weights``: --restore_path's or --weights' file,
+    or fresh ones), the same on every worker; the input iterator at its start."""
     for line in _start_notes(config, dist, precision, plan):
         reporter.print(line)
     session.run(built.init_op)
@@ -127,19 +145,16 @@ def _initialise(config, dist, built: TrainGraph, session, reporter, start, plan,
     if start.checkpoint:
         _resume(config, built, session, reporter, start, dist.is_chief)
     elif loop.restore_path:
-        path = rundir.resolve_checkpoint(loop.restore_path)[0]
         restored = checkpoints.restore_subset(
-            session, path, built.model.weights, loop.restore_exclude
+            session, weights, built.model.weights, loop.restore_exclude
         )
-        reporter.print(f"initialised {len(restored)} variables from {path}")
+        reporter.print(f"initialised {len(restored)} variables from {weights}")
     elif loop.weights:
         from vgg_keras import keras_weights
 
-        top = keras_weights.wants_top(loop.restore_exclude)
-        path = keras_weights.locate(loop.weights, config.network.arch, reporter.print, top)
-        loaded = keras_weights.load(session, built.model, path, loop.restore_exclude)
+        loaded = keras_weights.load(session, built.model, weights, loop.restore_exclude)
         note = "" if config.network.preprocess == "caffe" else " (they expect --preprocess caffe)"
-        reporter.print(f"initialised {len(loaded)} layers from {path}{note}")
+        reporter.print(f"initialised {len(loaded)} layers from {weights}{note}")
     if built.broadcast_op is not None:
         session.run(built.broadcast_op)
     if built.load_device_loop is not None:
