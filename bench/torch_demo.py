@@ -11,7 +11,8 @@ Keras draws them), the same images (the demo's TFRecord shards decoded once into
 by ``bench.torch_peer``: the peer holds decoded arrays, as the issue's script did), the same
 split and recipe: Nesterov SGD with momentum 0.9, label smoothing 0.1, weight decay 1e-4 on the
 kernels only (the project's ``weight_decay * l2_loss``: the same gradient), gradients clipped to
-a global norm of 5, lr 0.01 warmed up linearly over the first epoch then a per-step cosine to 0
+a global norm of 5 (before SGD adds the decay term, as a PyTorch user writes it; the project
+clips the gradient of the loss with its decay), lr 0.01 warmed up linearly over the first epoch then a per-step cosine to 0
 over 20 epochs, batch 32, 44 steps an epoch (the images // 32), 20 epochs; the training
 augmentation a random resized crop of area 0.6-1 and aspect 0.85-1.18, a horizontal flip and
 ImageNet normalisation (torchvision v2 transforms, per image); evaluation after every 5th epoch
