@@ -5,9 +5,7 @@
 dataset (built on first use) to >= 97% top-1 in a few minutes on two CPU cores.
 """
 
-import sys
-
 from vgg_keras import commands
 
 if __name__ == "__main__":
-    sys.exit(commands.main("train"))  # the same program as the console script vgg-train
+    commands.exit_now(commands.main("train"))  # the same program as the console script vgg-train

@@ -23,6 +23,7 @@ FIGURES = (
     "memory",
     "time_to_accuracy",
     "demo_robustness",
+    "torch_peer",
     "gpu",
 )
 STANDARD_KEYS = ("what", "value", "unit", "ratio", "ratio_is")

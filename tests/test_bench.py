@@ -21,7 +21,8 @@ from bench import common, pillow_baseline, run_all
 from vgg_keras import compat
 from vgg_keras.compat import tf
 
-FIGURES = [f for f in run_all.FIGURES if f != "gpu"]  # gpu: through run_all below
+# gpu: through run_all below; torch_peer: its own cheap tests below (the demo twice is not).
+FIGURES = [f for f in run_all.FIGURES if f not in ("gpu", "torch_peer")]
 
 
 def _check_figure(fig: dict, name: str) -> None:
@@ -239,3 +240,35 @@ def test_a_baseline_slowed_on_purpose_shows_the_project_faster():
     row = input_pipeline._row("slowed baseline", baseline, project)
     assert row["value"] == baseline[0] and row["ratio"] == project[0] / baseline[0]
     assert row["ratio"] > 2 and row["ratio_is"] == "project / this"
+
+
+def test_torch_peer_without_torch_records_a_skip(tmp_path, monkeypatch, capsys):
+    """CI installs .[dev] only: the PyTorch figure is a skip with its reason, not a failure."""
+    from bench import torch_peer
+
+    monkeypatch.setattr(torch_peer, "torch_available", lambda: False)
+    out = tmp_path / "results.json"
+    assert torch_peer.main(["--quick", "--out", str(out)]) == 0
+    fig = json.loads(out.read_text())["figures"]["torch_peer"]
+    assert "torch" in fig["skipped"] and fig["rows"] == []
+    assert "skipped: torch" in capsys.readouterr().out
+    assert "skipped: torch" in run_all.markdown({"figures": {"torch_peer": fig}})
+
+
+def test_torch_peer_trains_the_demo_network_on_decoded_arrays(tmp_path):
+    """The peer script end to end on 64 random images for one epoch (a subprocess: no torch in
+    this process); its network is the demo's: VGG16 x0.25 at 32 px, 10 classes."""
+    from bench import torch_peer
+
+    if not torch_peer.torch_available():  # (not importorskip: torch beside TF here crashes)
+        pytest.skip("torch/torchvision not installed (the bench extra)")
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 96)
+    arrays = tmp_path / "a.npz"
+    np.savez(arrays, train_images=images[:64], train_labels=labels[:64],
+             val_images=images[64:], val_labels=labels[64:])  # fmt: skip
+    result, wall = torch_peer.run_peer(["demo", str(arrays), "--epochs", "1"])
+    assert result["steps"] == 2 and 0 <= result["final_top1"] <= 1 and wall > 0
+    assert [e["epoch"] for e in result["evaluations"]] == [1]

@@ -92,6 +92,11 @@ def test_padding_gives_every_replica_full_batches_of_which_only_real_images_coun
     np.testing.assert_array_equal(got_images[:5], images)
     np.testing.assert_array_equal(got_labels[:5], labels)
     assert not got_images[5:].any() and not got_labels[5:].any()
+    # Made anew for every checkpoint: without the autotuner, whose sleeping thread the old
+    # iterator's destruction waited for (docs/performance.md).
+    options = padded.options()
+    tuned = options.experimental_optimization.autotune if compat.TF1 else options.autotune.enabled
+    assert tuned is False
 
 
 def test_eval_steps_cover_the_largest_share():

@@ -227,7 +227,8 @@ def pad_batches(dataset: tf.data.Dataset, batch_size: int, batches: int) -> tf.d
     real = dataset.unbatch().map(lambda image, label: (image, label, True))
     padding = tf.data.Dataset.from_tensors(filler).repeat()
     padded = real.concatenate(padding).take(batches * batch_size)
-    return padded.batch(batch_size, drop_remainder=True).prefetch(pipeline.AUTOTUNE)
+    batched = padded.batch(batch_size, drop_remainder=True).prefetch(pipeline.AUTOTUNE)
+    return compat.without_autotune(batched)  # it is made anew for every checkpoint
 
 
 def resolve_kind(config: Config, cluster: dict | None = None) -> str:
