@@ -36,6 +36,7 @@ def train(config: Config) -> int:
     split = _train_split(config)
     plan = clock.plan(config, split.num_examples if split else None, dist.num_replicas)
     dist.check_plan(plan)
+    _check_one_batch(config, split, dist)
     precision = dist.precision(config.network.precision)  # every graph of the run
     with contextlib.ExitStack() as stack:
         counts = {**plan.recorded(), "replicas": dist.num_replicas}
@@ -64,6 +65,7 @@ def train(config: Config) -> int:
         try:
             # From the first line on, a signal is answered (a restore can take a while).
             with StopSignals() as signals:
+                signals.until = None if dist.num_workers > 1 else start_step
                 _initialise(config, dist, built, session, reporter, start, plan, precision)
                 if split is not None and dist.num_workers > 1:
                     reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
@@ -89,6 +91,21 @@ def _train_split(config: Config):
     if config.input.synthetic and config.input.data_dir is None:
         return None
     return pipeline.load_split(config.input, "train")
+
+
+def _check_one_batch(config: Config, split, dist: distribute.Distribution) -> None:
+    """A dataset smaller than one batch is refused with the remedy (the pipeline, which does
+    not know the flags, would refuse it without)."""
+    if split is None or config.input.synthetic:
+        return
+    records = split.for_worker(dist.num_workers, dist.worker_index)[2]
+    batch = config.input.batch_size * config.optimizer.accumulation_steps
+    if records < batch:
+        raise UsageError(
+            f"{config.input.data_dir}: {records} training records per worker, fewer than one "
+            f"batch of {batch}: give a smaller --batch_size (or fewer --accumulation_steps), "
+            'e.g. make train DATA=... ARGS="--batch_size 16"'
+        )
 
 
 def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distribution):
@@ -306,8 +323,10 @@ class _Loop:
         fetches, feed = (
             (built.step_fetches, {}) if n == 1 else (built.loop_fetches, {built.loop_steps: n})
         )
-        if self.voting:
+        if self.voting:  # a signal during this call stops the workers after the next one
             feed[built.stop_requested] = self._signals.received is not None
+        else:
+            self._signals.until = self.step + n
         if plan.due("log", self.last["log"], self.step + n):
             feed[built.measure_grad_norm] = True
         # Each set of fed placeholders is its own executor in the session: its first call is
