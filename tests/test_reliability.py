@@ -744,7 +744,7 @@ def test_bad_data_names_file_and_record_or_is_skipped_and_counted(shard_writer, 
     ):
         assert_clean_exit(run, 2)
         assert run.error_line().startswith(f"error: {message}")
-    assert '--batch_size (or fewer --accumulation_steps), e.g. make train' in nothing.stderr
+    assert "--batch_size (or fewer --accumulation_steps), e.g. make train" in nothing.stderr
 
 
 # ---------------------------------------------------------------------------------------------
