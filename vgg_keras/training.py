@@ -298,7 +298,7 @@ class _Loop:
                 f"checkpoint is {self._newest()}"
             ) from err
         summary = self.speed.summary()
-        if summary:
+        if summary and self.reporter.is_chief:
             self.reporter.print(summary)
         prefix = rundir.checkpoint_prefix(self.log_dir, self.step)
         self.reporter.print(f"done: {self.step} steps, checkpoint {prefix}")
@@ -370,7 +370,7 @@ class _Loop:
             self.step, epoch, out, eta_seconds=self.speed.eta_seconds(), **extra
         )
         warning = self.plateau.observe(epoch, float(out.loss))
-        if warning:
+        if warning and self.reporter.is_chief:
             self.reporter.print(warning)
         self.last["log"] = self.step
 
@@ -409,6 +409,7 @@ class _Loop:
         except evaluation.Stopped:
             return  # the checkpoint is saved; the loop stops at its signal check
         self.evaluator.report([result], self.reporter)
+        self.plateau.eval_top1 = result["top1"]
         if self.reporter.is_chief and (self.best is None or result["top1"] > self.best["top1"]):
             rundir.write_best(self.log_dir, at, result["top1"])
             self.best = rundir.read_best(self.log_dir)
