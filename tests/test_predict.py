@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from vgg_keras import config as config_lib
 from vgg_keras import commands, evaluation, export, predict, rundir
+from vgg_keras import config as config_lib
 from vgg_keras.compat import tf
 from vgg_keras.data import pipeline, schema
 from vgg_keras.errors import UsageError
