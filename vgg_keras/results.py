@@ -211,28 +211,16 @@ def plot_curve(rows: list[dict], path: str, title: str, earlier: list[dict] = ()
     figure = _figure((9, 4.4))
     accuracy, loss = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     points = sorted([*rows, *earlier], key=lambda r: r["step"])
-    hollow = [r for r in points if r in earlier]
-    series = (("top1", "o-", "tab:blue", 100), ("top5", "s--", "tab:orange", 100))
-    for axes, key, style, colour, scale in (
-        *((accuracy, *s) for s in series),
-        (loss, "loss", "o-", "tab:red", 1),
-    ):
-        label = key.replace("top", "top-")
-        axes.plot(
-            [r["step"] for r in points],
-            [scale * r[key] for r in points],
-            style,
-            color=colour,
-            label=label,
-        )
-        if hollow:
+    lines = (("top1", accuracy, "o-", "tab:blue"), ("top5", accuracy, "s--", "tab:orange"))
+    for key, axes, fmt, colour in (*lines, ("loss", loss, "o-", "tab:red")):
+        scale, label = (1 if key == "loss" else 100), key.replace("top", "top-")
+        for shown, face, name in (
+            (points, colour, label),
+            (earlier, "white", f"{label}, training's"),
+        ):
+            steps, values = [r["step"] for r in shown], [scale * r[key] for r in shown]
             axes.plot(
-                [r["step"] for r in hollow],
-                [scale * r[key] for r in hollow],
-                style[0],
-                color=colour,
-                markerfacecolor="white",
-                label=f"{label}, training's (checkpoint not kept)",
+                steps, values, fmt if face == colour else fmt[0], color=colour, mfc=face, label=name
             )
     values = [100 * r[k] for r in points for k in ("top1", "top5")]
     margin = max(1.0, 0.1 * (max(values) - min(values)))  # headroom: nothing on the frame
@@ -243,10 +231,9 @@ def plot_curve(rows: list[dict], path: str, title: str, earlier: list[dict] = ()
     for axes in (accuracy, loss):
         axes.grid(alpha=0.3)
     # Below the panels: a legend inside would cover the last points.
-    figure.legend(
-        *accuracy.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, frameon=False
-    )
-    figure.suptitle(title, fontsize=9)
+    handles = [h for h in accuracy.get_legend_handles_labels()[0] if len(h.get_xdata())]
+    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.suptitle(title + (" (hollow: checkpoint not kept)" if earlier else ""), fontsize=9)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     _save(figure, path)
 
@@ -266,20 +253,10 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: str, title: st
         axes.set_yticks(range(classes))
         axes.set_xticklabels(names, rotation=90, fontsize=7)
         axes.set_yticklabels(names, fontsize=7)
-        if classes <= 20:
-            for i in range(classes):
-                for j in range(classes):
-                    if confusion[i, j]:  # white on the dark cells, black on the light
-                        colour = "white" if fractions[i, j] > 0.5 else "black"
-                        axes.text(
-                            j,
-                            i,
-                            confusion[i, j],
-                            ha="center",
-                            va="center",
-                            fontsize=7,
-                            color=colour,
-                        )
+        cells = [(i, j) for i in range(classes) for j in range(classes) if classes <= 20]
+        for i, j in filter(lambda ij: confusion[ij], cells):  # white on dark, black on light
+            colour = "white" if fractions[i, j] > 0.5 else "black"
+            axes.text(j, i, confusion[i, j], ha="center", va="center", size=7, color=colour)
     axes.set(xlabel="predicted", ylabel="true")
     axes.set_title(title, fontsize=8)
     figure.tight_layout()
