@@ -5,6 +5,7 @@ evaluated per class, exported, and the export classifies a new JPEG."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -112,6 +113,8 @@ def test_the_documented_training_commands_learn(demo_dir, demo_run, tmp_path):
         argv += [*cheap, "--data_dir", demo_dir]
         if "--max_epochs" not in argv:
             argv += ["--max_train_steps", "100"]
+        if "--log_dir" not in argv:  # the preset's runs/demo is not this test's
+            argv += ["--log_dir", str(runs / doc.replace("/", "_"))]
         if argv[0] == "-m":  # the launcher: real processes
             argv[argv.index("run_train.py")] = os.path.join(REPO_ROOT, "run_train.py")
             env = {**os.environ, "PYTHONPATH": REPO_ROOT}
@@ -122,5 +125,5 @@ def test_the_documented_training_commands_learn(demo_dir, demo_run, tmp_path):
             proc = run_script(argv[0], *argv[1:], timeout=600)
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         outputs[doc] = _losses(proc.stdout)
-    for doc, losses in outputs.items():
-        assert len(losses) >= 4 and sum(losses[-2:]) < 0.75 * sum(losses[:2]), (doc, losses)
+    for doc, losses in outputs.items():  # well below chance, ln(10), where every net starts
+        assert len(losses) >= 4 and sum(losses[-2:]) / 2 < 0.75 * math.log(10), (doc, losses)
