@@ -22,9 +22,10 @@ COPY pyproject.toml README.md ./
 COPY vgg_keras ./vgg_keras
 RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 1000 vgg \
-    && mkdir runs && chown vgg:vgg runs
+    && mkdir runs data && chown vgg:vgg runs data
 COPY run_train.py run_eval.py run_export.py run_predict.py ./
 
-# A numeric user, so that Kubernetes can check runAsNonRoot.
+# A numeric user, so that Kubernetes can check runAsNonRoot. It writes only under /app/runs and
+# /app/data (where `--preset demo` builds its dataset); mount volumes there to keep them.
 USER 1000:1000
 CMD ["python", "run_train.py", "--help"]

@@ -49,7 +49,7 @@ def pytest_configure(config) -> None:
 STACK_NEUTRAL = (
     "test_api", "test_bench", "test_clock", "test_cluster_files", "test_config", "test_convert",
     "test_cross_stack", "test_demo", "test_diagnose", "test_e2e_readme", "test_hostile",
-    "test_layout", "test_plateau", "test_reporting", "test_rundir", "test_runstart",
+    "test_layout", "test_plateau", "test_reporting", "test_results", "test_rundir", "test_runstart",
     "test_throughput",
 )  # fmt: skip
 collect_ignore = [f"{name}.py" for name in STACK_NEUTRAL] if compat.TF1 else []

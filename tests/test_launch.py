@@ -290,6 +290,8 @@ def test_sigterm_to_the_launcher_stops_every_worker_after_the_chief_saved(demo_d
     run.wait_for(r"^\[worker 0\] \S+ \S+  step:\s+10 ")
     run.proc.send_signal(signal.SIGTERM)
     assert run.finish(timeout=120) == 143, "\n".join(run.lines[-30:])
+    # The steps are said once, by the chief; each worker says its own start and end.
+    assert not [x for x in run.of(1) if "  step: " in x] and run.of(1)[0].startswith("distrib")
     assert "[launch] SIGTERM: forwarded to worker(s) 0, 1; they save and stop, or are " in (
         "\n".join(run.lines)
     )

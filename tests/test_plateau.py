@@ -61,6 +61,21 @@ def test_the_band_scales_with_the_number_of_classes():
     assert not feed(imagenet, [math.log(1000) - 0.5] * 12)
 
 
+@pytest.mark.parametrize("classes", [3, 10, 1000])
+def test_never_while_the_latest_evaluation_is_at_least_twice_chance(classes):
+    """A loss near ln(class_num) with label smoothing, dropout and strong augmentation, under
+    an evaluation well above chance (--preset small on 3 classes: 87.9%), is a net that learns."""
+    at_chance = [math.log(classes)] * 40
+    for top1, warns in ((2 / classes, False), (0.879, False), (1.9 / classes, True)):
+        detector = ChancePlateau(classes)
+        detector.eval_top1 = top1
+        assert bool(feed(detector, at_chance)) == warns, (classes, top1)
+    detector = ChancePlateau(classes)  # the evaluation comes later: from then on, silent
+    assert not feed(detector, at_chance[:8]) and not detector.warned
+    detector.eval_top1 = 0.9
+    assert not feed(detector, at_chance)
+
+
 def test_non_finite_losses_are_ignored():
     detector = ChancePlateau(10)
     assert feed(detector, [float("nan")] * 12) == []

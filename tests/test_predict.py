@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 
 import numpy as np
 import pytest
 
+from vgg_keras import commands, evaluation, export, predict, rundir
 from vgg_keras import config as config_lib
-from vgg_keras import evaluation, export, predict, rundir
 from vgg_keras.compat import tf
 from vgg_keras.data import pipeline, schema
 from vgg_keras.errors import UsageError
@@ -61,6 +63,22 @@ def test_predict_matches_eval_accuracy(script_runner, demo_checkpoint, image_fol
     assert abs(top5 - round(result["top5"] * 360)) <= near_ties(5)
     names = {t["label"] for r in found for t in r["top"]}
     assert names <= {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_many_images_show_a_progress_bar_on_a_terminal(demo_checkpoint, image_folder):
+    """On a terminal stderr shows how many of the images are done (tqdm); the bar is gone
+    before the results are printed."""
+    out, err = io.StringIO(), _Terminal()
+    args = [image_folder, "--ckpt", demo_checkpoint, "--batch_size", "100", "--top", "1"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert commands.main("predict", args) == 0
+    assert "0/360 [" in err.getvalue() and "image/s]" in err.getvalue()  # tqdm: done/total
+    assert len(out.getvalue().splitlines()) == 360
 
 
 def test_saved_model_predicts_like_the_checkpoint(

@@ -244,8 +244,9 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path)
     long_calls += ["--save_checkpoints_steps", "5000"]
     second = Run(train(log_dir, demo_dir, "--max_train_steps", "100000", *long_calls))
     second.wait_for(rf"^resumed from \S+model\.ckpt-{k} at step {k}$")
-    os.kill(second.pid, signal.SIGTERM)  # answered from the first line on
-    second.wait_for(r"^SIGTERM: stopping after the running steps, then saving a checkpoint")
+    os.kill(second.pid, signal.SIGTERM)  # answered from the first line on, within a second
+    said = second.wait_for(r"^SIGTERM: stopping after step (\d+): saving a checkpoint", timeout=1)
+    assert int(said[1]) in (k, k + 5000)  # the step reached, or the running call's end
     sent = time.monotonic()
     os.kill(second.pid, signal.SIGTERM)
     second.finish()
@@ -273,9 +274,9 @@ def test_a_second_sigint_exits_at_once_and_leaves_the_checkpoints_untouched(demo
     long_calls += ["--save_checkpoints_steps", "5000", "--max_train_steps", "100000"]
     second = Run(train(log_dir, demo_dir, *long_calls))
     second.wait_for(r"^resumed from \S+model\.ckpt-5 at step 5$")
-    os.kill(second.pid, signal.SIGINT)  # answered from the first line on
-    said = second.wait_for(r"^SIGINT: stopping after the running steps.*\((.*)\)$")
-    assert said[1] == "Ctrl-C again to quit without saving"
+    os.kill(second.pid, signal.SIGINT)  # answered from the first line on, within a second
+    said = second.wait_for(r"^SIGINT: stopping after step (\d+): .*\((.*)\)$", timeout=1)
+    assert said[2] == "Ctrl-C again to quit without saving" and int(said[1]) in (5, 5005)
     sent = time.monotonic()
     os.kill(second.pid, signal.SIGINT)
     second.finish()
@@ -739,10 +740,11 @@ def test_bad_data_names_file_and_record_or_is_skipped_and_counted(shard_writer, 
     assert steps(tmp_path / "log_skip")[-1] == 12
     for run, message in (
         (missing, f"no train-* TFRecord files in {no_train}"),
-        (nothing, f"{empty}: 0 training records per worker, fewer than one batch of 8"),
+        (nothing, f"{empty}: 0 training records per worker, fewer than one batch of 8: give "),
     ):
         assert_clean_exit(run, 2)
-        assert run.error_line() == f"error: {message}"
+        assert run.error_line().startswith(f"error: {message}")
+    assert "--batch_size (or fewer --accumulation_steps), e.g. make train" in nothing.stderr
 
 
 # ---------------------------------------------------------------------------------------------

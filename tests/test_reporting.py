@@ -162,12 +162,17 @@ def test_without_metrics_the_reporter_writes_the_log_but_no_metrics_jsonl(tmp_pa
     assert scalar_events(str(tmp_path)) == {"eval_top1": [(5, 0.5)]}
 
 
-def test_only_the_chief_writes_files(tmp_path, capsys):
-    reporter = Reporter(str(tmp_path / "worker1"), "train.log", is_chief=False, progress=False)
+def test_only_the_chief_writes_files_and_the_step_lines(tmp_path, capsys, monkeypatch):
+    """The workers' steps are the chief's: under the launcher or srun, whose output holds every
+    worker's, each step is said once; a worker still prints its own lines."""
+    monkeypatch.setattr(reporting, "PROGRESS_SECONDS", 0.0)
+    reporter = Reporter(str(tmp_path / "worker1"), "train.log", is_chief=False, total_steps=9)
     reporter.train_step(1, 0.1, outputs(2.0, 2.0, 0.1), 1.0)
+    reporter.advance(1)
+    reporter.print("its own line")
     reporter.close()
     assert not (tmp_path / "worker1").exists()
-    assert parts(capsys.readouterr().out.strip())[0].startswith("step:     1")
+    assert capsys.readouterr() == ("its own line\n", "")
 
 
 def test_without_a_terminal_progress_is_a_plain_line_on_stderr(tmp_path, capsys, monkeypatch):

@@ -396,7 +396,8 @@ def _evaluate_each(
             continue
         evaluator.report([row], reporter, header=not rows)
         rows.append(row)
-        results.write(rows, evaluator.config, output, tag, evaluator.crops)
+        for line in results.write(rows, evaluator.config, output, tag, evaluator.crops):
+            reporter.print(line)
     return rows
 
 

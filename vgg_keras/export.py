@@ -8,7 +8,8 @@ writes into DIR (atomically: everything appears at once, or nothing):
   (``preprocess.eval_image``), so its numbers are ``run_eval.py``'s; ``serving_pixels`` takes
   float32 RGB ``pixels`` in 0..255, already resized and cropped to image_size.  Both return
   ``classes``, ``probabilities``, ``top_k_classes``, ``top_k_probabilities`` and ``logits``;
-- ``model.h5`` and ``model.keras``: the Keras network, normalised images -> logits;
+- ``model.h5`` and ``model.keras``: the Keras network, normalised images -> logits (tf_keras
+  loads both, Keras 3 only model.h5);
 - ``frozen_graph.pb``: the same network as a GraphDef with constants, input node ``input``
   (normalised float images, NHWC) and output node ``logits``;
 - ``checkpoint``: ``model.ckpt-<step>`` + ``config.json``, what run_eval.py and fine-tuning read

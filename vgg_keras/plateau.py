@@ -19,13 +19,17 @@ class ChancePlateau:
     """Fed each logged (epoch, loss); says once when the loss has stayed at chance too long.
 
     The test is on the mean of the logged losses of the last ``epochs`` epochs (one batch's loss is
-    noisy), and only once the run has logged that many epochs.
+    noisy), and only once the run has logged that many epochs.  Never while the latest
+    evaluation (``eval_top1``, set by the loop) is at least twice chance accuracy: a training
+    loss near ln(class_num) is then label smoothing, dropout and augmentation, not a stuck net.
     """
 
     def __init__(self, class_num: int, epochs: float = PLATEAU_EPOCHS, margin: float = MARGIN):
         self.chance = math.log(class_num)
         self.band = margin * self.chance
         self.epochs = epochs
+        self.learning_top1 = 2 / class_num
+        self.eval_top1: float | None = None
         self._history: list[tuple[float, float]] = []
         self._first_epoch: float | None = None
         self.warned = False
@@ -39,6 +43,8 @@ class ChancePlateau:
         self._history.append((epoch, float(loss)))
         self._history = [(e, x) for e, x in self._history if e >= epoch - self.epochs]
         if self.warned or epoch - self._first_epoch < self.epochs:
+            return None
+        if self.eval_top1 is not None and self.eval_top1 >= self.learning_top1:
             return None
         mean = sum(x for _, x in self._history) / len(self._history)
         if abs(mean - self.chance) > self.band:

@@ -14,6 +14,7 @@ import os
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from vgg_keras import config as config_lib
 from vgg_keras import distribute, export
@@ -98,18 +99,20 @@ class Predictor:
 
     def predict(self, images: list[tuple[str, bytes]], batch_size: int) -> np.ndarray:
         """float32 [len(images), classes] probabilities of (path, encoded bytes) pairs,
-        ``batch_size`` per session call."""
+        ``batch_size`` per session call; a progress bar on a terminal."""
         batches = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            encoded = [data for _, data in chunk]
-            try:
-                batches.append(self.session.run(self.probabilities, {self.image_bytes: encoded}))
-            except tf.errors.InvalidArgumentError as err:
-                bad = _undecodable(chunk)
-                if bad is None:
-                    raise
-                raise bad from err
+        with tqdm(total=len(images), unit="image", leave=False, disable=None) as bar:
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                feed = {self.image_bytes: [data for _, data in chunk]}
+                try:
+                    batches.append(self.session.run(self.probabilities, feed))
+                except tf.errors.InvalidArgumentError as err:
+                    bad = _undecodable(chunk)
+                    if bad is None:
+                        raise
+                    raise bad from err
+                bar.update(len(chunk))
         return np.concatenate(batches)
 
     def close(self) -> None:

@@ -88,7 +88,7 @@ class Reporter:
             if metrics:
                 self._metrics = open(os.path.join(log_dir, rundir.METRICS_FILE), "a")
             self._writer = tf.summary.create_file_writer(os.path.join(log_dir, summary_subdir))
-        self._total = total_steps if progress else None
+        self._total = total_steps if progress and is_chief else None  # the chief's progress
         self._last_progress = time.monotonic()
         if self._total and sys.stderr.isatty():
             self._bar = tqdm(
@@ -122,7 +122,10 @@ class Reporter:
             print(f"{timestamp()}  {line}", file=sys.stderr, flush=True)
 
     def train_step(self, step: int, epoch: float, out, fps: float, eta_seconds=None, **extra):
-        """The log line and the metrics of a training step's StepOutputs ``out``."""
+        """The log line and the metrics of a training step's StepOutputs ``out`` (the chief's
+        only: the workers' steps are the same, one line each would say it N times)."""
+        if not self.is_chief:
+            return
         self.print(format_train_line(step, epoch, fps, out, eta_seconds))
         self.metrics(
             step,

@@ -13,6 +13,7 @@ the others.  The tag names the settings that differ from the run's own evaluatio
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
@@ -26,8 +27,10 @@ from vgg_keras import atomic, documents, rundir
 from vgg_keras.config import Config
 from vgg_keras.data import info
 from vgg_keras.errors import UsageError
+from vgg_keras.reporting import read_metrics
 
 SUMS = ("top1", "top5", "loss", "images")  # what the evaluation graph sums
+WORST_CLASSES = 5  # the per-class rows printed
 KEYS = ("checkpoint", "step", "epoch", "top1", "top5", "loss", "images")
 SETTINGS = ("crops", "resize", "input_mode", "data_dir")  # recorded with every row
 HEADER = (
@@ -89,9 +92,10 @@ def _slug(path: str) -> str:
     return re.sub(r"[^\w-]+", "_", name)[:40]
 
 
-def write(rows: list[dict], config: Config, output: str, tag: str, crops: int) -> None:
+def write(rows: list[dict], config: Config, output: str, tag: str, crops: int) -> list[str]:
     """The results files in ``output``: the JSON and CSV (merged with the rows already there),
-    the curve, and per-class files for rows that carry a confusion matrix."""
+    the curve, and per-class files for the newest row if it carries a confusion matrix; returns
+    the lines that say where those are and which classes did worst."""
     os.makedirs(output, exist_ok=True)
     settings = {
         "crops": crops,
@@ -109,12 +113,24 @@ def write(rows: list[dict], config: Config, output: str, tag: str, crops: int) -
     writer.writeheader()
     writer.writerows(merged)
     atomic.write_text(os.path.join(output, rundir.results_name(tag, ".csv")), text.getvalue())
-    if len(merged) > 1:
-        plot_curve(merged, os.path.join(output, rundir.curve_name(tag)))
-    names = _class_names(config)
-    for r in rows:
-        if "confusion" in r:
-            write_per_class(r, names, output, tag)
+    # Training's own evaluations (one crop, the run's data) fill in the steps not kept.
+    earlier = [] if tag else _training_evaluations(os.path.dirname(merged[0]["checkpoint"]))
+    earlier = [r for r in earlier if r["step"] not in {m["step"] for m in merged}]
+    if len(merged) + len(earlier) > 1:
+        title = os.path.dirname(merged[0]["checkpoint"]) or "."
+        title += f", {crops} crops" if crops > 1 else ", one central crop"
+        plot_curve(merged, os.path.join(output, rundir.curve_name(tag)), title, earlier)
+    if "confusion" not in rows[-1]:
+        return []
+    return write_per_class(rows[-1], _class_names(config), output, tag)
+
+
+def _training_evaluations(log_dir: str) -> list[dict]:
+    """The evaluations training recorded in its metrics.jsonl, as rows (none if unreadable)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
+        records = [r for r in read_metrics(log_dir) if "eval_top1" in r]
+        return [{"step": r["step"], **{k: r["eval_" + k] for k in SUMS[:3]}} for r in records]
+    return []
 
 
 def _merge(path: str, new: list[dict]) -> list[dict]:
@@ -139,8 +155,9 @@ def _class_names(config: Config) -> list[str]:
     return names if len(names) == classes else [str(k) for k in range(classes)]
 
 
-def write_per_class(result: dict, names: list[str], output: str, tag: str) -> None:
-    """Per-class accuracy (CSV) and the confusion matrix (JSON, PNG) of one checkpoint."""
+def write_per_class(result: dict, names: list[str], output: str, tag: str) -> list[str]:
+    """Per-class accuracy (CSV) and the confusion matrix (JSON, PNG) of one checkpoint; returns
+    the lines that name the files and show the worst classes."""
     confusion = np.asarray(result["confusion"], dtype=np.int64)
     images = confusion.sum(axis=1)
     correct = np.diag(confusion)
@@ -148,9 +165,9 @@ def write_per_class(result: dict, names: list[str], output: str, tag: str) -> No
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["class", "name", "images", "correct", "top1"])
+    accuracy = correct / np.where(images, images, np.nan)
     for k, name in enumerate(names):
-        accuracy = correct[k] / images[k] if images[k] else float("nan")
-        writer.writerow([k, name, int(images[k]), int(correct[k]), f"{accuracy:.6f}"])
+        writer.writerow([k, name, int(images[k]), int(correct[k]), f"{accuracy[k]:.6f}"])
     atomic.write_text(base + ".per_class.csv", text.getvalue())
     document = {
         "checkpoint": result["checkpoint"],
@@ -161,6 +178,16 @@ def write_per_class(result: dict, names: list[str], output: str, tag: str) -> No
     }
     atomic.write_text(base + ".confusion.json", json.dumps(document) + "\n")
     plot_confusion(confusion, names, base + ".confusion.png", result["checkpoint"])
+    worst = [k for k in np.argsort(accuracy, kind="stable") if images[k]][:WORST_CLASSES]
+    return [
+        f"per class, step {result['step']}: {base}.per_class.csv, {base}.confusion.png; "
+        f"the {len(worst)} lowest of {len(names)} classes:",
+        f"{'class':>8}  {'top1 %':>7}  {'correct':>7}  {'images':>7}  name",
+        *(
+            f"{k:8d}  {100 * accuracy[k]:7.2f}  {correct[k]:7d}  {images[k]:7d}  {names[k]}"
+            for k in worst
+        ),
+    ]
 
 
 def _figure(size):
@@ -174,31 +201,40 @@ def _figure(size):
 
 
 def _save(figure, path: str) -> None:
-    figure.tight_layout()
     with atomic.replacing(path) as tmp:
         figure.savefig(tmp, format="png")
 
 
-def plot_curve(rows: list[dict], path: str) -> None:
-    """Top-1/top-5 (percent, the y-range fitted to the values) and the loss against step."""
-    figure = _figure((9, 4))
+def plot_curve(rows: list[dict], path: str, title: str, earlier: list[dict] = ()) -> None:
+    """Top-1/top-5 (percent, the y-range fitted to the values) and the loss against step;
+    ``earlier`` (training's evaluations of checkpoints not kept) drawn hollow on the same lines."""
+    figure = _figure((9, 4.4))
     accuracy, loss = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    steps = [r["step"] for r in rows]
-    for key, style in (("top1", "o-"), ("top5", "s--")):
-        accuracy.plot(steps, [100 * r[key] for r in rows], style, label=key.replace("top", "top-"))
-    values = [100 * r[k] for r in rows for k in ("top1", "top5")]
-    margin = max(0.5, 0.1 * (max(values) - min(values)))
-    accuracy.set(
-        xlabel="step",
-        ylabel="accuracy (%)",
-        ylim=(max(0, min(values) - margin), min(100, max(values) + margin)),
-    )
-    accuracy.legend(loc="lower right")
-    loss.plot(steps, [r["loss"] for r in rows], "o-", color="tab:red")
+    points = sorted([*rows, *earlier], key=lambda r: r["step"])
+    lines = (("top1", accuracy, "o-", "tab:blue"), ("top5", accuracy, "s--", "tab:orange"))
+    for key, axes, fmt, colour in (*lines, ("loss", loss, "o-", "tab:red")):
+        scale, label = (1 if key == "loss" else 100), key.replace("top", "top-")
+        for shown, face, name in (
+            (points, colour, label),
+            (earlier, "white", f"{label}, training's"),
+        ):
+            steps, values = [r["step"] for r in shown], [scale * r[key] for r in shown]
+            axes.plot(
+                steps, values, fmt if face == colour else fmt[0], color=colour, mfc=face, label=name
+            )
+    values = [100 * r[k] for r in points for k in ("top1", "top5")]
+    margin = max(1.0, 0.1 * (max(values) - min(values)))  # headroom: nothing on the frame
+    accuracy.set(xlabel="step", ylabel="accuracy (%)")
+    accuracy.set_ylim(max(0, min(values) - margin), max(values) + margin)
+    accuracy.set_yticks([t for t in accuracy.get_yticks() if 0 <= t <= 100])
     loss.set(xlabel="step", ylabel="loss")
     for axes in (accuracy, loss):
         axes.grid(alpha=0.3)
-    figure.suptitle(os.path.dirname(rows[0]["checkpoint"]) or ".", fontsize=9)
+    # Below the panels: a legend inside would cover the last points.
+    handles = [h for h in accuracy.get_legend_handles_labels()[0] if len(h.get_xdata())]
+    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.suptitle(title + (" (hollow: checkpoint not kept)" if earlier else ""), fontsize=9)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     _save(figure, path)
 
 
@@ -208,18 +244,20 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: str, title: st
     figure = _figure((max(4, min(16, 0.4 * classes + 2)),) * 2)
     axes = figure.add_subplot()
     totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    image = axes.imshow(confusion / totals, cmap="Blues", vmin=0, vmax=1)
-    figure.colorbar(image, ax=axes, fraction=0.046)
+    fractions = confusion / totals
+    image = axes.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    bar = figure.colorbar(image, ax=axes, fraction=0.046)
+    bar.set_label("fraction of the true class's images")
     if classes <= 40:
         axes.set_xticks(range(classes))
         axes.set_yticks(range(classes))
         axes.set_xticklabels(names, rotation=90, fontsize=7)
         axes.set_yticklabels(names, fontsize=7)
-        if classes <= 20:
-            for i in range(classes):
-                for j in range(classes):
-                    if confusion[i, j]:
-                        axes.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7)
+        cells = [(i, j) for i in range(classes) for j in range(classes) if classes <= 20]
+        for i, j in filter(lambda ij: confusion[ij], cells):  # white on dark, black on light
+            colour = "white" if fractions[i, j] > 0.5 else "black"
+            axes.text(j, i, confusion[i, j], ha="center", va="center", size=7, color=colour)
     axes.set(xlabel="predicted", ylabel="true")
     axes.set_title(title, fontsize=8)
+    figure.tight_layout()
     _save(figure, path)

@@ -16,16 +16,17 @@ STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class StopSignals:
     """SIGINT/SIGTERM/SIGHUP become a flag the loop checks after each session call.
 
-    The first signal is answered at once (a line on stderr) and lets the current session call
-    finish; the loop then saves a checkpoint and exits 130, 143 or 129.  A second one exits at
-    once, even in the middle of a long session call: Python runs signal handlers only between
-    bytecodes of the main thread, which a session call blocks, so a helper thread reads the
-    signals from a wakeup fd instead.  Exiting there cannot leave a half-written checkpoint that
+    The first signal is answered at once (a line on stderr naming ``until``, the step the
+    running session call ends at) and lets that call finish; the loop then saves a checkpoint
+    and exits 130, 143 or 129.  A second one exits at once, even in the middle of a long session
+    call: Python runs signal handlers only between bytecodes of the main thread, which a
+    session call blocks, so a helper thread reads the signals from a wakeup fd instead.  Exiting there cannot leave a half-written checkpoint that
     a reader would take (see checkpoints.py).
     """
 
     def __init__(self):
         self.received: int | None = None
+        self.until: int | None = None  # the step the loop stops after, where it knows it
         self._previous = {}
 
     def __enter__(self) -> StopSignals:
@@ -52,8 +53,9 @@ class StopSignals:
                     if self.received is None:
                         self.received = signum
                         again = "Ctrl-C" if signum == signal.SIGINT else name
+                        at = "the running steps" if self.until is None else f"step {self.until}"
                         print(
-                            f"{name}: stopping after the running steps, then saving a checkpoint "
+                            f"{name}: stopping after {at}: saving a checkpoint "
                             f"({again} again to quit without saving)",
                             file=sys.stderr,
                             flush=True,

@@ -36,6 +36,9 @@ def train(config: Config) -> int:
     split = _train_split(config)
     plan = clock.plan(config, split.num_examples if split else None, dist.num_replicas)
     dist.check_plan(plan)
+    if split is not None and not config.input.synthetic:  # refused before anything is written
+        batch = config.input.batch_size * config.optimizer.accumulation_steps
+        pipeline.check_one_batch(split, batch, dist.num_workers, dist.worker_index)
     precision = dist.precision(config.network.precision)  # every graph of the run
     with contextlib.ExitStack() as stack:
         counts = {**plan.recorded(), "replicas": dist.num_replicas}
@@ -65,6 +68,7 @@ def train(config: Config) -> int:
         try:
             # From the first line on, a signal is answered (a restore can take a while).
             with StopSignals() as signals:
+                signals.until = None if dist.num_workers > 1 else start_step
                 _initialise(config, dist, built, session, reporter, start, weights, plan, precision)
                 if split is not None and dist.num_workers > 1:
                     reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
@@ -296,7 +300,7 @@ class _Loop:
                 f"checkpoint is {self._newest()}"
             ) from err
         summary = self.speed.summary()
-        if summary:
+        if summary and self.reporter.is_chief:
             self.reporter.print(summary)
         prefix = rundir.checkpoint_prefix(self.log_dir, self.step)
         self.reporter.print(f"done: {self.step} steps, checkpoint {prefix}")
@@ -321,8 +325,10 @@ class _Loop:
         fetches, feed = (
             (built.step_fetches, {}) if n == 1 else (built.loop_fetches, {built.loop_steps: n})
         )
-        if self.voting:
+        if self.voting:  # a signal during this call stops the workers after the next one
             feed[built.stop_requested] = self._signals.received is not None
+        else:
+            self._signals.until = self.step + n
         if plan.due("log", self.last["log"], self.step + n):
             feed[built.measure_grad_norm] = True
         # Each set of fed placeholders is its own executor in the session: its first call is
@@ -366,7 +372,7 @@ class _Loop:
             self.step, epoch, out, eta_seconds=self.speed.eta_seconds(), **extra
         )
         warning = self.plateau.observe(epoch, float(out.loss))
-        if warning:
+        if warning and self.reporter.is_chief:
             self.reporter.print(warning)
         self.last["log"] = self.step
 
@@ -405,6 +411,7 @@ class _Loop:
         except evaluation.Stopped:
             return  # the checkpoint is saved; the loop stops at its signal check
         self.evaluator.report([result], self.reporter)
+        self.plateau.eval_top1 = result["top1"]
         if self.reporter.is_chief and (self.best is None or result["top1"] > self.best["top1"]):
             rundir.write_best(self.log_dir, at, result["top1"])
             self.best = rundir.read_best(self.log_dir)

@@ -209,6 +209,19 @@ def _check_label(label, num_classes: int):
         return tf.identity(label)
 
 
+def check_one_batch(split: Split, batch_size: int, num_workers: int, worker_index: int):
+    """``split.for_worker(...)``, refused with the remedy when it holds less than one batch of
+    ``batch_size`` (--batch_size x --accumulation_steps)."""
+    files, by_record, epoch_size = split.for_worker(num_workers, worker_index)
+    if epoch_size < batch_size:
+        raise UsageError(
+            f"{os.path.dirname(files[0])}: {epoch_size} training records per worker, fewer than "
+            f"one batch of {batch_size}: give a smaller --batch_size (or fewer "
+            '--accumulation_steps), e.g. make train DATA=... ARGS="--batch_size 16"'
+        )
+    return files, by_record, epoch_size
+
+
 def train_dataset(
     split: Split,
     network: Network,
@@ -224,12 +237,7 @@ def train_dataset(
     replica's optimizer step: ``micro_batches`` (--accumulation_steps) of --batch_size;
     ``start_step`` resumes the stream after that many batches."""
     batch_size = inp.batch_size * micro_batches
-    files, by_record, epoch_size = split.for_worker(num_workers, worker_index)
-    if epoch_size < batch_size:
-        raise UsageError(
-            f"{os.path.dirname(files[0])}: {epoch_size} training records per worker, "
-            f"fewer than one batch of {batch_size}"
-        )
+    files, by_record, epoch_size = check_one_batch(split, batch_size, num_workers, worker_index)
     consumed = start_step * batch_size
     first_epoch, offset = divmod(consumed, epoch_size)
     files_tensor, counts_tensor = _files_and_counts(split, files)
