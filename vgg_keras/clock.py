@@ -24,14 +24,24 @@ EVENTS = ("log", "save", "evaluate")
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The step arithmetic of one run, derived once from its config and its dataset's size."""
+    """The resolved plan of one run, derived once from its config, its dataset's size and its
+    devices: every reader takes the batch layout, the step arithmetic and the precision from
+    here rather than from the flags."""
 
     train_images: int
-    global_batch: int
+    global_batch: int  # replicas x replica_batch
     steps_per_epoch: int
     max_steps: int
     call_steps: int  # --iterations_per_loop
     every: dict  # {event: interval in steps, or None for never}
+    replicas: int = 1
+    micro_batches: int = 1  # --accumulation_steps
+    precision: str = "fp32"  # resolved for the devices (dist.precision)
+
+    @property
+    def replica_batch(self) -> int:
+        """One replica's images of one optimizer step: its micro-batches of --batch_size."""
+        return self.global_batch // self.replicas
 
     def epoch(self, step: int) -> float:
         return step / self.steps_per_epoch
@@ -74,12 +84,15 @@ def steps_per_epoch(train_images: int, global_batch: int) -> int:
     return max(1, train_images // global_batch)
 
 
-def plan(config: Config, train_images: int | None, num_replicas: int = 1) -> Plan:
+def plan(
+    config: Config, train_images: int | None, num_replicas: int = 1, precision: str = ""
+) -> Plan:
     """The Plan of ``config`` over ``train_images`` (None: --synthetic without data, an
-    ImageNet-sized epoch)."""
+    ImageNet-sized epoch) on ``num_replicas``, in ``precision`` (--precision by default)."""
     loop = config.loop
     images = IMAGENET_TRAIN_IMAGES if train_images is None else train_images
-    global_batch = config.input.batch_size * num_replicas * config.optimizer.accumulation_steps
+    micro_batches = config.optimizer.accumulation_steps
+    global_batch = config.input.batch_size * num_replicas * micro_batches
     per_epoch = steps_per_epoch(images, global_batch)
     max_steps = loop.max_train_steps or max(1, round(loop.max_epochs * per_epoch))
     evaluate = None
@@ -90,4 +103,7 @@ def plan(config: Config, train_images: int | None, num_replicas: int = 1) -> Pla
         "save": loop.save_checkpoints_steps or per_epoch,
         "evaluate": evaluate,
     }
-    return Plan(images, global_batch, per_epoch, max_steps, loop.iterations_per_loop, every)
+    precision = precision or config.network.precision
+    calls = loop.iterations_per_loop
+    shape = (num_replicas, micro_batches, precision)
+    return Plan(images, global_batch, per_epoch, max_steps, calls, every, *shape)

@@ -34,12 +34,11 @@ def train(config: Config) -> int:
     """Train (``--mode train`` or ``train_and_evaluate``); returns the process exit code."""
     dist = distribute.create(config)  # first: it may configure devices and start a server
     split = _train_split(config)
-    plan = clock.plan(config, split.num_examples if split else None, dist.num_replicas)
+    precision = dist.precision(config.network.precision)  # every graph of the run
+    plan = clock.plan(config, split.num_examples if split else None, dist.num_replicas, precision)
     dist.check_plan(plan)
     if split is not None and not config.input.synthetic:  # refused before anything is written
-        batch = config.input.batch_size * config.optimizer.accumulation_steps
-        pipeline.check_one_batch(split, batch, dist.num_workers, dist.worker_index)
-    precision = dist.precision(config.network.precision)  # every graph of the run
+        pipeline.check_one_batch(split, plan.replica_batch, dist.num_workers, dist.worker_index)
     with contextlib.ExitStack() as stack:
         counts = {**plan.recorded(), "replicas": dist.num_replicas}
         start = rundir.prepare(config, counts, stack, chief=dist.is_chief)  # how the run starts
@@ -48,12 +47,14 @@ def train(config: Config) -> int:
         if dist.is_chief and resume_from is None:  # else once the checkpoint is restored
             rundir.write_config(config.loop.log_dir, config.flat(), start.record)
         start_step = rundir.checkpoint_step(resume_from) if resume_from else 0
-        dataset_fn = _dataset_fn(config, split, start.stream_step, dist)
-        built = train_graph.build(config, dataset_fn, plan, dist, precision)  # and its parts
+        dataset_fn = _dataset_fn(config, plan, split, start.stream_step, dist)
+        built = train_graph.build(config, dataset_fn, plan, dist, plan.precision)
         evaluator = None
         if plan.every["evaluate"]:
             evaluator = stack.enter_context(
-                evaluation.Evaluator(config, plan.steps_per_epoch, dist=dist, precision=precision)
+                evaluation.Evaluator(
+                    config, plan.steps_per_epoch, dist=dist, precision=plan.precision
+                )
             )
         session = stack.enter_context(contextlib.closing(dist.session(built.graph, config.runtime)))
         reporter = Reporter(
@@ -69,7 +70,7 @@ def train(config: Config) -> int:
             # From the first line on, a signal is answered (a restore can take a while).
             with StopSignals() as signals:
                 signals.until = None if dist.num_workers > 1 else start_step
-                _initialise(config, dist, built, session, reporter, start, weights, plan, precision)
+                _initialise(config, dist, built, session, reporter, start, weights, plan)
                 if split is not None and dist.num_workers > 1:
                     reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
                 code = _Loop(config, plan, built, session, reporter, evaluator, split).run(signals)
@@ -96,23 +97,20 @@ def _train_split(config: Config):
     return pipeline.load_split(config.input, "train")
 
 
-def _dataset_fn(config: Config, split, start_step: int, dist: distribute.Distribution):
-    """``dataset_fn(num_workers, worker_index)`` for the training graph: this worker's stream,
-    from ``start_step`` on."""
-
-    # One replica's batch of one optimizer step: its micro-batches one after another.
-    micro_batches = config.optimizer.accumulation_steps
+def _dataset_fn(config: Config, plan, split, start_step: int, dist: distribute.Distribution):
+    """``dataset_fn(num_workers, worker_index)`` for the training graph: this worker's stream
+    of one replica's optimizer steps (its micro-batches one after another), from
+    ``start_step`` on."""
 
     def dataset_fn(num_workers: int, worker_index: int):
         if config.input.synthetic:
-            batch = config.input.batch_size * micro_batches
-            return pipeline.synthetic_dataset(config.network, batch, config.loop.seed)
+            return pipeline.synthetic_dataset(config.network, plan.replica_batch, config.loop.seed)
         return pipeline.train_dataset(
             split,
             config.network,
             config.input,
             config.loop.seed,
-            micro_batches=micro_batches,
+            micro_batches=plan.micro_batches,
             # Each replica takes its own per-replica batch from this worker's stream.
             start_step=start_step * dist.local_replicas,
             num_workers=num_workers,
@@ -137,12 +135,10 @@ def _initial_weights(config: Config, start) -> str | None:
     return keras_weights.locate(loop.weights, config.network.arch, print, top)
 
 
-def _initialise(
-    config, dist, built: TrainGraph, session, reporter, start, weights, plan, precision
-):
+def _initialise(config, dist, built: TrainGraph, session, reporter, start, weights, plan):
     """Initial weights (a resumed checkpoint, ``weights``: --restore_path's or --weights' file,
     or fresh ones), the same on every worker; the input iterator at its start."""
-    for line in _start_notes(config, dist, precision, plan):
+    for line in _start_notes(config, dist, plan):
         reporter.print(line)
     session.run(built.init_op)
     loop = config.loop
@@ -162,25 +158,25 @@ def _initialise(
     if built.broadcast_op is not None:
         session.run(built.broadcast_op)
     if built.load_device_loop is not None:
-        built.load_device_loop(session, loop.iterations_per_loop)
+        built.load_device_loop(session, plan.call_steps)
     session.run(built.iterator_init)
 
 
-def _start_notes(config: Config, dist, precision: str, plan) -> list[str]:
+def _start_notes(config: Config, dist, plan) -> list[str]:
     notes = []
     if dist.kind != "none":
         notes.append(dist.describe())
-    if precision == "bf16" and not compat.fast_bf16():
+    if plan.precision == "bf16" and not compat.fast_bf16():
         notes.append(
             "warning: --precision bf16 is emulated here (a CPU without avx512_bf16 or amx_bf16 "
             "and no GPU, or TensorFlow 1.15): many times slower than --precision fp32"
         )
     loop = config.loop
-    if loop.display_every < loop.iterations_per_loop:
+    if loop.display_every < plan.call_steps:
         notes.append(
             f"warning: --display_every {loop.display_every} < --iterations_per_loop "
-            f"{loop.iterations_per_loop}: every session call stops at the next log step, so "
-            f"loops run {loop.display_every} step(s), not {loop.iterations_per_loop}; raise "
+            f"{plan.call_steps}: every session call stops at the next log step, so "
+            f"loops run {loop.display_every} step(s), not {plan.call_steps}; raise "
             "--display_every to keep the loop sinking"
         )
     late = unreached(config.optimizer, plan.steps_per_epoch, plan.max_steps)
