@@ -30,6 +30,7 @@ from conftest import make_unwritable, make_writable
 
 from vgg_keras import rundir
 from vgg_keras.compat import tf
+from vgg_keras.data import info
 from vgg_keras.reporting import read_metrics
 
 # Every test here trains in subprocesses for tens of seconds.
@@ -699,8 +700,11 @@ def test_bad_data_names_file_and_record_or_is_skipped_and_counted(shard_writer, 
     _dataset(garbage, shard_writer, {5: (b"these bytes are no JPEG", None)})
     label = tmp_path / "label"
     _dataset(label, shard_writer, {7: (None, 99)})
-    truncated = tmp_path / "truncated"
+    truncated = tmp_path / "truncated"  # listed without sizes (a manifest of before they were)
     _truncate(_dataset(truncated, shard_writer, {})[1])
+    manifest = json.loads((truncated / info.INFO_FILE).read_text())
+    manifest.pop("bytes", None)
+    (truncated / info.INFO_FILE).write_text(json.dumps(manifest))
     everything = tmp_path / "everything"  # all three at once, for --skip_corrupt
     _truncate(_dataset(everything, shard_writer, {4: (b"no JPEG", None), 6: (None, 0)})[1])
     no_train = tmp_path / "no_train"
