@@ -174,13 +174,6 @@ def state_file_target(folder: str) -> str | None:
     return os.path.join(folder, match.group(1))
 
 
-def checkpoint_leftovers(folder: str) -> list[str]:
-    """Checkpoint files in ``folder`` (complete or not)."""
-    return (
-        sorted(n for n in os.listdir(folder) if _FILE.fullmatch(n)) if os.path.isdir(folder) else []
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # config.json, the best checkpoint, the newest run
 
@@ -205,10 +198,7 @@ def read_config(folder: str) -> dict:
 def read_recorded(folder: str) -> dict:
     """What the run recorded in config.json: its counts (steps_per_epoch, ...) that are
     positive integers; a hand-edited value of another type is left out, as if not recorded."""
-    recorded = documents.read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
-    if not isinstance(recorded, dict):
-        return {}
-    return {k: v for k, v in recorded.items() if _is_count(v)}
+    return {k: v for k, v in _run_record_of(folder).items() if _is_count(v)}
 
 
 def read_best(folder: str) -> dict | None:
@@ -381,7 +371,7 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
     stream = images // batch
     changed.update(stream_step=stream, global_batch=batch)
     if (was_batch, was_epoch) != (batch, per_epoch):
-        bounds = [int(round(b * per_epoch)) for b in config.optimizer.lr_boundaries]
+        bounds = config.optimizer.boundary_steps(per_epoch)
         changed.update(steps_per_epoch=per_epoch, lr_boundary_steps=bounds)
         notes.append(
             f"note: global batch {was_batch} -> {batch}: the input goes on after "
@@ -460,7 +450,8 @@ def _resumable_checkpoint(log_dir: str) -> str | None:
                 "other checkpoint is complete: put it back, or start afresh with --overwrite"
             )
         print(f"warning: {named} (the newest checkpoint on record) is missing; using {latest}")
-    leftovers = checkpoint_leftovers(log_dir)
+    names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
+    leftovers = sorted(n for n in names if _FILE.fullmatch(n))  # checkpoint files, complete or not
     if latest is None and leftovers:
         raise UsageError(
             f"--log_dir {log_dir} holds {leftovers[-1]} but no complete checkpoint (no .index "
