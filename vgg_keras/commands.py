@@ -10,6 +10,7 @@ code in ``errors.run_cli``, the one place that also handles Ctrl-C.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from collections.abc import Callable
@@ -117,17 +118,8 @@ def main(program: str, argv: list[str] | None = None) -> int:
     return run_cli(PROGRAMS[program], argv)
 
 
-def train_console() -> int:
-    return main("train")
-
-
-def eval_console() -> int:
-    return main("eval")
-
-
-def export_console() -> int:
-    return main("export")
-
-
-def predict_console() -> int:
-    return main("predict")
+# The console scripts pyproject.toml declares.
+train_console = functools.partial(main, "train")
+eval_console = functools.partial(main, "eval")
+export_console = functools.partial(main, "export")
+predict_console = functools.partial(main, "predict")
