@@ -213,11 +213,8 @@ def convert_shard(task: ShardTask) -> ShardResult:
                 with open(path, "rb") as f:
                     data = f.read()
                 jpeg, height, width, channels, colorspace, source = encode_image(data)
-            except OSError as err:
-                skipped.append((item.rel, err.strerror or str(err)))
-                continue
-            except BadImage as err:
-                skipped.append((item.rel, str(err)))
+            except (OSError, BadImage) as err:  # an OSError by the OS's reason
+                skipped.append((item.rel, getattr(err, "strerror", None) or str(err)))
                 continue
             if source:
                 reencoded.append((item.rel, source))
@@ -256,16 +253,11 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
         state = documents.read_json(task.state_path, "shard state")
     except UsageError:
         return None
-    if state.get("fingerprint") != task.fingerprint:  # read_json: a dict, {} when absent
+    same = os.path.exists(path) and os.path.getsize(path) == state.get("bytes")
+    if not same or state.get("fingerprint") != task.fingerprint:  # read_json: a dict, or {}
         return None
-    if not os.path.exists(path) or os.path.getsize(path) != state.get("bytes"):
-        return None
-    return ShardResult(
-        task.name,
-        int(state["records"]),
-        tuple(tuple(row) for row in state["skipped"]),
-        tuple(tuple(row) for row in state["reencoded"]),
-    )
+    rows = {key: tuple(map(tuple, state[key])) for key in ("skipped", "reencoded")}
+    return ShardResult(task.name, int(state["records"]), **rows)
 
 
 def shard_count(images: int) -> int:
@@ -315,7 +307,6 @@ class _StopSignals:
 
     def __init__(self):
         self.received: int | None = None
-        self._previous = {}
 
     def _raise(self, signum, _frame=None) -> None:
         self.received = signum
@@ -325,30 +316,20 @@ class _StopSignals:
         if self.received is not None:
             self._raise(self.received)
 
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._raise) for sig in STOP}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """SIGINT ignored while worker processes are spawned (milliseconds: a Ctrl-C then is lost).
-    They inherit that (an ignored signal stays ignored through exec), so Ctrl-C, which the
-    terminal sends to the whole process group, reaches only this process, which stops them,
-    instead of printing a traceback from each worker's import of TensorFlow."""
+def _handling(signums, handler):
+    """``handler`` for ``signums`` inside, the previous handlers after (in the main thread:
+    Python lets no other thread set one)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, handler) for sig in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def run_tasks(todo: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResult]:
@@ -365,7 +346,11 @@ def run_tasks(todo: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResul
     # at once, where the executor's thread prints tracebacks when its workers are killed.
     context, pool, results = multiprocessing.get_context("spawn"), None, []
     try:
-        with _sigint_ignored():  # the workers start ignoring Ctrl-C
+        # SIGINT ignored while the workers are spawned (milliseconds: a Ctrl-C then is lost).
+        # They inherit that (an ignored signal stays ignored through exec), so Ctrl-C, which
+        # the terminal sends to the whole process group, reaches only this process, which stops
+        # them, instead of printing a traceback from each worker's import of TensorFlow.
+        with _handling([signal.SIGINT], signal.SIG_IGN):
             pool = context.Pool(min(workers, len(todo)), initializer=_init_worker)
         sizes = {task.name: len(task.items) for task in todo}
         for result in pool.imap_unordered(convert_shard, todo):
@@ -900,8 +885,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signals = _StopSignals()
     try:
-        with _StopSignals() as signals:
+        with _handling(STOP, signals._raise):
             from vgg_keras import compat  # noqa: F401 (TensorFlow loads here, seconds)
 
             signals.check()
