@@ -406,7 +406,7 @@ class Config:
 
     def flat(self) -> dict:
         """{setting name: value} with lists for tuples: config.json's content."""
-        return {name: _plain(self.value(name)) for name in SETTINGS}
+        return {name: rundir.plain(self.value(name)) for name in SETTINGS}
 
     def identity(self) -> dict:
         """The settings that define the network a checkpoint holds."""
@@ -430,10 +430,6 @@ class Config:
     def replace(self, **values) -> Config:
         """This config with some settings changed, checked like any other."""
         return resolve(settings={**self.flat(), **values}, need_data=False, source="")
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -349,7 +349,7 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
     for name, was, now, kind in changes:
         if was_batch == batch and name in ("batch_size", "accumulation_steps", "replicas"):
             kind = "note"  # the same global batch, laid out otherwise: the same steps
-        shown = f"{name}={_plain(was)}, this run has {name}={_plain(now)}"
+        shown = f"{name}={plain(was)}, this run has {name}={plain(now)}"
         if kind == "fixed":
             raise UsageError(
                 f"{where} holds a run with {shown} (use another --log_dir, or --overwrite to "
@@ -362,7 +362,7 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
             )
         precision = f"the run was trained in {was}, it goes on in {now}"
         notes.append(f"note: {precision if name == 'precision' else where + ' had ' + shown}")
-        changed.setdefault("changed", {})[name] = [_plain(was), _plain(now)]
+        changed.setdefault("changed", {})[name] = [plain(was), plain(now)]
     # The images drawn by ``step``: from the start of its history's segment, in that batch.
     begun = [e for e in _history(folder) if e.get("step", 0) <= step]
     since = begun[-1] if begun else {}
@@ -382,7 +382,8 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
     return notes, changed, stream
 
 
-def _plain(value):
+def plain(value):
+    """A setting's value as config.json holds it (a list for a tuple)."""
     return list(value) if isinstance(value, tuple) else value
 
 
