@@ -761,8 +761,7 @@ def convert(
         if split in source.items
         for task in plan_shards(src, out, split, source.items[split], num_shards[split])
     ]
-    files = [val_labels, synset_text]
-    writer = [os.path.realpath(f) if f else None for f in [src, *files]]
+    writer = [os.path.realpath(f) if f else None for f in (src, val_labels, synset_text)]
     info.claim(out, {"convert": writer + [num_shards, val_fraction, split_seed]}, overwrite)
     kept = [result for result in map(kept_shard, tasks) if result]
     todo = [task for task in tasks if task.name not in {result.name for result in kept}]
