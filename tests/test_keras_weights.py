@@ -174,7 +174,8 @@ def test_weights_imagenet_takes_the_file_from_keras_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     (tmp_path / "models").mkdir()
     said = []
-    for (arch, top), (name, _, _) in keras_weights.PUBLISHED.items():
+    for arch, top in keras_weights.PUBLISHED:
+        name = keras_weights.published_name(arch, top)
         (tmp_path / "models" / name).write_bytes(b"")
         found = keras_weights.locate("imagenet", arch, said.append, top=top)
         assert found == str(tmp_path / "models" / name)

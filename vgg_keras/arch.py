@@ -96,16 +96,11 @@ def from_layers(kernel_layers, batch_norm: bool) -> Arch | None:
     """The architecture whose layers with a kernel are exactly ``kernel_layers`` (our names),
     with or without batch norm; None when no row has them."""
     found = set(kernel_layers)
-    for row in ARCHS.values():
-        if row.batch_norm == batch_norm and set(row.conv_layers() + list(TOP_LAYERS)) == found:
-            return row
-    return None
+    rows = [r for r in ARCHS.values() if r.batch_norm == batch_norm]
+    return next((r for r in rows if set(r.conv_layers() + list(TOP_LAYERS)) == found), None)
 
 
 def from_reference_scopes(scopes) -> Arch | None:
     """The plain architecture whose reference scopes (``conv2d`` ...) are exactly ``scopes``."""
-    found = set(scopes)
-    for row in ARCHS.values():
-        if row.reference_names() and set(row.reference_names().values()) == found:
-            return row
-    return None
+    rows = [r for r in ARCHS.values() if r.reference_names()]
+    return next((r for r in rows if set(r.reference_names().values()) == set(scopes)), None)

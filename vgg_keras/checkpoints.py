@@ -164,21 +164,18 @@ def restore(session, path: str, model, required=(), optional=()) -> list:
     contents = read_contents(path)
     check_network(contents, model)
     own = [*weight_names(model), *[(v.op.name, v) for v in required]]
-    variables, names, absent = [], [], []
-    for ours, variable in own:
-        name = stored_name(ours, contents)
-        if name not in contents.shapes:
-            raise UsageError(f"{path}: has no variable {name} (needed to resume)")
-        variables.append(variable)
-        names.append(name)
+    pairs = [(stored_name(ours, contents), variable) for ours, variable in own]
+    lacking = [name for name, _ in pairs if name not in contents.shapes]
+    if lacking:
+        raise UsageError(f"{path}: has no variable {lacking[0]} (needed to resume)")
+    absent = []
     for variable in optional:
         name = stored_name(variable.op.name, contents)
         if name in contents.shapes and list(contents.shapes[name]) == variable.shape.as_list():
-            variables.append(variable)
-            names.append(name)
+            pairs.append((name, variable))
         else:
             absent.append(variable)
-    assign(session, variables, read_values(path, names))
+    assign(session, [v for _, v in pairs], read_values(path, [n for n, _ in pairs]))
     return absent
 
 
@@ -209,8 +206,8 @@ def restore_subset(session, path: str, variables, exclude) -> list[str]:
             # A misspelt scope would otherwise restore the layer it meant to leave out.
             raise UsageError(f"--restore_exclude {given}: the model has no such variable or scope")
     chosen = [v for v in variables if not excluded(v.op.name, scopes)]
-    for v in chosen:
-        name = stored_name(v.op.name, contents)
+    names = [stored_name(v.op.name, contents) for v in chosen]
+    for v, name in zip(chosen, names):
         if name not in contents.shapes:
             raise UsageError(f"--restore_path {path}: has no variable {name}")
         if list(contents.shapes[name]) != v.shape.as_list():
@@ -218,7 +215,6 @@ def restore_subset(session, path: str, variables, exclude) -> list[str]:
                 f"--restore_path {path}: {name} is {contents.shapes[name]}, model needs "
                 f"{v.shape.as_list()} (add its scope to --restore_exclude)"
             )
-    names = [stored_name(v.op.name, contents) for v in chosen]
     assign(session, chosen, read_values(path, names))
     return names
 

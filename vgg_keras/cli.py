@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -96,16 +95,9 @@ class PredictOptions:
     json: bool = setting(False, "print one JSON document")
 
 
-def _settings_of(cls) -> list[Setting]:
-    hints = typing.get_type_hints(cls)
-    return [
-        config.declared_setting(f, hints[f.name], cls.__name__) for f in dataclasses.fields(cls)
-    ]
-
-
 def read_options(cls, values: dict, source: str = ""):
     """An options dataclass from given ``values`` (None: not given), each read by its Setting."""
-    known = {s.name: s for s in _settings_of(cls)}
+    known = {s.name: s for s in config.declared_settings(cls, cls.__name__)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UsageError(f"{source + ': ' if source else ''}unknown option {unknown[0]!r}")
@@ -175,7 +167,7 @@ def eval_args(argv: list[str] | None = None) -> ProgramArgs:
 def _parse(parser, options_cls, settings, argv, extra: tuple[str, ...] = ()) -> ProgramArgs:
     """Parse ``argv``: the options of ``options_cls``, ``settings`` as text, and the plain
     argparse arguments named in ``extra`` (positional images, the model's source)."""
-    own = _settings_of(options_cls)
+    own = config.declared_settings(options_cls, options_cls.__name__)
     add_flags(parser, own)
     add_flags(parser, settings)
     values = vars(parser.parse_args(argv))

@@ -285,6 +285,10 @@ class Optimizer:
             return tuple(self.lr_values)
         return tuple(self.lr / 10**i for i in range(len(self.lr_boundaries) + 1))
 
+    def boundary_steps(self, steps_per_epoch: int) -> list[int]:
+        """The steps of the piecewise drops (the boundaries are in epochs)."""
+        return [int(round(b * steps_per_epoch)) for b in self.lr_boundaries]
+
 
 @dataclass(frozen=True)
 class Loop:
@@ -402,7 +406,7 @@ class Config:
 
     def flat(self) -> dict:
         """{setting name: value} with lists for tuples: config.json's content."""
-        return {name: _plain(self.value(name)) for name in SETTINGS}
+        return {name: rundir.plain(self.value(name)) for name in SETTINGS}
 
     def identity(self) -> dict:
         """The settings that define the network a checkpoint holds."""
@@ -426,10 +430,6 @@ class Config:
     def replace(self, **values) -> Config:
         """This config with some settings changed, checked like any other."""
         return resolve(settings={**self.flat(), **values}, need_data=False, source="")
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,29 +559,24 @@ def _shown(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _declared() -> dict[str, Setting]:
-    found = {}
-    for part, cls in PARTS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            found[f.name] = declared_setting(f, hints[f.name], part)
+def declared_settings(cls, part: str) -> list[Setting]:
+    """The Settings of the dataclass fields ``cls`` declares with ``setting`` (a part of a
+    Config, or a program's own options in cli.py)."""
+    hints, found = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = getattr(hint, "__args__", None) or ()
+        optional = getattr(hint, "__origin__", None) is typing.Union
+        if optional:
+            hint = next(a for a in args if a is not type(None))
+            args = getattr(hint, "__args__", None) or ()
+        is_list = getattr(hint, "__origin__", None) in (tuple, Tuple)
+        kind = args[0] if is_list else hint
+        found.append(Setting(f.name, part, kind, is_list, optional, dict(f.metadata)))
     return found
 
 
-def declared_setting(f: dataclasses.Field, hint, part: str) -> Setting:
-    """The Setting of a dataclass field declared with ``setting`` (also the programs' own
-    options in cli.py)."""
-    args = getattr(hint, "__args__", None) or ()
-    optional = getattr(hint, "__origin__", None) is typing.Union
-    if optional:
-        hint = next(a for a in args if a is not type(None))
-        args = getattr(hint, "__args__", None) or ()
-    is_list = getattr(hint, "__origin__", None) in (tuple, Tuple)
-    kind = args[0] if is_list else hint
-    return Setting(f.name, part, kind, is_list, optional, dict(f.metadata))
-
-
-SETTINGS = _declared()
+SETTINGS = {s.name: s for part, cls in PARTS.items() for s in declared_settings(cls, part)}
 IDENTITY = tuple(n for n, s in SETTINGS.items() if s.metadata["identity"])
 EVALUATION = tuple(n for n, s in SETTINGS.items() if s.metadata["evaluation"])
 INHERITED = tuple(n for n, s in SETTINGS.items() if s.part != "runtime")
@@ -722,11 +717,8 @@ def resolve(
     if need_data and dataset_classes is not None:
         chosen = any("class_num" in d for d in (given, saved or {}, from_file))
         _class_num_from_data(values, dataset_classes, chosen)
-    parts = {}
-    for part, cls in PARTS.items():
-        names = [f.name for f in dataclasses.fields(cls)]
-        parts[part] = cls(**{n: values[n] for n in names if n in values})
-    config = Config(**parts)
+    parts = {p: {n: v for n, v in values.items() if SETTINGS[n].part == p} for p in PARTS}
+    config = Config(**{part: PARTS[part](**given) for part, given in parts.items()})
     _check(config, need_data)
     return config
 
@@ -763,72 +755,56 @@ def _class_num_from_data(values: dict, dataset_classes, chosen: bool) -> None:
         )
 
 
-def _need(ok: bool, flag: str, message: str) -> None:
-    if not ok:
-        raise UsageError(f"--{flag}: {message}")
-
-
 def _check(c: Config, need_data: bool) -> None:
     """The rules that tie settings together (each value alone was checked by its Setting)."""
-    o, i, loop = c.optimizer, c.input, c.loop
-    _need(
-        list(o.lr_boundaries) == sorted(o.lr_boundaries),
-        "lr_boundaries",
-        f"must be increasing, got {_shown(o.lr_boundaries)}",
-    )
-    if o.lr_values is not None:
-        _need(
-            len(o.lr_values) == len(o.lr_boundaries) + 1,
-            "lr_values",
-            f"needs {len(o.lr_boundaries) + 1} values for {len(o.lr_boundaries)} boundaries, "
-            f"got {len(o.lr_values)}",
+    o, i, loop, net = c.optimizer, c.input, c.loop, c.network
+    if list(o.lr_boundaries) != sorted(o.lr_boundaries):
+        raise UsageError(f"--lr_boundaries: must be increasing, got {_shown(o.lr_boundaries)}")
+    if o.lr_values is not None and len(o.lr_values) != len(o.lr_boundaries) + 1:
+        raise UsageError(
+            f"--lr_values: needs {len(o.lr_boundaries) + 1} values for {len(o.lr_boundaries)} "
+            f"boundaries, got {len(o.lr_values)}"
         )
     for name in ("area_range", "aspect_ratio_range"):
         low, high = getattr(i, name)
-        _need(low <= high, name, f"must be min,max with min <= max, got {_shown((low, high))}")
-    _need(
-        i.synthetic or i.data_dir is not None or not need_data,
-        "data_dir",
-        "is required (or use --synthetic, or --preset demo)",
-    )
+        if low > high:
+            raise UsageError(
+                f"--{name}: must be min,max with min <= max, got {_shown((low, high))}"
+            )
+    if need_data and not i.synthetic and i.data_dir is None:
+        raise UsageError("--data_dir: is required (or use --synthetic, or --preset demo)")
     name = loop.log_name
-    _need(
-        "/" not in name and name not in (".", ".."), "log_name", "must be a file name, not a path"
-    )
-    _need(
-        not rundir.is_own_name(name),
-        "log_name",
-        f"{name} is one of the run's own files in --log_dir; choose another name",
-    )
-    if c.network.trainable_from is not None:
-        frozen = arch.get(c.network.arch).frozen_before(c.network.trainable_from)
-        _need(
-            frozen is not None,
-            "trainable_from",
-            f"{c.network.trainable_from} is no layer or block of {c.network.arch} (e.g. block4, "
-            "fc1, predictions)",
+    if "/" in name or name in (".", ".."):
+        raise UsageError("--log_name: must be a file name, not a path")
+    if rundir.is_own_name(name):
+        raise UsageError(
+            f"--log_name: {name} is one of the run's own files in --log_dir; choose another name"
         )
-    asked = [n for n in loop.allow_change if RESUME_KIND.get(n) != "ask"] + [""]
-    _need(not asked[0], "allow_change", f"{asked[0]}: not one of {', '.join(RESUME['ask'])}")
-    if loop.resume is not None:
-        _need(
-            loop.restore_path is None and loop.weights is None,
-            "resume",
-            "resumes a run: not with --restore_path or --weights (they start one)",
+    if net.trainable_from and arch.get(net.arch).frozen_before(net.trainable_from) is None:
+        raise UsageError(
+            f"--trainable_from: {net.trainable_from} is no layer or block of {net.arch} (e.g. "
+            "block4, fc1, predictions)"
         )
-    if loop.weights is not None:
-        spec = loop.weights
-        _need(
-            spec == IMAGENET_WEIGHTS or (spec.startswith(KERAS_WEIGHTS) and spec != KERAS_WEIGHTS),
-            "weights",
-            f"expected {IMAGENET_WEIGHTS} or {KERAS_WEIGHTS}PATH, got {spec!r}",
+    asked = [n for n in loop.allow_change if RESUME_KIND.get(n) != "ask"]
+    if asked:
+        raise UsageError(f"--allow_change: {asked[0]}: not one of {', '.join(RESUME['ask'])}")
+    if loop.resume is not None and (loop.restore_path is not None or loop.weights is not None):
+        raise UsageError(
+            "--resume: resumes a run: not with --restore_path or --weights (they start one)"
         )
-        _need(loop.restore_path is None, "weights", "use either --weights or --restore_path")
-        _need(
-            arch.get(c.network.arch).keras_weights,
-            "weights",
-            f"keras.applications publishes ImageNet weights for vgg16 and vgg19 only, not "
-            f"{c.network.arch}",
+    spec = loop.weights
+    if spec is None:
+        return
+    if spec != IMAGENET_WEIGHTS and not (spec.startswith(KERAS_WEIGHTS) and spec != KERAS_WEIGHTS):
+        raise UsageError(
+            f"--weights: expected {IMAGENET_WEIGHTS} or {KERAS_WEIGHTS}PATH, got {spec!r}"
+        )
+    if loop.restore_path is not None:
+        raise UsageError("--weights: use either --weights or --restore_path")
+    if not arch.get(net.arch).keras_weights:
+        raise UsageError(
+            f"--weights: keras.applications publishes ImageNet weights for vgg16 and vgg19 only, "
+            f"not {net.arch}"
         )
 
 

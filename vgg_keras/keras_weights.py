@@ -27,29 +27,19 @@ from vgg_keras.config import IMAGENET_WEIGHTS, KERAS_WEIGHTS
 from vgg_keras.errors import UsageError
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications"
-# (file name, bytes, md5) of keras.applications' files, per network and with/without the top.
+# (bytes, md5) of keras.applications' files (``published_name``), per network and with/without
+# the top.
 PUBLISHED = {
-    ("vgg16", True): (
-        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-        553_467_096,
-        "64373286793e3c8b2b4e3219cbf3544b",
-    ),
-    ("vgg16", False): (
-        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        58_889_256,
-        "6d6bbae143d832006294945121d1f1fc",
-    ),
-    ("vgg19", True): (
-        "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
-        574_710_816,
-        "cbe5617147190e668d6c5d5026f83318",
-    ),
-    ("vgg19", False): (
-        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        80_134_624,
-        "253f8cb515780f3b799900260a226db6",
-    ),
+    ("vgg16", True): (553_467_096, "64373286793e3c8b2b4e3219cbf3544b"),
+    ("vgg16", False): (58_889_256, "6d6bbae143d832006294945121d1f1fc"),
+    ("vgg19", True): (574_710_816, "cbe5617147190e668d6c5d5026f83318"),
+    ("vgg19", False): (80_134_624, "253f8cb515780f3b799900260a226db6"),
 }
+
+
+def published_name(arch_name: str, top: bool) -> str:
+    """``vgg16_weights_tf_dim_ordering_tf_kernels.h5``, or ``..._notop.h5`` without the top."""
+    return f"{arch_name}_weights_tf_dim_ordering_tf_kernels{'' if top else '_notop'}.h5"
 
 
 def cache_dir() -> str:
@@ -70,7 +60,7 @@ def locate(spec: str, arch_name: str, say: Callable[[str], None], top: bool = Tr
         )
     if not arch.get(arch_name).keras_weights:
         raise UsageError(f"--weights {spec}: published weights exist for vgg16 and vgg19 only")
-    name, size, md5 = PUBLISHED[(arch_name, top)]
+    name, (size, md5) = published_name(arch_name, top), PUBLISHED[(arch_name, top)]
     cached = os.path.join(cache_dir(), name)
     if os.path.isfile(cached):
         say(f"--weights imagenet: {cached} (from Keras' cache)")

@@ -174,13 +174,6 @@ def state_file_target(folder: str) -> str | None:
     return os.path.join(folder, match.group(1))
 
 
-def checkpoint_leftovers(folder: str) -> list[str]:
-    """Checkpoint files in ``folder`` (complete or not)."""
-    return (
-        sorted(n for n in os.listdir(folder) if _FILE.fullmatch(n)) if os.path.isdir(folder) else []
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # config.json, the best checkpoint, the newest run
 
@@ -205,10 +198,7 @@ def read_config(folder: str) -> dict:
 def read_recorded(folder: str) -> dict:
     """What the run recorded in config.json: its counts (steps_per_epoch, ...) that are
     positive integers; a hand-edited value of another type is left out, as if not recorded."""
-    recorded = documents.read_json(os.path.join(folder, CONFIG_FILE), "run settings").get(RECORDED)
-    if not isinstance(recorded, dict):
-        return {}
-    return {k: v for k, v in recorded.items() if _is_count(v)}
+    return {k: v for k, v in _run_record_of(folder).items() if _is_count(v)}
 
 
 def read_best(folder: str) -> dict | None:
@@ -359,7 +349,7 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
     for name, was, now, kind in changes:
         if was_batch == batch and name in ("batch_size", "accumulation_steps", "replicas"):
             kind = "note"  # the same global batch, laid out otherwise: the same steps
-        shown = f"{name}={_plain(was)}, this run has {name}={_plain(now)}"
+        shown = f"{name}={plain(was)}, this run has {name}={plain(now)}"
         if kind == "fixed":
             raise UsageError(
                 f"{where} holds a run with {shown} (use another --log_dir, or --overwrite to "
@@ -372,7 +362,7 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
             )
         precision = f"the run was trained in {was}, it goes on in {now}"
         notes.append(f"note: {precision if name == 'precision' else where + ' had ' + shown}")
-        changed.setdefault("changed", {})[name] = [_plain(was), _plain(now)]
+        changed.setdefault("changed", {})[name] = [plain(was), plain(now)]
     # The images drawn by ``step``: from the start of its history's segment, in that batch.
     begun = [e for e in _history(folder) if e.get("step", 0) <= step]
     since = begun[-1] if begun else {}
@@ -381,7 +371,7 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
     stream = images // batch
     changed.update(stream_step=stream, global_batch=batch)
     if (was_batch, was_epoch) != (batch, per_epoch):
-        bounds = [int(round(b * per_epoch)) for b in config.optimizer.lr_boundaries]
+        bounds = config.optimizer.boundary_steps(per_epoch)
         changed.update(steps_per_epoch=per_epoch, lr_boundary_steps=bounds)
         notes.append(
             f"note: global batch {was_batch} -> {batch}: the input goes on after "
@@ -392,7 +382,8 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
     return notes, changed, stream
 
 
-def _plain(value):
+def plain(value):
+    """A setting's value as config.json holds it (a list for a tuple)."""
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -460,7 +451,8 @@ def _resumable_checkpoint(log_dir: str) -> str | None:
                 "other checkpoint is complete: put it back, or start afresh with --overwrite"
             )
         print(f"warning: {named} (the newest checkpoint on record) is missing; using {latest}")
-    leftovers = checkpoint_leftovers(log_dir)
+    names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
+    leftovers = sorted(n for n in names if _FILE.fullmatch(n))  # checkpoint files, complete or not
     if latest is None and leftovers:
         raise UsageError(
             f"--log_dir {log_dir} holds {leftovers[-1]} but no complete checkpoint (no .index "

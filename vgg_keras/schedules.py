@@ -29,12 +29,13 @@ def learning_rate(step, optimizer: Optimizer, steps_per_epoch: int, global_batch
     o, scale = optimizer, base_scale(optimizer, global_batch)
     step = tf.cast(step, tf.int64)
     if o.lr_schedule == "piecewise":
-        boundaries = _boundary_steps(o, steps_per_epoch)
+        boundaries = o.boundary_steps(steps_per_epoch)
         values = tf.constant([v * scale for v in o.piecewise_values], tf.float64)
         passed = tf.cast(tf.expand_dims(step, -1) >= tf.constant(boundaries, tf.int64), tf.int32)
         lr = tf.gather(values, tf.reduce_sum(passed, axis=-1))
     elif o.lr_schedule == "cosine_epoch":
-        lr = tf.gather(_cosine_table(o, scale), _epoch_index(step, o.T_max, steps_per_epoch))
+        epoch = tf.minimum(step // max(steps_per_epoch, 1), math.ceil(o.T_max))
+        lr = tf.gather(_cosine_table(o, scale), epoch)
     else:
         t_max = max(o.T_max * steps_per_epoch, 1.0)
         progress = tf.minimum(tf.cast(step, tf.float64), t_max) / t_max
@@ -50,16 +51,12 @@ def unreached(o: Optimizer, steps_per_epoch: int, max_steps: int) -> str | None:
     """The first change of the rate a run of ``max_steps`` never gets to (its last update runs
     at the rate of step ``max_steps - 1``), for a warning; None when it gets to every one."""
     if o.lr_schedule == "piecewise":
-        for epoch, step in zip(o.lr_boundaries, _boundary_steps(o, steps_per_epoch)):
+        for epoch, step in zip(o.lr_boundaries, o.boundary_steps(steps_per_epoch)):
             if step >= max_steps:
                 return f"--lr_boundaries: the drop at epoch {epoch:g} (step {step})"
         return None
     end = o.T_max * steps_per_epoch
     return f"--T_max {o.T_max:g}: the cosine's end (step {end:.0f})" if end > max_steps else None
-
-
-def _boundary_steps(o: Optimizer, steps_per_epoch: int) -> list:
-    return [int(round(b * steps_per_epoch)) for b in o.lr_boundaries]
 
 
 def _cosine_table(o: Optimizer, scale: float):
@@ -71,8 +68,3 @@ def _cosine_table(o: Optimizer, scale: float):
         for e in range(math.ceil(t_max) + 1)
     ]
     return tf.constant(values, tf.float64)
-
-
-def _epoch_index(step, t_max: float, steps_per_epoch: int):
-    last = math.ceil(t_max)
-    return tf.minimum(step // max(steps_per_epoch, 1), last)

@@ -221,8 +221,20 @@ def build(
         global_step = v1.train.get_or_create_global_step()
         skipped = v1.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         iterator_init, next_batch = dist.input_iterator(dataset_fn)
-        one_step = _step_builder(config, plan, dist, model, global_step, skipped, next_batch)
         o = config.optimizer
+
+        def learning_rate(step):  # built where each step is built, reading that step's value
+            return schedules.learning_rate(step, o, plan.steps_per_epoch, plan.global_batch)
+
+        # One optimizer: its momentum slots are shared by the single step and the loop body.
+        momentum = v1.train.MomentumOptimizer(
+            lambda: learning_rate(global_step), o.momentum, use_nesterov=o.use_nesterov
+        )
+        # --precision itself: on Ascend the graph stays float32 while the device mixes.
+        optimizer = dist.wrap_optimizer(momentum, config.network.precision)
+        one_step = _StepBuilder(
+            config, dist, model, optimizer, global_step, skipped, next_batch, learning_rate
+        )
         # The single step is built first so that the optimizer's slot variables are created
         # outside the while loop; the loop body then reuses them.
         measure_grad_norm = v1.placeholder_with_default(False, [], "measure_grad_norm")
@@ -265,27 +277,6 @@ def build(
         state,
         broadcast_op,
         load_device_loop,
-    )
-
-
-def _step_builder(config, plan, dist, model, global_step, skipped, next_batch) -> _StepBuilder:
-    """The step's builder with its one optimizer (its momentum slots are shared by the single
-    step and the loop body), which calls its learning rate where each step is built, reading
-    that step's global_step."""
-
-    def learning_rate(step):
-        return schedules.learning_rate(
-            step, config.optimizer, plan.steps_per_epoch, plan.global_batch
-        )
-
-    o = config.optimizer
-    optimizer = v1.train.MomentumOptimizer(
-        lambda: learning_rate(global_step), o.momentum, use_nesterov=o.use_nesterov
-    )
-    # --precision itself: on Ascend the graph stays float32 while the device mixes.
-    wrapped = dist.wrap_optimizer(optimizer, config.network.precision)
-    return _StepBuilder(
-        config, dist, model, wrapped, global_step, skipped, next_batch, learning_rate
     )
 
 

@@ -28,6 +28,7 @@ SIGTERM while TensorFlow loads (seconds) ends in the same one line as one during
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -69,10 +70,6 @@ NOT_UTF8 = "file name is not UTF-8: image/filename holds it with U+FFFD for the 
 
 class BadImage(Exception):
     """A source file that cannot become a record; it is reported and skipped."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt: one path stops the workers."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,17 +139,6 @@ def _is_utf8(name: str) -> bool:
 # ---------------------------------------------------------------- images
 
 
-@contextlib.contextmanager
-def _decoder_quiet():
-    """libjpeg writes its complaints about damaged bytes ("Improper call to JPEG library in
-    state 201", "Premature end of JPEG data") straight to file descriptor 2, where they would
-    bury our one-line messages; the reason reaches the user as the BadImage instead."""
-    from vgg_keras import compat
-
-    with compat.native_stderr_silenced(True):
-        yield
-
-
 def jpeg_components(data: bytes) -> int | None:
     """Colour components from a JPEG's frame header (4 = CMYK/YCCK); None if it is not one.
 
@@ -161,12 +147,15 @@ def jpeg_components(data: bytes) -> int | None:
     """
     if data[:2] != b"\xff\xd8":
         return None
-    from vgg_keras.compat import tf
+    from vgg_keras import compat
 
     try:
-        with _decoder_quiet():
-            return int(tf.io.extract_jpeg_shape(data)[2])
-    except tf.errors.OpError:
+        # libjpeg writes its complaints about damaged bytes ("Improper call to JPEG library in
+        # state 201", "Premature end of JPEG data") straight to file descriptor 2, where they
+        # would bury our one-line messages; the reason reaches the user as a BadImage instead.
+        with compat.native_stderr_silenced(True):
+            return int(compat.tf.io.extract_jpeg_shape(data)[2])
+    except compat.tf.errors.OpError:
         return None
 
 
@@ -178,12 +167,13 @@ def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
     pipeline's ``decode_and_crop_jpeg`` reads JPEG only and not every decoder reads CMYK.
     Raises BadImage when TF cannot decode the bytes.
     """
+    from vgg_keras import compat
     from vgg_keras.compat import tf
 
     components = jpeg_components(data)
     source = "JPEG" if components is not None else _format_name(data)
     try:
-        with _decoder_quiet():
+        with compat.native_stderr_silenced(True):  # libjpeg's complaints: see jpeg_components
             if components in (1, 3):
                 shape = tf.io.decode_jpeg(data).shape
                 colorspace = "RGB" if components == 3 else "Grayscale"
@@ -202,13 +192,8 @@ def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
 
 
 def _format_name(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "PNG"
-    if data.startswith(b"GIF8"):
-        return "GIF"
-    if data.startswith(b"BM"):
-        return "BMP"
-    return "non-JPEG"
+    magic = {b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP"}
+    return next((name for m, name in magic.items() if data.startswith(m)), "non-JPEG")
 
 
 # ---------------------------------------------------------------- shards
@@ -228,11 +213,8 @@ def convert_shard(task: ShardTask) -> ShardResult:
                 with open(path, "rb") as f:
                     data = f.read()
                 jpeg, height, width, channels, colorspace, source = encode_image(data)
-            except OSError as err:
-                skipped.append((item.rel, err.strerror or str(err)))
-                continue
-            except BadImage as err:
-                skipped.append((item.rel, str(err)))
+            except (OSError, BadImage) as err:  # an OSError by the OS's reason
+                skipped.append((item.rel, getattr(err, "strerror", None) or str(err)))
                 continue
             if source:
                 reencoded.append((item.rel, source))
@@ -271,16 +253,11 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
         state = documents.read_json(task.state_path, "shard state")
     except UsageError:
         return None
-    if not isinstance(state, dict) or state.get("fingerprint") != task.fingerprint:
+    same = os.path.exists(path) and os.path.getsize(path) == state.get("bytes")
+    if not same or state.get("fingerprint") != task.fingerprint:  # read_json: a dict, or {}
         return None
-    if not os.path.exists(path) or os.path.getsize(path) != state.get("bytes"):
-        return None
-    return ShardResult(
-        task.name,
-        int(state["records"]),
-        tuple(tuple(row) for row in state["skipped"]),
-        tuple(tuple(row) for row in state["reencoded"]),
-    )
+    rows = {key: tuple(map(tuple, state[key])) for key in ("skipped", "reencoded")}
+    return ShardResult(task.name, int(state["records"]), **rows)
 
 
 def shard_count(images: int) -> int:
@@ -316,17 +293,13 @@ def _init_worker() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     # Pool.terminate() sends SIGTERM: leave through the finally clauses, which remove the
     # staging folder of a half-written shard.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-
-
-def _exit_on_sigterm(signum, _frame) -> None:
-    raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(exit_code(signum)))
 
 
 class _StopSignals:
-    """Ctrl-C raises KeyboardInterrupt and the other stop signals (signals.STOP) Terminated in
-    this process, so all stop the workers and end in one line (SIGTERM's default action would
-    kill this process alone, and its workers would die on broken pipes, each with a traceback).
+    """Every stop signal (signals.STOP) raises KeyboardInterrupt in this process, so all stop
+    the workers by one path and end in one line (SIGTERM's default action would kill this
+    process alone, and its workers would die on broken pipes, each with a traceback).
 
     The signal is remembered too: TF 1.15's import swallows a KeyboardInterrupt raised early in
     it (its import then completes), so ``check()`` raises it again once TensorFlow is loaded.
@@ -334,40 +307,29 @@ class _StopSignals:
 
     def __init__(self):
         self.received: int | None = None
-        self._previous = {}
 
     def _raise(self, signum, _frame=None) -> None:
         self.received = signum
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+        raise KeyboardInterrupt()
 
     def check(self) -> None:
         if self.received is not None:
             self._raise(self.received)
 
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._raise) for sig in STOP}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """SIGINT ignored while worker processes are spawned (milliseconds: a Ctrl-C then is lost).
-    They inherit that (an ignored signal stays ignored through exec), so Ctrl-C, which the
-    terminal sends to the whole process group, reaches only this process, which stops them,
-    instead of printing a traceback from each worker's import of TensorFlow."""
+def _handling(signums, handler):
+    """``handler`` for ``signums`` inside, the previous handlers after (in the main thread:
+    Python lets no other thread set one)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, handler) for sig in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def run_tasks(todo: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResult]:
@@ -384,18 +346,21 @@ def run_tasks(todo: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResul
     # at once, where the executor's thread prints tracebacks when its workers are killed.
     context, pool, results = multiprocessing.get_context("spawn"), None, []
     try:
-        with _sigint_ignored():  # the workers start ignoring Ctrl-C
+        # SIGINT ignored while the workers are spawned (milliseconds: a Ctrl-C then is lost).
+        # They inherit that (an ignored signal stays ignored through exec), so Ctrl-C, which
+        # the terminal sends to the whole process group, reaches only this process, which stops
+        # them, instead of printing a traceback from each worker's import of TensorFlow.
+        with _handling([signal.SIGINT], signal.SIG_IGN):
             pool = context.Pool(min(workers, len(todo)), initializer=_init_worker)
         sizes = {task.name: len(task.items) for task in todo}
         for result in pool.imap_unordered(convert_shard, todo):
             results.append(result)
             bar.update(sizes[result.name])
+        pool.close()
     except BaseException:
         if pool is not None:
             pool.terminate()  # a half-written shard is discarded, written by a re-run
         raise
-    else:
-        pool.close()
     finally:
         if pool is not None:
             pool.join()
@@ -702,9 +667,7 @@ def _set_aside(source: Source, fraction: float, seed: int) -> None:
     source.items["train"] = train
     if val:
         source.items["validation"], source.folders["validation"] = val, folder
-    per_class = {}
-    for it in source.items["train"] + val:
-        per_class[it.synset] = per_class.get(it.synset, 0) + 1
+    per_class = collections.Counter(it.synset for it in source.items["train"] + val)
     for synset in source.synsets:
         if per_class.get(synset) == 1:
             source.notes.append(("note", _join(folder, synset), "1 image: none for validation"))
@@ -798,8 +761,7 @@ def convert(
         if split in source.items
         for task in plan_shards(src, out, split, source.items[split], num_shards[split])
     ]
-    files = [val_labels, synset_text]
-    writer = [os.path.realpath(f) if f else None for f in [src, *files]]
+    writer = [os.path.realpath(f) if f else None for f in (src, val_labels, synset_text)]
     info.claim(out, {"convert": writer + [num_shards, val_fraction, split_seed]}, overwrite)
     kept = [result for result in map(kept_shard, tasks) if result]
     todo = [task for task in tasks if task.name not in {result.name for result in kept}]
@@ -922,23 +884,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signals = _StopSignals()
     try:
-        with _StopSignals() as signals:
+        with _handling(STOP, signals._raise):
             from vgg_keras import compat  # noqa: F401 (TensorFlow loads here, seconds)
 
             signals.check()
-            result = convert(
-                args.src,
-                args.out,
-                train_shards=args.train_shards,
-                validation_shards=args.validation_shards,
-                workers=args.workers,
-                val_labels=args.val_labels,
-                synset_text=args.synset_text,
-                val_fraction=args.val_fraction,
-                split_seed=args.split_seed,
-                overwrite=args.overwrite,
-            )
+            result = convert(**vars(args))  # the flags are convert()'s keywords
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return exit_code(signals.received or signal.SIGINT)

@@ -54,15 +54,12 @@ class BadRecord:
     index: int | None  # None when the file cannot be opened at all
     reason: str
 
-    @property
-    def message(self) -> str:
-        """``<file>: record <i>: <reason>``, the line a UsageError carries."""
-        if self.index is None:
-            return f"{self.file}: {self.reason}"
-        return f"{self.file}: record {self.index}: {self.reason}"
-
     def __str__(self) -> str:
-        return self.message
+        """``<file>: record <i>: <reason>``, the line a UsageError carries."""
+        record = "" if self.index is None else f"record {self.index}: "
+        return f"{self.file}: {record}{self.reason}"
+
+    message = property(__str__)
 
 
 def find_bad_record(
@@ -289,10 +286,7 @@ def check_folder(data_dir: str, num_classes: int, label_offset: int, split: str)
 
     bar = tqdm(files, desc=f"diagnose {split}", unit="file", disable=None, leave=False)
     sizes = meta.get("bytes", {})
-    checks = [
-        _check(p, n, sizes.get(os.path.basename(p)), num_classes, label_offset) for p, n in bar
-    ]
-    return checks
+    return [_check(p, n, sizes.get(os.path.basename(p)), num_classes, label_offset) for p, n in bar]
 
 
 def _check(path: str, want, size, num_classes: int, label_offset: int) -> FileCheck:
@@ -333,9 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"data folder not found: {args.data_dir}")
     meta = info.read_info(args.data_dir)
     num_classes = args.num_classes if args.num_classes is not None else meta.get("num_classes")
-    label_offset = (
-        args.label_offset if args.label_offset is not None else meta.get("label_offset", 1)
-    )
+    label_offset = meta.get("label_offset", 1) if args.label_offset is None else args.label_offset
     if num_classes is None:
         num_classes = 2**31 - 1
         print(
