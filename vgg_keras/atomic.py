@@ -3,9 +3,8 @@
 ``os.replace`` is atomic on POSIX within one folder, so a reader (a watching evaluator, a
 resumed run, a second converter) finds either the old file or the whole new one.
 
-The temporary name lies in a staging folder made for this one write
-(``tempfile.mkdtemp`` beside the target, ``.<name>.<random>.tmp``), and only that folder is
-removed afterwards: a file or folder of the user's that happens to be called ``<name>.tmp`` is
+The temporary name lies in a staging folder made for this one write (beside the target,
+``.<name>.<uuid4>.tmp``: 122 random bits), and only that folder is removed afterwards: a file or folder of the user's that happens to be called ``<name>.tmp`` is
 never touched.  A process killed mid-write leaves its hidden staging folder behind; nothing
 deletes it automatically, since nothing can tell it from a user's.
 """
@@ -15,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 
 TMP_SUFFIX = ".tmp"
 
@@ -26,8 +25,11 @@ def replacing(path: str):
     renamed to ``path`` on success (through a symlink: to its target), discarded on failure."""
     target = os.path.realpath(path)
     parent, name = os.path.split(target)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=TMP_SUFFIX)
+    # Named before it is made, so that a signal between making it and the ``try`` cannot
+    # leave it behind (mkdtemp's name is known only once the folder exists).
+    staging = os.path.join(parent, f".{name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
     try:
+        os.mkdir(staging, 0o700)
         tmp = os.path.join(staging, name)
         yield tmp
         os.replace(tmp, target)
