@@ -261,8 +261,10 @@ def test_an_image_count_that_disagrees_with_the_split_is_an_error(
     run = _small_run(tmp_path / "run", str(data), classes=3)
     proc = script_runner("run_eval.py", "--ckpt", run, "--eval_batch_size", batch)
     _assert_usage_error(proc)
+    # The shard's count is checked as it is read (a shard replaced since it was listed).
     assert proc.stderr.strip() == (
-        f"error: {data}: evaluated {evaluated} images, the split has {claimed}"
+        f"error: {data / shard}: {evaluated} records, its dataset lists {claimed}: not the "
+        "shard that was written"
     )
     assert not os.path.exists(os.path.join(run, RESULTS_JSON))
 

@@ -237,10 +237,13 @@ def test_npu_launch_gives_each_rank_its_environment_and_log_folder(tmp_path):
     ("args", "message"),
     [
         (["--npus", "8"], "--npus 8: give --rank_table FILE"),
-        (["--npus", "8", "--rank_table", "missing.json"], "--rank_table missing.json: cannot read"),
+        (
+            ["--npus", "8", "--rank_table", "missing.json"],
+            "--rank_table missing.json: no such file",
+        ),
         (["--npus", "8", "--rank_table", "2p.json"], "--npus 8: 2p.json lists ranks [0, 1]"),
         (["--npus", "2", "--rank_table", "bad.json"], "not an HCCL rank table"),
-        (["--npus", "2", "--rank_table", "deep.json"], "not an HCCL rank table"),
+        (["--npus", "2", "--rank_table", "deep.json"], "deep.json: unreadable HCCL rank table"),
     ],
 )
 def test_npu_launch_refuses_without_a_fitting_rank_table(tmp_path, args, message):

@@ -20,13 +20,15 @@ MAX_DEPTH = 32
 MAX_VALUES = 1_000_000
 
 
-def read_json(path: str, what: str, kind: type = dict, required: bool = False):
+def read_json(path: str, what: str, kind: type = dict, required: bool = False, name: str = ""):
     """The JSON document in ``path`` (of type ``kind``); when there is no such file, an empty
-    one (``kind()``), or with ``required`` an error."""
-    text = read_text(path, what)
+    one (``kind()``), or with ``required`` an error.  ``name`` (the path by default) opens a
+    message: ``--flag path`` where a flag gave it."""
+    name = name or path
+    text = read_text(path, what, name)
     if text is None and required:
-        raise UsageError(f"{path}: no such file (expected the {what})")
-    return kind() if text is None else parse(text, path, what, kind)
+        raise UsageError(f"{name}: no such file (expected the {what})")
+    return kind() if text is None else parse(text, name, what, kind)
 
 
 def read_text(path: str, what: str, name: str = "") -> str | None:

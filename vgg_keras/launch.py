@@ -109,7 +109,7 @@ def _exit_status(code: int) -> int:
 def read_rank_table(path: str, npus: int) -> list[str]:
     """The device id of each rank 0..npus-1 in an HCCL rank table (``server_list[].device[]``
     with ``device_id`` and ``rank_id``, as the reference's 8p.json)."""
-    table = documents.read_json(path, "HCCL rank table", required=True)
+    table = documents.read_json(path, "HCCL rank table", required=True, name=f"--rank_table {path}")
     try:
         devices = [d for server in table["server_list"] for d in server["device"]]
         by_rank = {int(d["rank_id"]): str(d["device_id"]) for d in devices}
