@@ -25,8 +25,8 @@ EVENTS = ("log", "save", "evaluate")
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The resolved plan of one run, derived once from its config, its dataset's size and its
-    devices: every reader takes the batch layout, the step arithmetic and the precision from
-    here rather than from the flags."""
+    devices: the training loop takes the batch layout, the step arithmetic and the precision
+    from here rather than from the flags."""
 
     train_images: int
     global_batch: int  # replicas x replica_batch
@@ -103,7 +103,9 @@ def plan(
         "save": loop.save_checkpoints_steps or per_epoch,
         "evaluate": evaluate,
     }
+    layout = {"replicas": num_replicas, "micro_batches": micro_batches}
     precision = precision or config.network.precision
     calls = loop.iterations_per_loop
-    shape = (num_replicas, micro_batches, precision)
-    return Plan(images, global_batch, per_epoch, max_steps, calls, every, *shape)
+    return Plan(
+        images, global_batch, per_epoch, max_steps, calls, every, **layout, precision=precision
+    )
