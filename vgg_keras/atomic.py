@@ -1,7 +1,9 @@
 """Writing a file so that a reader never sees it half-written: a temporary name, then a rename.
 
-``os.replace`` is atomic on POSIX within one folder, so a reader (a watching evaluator, a
-resumed run, a second converter) finds either the old file or the whole new one.
+A rename is atomic on POSIX within one folder, so a reader (a watching evaluator, a resumed
+run, a second converter) finds either the old file or the whole new one.  On an object store
+(``gs://``, ``s3://``) the rename is a copy: a file still appears whole (an object is written
+whole), a folder's files one by one (storage.py).
 
 The temporary name lies in a staging folder made for this one write (beside the target,
 ``.<name>.<uuid4>.tmp``: 122 random bits), and only that folder is removed afterwards: a file or folder of the user's that happens to be called ``<name>.tmp`` is
@@ -13,31 +15,42 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import uuid
+
+from vgg_keras import storage
 
 TMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
-def replacing(path: str):
-    """Yield a temporary name (a file or a folder, not yet existing) to write ``path`` under;
-    renamed to ``path`` on success (through a symlink: to its target), discarded on failure."""
-    target = os.path.realpath(path)
-    parent, name = os.path.split(target)
+def replacing(path: str, folder: bool = False):
+    """Yield a temporary name (a file, or with ``folder`` a folder, not yet existing) to write
+    ``path`` under; renamed to ``path`` on success (through a symlink: to its target), discarded
+    on failure.  A store cannot rename a folder (or only file by file): there, a ``folder`` is
+    written in place, its readers wait for the file written last (a manifest), and a failure
+    deletes it."""
+    target = storage.realpath(path)
+    if folder and storage.is_url(target):
+        try:
+            yield target
+        except BaseException:
+            storage.rmtree(target)
+            raise
+        return
+    parent, name = storage.split(target)
     # Named before it is made, so that a signal between making it and the ``try`` cannot
     # leave it behind (mkdtemp's name is known only once the folder exists).
     staging = os.path.join(parent, f".{name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
     try:
-        os.mkdir(staging, 0o700)
+        storage.makedirs(staging)
         tmp = os.path.join(staging, name)
         yield tmp
-        os.replace(tmp, target)
+        storage.replace(tmp, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.rmtree(staging)
 
 
 def write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
-    with replacing(path) as tmp, open(tmp, "w") as f:
+    with replacing(path) as tmp, storage.open(tmp, "w") as f:
         f.write(text)

@@ -26,9 +26,15 @@ GLOBAL_STEP = "global_step"  # the same in both layouts, never restored by --res
 def variable_shapes(path: str) -> dict[str, list[int]]:
     """{variable name: shape} stored in a checkpoint (an unreadable one is a UsageError)."""
     try:
-        return tf.train.load_checkpoint(path).get_variable_to_shape_map()
+        return _reader(path).get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as err:
         raise UsageError(f"{path}: unreadable checkpoint ({reason(err)})") from err
+
+
+def _reader(path: str):
+    """The reader of the checkpoint prefix ``path`` (``load_checkpoint`` would take a folder
+    too, and so mistakes ``ram://run/model.ckpt-40`` for one: that store matches prefixes)."""
+    return tf.compat.v1.train.NewCheckpointReader(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +188,7 @@ def restore(session, path: str, model, required=(), optional=()) -> list:
 def read_values(path: str, names: list[str]) -> list:
     """The stored values of ``names`` (a damaged file is a UsageError naming it)."""
     try:
-        reader = tf.train.load_checkpoint(path)
+        reader = _reader(path)
         return [reader.get_tensor(name) for name in names]
     except (tf.errors.OpError, ValueError, IndexError) as err:  # IndexError: a cut .data file
         raise UsageError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from vgg_keras import storage
 from vgg_keras.errors import UsageError
 
 MAX_BYTES = 64 << 20
@@ -36,7 +37,7 @@ def read_text(path: str, what: str, name: str = "") -> str | None:
     path by default) opens a message."""
     name = name or path
     try:
-        with open(path, "rb") as f:
+        with storage.open(path, "rb") as f:
             data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         return None

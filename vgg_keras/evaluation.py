@@ -15,7 +15,6 @@ checkpoint.  Only training's own evaluations go into its metrics.jsonl.
 from __future__ import annotations
 
 import contextlib
-import glob
 import itertools
 import os
 import time
@@ -24,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from vgg_keras import checkpoints, cli, compat, distribute, results, rundir
+from vgg_keras import checkpoints, cli, compat, distribute, results, rundir, storage
 from vgg_keras import config as config_lib
 from vgg_keras import model as model_lib
 from vgg_keras.compat import tf
@@ -156,7 +155,7 @@ class Evaluator:
         if self._barrier is not None:
             self.session.run(self._barrier)
         try:
-            written = os.path.getmtime(checkpoint + ".index")
+            written = storage.getmtime(checkpoint + ".index")
             checkpoints.restore(self.session, checkpoint, self.model)
         except (UsageError, OSError, ValueError, tf.errors.OpError) as err:
             if _gone(checkpoint):
@@ -237,7 +236,7 @@ class Evaluator:
 
 def _gone(checkpoint: str) -> bool:
     """True when the index or every data shard is missing (deleted, or being deleted)."""
-    return not os.path.exists(checkpoint + ".index") or not glob.glob(checkpoint + ".data-*")
+    return not storage.exists(checkpoint + ".index") or not storage.glob(checkpoint + ".data-*")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +294,7 @@ def targets(options: cli.EvalOptions) -> tuple[str, Iterable[str]]:
             f"evaluating {path}: the newest run under {rundir.RUNS_DIR}/ (name another with --eval_dir DIR)",
             flush=True,
         )
-    path = os.path.normpath(path)
+    path = storage.normpath(path)
     if options.watch:
         return path, _watched(path, options, every)
     if options.best:
@@ -305,7 +304,7 @@ def targets(options: cli.EvalOptions) -> tuple[str, Iterable[str]]:
 
 
 def _watched(path: str, options: cli.EvalOptions, every: bool) -> Iterator[str]:
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise UsageError(f"--watch needs a folder, {path} is none (check the name)")
     latest = rundir.latest_checkpoint(path)
     # Without --all-ckpts or --eval_dir the side-car starts from the newest checkpoint there.

@@ -28,10 +28,9 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import warnings
 
-from vgg_keras import atomic, checkpoints, cli, compat, distribute, keras_weights, rundir
+from vgg_keras import atomic, checkpoints, cli, compat, distribute, keras_weights, rundir, storage
 from vgg_keras import config as config_lib
 from vgg_keras import model as model_lib
 from vgg_keras.compat import keras, tf, v1
@@ -72,7 +71,7 @@ class ModelSource:
     def labels_file(self) -> str | None:
         """The dataset's labels.txt, when the config names a data folder that has one."""
         data_dir = self.config.input.data_dir
-        if data_dir and os.path.isfile(os.path.join(data_dir, info.LABELS_FILE)):
+        if data_dir and storage.isfile(os.path.join(data_dir, info.LABELS_FILE)):
             return os.path.join(data_dir, info.LABELS_FILE)
         return None
 
@@ -241,21 +240,21 @@ def export(
 
     ``output`` must be new or empty.  Everything is written to a fresh hidden folder beside it
     first (atomic.replacing) and renamed at the end, so a server watching ``output`` never sees
-    half an export.
+    half an export; on a store (``gs://``), in place, export_info.json last.
     """
-    if (os.path.isdir(output) and os.listdir(output)) or os.path.isfile(output):
+    if (storage.isdir(output) and storage.listdir(output)) or storage.isfile(output):
         raise UsageError(f"--output {output}: exists and is not an empty folder")
     labels = labels or source.labels_file()
     inference = build_inference(source)
     # os.replace renames a folder over an empty one (POSIX rename), so an empty output is fine.
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        with contextlib.closing(inference), atomic.replacing(output) as tmp:
+        storage.makedirs(storage.split(storage.abspath(output))[0])
+        with contextlib.closing(inference), atomic.replacing(output, folder=True) as tmp:
             class_names(labels, source.config.network.class_num)  # after loading: errors first
             _write(inference, source, formats, labels, tmp)
     except (OSError, tf.errors.OpError) as err:
         raise UsageError(f"--output {output}: cannot write there ({reason(err)})") from err
-    return sorted(os.listdir(output))
+    return sorted(storage.listdir(output))
 
 
 def _write(
@@ -263,7 +262,7 @@ def _write(
 ) -> None:
     if "savedmodel" in formats:  # first: the builder wants a folder that does not exist
         _write_savedmodel(inference, out)
-    os.makedirs(out, exist_ok=True)
+    storage.makedirs(out)
     if "keras" in formats:
         _write_keras(inference, out)
     if "frozen_graph" in formats:
@@ -271,7 +270,7 @@ def _write(
     if "checkpoint" in formats:
         _write_checkpoint(inference, out, source.step)
     if labels:
-        shutil.copyfile(labels, os.path.join(out, info.LABELS_FILE))
+        storage.copyfile(labels, os.path.join(out, info.LABELS_FILE))
     c = source.config
     export_info = {
         "source": source.checkpoint or f"{config_lib.KERAS_WEIGHTS}{source.weights_file}",
@@ -287,7 +286,7 @@ def _write(
         export_info["signatures"] = [BYTES_SIGNATURE, PIXELS_SIGNATURE]
     if "frozen_graph" in formats:
         export_info["frozen_graph"] = {"input": INPUT_NODE, "output": OUTPUT_NODE}
-    with open(os.path.join(out, EXPORT_INFO_FILE), "w") as f:
+    with storage.open(os.path.join(out, EXPORT_INFO_FILE), "w") as f:
         json.dump(export_info, f, indent=2)
 
 

@@ -13,6 +13,7 @@ loading is a lookup by name; inside a layer the file keeps the weights in the la
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 import h5py
 import numpy as np
 
-from vgg_keras import arch, checkpoints
+from vgg_keras import arch, checkpoints, storage
 from vgg_keras.arch import BLOCK_FILTERS, TOP_LAYERS
 from vgg_keras.compat import keras
 from vgg_keras.config import IMAGENET_WEIGHTS, KERAS_WEIGHTS
@@ -88,10 +89,10 @@ def read_layers(path: str) -> dict[str, list[np.ndarray]]:
     Reads files written by ``save_weights`` (layers at the root) and by ``model.save``
     (layers under ``model_weights``).
     """
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise UsageError(f"--weights {path}: file not found")
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(_local(path), "r") as f:
             group = f["model_weights"] if "model_weights" in f else f
             if "layer_names" not in group.attrs:
                 raise UsageError(f"{path}: HDF5 file without Keras layer_names (not a weight file)")
@@ -104,6 +105,14 @@ def read_layers(path: str) -> dict[str, list[np.ndarray]]:
             return layers
     except OSError as err:
         raise UsageError(f"{path}: not an HDF5 Keras weight file ({err})") from err
+
+
+def _local(path: str):
+    """What h5py can open: a local path, or a store's file read into memory."""
+    if not storage.is_url(path):
+        return path
+    with storage.open(path, "rb") as f:
+        return io.BytesIO(f.read())
 
 
 def _text(value) -> str:

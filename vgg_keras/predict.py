@@ -8,7 +8,6 @@ dataset's labels.txt (``--labels`` to choose another), an export's from the labe
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vgg_keras import config as config_lib
-from vgg_keras import distribute, export
+from vgg_keras import distribute, export, storage
 from vgg_keras.compat import tf, v1
 from vgg_keras.data import info
 from vgg_keras.errors import EXIT_USAGE, UsageError
@@ -29,16 +28,16 @@ def find_images(patterns: list[str]) -> list[str]:
     """Image paths from files, folders (searched recursively) and glob patterns, in order."""
     found: list[str] = []
     for pattern in patterns:
-        paths = [pattern] if os.path.exists(pattern) else sorted(glob.glob(pattern))
+        paths = [pattern] if storage.exists(pattern) else sorted(storage.glob(pattern))
         if not paths:
             raise UsageError(f"{pattern}: no such file")
         for path in paths:
-            if not os.path.isdir(path):
+            if not storage.isdir(path):
                 found.append(path)
                 continue
             inside = sorted(
                 os.path.join(root, name)
-                for root, _, names in os.walk(path)
+                for root, _, names in storage.walk(path)
                 for name in names
                 if name.lower().endswith(IMAGE_EXTENSIONS)
             )
@@ -72,10 +71,10 @@ class Predictor:
 
     @classmethod
     def from_saved_model(cls, folder: str, labels_file: str | None, runtime):
-        if not os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        if not storage.isfile(os.path.join(folder, "saved_model.pb")):
             raise UsageError(f"--model {folder}: no saved_model.pb (export with run_export.py)")
         own = os.path.join(folder, info.LABELS_FILE)
-        labels_file = labels_file or (own if os.path.isfile(own) else None)
+        labels_file = labels_file or (own if storage.isfile(own) else None)
         graph = tf.Graph()
         session = distribute.single_device().session(graph, runtime)
         try:
@@ -121,7 +120,7 @@ class Predictor:
 
 def _read(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with storage.open(path, "rb") as f:
             return f.read()
     except OSError as err:
         raise UsageError(f"{path}: cannot read ({err.strerror})") from err

@@ -20,7 +20,7 @@ import time
 
 from tqdm import tqdm
 
-from vgg_keras import rundir
+from vgg_keras import rundir, storage
 from vgg_keras.compat import tf
 
 PROGRESS_SECONDS = 60.0  # between plain progress lines where stderr is not a terminal
@@ -60,7 +60,7 @@ def _json_number(value):
 
 def read_metrics(log_dir: str) -> list[dict]:
     """The records of ``<log_dir>/metrics.jsonl`` in file order (what ``Reporter.metrics`` wrote)."""
-    with open(os.path.join(log_dir, rundir.METRICS_FILE)) as f:
+    with storage.open(os.path.join(log_dir, rundir.METRICS_FILE)) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -83,10 +83,10 @@ class Reporter:
         self.is_chief = is_chief
         self._log = self._metrics = self._writer = self._bar = None
         if is_chief:
-            os.makedirs(log_dir, exist_ok=True)
-            self._log = open(os.path.join(log_dir, log_name), "a")
+            storage.makedirs(log_dir)
+            self._log = storage.open(os.path.join(log_dir, log_name), "a")
             if metrics:
-                self._metrics = open(os.path.join(log_dir, rundir.METRICS_FILE), "a")
+                self._metrics = storage.open(os.path.join(log_dir, rundir.METRICS_FILE), "a")
             self._writer = tf.summary.create_file_writer(os.path.join(log_dir, summary_subdir))
         self._total = total_steps if progress and is_chief else None  # the chief's progress
         self._last_progress = time.monotonic()

@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from vgg_keras import atomic, documents, rundir
+from vgg_keras import atomic, documents, rundir, storage
 from vgg_keras.config import Config
 from vgg_keras.data import info
 from vgg_keras.errors import UsageError
@@ -82,13 +82,13 @@ def tag(config: Config, crops: int, saved: dict) -> str:
         if inp.input_mode != own.input.input_mode:
             parts.append(f"input-{inp.input_mode}")
         data = saved.get("data_dir")
-        if data and os.path.normpath(str(data)) != os.path.normpath(inp.data_dir):
+        if data and storage.normpath(str(data)) != storage.normpath(inp.data_dir):
             parts.append("data-" + _slug(inp.data_dir))
     return ".".join(parts)
 
 
 def _slug(path: str) -> str:
-    name = os.path.basename(os.path.normpath(path)) or "data"
+    name = os.path.basename(storage.normpath(path)) or "data"
     return re.sub(r"[^\w-]+", "_", name)[:40]
 
 
@@ -96,7 +96,7 @@ def write(rows: list[dict], config: Config, output: str, tag: str, crops: int) -
     """The results files in ``output``: the JSON and CSV (merged with the rows already there),
     the curve, and per-class files for the newest row if it carries a confusion matrix; returns
     the lines that say where those are and which classes did worst."""
-    os.makedirs(output, exist_ok=True)
+    storage.makedirs(output)
     settings = {
         "crops": crops,
         "resize": config.input.resize,
@@ -150,7 +150,7 @@ def _merge(path: str, new: list[dict]) -> list[dict]:
 
 def _class_names(config: Config) -> list[str]:
     labels = os.path.join(config.input.data_dir or "", info.LABELS_FILE)
-    names = info.read_labels(labels) if os.path.isfile(labels) else []
+    names = info.read_labels(labels) if storage.isfile(labels) else []
     classes = config.network.class_num
     return names if len(names) == classes else [str(k) for k in range(classes)]
 
@@ -201,8 +201,8 @@ def _figure(size):
 
 
 def _save(figure, path: str) -> None:
-    with atomic.replacing(path) as tmp:
-        figure.savefig(tmp, format="png")
+    with atomic.replacing(path) as tmp, storage.open(tmp, "wb") as f:
+        figure.savefig(f, format="png")
 
 
 def plot_curve(rows: list[dict], path: str, title: str, earlier: list[dict] = ()) -> None:

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import json
 import os
 import re
-import shutil
 import uuid
 
-from vgg_keras import atomic, documents, runlock
+from vgg_keras import atomic, documents, runlock, storage
 from vgg_keras.errors import UsageError
 
 CONFIG_FILE = "config.json"
@@ -91,10 +89,10 @@ def checkpoint_step(path: str) -> int:
 
 def list_checkpoints(folder: str) -> list[str]:
     """Every complete ``model.ckpt-N`` prefix in ``folder``, in step order."""
-    if not os.path.isdir(folder):
+    if not storage.isdir(folder):
         return []
     found = []
-    for name in os.listdir(folder):
+    for name in storage.listdir(folder):
         match = _INDEX.match(name)
         if match:
             found.append((int(match.group(1)), os.path.join(folder, name[: -len(".index")])))
@@ -113,13 +111,13 @@ def checkpoint_prefix(folder: str, step: int) -> str:
 def resolve_checkpoint(path: str, every: bool = False) -> list[str]:
     """The checkpoints a path names: a ``model.ckpt-N`` prefix, or a folder's newest (all of
     them with ``every``); a one-line UsageError when there are none."""
-    path = os.path.normpath(path)
-    if os.path.isdir(path):
+    path = storage.normpath(path)
+    if storage.isdir(path):
         found = list_checkpoints(path)
         if not found:
             raise UsageError(f"no model.ckpt-* checkpoints in {path}")
         return found if every else found[-1:]
-    if not os.path.exists(path + ".index"):
+    if not storage.exists(path + ".index"):
         raise UsageError(f"checkpoint not found: {path} (neither a folder nor {path}.index)")
     if every:
         raise UsageError(f"{path} is one checkpoint; name its folder to evaluate every one")
@@ -133,16 +131,16 @@ def remove_partial(folder: str) -> list[str]:
     its two deletions).  Only while no trainer writes there (hold the run lock)."""
     complete = [checkpoint_step(path) for path in list_checkpoints(folder)]
     removed = []
-    for path in glob.glob(os.path.join(glob.escape(folder), "*")):
+    for path in storage.glob(os.path.join(storage.escape(folder), "*")):
         name = os.path.basename(path)
         data = _DATA.fullmatch(name)
         step = int(data[1]) if data else None
         rotated = step is not None and step not in complete and step < max(complete, default=-1)
         if rotated or _PARTIAL.fullmatch(name):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
+            if storage.isdir(path):
+                storage.rmtree(path)
             else:
-                os.remove(path)
+                storage.remove(path)
             removed.append(name)
     return removed
 
@@ -154,17 +152,17 @@ def remove_oldest(folder: str, keep: int, protect: int | None = None) -> list[st
     found = [p for p in list_checkpoints(folder) if checkpoint_step(p) != protect]
     doomed = found[:-keep] if keep > 0 else []
     for prefix in doomed:
-        rest = sorted(glob.glob(glob.escape(prefix) + ".data-*")) + [prefix + ".meta"]
+        rest = sorted(storage.glob(storage.escape(prefix) + ".data-*")) + [prefix + ".meta"]
         for path in [prefix + ".index", *rest]:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+                storage.remove(path)
     return doomed
 
 
 def state_file_target(folder: str) -> str | None:
     """The checkpoint TensorFlow's ``checkpoint`` state file names (joined to ``folder``)."""
     try:
-        with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
+        with storage.open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
             text = f.read()
     except (OSError, ValueError):
         return None
@@ -230,11 +228,11 @@ def write_best(folder: str, step: int, top1: float) -> None:
 def newest_run(runs_dir: str = RUNS_DIR) -> str:
     """The folder under ``runs_dir`` whose newest checkpoint was written last."""
     runs = []
-    if os.path.isdir(runs_dir):
-        for name in sorted(os.listdir(runs_dir)):
+    if storage.isdir(runs_dir):
+        for name in sorted(storage.listdir(runs_dir)):
             latest = latest_checkpoint(os.path.join(runs_dir, name))
             if latest is not None:
-                runs.append((os.path.getmtime(latest + ".index"), os.path.join(runs_dir, name)))
+                runs.append((storage.getmtime(latest + ".index"), os.path.join(runs_dir, name)))
     if not runs:
         raise UsageError(
             f"no run with checkpoints under {runs_dir}/ (in {os.getcwd()}): name one with "
@@ -329,7 +327,7 @@ def decide(config, counts: dict, chief: bool = True) -> Start:
     notes, changed, stream = _resume_changes(config, source, where, counts, step)
     if loop.restore_path or loop.weights:
         notes.insert(0, f"note: resuming from {path}; --restore_path and --weights start a run")
-    entry = {"step": step, "from": os.path.basename(path) if inside else os.path.abspath(path)}
+    entry = {"step": step, "from": os.path.basename(path) if inside else storage.abspath(path)}
     entry.update({"run": source_id, **changed} if source_id else changed)
     kept = record if inside and record and record.get("id") else {"id": fresh["id"]}
     history = [*(_history(log_dir) if kept is record else []), entry]
@@ -389,7 +387,7 @@ def plain(value):
 
 def _inside(path: str, folder: str) -> bool:
     """True when the checkpoint ``path`` lies in ``folder``."""
-    return os.path.isdir(folder) and os.path.samefile(os.path.dirname(path) or ".", folder)
+    return storage.same_folder(os.path.dirname(path) or ".", folder)
 
 
 def _history(folder: str) -> list[dict]:
@@ -415,12 +413,12 @@ def _run_record(folder: str) -> dict | None:
     program's: refused, naming it (a start would replace it)."""
     path, state = os.path.join(folder, CONFIG_FILE), os.path.join(folder, STATE_FILE)
     record = documents.read_json(path, "run settings").get(RECORDED)
-    if os.path.exists(path) and not isinstance(record, dict):
+    if storage.exists(path) and not isinstance(record, dict):
         raise UsageError(f"{path}: not a run's config.json (no {RECORDED!r} record): {_ASIDE}")
     target = os.path.basename(state_file_target(folder) or "")
-    if os.path.exists(state) and not re.fullmatch(rf"{CHECKPOINT_PREFIX}-\d+", target):
+    if storage.exists(state) and not re.fullmatch(rf"{CHECKPOINT_PREFIX}-\d+", target):
         raise UsageError(f"{state}: not a state file naming a model.ckpt-<step>: {_ASIDE}")
-    return record if os.path.exists(path) else None
+    return record if storage.exists(path) else None
 
 
 _ASIDE = "a run would replace it; move it away, or use another --log_dir"
@@ -444,14 +442,14 @@ def _resumable_checkpoint(log_dir: str) -> str | None:
     """The newest complete checkpoint; refuses a folder whose checkpoints are all broken."""
     latest = latest_checkpoint(log_dir)
     named = state_file_target(log_dir)
-    if named and not os.path.exists(named + ".index"):
+    if named and not storage.exists(named + ".index"):
         if latest is None:
             raise UsageError(
                 f"{os.path.join(log_dir, STATE_FILE)} names {named}, which is missing, and no "
                 "other checkpoint is complete: put it back, or start afresh with --overwrite"
             )
         print(f"warning: {named} (the newest checkpoint on record) is missing; using {latest}")
-    names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
+    names = storage.listdir(log_dir) if storage.isdir(log_dir) else []
     leftovers = sorted(n for n in names if _FILE.fullmatch(n))  # checkpoint files, complete or not
     if latest is None and leftovers:
         raise UsageError(
@@ -464,7 +462,7 @@ def _resumable_checkpoint(log_dir: str) -> str | None:
 def _previous_run(log_dir: str, log_name: str) -> list[str]:
     """The files a run writes in ``log_dir`` (checkpoints, logs, metrics, events, evaluation
     results), nothing else (not a ``model.ckpt-best.txt`` of the user's)."""
-    names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
+    names = storage.listdir(log_dir) if storage.isdir(log_dir) else []
     owned = {CONFIG_FILE, METRICS_FILE, STATE_FILE, BEST_FILE, EVAL_LOG, log_name}
     results = re.compile(rf"({EVAL_RESULTS}|{EVAL_CURVE})(\.[\w.-]+)?\.(json|csv|png)")
     doomed = [
@@ -476,17 +474,17 @@ def _previous_run(log_dir: str, log_name: str) -> list[str]:
         or name.startswith(EVENTS_PREFIX)
     ]
     events = os.path.join(log_dir, EVAL_EVENTS)
-    if os.path.isdir(events):
+    if storage.isdir(events):
         doomed += [
-            os.path.join(events, n) for n in os.listdir(events) if n.startswith(EVENTS_PREFIX)
+            os.path.join(events, n) for n in storage.listdir(events) if n.startswith(EVENTS_PREFIX)
         ]
-    return [path for path in doomed if os.path.isfile(path)]
+    return [path for path in doomed if storage.isfile(path)]
 
 
 def _remove_previous_run(log_dir: str, log_name: str) -> None:
     """--overwrite: delete the previous run's files (``_previous_run``)."""
     doomed = _previous_run(log_dir, log_name)
     for path in doomed:
-        os.remove(path)
+        storage.remove(path)
     if doomed:
         print(f"--overwrite: deleted the previous run in {log_dir} ({len(doomed)} files)")

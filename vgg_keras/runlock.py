@@ -3,7 +3,10 @@
 The kernel drops a ``flock`` when its process ends, however it ends (``kill -9`` included), so
 a lock file left behind by a dead trainer is stale by construction and the next trainer simply
 takes it over.  The pid and host written into the file are for the message a second trainer
-prints, and for filesystems without ``flock``, where a live pid on this host is the test.
+prints, and for filesystems without ``flock``, where a live pid on this host is the test.  On
+an object store (a ``gs://`` or ``s3://`` log_dir) there is no lock at all, only this
+convention: the record is read, then written, and a second trainer that starts between the two
+is not stopped (docs/storage.md).
 
 Why not the ``filelock`` package: its ``FileLock`` takes the same ``flock`` but cannot say who
 holds the lock (the "in use by pid N on HOST" message, the "took over from pid N" note need the
@@ -21,7 +24,7 @@ import os
 import socket
 import time
 
-from vgg_keras import documents
+from vgg_keras import documents, storage
 from vgg_keras.errors import RunError, UsageError
 
 LOCK_FILE = "train.lock"
@@ -41,11 +44,13 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            storage.makedirs(os.path.dirname(self.path))
         except OSError as err:
             folder = os.path.dirname(self.path)
-            why = "a file, not a folder" if os.path.isfile(folder) else err.strerror
+            why = "a file, not a folder" if storage.isfile(folder) else err.strerror
             raise UsageError(f"--log_dir {folder}: {why}") from err
+        if storage.is_url(self.path):
+            return self._enter_store()
         while self._file is None:
             handle = self._open()
             try:
@@ -68,25 +73,40 @@ class RunLock:
                 self._file = handle
             else:
                 handle.close()
-        previous = _read(self._file)
+        self._record(_read(self._file))
+        return self
+
+    def _enter_store(self) -> RunLock:
+        """The convention of an object store: a live owner's record refuses, a dead one's
+        (on this host) is taken over."""
+        owner = _parse(documents.read_text(self.path, "run lock") or "{}", self.path)
+        if _alive_here(owner):
+            raise UsageError(self._busy(owner))
+        self._file = storage.open(self.path, "w")
+        self._record(owner)
+        self._file.close()
+        return self
+
+    def _record(self, previous: dict) -> None:
+        """Write this trainer's record over ``previous`` (kept as ``stale_owner``)."""
         if previous.get("pid") is not None:
             self.stale_owner = previous
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         try:
-            self._file.seek(0)
-            self._file.truncate()
+            if hasattr(self._file, "truncate"):
+                self._file.seek(0)
+                self._file.truncate()
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
         except OSError as err:  # a full disk: the run could not write anything anyway
             self.__exit__()
             raise RunError(f"cannot write the lock file {self.path} ({err.strerror})") from err
-        return self
 
     def __exit__(self, *exc) -> None:
         if self._file is None:
             return
         try:
-            os.unlink(self.path)  # while still locked: nobody can take a lock we are removing
+            storage.remove(self.path)  # while still locked: nobody can take a lock being removed
         except OSError:
             pass  # an unwritable or vanished log_dir must not hide the run's own error
         try:
@@ -103,16 +123,21 @@ class RunLock:
 
     def _busy(self, owner: dict) -> str:
         who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+        gone = "; if it is not running, delete the lock" if storage.is_url(self.path) else ""
         return (
             f"--log_dir {os.path.dirname(self.path)} is in use by another trainer ({who}, "
-            f"lock {self.path}): stop it first or use another --log_dir"
+            f"lock {self.path}): stop it first or use another --log_dir{gone}"
         )
 
 
 def _read(handle) -> dict:
     handle.seek(0)
+    return _parse(handle.read(), handle.name)
+
+
+def _parse(text: str, name: str) -> dict:
     try:
-        return documents.parse(handle.read() or "{}", handle.name, "run lock")
+        return documents.parse(text or "{}", name, "run lock")
     except UsageError:
         return {}  # a lock file cut short by a crash while being written, or not ours
 

@@ -45,7 +45,7 @@ import threading
 
 from tqdm import tqdm
 
-from vgg_keras import atomic, documents
+from vgg_keras import atomic, documents, storage
 from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.data import info
 from vgg_keras.errors import UsageError, reason, run_cli
@@ -236,7 +236,7 @@ def convert_shard(task: ShardTask) -> ShardResult:
         records = shards.write_shard(path, examples())
         result = ShardResult(task.name, records, tuple(skipped), tuple(reencoded))
         state = {"fingerprint": task.fingerprint, **dataclasses.asdict(result)}
-        state["bytes"] = os.path.getsize(path)
+        state["bytes"] = storage.getsize(path)
         atomic.write_text(task.state_path, json.dumps(state))
     except (OSError, tf.errors.OpError) as err:
         raise UsageError(f"{path}: cannot write shard ({reason(err)})") from err
@@ -253,7 +253,7 @@ def kept_shard(task: ShardTask) -> ShardResult | None:
         state = documents.read_json(task.state_path, "shard state")
     except UsageError:
         return None
-    same = os.path.exists(path) and os.path.getsize(path) == state.get("bytes")
+    same = storage.exists(path) and storage.getsize(path) == state.get("bytes")
     if not same or state.get("fingerprint") != task.fingerprint:  # read_json: a dict, or {}
         return None
     rows = {key: tuple(map(tuple, state[key])) for key in ("skipped", "reencoded")}
@@ -385,7 +385,7 @@ class _Scan:
 
     def __init__(self, src: str, out: str):
         self.src = src
-        self.out = os.path.realpath(out)
+        self.out = storage.realpath(out)
         self.notes: list[tuple[str, str, str]] = []
         self._listed: dict[str, tuple[list[str], list[str]]] = {}
 
@@ -761,12 +761,12 @@ def convert(
         if split in source.items
         for task in plan_shards(src, out, split, source.items[split], num_shards[split])
     ]
-    writer = [os.path.realpath(f) if f else None for f in (src, val_labels, synset_text)]
+    writer = [storage.realpath(f) if f else None for f in (src, val_labels, synset_text)]
     info.claim(out, {"convert": writer + [num_shards, val_fraction, split_seed]}, overwrite)
     kept = [result for result in map(kept_shard, tasks) if result]
     todo = [task for task in tasks if task.name not in {result.name for result in kept}]
-    if todo and os.path.exists(os.path.join(out, info.INFO_FILE)):
-        os.remove(os.path.join(out, info.INFO_FILE))  # the dataset changes: unpublished first
+    if todo and storage.exists(os.path.join(out, info.INFO_FILE)):
+        storage.remove(os.path.join(out, info.INFO_FILE))  # the dataset changes: unpublished first
     images = sum(len(task.items) for task in tasks)
     done = images - sum(len(task.items) for task in todo)
     disable = None if progress else True  # None: a bar on a terminal only

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from vgg_keras import storage
 from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.compat import tf
 from vgg_keras.data import info, schema, shards
@@ -50,11 +51,11 @@ def _examples(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> li
 
 def built_info(out_dir: str) -> dict | None:
     """The dataset info when ``out_dir`` holds a complete demo dataset, else None."""
-    if not os.path.exists(os.path.join(out_dir, info.INFO_FILE)):
+    if not storage.exists(os.path.join(out_dir, info.INFO_FILE)):
         return None
     existing = info.read_info(out_dir)
     if existing.get("name") == NAME and all(
-        os.path.exists(os.path.join(out_dir, name)) for name in existing.get("files", {})
+        storage.exists(os.path.join(out_dir, name)) for name in existing.get("files", {})
     ):
         return existing
     return None

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
+from vgg_keras import storage
 from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.errors import EXIT_SIGINT, UsageError, reason, run_cli
 
@@ -294,8 +295,8 @@ def _check(path: str, want, size, num_classes: int, label_offset: int) -> FileCh
     readable, bad = _eagerly(lambda: _tally(path, num_classes, label_offset, schema.parse, want))
     expected = None if want is None else [want]
     first = find_bad_record([path], num_classes, label_offset, expected=expected) if bad else None
-    if first is None and size is not None and readable and os.path.getsize(path) != size:
-        why = f"{os.path.getsize(path)} bytes, {info.INFO_FILE} lists {size}"
+    if first is None and size is not None and readable and storage.getsize(path) != size:
+        why = f"{storage.getsize(path)} bytes, {info.INFO_FILE} lists {size}"
         bad, first = want, BadRecord(path, None, f"{why}: not the shard that was written")
     return FileCheck(path, readable if want is None else want, bad, first)
 
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.num_classes is not None and args.num_classes < 1:
         raise UsageError(f"--num_classes must be at least 1, got {args.num_classes}")
-    if not os.path.isdir(args.data_dir):
+    if not storage.isdir(args.data_dir):
         raise UsageError(f"data folder not found: {args.data_dir}")
     meta = info.read_info(args.data_dir)
     num_classes = args.num_classes if args.num_classes is not None else meta.get("num_classes")

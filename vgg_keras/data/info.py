@@ -18,9 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 
-from vgg_keras import atomic, documents
+from vgg_keras import atomic, documents, storage
 from vgg_keras.errors import UsageError, reason
 
 INFO_FILE = "dataset_info.json"
@@ -45,7 +44,7 @@ def read_info(data_dir: str) -> dict:
     naming the file and the key rather than a TypeError wherever the value is first used.
     """
     path = os.path.join(data_dir, INFO_FILE)
-    if not os.path.exists(path) and os.path.isdir(os.path.join(data_dir, STATE_DIR)):
+    if not storage.exists(path) and storage.isdir(os.path.join(data_dir, STATE_DIR)):
         raise UsageError(
             f"{data_dir}: an unfinished dataset (no {INFO_FILE} yet): run the command that wrote "
             f"it again to finish it (or delete {STATE_DIR}/ to read its shards as they are)"
@@ -96,7 +95,7 @@ def write_info(data_dir: str, info: dict) -> dict:
     the dataset is published.  Returns what dataset_info.json holds."""
     lines = "".join(f"{s}\t{t}\n" for s, t in zip(info.get("synsets", []), info.get("texts", [])))
     atomic.write_text(os.path.join(data_dir, LABELS_FILE), lines)
-    sizes = {name: os.path.getsize(os.path.join(data_dir, name)) for name in info["files"]}
+    sizes = {name: storage.getsize(os.path.join(data_dir, name)) for name in info["files"]}
     info = {**info, "bytes": sizes}
     atomic.write_text(os.path.join(data_dir, INFO_FILE), json.dumps(info, indent=1, sort_keys=True))
     return info
@@ -107,7 +106,7 @@ def check_sizes(data_dir: str, paths) -> None:
     lists (a shard changed since the dataset was written); datasets without sizes pass."""
     listed = read_info(data_dir).get("bytes", {})
     for path in paths:
-        want, size = listed.get(os.path.basename(path)), os.path.getsize(path)
+        want, size = listed.get(os.path.basename(path)), storage.getsize(path)
         if want is not None and size != want:
             raise UsageError(
                 f"{path}: {size} bytes, {INFO_FILE} lists {want}: not the shard that was "
@@ -143,24 +142,24 @@ def claim(out: str, writer: dict, overwrite: bool = False) -> None:
             "use an empty folder, or --overwrite to replace that dataset"
         )
     try:
-        os.makedirs(state, exist_ok=True)  # first: from here on, the folder is unfinished
+        storage.makedirs(state)  # first: from here on, the folder is unfinished
         for name in present:
             path = os.path.join(out, name)
-            shutil.rmtree(path) if name == STATE_DIR else os.remove(path)
-        os.makedirs(state, exist_ok=True)
+            storage.rmtree(path, ignore_errors=False) if name == STATE_DIR else storage.remove(path)
+        storage.makedirs(state)
         atomic.write_text(os.path.join(state, WRITER_FILE), json.dumps(writer, sort_keys=True))
     except OSError as err:
         raise UsageError(f"{out}: cannot write the output folder ({reason(err)})") from err
 
 
 def _listdir(folder: str) -> list[str]:
-    return os.listdir(folder) if os.path.isdir(folder) else []
+    return storage.listdir(folder) if storage.isdir(folder) else []
 
 
 def read_labels(path: str) -> list[str]:
     """Class names from a labels.txt (``synset<TAB>text`` or one name per line)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path, encoding="utf-8") as f:
             rows = [line.rstrip("\n") for line in f if line.strip()]
     except OSError as err:
         raise UsageError(f"{path}: cannot read labels ({err.strerror})") from err

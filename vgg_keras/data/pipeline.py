@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from vgg_keras import atomic, compat, documents
+from vgg_keras import atomic, compat, documents, storage
 from vgg_keras.compat import tf
 from vgg_keras.config import Input, Network
 from vgg_keras.data import info, preprocess, schema, tfds_source
@@ -63,10 +63,10 @@ def list_files(data_dir: str, split: str) -> list[str]:
     ``.bak`` or ``(copy)`` of a shard would silently double its images) is left out, with a
     note on stderr naming it.
     """
-    if not os.path.isdir(data_dir):
+    if not storage.isdir(data_dir):
         raise UsageError(f"data folder not found: {data_dir}")
     prefix = schema.SPLIT_PREFIXES[split]
-    present = sorted(os.listdir(data_dir))
+    present = sorted(storage.listdir(data_dir))
     listed = sorted(n for n in info.read_info(data_dir).get("files", {}) if n.startswith(prefix))
     if listed:
         missing = [n for n in listed if n not in present]
@@ -132,7 +132,7 @@ def load_split(inp: Input, split: str) -> Split:
     cache = cache if isinstance(cache, dict) else {}
     counts, changed = [], False
     for path in files:
-        name, size = os.path.basename(path), os.path.getsize(path)
+        name, size = os.path.basename(path), storage.getsize(path)
         if name in known:
             counts.append(int(known[name]))
             continue
@@ -158,7 +158,7 @@ def load_split(inp: Input, split: str) -> Split:
 def needed_classes(data_dir: str, label_offset: int) -> int | None:
     """The classes a dataset's labels need: dataset_info.json's num_classes, shifted when
     --label_offset differs from the file's; None when the folder does not say."""
-    if data_dir.startswith(tfds_source.PREFIX) or not os.path.isdir(data_dir):
+    if data_dir.startswith(tfds_source.PREFIX) or not storage.isdir(data_dir):
         return None
     meta = info.read_info(data_dir)
     if not isinstance(meta.get("num_classes"), int):
