@@ -26,6 +26,7 @@ DOCKERFILE = os.path.join(REPO_ROOT, "Dockerfile")
 CLUSTER = os.path.join(REPO_ROOT, "docs", "cluster")
 SBATCH = os.path.join(CLUSTER, "train_vgg16.sbatch")
 TFJOB = os.path.join(CLUSTER, "tfjob_vgg16.yaml")
+TFJOB_GCS = os.path.join(CLUSTER, "tfjob_vgg16_gcs.yaml")  # the same job, data and runs in a bucket
 # Dockerfile reference: https://docs.docker.com/reference/dockerfile/
 INSTRUCTIONS = {
     "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
@@ -255,3 +256,28 @@ def test_the_tfjob_has_a_chief_and_workers_that_the_training_operator_runs():
     pods = sum(spec["replicas"] for spec in specs.values())
     gpus = specs["Worker"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert pods * gpus["nvidia.com/gpu"] * int(_flag(flags, "--batch_size")) == 256
+
+
+def test_the_bucket_tfjob_is_the_same_job_with_gs_paths_and_no_volume():
+    yaml = pytest.importorskip("yaml", reason="PyYAML reads the manifest (pip install pyyaml)")
+    with open(TFJOB_GCS, encoding="utf-8") as f:
+        (bucket_job,) = list(yaml.safe_load_all(f))
+    job, _ = _tfjob()
+    specs, bucket_specs = job["spec"]["tfReplicaSpecs"], bucket_job["spec"]["tfReplicaSpecs"]
+    assert {k: s["replicas"] for k, s in specs.items()} == {
+        k: s["replicas"] for k, s in bucket_specs.items()
+    }
+    for name, spec in bucket_specs.items():
+        pod = spec["template"]["spec"]
+        assert "volumes" not in pod and pod["serviceAccountName"]
+        (container,) = pod["containers"]
+        (shared,) = specs[name]["template"]["spec"]["containers"]
+        assert container["name"] == "tensorflow" and "volumeMounts" not in container
+        flags, shared_flags = _train_flags(container["command"]), _train_flags(shared["command"])
+        for folder in ("--data_dir", "--log_dir"):
+            assert _flag(flags, folder) == _flag(shared_flags, folder).replace(
+                "/shared/", "gs://my-bucket/"
+            )
+        rest = [a for a in flags if not a.startswith("gs://")]
+        assert rest == [a for a in shared_flags if not a.startswith("/shared/")]
+        assert container["resources"] == shared["resources"]

@@ -150,3 +150,22 @@ def test_a_bad_url_or_an_unreachable_store_is_one_line_naming_it(
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and url in line
+
+
+@pytest.mark.skipif(compat.TF1, reason="ram:// is a TensorFlow 2 filesystem")
+def test_the_converter_writes_the_same_dataset_into_a_store(tmp_path, store):
+    from conftest import write_photo_folder
+
+    from vgg_keras.data import convert, info
+
+    src = write_photo_folder(str(tmp_path / "photos"), per_class=4)
+    outputs = {"disk": str(tmp_path / "dataset"), "store": f"{store}/dataset"}
+    for out in outputs.values():
+        args = [src, out, "--val_fraction", "0.25", "--workers", "1"]
+        assert convert.main(args) == 0
+    on_disk, in_store = (info.read_info(out) for out in outputs.values())
+    assert in_store == {**on_disk, "name": in_store["name"]} and on_disk["splits"]["train"] > 0
+    for name in on_disk["files"]:
+        with open(os.path.join(outputs["disk"], name), "rb") as a:
+            with storage.open(os.path.join(outputs["store"], name), "rb") as b:
+                assert a.read() == b.read(), name
