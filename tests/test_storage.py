@@ -45,6 +45,11 @@ def test_the_same_calls_on_a_disk_and_on_a_store(root):
         f.write("three\n")
     with storage.open(path, "rb") as f:
         assert f.read() == b"one\ntwo\nthree\n"
+    with storage.open(path, "w") as f:  # over a longer file: nothing of it is left
+        f.write("one\n")
+    assert storage.getsize(path) == 4
+    with storage.open(path, "a") as f:
+        f.write("two\n")
     assert storage.glob(os.path.join(root, "sub", "*.txt")) == [path]
     walked = [(storage.normpath(d), sorted(files)) for d, _, files in storage.walk(root)]
     assert walked == [(storage.normpath(root), []), (os.path.join(root, "sub"), ["a.txt"])]
