@@ -179,7 +179,6 @@ def run_steps(name: str):
         lambda *_: tf.data.Dataset.from_tensors((images, labels)).repeat(),
         plan,
         dist,
-        "fp32",
     )
     compat.set_precision_policy("fp32")
     mapping = arch.get(name).reference_names()

@@ -69,11 +69,9 @@ def test_weight_decay_is_half_the_sum_of_squares_of_every_variable_or_the_kernel
 
 
 def _graph(config, dataset_fn, precision=None):
-    plan = clock.plan(config, train_images=10 * config.input.batch_size)
+    plan = clock.plan(config, 10 * config.input.batch_size, precision=precision or "fp32")
     try:
-        return train_graph.build(
-            config, dataset_fn, plan, distribute.single_device(), precision or "fp32"
-        )
+        return train_graph.build(config, dataset_fn, plan, distribute.single_device())
     finally:
         compat.set_precision_policy("fp32")
 

@@ -57,7 +57,7 @@ def _train_steps(config, steps: int, scale: float = 1.0, save_to: str | None = N
     try:
         plan = clock.plan(config, train_images=100 * BATCH)  # 100 steps per epoch
         dist = distribute.single_device()
-        tg = train_graph.build(config, dataset_fn, plan, dist, config.network.precision)
+        tg = train_graph.build(config, dataset_fn, plan, dist)
     finally:
         compat.set_precision_policy("fp32")
     names = [w.op.name for w in tg.model.trainable_weights]

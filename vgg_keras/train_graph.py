@@ -91,11 +91,12 @@ class _StepBuilder:
     skipped: tf.Variable
     next_batch: Callable
     learning_rate: Callable  # learning_rate(step tensor) -> the schedule at that step
+    micro_batches: int  # the plan's: --accumulation_steps
 
     def forward_backward(self, images, labels, measure_grad_norm):
         """On one replica: [loss, total_loss, gradient norm, top-1] and the gradients of its
         share of the batch, accumulated over --accumulation_steps micro-batches of it."""
-        k, d = self.config.optimizer.accumulation_steps, self.dist
+        k, d = self.micro_batches, self.dist
         # Dropout's masks derive from (seed, step, replica, micro-batch), the step read here,
         # inside the loop's body too: a resumed run draws those of an uninterrupted one.
         local = tf.distribute.get_replica_context().replica_id_in_sync_group % d.local_replicas
@@ -209,14 +210,14 @@ def build(
     dataset_fn,
     plan: Plan,
     dist: distribute.Distribution,
-    precision: str,
 ) -> TrainGraph:
-    """Build the training graph; ``dataset_fn(num_workers, worker_index)`` returns this worker's
-    tf.data.Dataset of per-replica batches; ``precision`` is the run's resolved precision."""
+    """Build the training graph of ``plan`` (its batch layout, its resolved precision);
+    ``dataset_fn(num_workers, worker_index)`` returns this worker's tf.data.Dataset of
+    per-replica batches."""
     graph = tf.Graph()
     with graph.as_default(), dist.scope():
         v1.set_random_seed(config.loop.seed)
-        with compat.precision_policy(precision):
+        with compat.precision_policy(plan.precision):
             model = model_lib.build(config.network, training=True, seed=config.loop.seed)
         global_step = v1.train.get_or_create_global_step()
         skipped = v1.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
@@ -233,8 +234,9 @@ def build(
         # --precision itself: on Ascend the graph stays float32 while the device mixes.
         optimizer = dist.wrap_optimizer(momentum, config.network.precision)
         one_step = _StepBuilder(
-            config, dist, model, optimizer, global_step, skipped, next_batch, learning_rate
-        )
+            config, dist, model, optimizer, global_step, skipped, next_batch, learning_rate,
+            plan.micro_batches,
+        )  # fmt: skip
         # The single step is built first so that the optimizer's slot variables are created
         # outside the while loop; the loop body then reuses them.
         measure_grad_norm = v1.placeholder_with_default(False, [], "measure_grad_norm")

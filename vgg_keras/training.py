@@ -48,7 +48,7 @@ def train(config: Config) -> int:
             rundir.write_config(config.loop.log_dir, config.flat(), start.record)
         start_step = rundir.checkpoint_step(resume_from) if resume_from else 0
         dataset_fn = _dataset_fn(config, plan, split, start.stream_step, dist)
-        built = train_graph.build(config, dataset_fn, plan, dist, plan.precision)
+        built = train_graph.build(config, dataset_fn, plan, dist)
         evaluator = None
         if plan.every["evaluate"]:
             evaluator = stack.enter_context(
