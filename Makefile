@@ -61,9 +61,9 @@ endif
 # ImageNet-style folders into TF-slim TFRecord shards.
 data: $(STAMP)
 ifeq ($(SRC),)
-	$(PY) -m vgg_keras.data.demo $(or $(DATA),$(DEMO))
+	$(PY) -m vgg_keras.tools.demo $(or $(DATA),$(DEMO))
 else
-	$(PY) -m vgg_keras.data.convert $(SRC) $(or $(DATA),data/imagenet) $(ARGS)
+	$(PY) -m vgg_keras.tools.convert $(SRC) $(or $(DATA),data/imagenet) $(ARGS)
 endif
 
 # `make train` trains the demo network; `make train DATA=/path` the full VGG16 recipe.

@@ -22,8 +22,8 @@ import time
 
 from bench import common
 from vgg_keras.config import PRESETS
-from vgg_keras.data import demo
 from vgg_keras.plateau import MARGIN
+from vgg_keras.tools import demo
 
 NAME = "demo_robustness"
 ACCURACY = 0.97

@@ -23,7 +23,7 @@ import numpy as np
 from bench import common
 from vgg_keras.api import build_vgg
 from vgg_keras.compat import tf
-from vgg_keras.data import demo
+from vgg_keras.tools import demo
 
 NAME = "memory"
 MB = 1_000_000  # decimal, as the issue writes 553 MB

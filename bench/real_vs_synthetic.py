@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from bench import common
-from vgg_keras.data import demo
+from vgg_keras.tools import demo
 
 NAME = "real_vs_synthetic"
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from bench import common
-from vgg_keras.data import demo
+from vgg_keras.tools import demo
 
 NAME = "time_to_accuracy"
 ACCURACY = 0.97

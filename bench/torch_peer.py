@@ -35,7 +35,8 @@ import numpy as np
 
 from bench import common, train_compute
 from vgg_keras.compat import tf
-from vgg_keras.data import demo, pipeline, schema
+from vgg_keras.data import pipeline, schema
+from vgg_keras.tools import demo
 
 NAME = "torch_peer"
 PEER = common.REPO / "bench" / "torch_demo.py"

@@ -21,7 +21,8 @@ import pytest
 
 from vgg_keras import compat
 from vgg_keras.compat import tf
-from vgg_keras.data import demo, info, schema, shards
+from vgg_keras.data import info, schema, shards
+from vgg_keras.tools import demo
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (xmin, ymin, xmax, ymax) fractions, as schema.to_example; a string: Python 3.7 has no tuple[...]

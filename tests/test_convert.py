@@ -24,8 +24,9 @@ from PIL import Image
 
 from vgg_keras import config
 from vgg_keras.compat import tf
-from vgg_keras.data import convert, info, pipeline, preprocess, schema
+from vgg_keras.data import info, pipeline, preprocess, schema
 from vgg_keras.errors import UsageError, run_cli
+from vgg_keras.tools import convert
 
 SYNSETS = ["n01440764", "n01443537", "n01484850"]  # deliberately listed sorted
 TEXTS = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus"}
@@ -408,7 +409,7 @@ def test_an_interrupted_overwrite_is_unfinished_until_the_same_command_finishes_
 ):
     """--overwrite, stopped after its first shard: readers refuse the folder in one line (it is
     no dataset, neither the old nor the new); the same command again keeps that shard."""
-    from vgg_keras.data import diagnose
+    from vgg_keras.tools import diagnose
 
     out = tmp_path / "out"
     shutil.copytree(converted[0], out)

@@ -11,8 +11,9 @@ from sklearn.datasets import load_digits
 
 from vgg_keras import clock
 from vgg_keras.compat import tf
-from vgg_keras.data import demo, info, pipeline
+from vgg_keras.data import info, pipeline
 from vgg_keras.errors import run_cli
+from vgg_keras.tools import demo
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),

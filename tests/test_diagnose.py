@@ -20,8 +20,9 @@ import pytest
 
 from vgg_keras import compat, config
 from vgg_keras.compat import tf
-from vgg_keras.data import diagnose, info, pipeline, schema
+from vgg_keras.data import info, pipeline, schema
 from vgg_keras.errors import run_cli
+from vgg_keras.tools import diagnose
 
 NUM = 12  # records and classes
 SIZE = 32

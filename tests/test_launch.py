@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from conftest import demo_config
 
-from vgg_keras import compat, evaluation, launch, rundir
+from vgg_keras import compat, evaluation, rundir
 from vgg_keras.data import pipeline
 from vgg_keras.reporting import read_metrics
+from vgg_keras.tools import launch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = [sys.executable, "-m", "vgg_keras.launch"]

@@ -274,7 +274,7 @@ def test_a_shard_of_another_size_is_refused_at_the_start(tmp_path, shard_writer)
 def test_a_shard_holding_another_count_stops_both_pipelines(tmp_path, shard_writer, listed):
     """A shard holding more or fewer records than listed: both pipelines stop as they read it,
     and diagnose.explain names it in one line."""
-    from vgg_keras.data import diagnose
+    from vgg_keras.tools import diagnose
 
     directory = _write(tmp_path, shard_writer, 6, 2)
     split = _split(directory, "train")

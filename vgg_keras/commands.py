@@ -42,12 +42,12 @@ def evaluate(options: cli.EvalOptions, settings: dict) -> list[dict]:
 
 def ensure_demo_data(data_dir: str | None) -> None:
     """Build the embedded demo dataset on first use of its folder."""
-    from vgg_keras.data import demo
+    from vgg_keras.tools import demo
 
     if data_dir == config_lib.DEMO_DATA_DIR and not demo.built_info(data_dir):
         # In a child process: TensorFlow's runtime here must stay unconfigured until the
         # distribution strategy has laid out the devices.
-        subprocess.run([sys.executable, "-m", "vgg_keras.data.demo", data_dir], check=True)
+        subprocess.run([sys.executable, "-m", "vgg_keras.tools.demo", data_dir], check=True)
 
 
 def train_config(args: cli.TrainArgs, source: str = "") -> config_lib.Config:

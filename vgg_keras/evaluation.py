@@ -28,9 +28,10 @@ from vgg_keras import config as config_lib
 from vgg_keras import model as model_lib
 from vgg_keras.compat import tf
 from vgg_keras.config import Config
-from vgg_keras.data import diagnose, pipeline
+from vgg_keras.data import pipeline
 from vgg_keras.errors import EXIT_FAILED, EXIT_NONFINITE, UsageError, on_interrupt, reason
 from vgg_keras.reporting import Reporter
+from vgg_keras.tools import diagnose
 
 WATCH_POLL_SECONDS = 1.0
 

@@ -130,7 +130,7 @@ def _encoded(path: str) -> bytes:
     """The file's bytes as the serving graph's JPEG decoder reads them: a JPEG as it is, any
     other format TensorFlow decodes (PNG, BMP, GIF, CMYK JPEG) re-encoded to an RGB JPEG, as
     the converter does for training data."""
-    from vgg_keras.data import convert
+    from vgg_keras.tools import convert
 
     try:
         return convert.encode_image(_read(path))[0]

@@ -20,13 +20,14 @@ import numpy as np
 from vgg_keras import checkpoints, clock, compat, distribute, evaluation, rundir, train_graph
 from vgg_keras.compat import tf
 from vgg_keras.config import Config
-from vgg_keras.data import diagnose, pipeline
+from vgg_keras.data import pipeline
 from vgg_keras.errors import EXIT_NONFINITE, RunError, UsageError, reason
 from vgg_keras.plateau import ChancePlateau
 from vgg_keras.reporting import Reporter, read_metrics
 from vgg_keras.schedules import unreached
 from vgg_keras.signals import StopSignals, exit_code
 from vgg_keras.throughput import Throughput
+from vgg_keras.tools import diagnose
 from vgg_keras.train_graph import StepOutputs, TrainGraph
 
 
@@ -451,7 +452,7 @@ def _count_bad_records(config: Config, split, reporter) -> int | None:
     """--skip_corrupt: the training split's unusable records (read once, at the start)."""
     if not config.input.skip_corrupt or split is None:
         return None
-    from vgg_keras.data import diagnose
+    from vgg_keras.tools import diagnose
 
     count = diagnose.count_bad_records(
         list(split.files),

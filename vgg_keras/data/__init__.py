@@ -1,1 +1,1 @@
-"""TFRecord schema, preprocessing, input pipelines, the converter and the demo dataset."""
+"""The Example schema, dataset_info.json, shard writing, TFDS sources, preprocessing, pipelines."""

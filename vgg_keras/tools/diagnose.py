@@ -36,7 +36,8 @@ try:
     from vgg_keras.compat import tf
     from vgg_keras.data import info, schema
 except KeyboardInterrupt:  # Ctrl-C while the command loads TensorFlow (seconds): no traceback
-    if __name__ != "__main__":
+    run = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", __name__)
+    if run not in ("__main__", "vgg_keras.tools.diagnose", "vgg_keras.data.diagnose"):
         raise
     print("interrupted", file=sys.stderr)
     sys.exit(EXIT_SIGINT)
