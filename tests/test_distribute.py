@@ -20,6 +20,7 @@ from vgg_keras.compat import tf, v1
 from vgg_keras.data import pipeline
 from vgg_keras.errors import UsageError
 from vgg_keras.reporting import read_metrics
+from vgg_keras.tools import discovery
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO_WORKERS = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
@@ -260,39 +261,39 @@ def _step(tasks: int, nodes: str, per_node: str, rank: int, **more) -> dict:
 @pytest.mark.skipif(not compat.MULTI_WORKER, reason=NEEDS_TF2)
 def test_a_step_on_two_nodes_is_a_two_worker_cluster_with_ports_from_the_job_id(slurm):
     slurm(**_step(2, "gpu[07-08]", "1(x2)", 1, LOCALID="0", SLURMD_NODENAME="gpu08"))
-    tf_config, source = distribute._cluster_config()
-    port = distribute.SLURM_JOB_PORTS + 4242
+    tf_config, source = discovery.read_cluster()
+    port = discovery.SLURM_JOB_PORTS + 4242
     assert tf_config == {
         "cluster": {"worker": [f"gpu07:{port}", f"gpu08:{port}"]},
         "task": {"type": "worker", "index": 1},
     }
-    assert source == distribute.SLURM_SOURCE
+    assert source == discovery.SLURM_SOURCE
     assert distribute.resolve_kind(_config(), tf_config["cluster"]) == "multi_worker"
 
 
 @pytest.mark.skipif(not compat.MULTI_WORKER, reason=NEEDS_TF2)
 def test_two_tasks_on_one_node_get_consecutive_ports_from_the_reserved_range(slurm):
     slurm(**_step(2, "localhost", "2", 1, LOCALID="1", STEP_RESV_PORTS="12000-12001"))
-    tf_config, _ = distribute._cluster_config()
+    tf_config, _ = discovery.read_cluster()
     assert tf_config["cluster"] == {"worker": ["localhost:12000", "localhost:12001"]}
     assert tf_config["task"] == {"type": "worker", "index": 1}
 
 
 def test_one_task_or_no_srun_step_is_not_a_cluster(slurm):
     slurm(**_step(1, "gpu07", "1", 0))
-    assert distribute._cluster_config()[0] is None
+    assert discovery.read_cluster()[0] is None
     assert distribute.resolve_kind(_config()) == "none"
     # A batch script running python itself: the job has 2 tasks, but no srun step started it.
     slurm(NTASKS="2", PROCID="0", NODELIST="gpu[07-08]", TASKS_PER_NODE="1(x2)")
     os.environ.pop("SLURM_STEP_NUM_TASKS")
-    assert distribute._cluster_config()[0] is None
+    assert discovery.read_cluster()[0] is None
 
 
 def test_tf_config_wins_over_slurm(slurm, monkeypatch):
     slurm(**_step(2, "gpu[07-08]", "1(x2)", 1))
     tf_config = {"cluster": TWO_WORKERS, "task": {"type": "worker", "index": 0}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-    assert distribute._cluster_config() == (tf_config, "TF_CONFIG")
+    assert discovery.read_cluster() == (tf_config, "TF_CONFIG")
 
 
 @pytest.mark.skipif(compat.MULTI_WORKER, reason="TF 1.15 only: there it is refused")
@@ -339,7 +340,7 @@ def test_slurm_variables_that_make_no_cluster_are_one_line_naming_the_variable(
 def test_two_tasks_on_one_node_need_two_reserved_ports(slurm):
     slurm(**_step(2, "localhost", "2", 1, LOCALID="1", STEP_RESV_PORTS="12000"))
     with pytest.raises(UsageError, match="SLURM_STEP_RESV_PORTS ends at 12000, but local task 1"):
-        distribute._cluster_config()
+        discovery.read_cluster()
 
 
 @pytest.mark.skipif(not compat.MULTI_WORKER, reason=NEEDS_TF2)
