@@ -156,7 +156,8 @@ def test_a_bad_url_or_an_unreachable_store_is_one_line_naming_it(
 def test_the_converter_writes_the_same_dataset_into_a_store(tmp_path, store):
     from conftest import write_photo_folder
 
-    from vgg_keras.data import convert, info
+    from vgg_keras.data import info
+    from vgg_keras.tools import convert
 
     src = write_photo_folder(str(tmp_path / "photos"), per_class=4)
     outputs = {"disk": str(tmp_path / "dataset"), "store": f"{store}/dataset"}
