@@ -2,8 +2,8 @@
 
 A rename is atomic on POSIX within one folder, so a reader (a watching evaluator, a resumed
 run, a second converter) finds either the old file or the whole new one.  On an object store
-(``gs://``, ``s3://``) the rename is a copy: a file still appears whole (an object is written
-whole), a folder's files one by one (storage.py).
+(``gs://``, ``s3://``) the rename is a copy, and an object appears only once it is whole, so a
+file is still never seen half-written; a folder is written in place there (``replacing``).
 
 The temporary name lies in a staging folder made for this one write (beside the target,
 ``.<name>.<uuid4>.tmp``: 122 random bits), and only that folder is removed afterwards: a file or folder of the user's that happens to be called ``<name>.tmp`` is

@@ -11,11 +11,12 @@
     eval_results[.<tag>].json/.csv, eval_curve[.<tag>].png, eval.log, eval/  what run_eval.py
                            writes; the tag names evaluation settings other than the run's own
 
-No TensorFlow here: the settings (config.py) validate a log file name against these names, and
-listing checkpoints is a matter of file names.  (Checked on TF 2.21: ``SaveV2`` writes
-``<prefix>.data-00000-of-00001.tempstate<random>``, renames it, then writes the index under a
-temporary name and renames that; a sharded save works in ``<prefix>_temp/`` first.  A killed
-save therefore leaves only temporary names, which ``remove_partial`` deletes.)
+No TensorFlow here (but through storage.py for a URL): the settings (config.py) validate a log
+file name against these names, and listing checkpoints is a matter of file names.  (Checked on
+TF 2.21: ``SaveV2`` writes ``<prefix>.data-00000-of-00001.tempstate<random>``, renames it, then
+writes the index under a temporary name and renames that; a sharded save works in
+``<prefix>_temp/`` first.  A killed save therefore leaves only temporary names, which
+``remove_partial`` deletes.)
 """
 
 from __future__ import annotations

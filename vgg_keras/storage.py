@@ -101,8 +101,7 @@ def _listed(path: str) -> bool:
 def isfile(path: str) -> bool:
     if not is_url(path):
         return os.path.isfile(path)
-    gfile = _gfile(path)
-    return gfile.exists(path) and not gfile.isdir(path)
+    return exists(path) and not _gfile(path).isdir(path)
 
 
 def listdir(path: str) -> list[str]:
