@@ -47,7 +47,12 @@ def ensure_demo_data(data_dir: str | None) -> None:
     if data_dir == config_lib.DEMO_DATA_DIR and not demo.built_info(data_dir):
         # In a child process: TensorFlow's runtime here must stay unconfigured until the
         # distribution strategy has laid out the devices.
-        subprocess.run([sys.executable, "-m", "vgg_keras.tools.demo", data_dir], check=True)
+        build = [sys.executable, "-m", "vgg_keras.tools.demo", data_dir]
+        done = subprocess.run(build, stderr=subprocess.PIPE, text=True)
+        lines = done.stderr.strip().splitlines()
+        if done.returncode != 0:  # its one line, as this program's own (not a traceback here)
+            raise UsageError(lines[-1].replace("error: ", "", 1) if lines else "demo data failed")
+        print(done.stderr, end="", file=sys.stderr)
 
 
 def train_config(args: cli.TrainArgs, source: str = "") -> config_lib.Config:
