@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from vgg_keras import cli
 from vgg_keras import config as config_lib
-from vgg_keras.errors import UsageError, run_cli
+from vgg_keras.errors import EXIT_SIGINT, Interrupted, UsageError, run_cli
 
 
 def train(config: config_lib.Config) -> int:
@@ -50,8 +50,11 @@ def ensure_demo_data(data_dir: str | None) -> None:
         build = [sys.executable, "-m", "vgg_keras.tools.demo", data_dir]
         done = subprocess.run(build, stderr=subprocess.PIPE, text=True)
         lines = done.stderr.strip().splitlines()
+        last = lines[-1] if lines else "the demo data was not built"
+        if done.returncode == EXIT_SIGINT:  # Ctrl-C reaches the whole process group
+            raise Interrupted(last)
         if done.returncode != 0:  # its one line, as this program's own (not a traceback here)
-            raise UsageError(lines[-1].replace("error: ", "", 1) if lines else "demo data failed")
+            raise UsageError(last.replace("error: ", "", 1))
         print(done.stderr, end="", file=sys.stderr)
 
 
