@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_unwritable, make_writable, run_script
+from conftest import make_unwritable, make_writable, run_script, stack_neutral
 
 from vgg_keras import rundir
 from vgg_keras.compat import tf
@@ -270,6 +270,7 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path)
     assert read_checkpoint(log_dir / f"model.ckpt-{k}")["global_step"] == k
 
 
+@stack_neutral  # the signal table is Python; TF 1.15's loop answers SIGINT and SIGTERM here
 def test_sighup_saves_releases_the_lock_and_exits_129(demo_dir, tmp_path):
     """A closed terminal or a dropped ssh connection stops the trainer as SIGTERM does."""
     _stopped_by(signal.SIGHUP, tmp_path / "run", demo_dir)
@@ -831,6 +832,7 @@ def test_bad_checkpoints_are_refused_with_a_message_never_a_fresh_start(
     assert f"resumed from {earlier} at step {BASE_STEPS - 20}" in stale.stdout
 
 
+@stack_neutral  # the run folder's check, no TensorFlow
 def test_fresh_start_over_another_configuration_needs_overwrite(base_run, demo_dir, tmp_path):
     log_dir = copy_run(base_run, tmp_path / "run")
     before = snapshot(log_dir)
@@ -856,6 +858,7 @@ def test_fresh_start_over_another_configuration_needs_overwrite(base_run, demo_d
 # Two trainers, evaluation during rotation
 
 
+@stack_neutral  # runlock.py: a file lock, no TensorFlow
 def test_a_second_trainer_on_the_same_log_dir_is_refused(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     args = train(log_dir, demo_dir, "--max_train_steps", "100000", "--save_checkpoints_steps", "5")
