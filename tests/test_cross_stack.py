@@ -1,5 +1,6 @@
-"""Checkpoints cross between the two stacks: trained on one (this test's interpreter), evaluated
-and resumed on the other (Python 3.7 + TF 1.15, or Python >= 3.10 + TF 2), and back again.
+"""Checkpoints cross between the two stacks: trained on one (this test's interpreter, in this
+process), evaluated and resumed on the other (Python 3.7 + TF 1.15, or Python >= 3.10 + TF 2),
+and back again.
 
 The other stack's interpreter is ``$VGG_OTHER_PYTHON`` or the venv ``make install`` builds for
 it (``.venv-tf115`` from a TF 2 run, ``.venv`` from a TF 1.15 run).  CI installs both.
@@ -14,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_script
 from test_training import final_variables
 
 from vgg_keras import compat
@@ -29,6 +30,14 @@ def _other_python() -> str | None:
 
 
 def _run(python: str, script: str, *args) -> subprocess.CompletedProcess:
+    """``script`` on this stack (``python`` is this interpreter: in this process, as
+    conftest.run_script) or on the other one (a subprocess of its interpreter)."""
+    if python == sys.executable:
+        proc = run_script(script, *args)
+        assert proc.returncode == 0, (
+            f"{script} {args}\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}"
+        )
+        return proc
     command = [python, os.path.join(REPO_ROOT, script), *map(str, args)]
     env = {**os.environ, "PYTHONPATH": REPO_ROOT}  # this checkout, whichever venv runs it
     proc = subprocess.run(

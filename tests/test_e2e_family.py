@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import stack_neutral
 
 from vgg_keras import commands, compat, rundir
 from vgg_keras.compat import keras, tf
@@ -27,7 +28,12 @@ def _run(program: str, *argv) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch_name", ["vgg11", "vgg13", "vgg16_bn", "vgg19_bn"])
+@pytest.mark.parametrize(
+    "arch_name",
+    # TF 1.15 runs one plain and one batch-normalised row: the rest differ in the table only.
+    ["vgg11", pytest.param("vgg13", marks=stack_neutral)]
+    + [pytest.param("vgg16_bn", marks=stack_neutral), "vgg19_bn"],
+)
 def test_trains_resumes_evaluates_and_exports(arch_name, demo_dir, tmp_path):
     run = tmp_path / "run"
     flags = [*TINY, "--arch", arch_name, "--data_dir", demo_dir, "--log_dir", run]

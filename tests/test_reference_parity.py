@@ -160,7 +160,12 @@ def rule_weights(model) -> list[np.ndarray]:
     return values
 
 
-@pytest.fixture(scope="module", params=["vgg16", "vgg19"])
+# VGG19 on TF 1.15, the reference's stack: the same code as VGG16 with another row of the
+# table, which that stack's run checks; on TF 2 the VGG16 run checks that stack's kernels.
+VGG19_ON_TF1 = pytest.mark.skipif(not compat.TF1, reason="VGG19's parity: the TF 1.15 suite's")
+
+
+@pytest.fixture(scope="module", params=["vgg16", pytest.param("vgg19", marks=VGG19_ON_TF1)])
 def our_steps(request):
     return run_steps(request.param)
 

@@ -1,10 +1,11 @@
 """Reliability through the real command line: signals, kill -9, exact resume, NaN, disk full,
 bad data, bad checkpoints, two trainers, evaluation racing checkpoint rotation.
 
-Every test runs ``run_train.py`` / ``run_eval.py`` in subprocesses on real files and, where it
-matters, sends real signals with ``os.kill``.  The network is VGG16 at 1/16 width on 32 px
-images (a ~1 MB checkpoint), so a run costs about its interpreter's start-up time.  Runs that
-are independent of each other start together (``run_all``) to use both cores.
+Every test runs ``run_train.py`` / ``run_eval.py`` on real files: in subprocesses where the
+process matters (real signals with ``os.kill``, kill -9, a second trainer, bit-identical
+resumes), and in this process (``Ran``, conftest.run_script: the same ``commands.main``) where
+a run only has to refuse, stop or be counted, so it costs no interpreter start-up.  The network
+is VGG16 at 1/16 width on 32 px images (a ~1 MB checkpoint).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_unwritable, make_writable
+from conftest import make_unwritable, make_writable, run_script, stack_neutral
 
 from vgg_keras import rundir
 from vgg_keras.compat import tf
@@ -120,6 +121,19 @@ class Run:
         return lines[-1].strip() if lines else ""
 
 
+class Ran:
+    """A ``run_train.py`` / ``run_eval.py`` run in this process (conftest.run_script), finished
+    when made; read as a finished ``Run``."""
+
+    def __init__(self, args: list[str], script: str = "run_train.py"):
+        self.proc = run_script(script, *args)  # .returncode, as a Popen's
+        self.stdout, self.stderr = self.proc.stdout, self.proc.stderr
+
+    def error_line(self) -> str:
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return lines[-1].strip() if lines else ""
+
+
 @pytest.fixture(autouse=True)
 def _no_run_outlives_its_test():
     yield
@@ -130,12 +144,9 @@ def _no_run_outlives_its_test():
             run.finish()
 
 
-def run_all(*arg_lists: list[str]) -> list[Run]:
-    """Start the runs together, wait for all of them."""
-    runs = [Run(args) for args in arg_lists]
-    for run in runs:
-        run.finish()
-    return runs
+def ran_all(*arg_lists: list[str]) -> list[Ran]:
+    """The runs one after the other in this process."""
+    return [Ran(args) for args in arg_lists]
 
 
 def train(log_dir, data_dir, *extra: str) -> list[str]:
@@ -259,6 +270,7 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path)
     assert read_checkpoint(log_dir / f"model.ckpt-{k}")["global_step"] == k
 
 
+@stack_neutral  # the signal table is Python; TF 1.15's loop answers SIGINT and SIGTERM here
 def test_sighup_saves_releases_the_lock_and_exits_129(demo_dir, tmp_path):
     """A closed terminal or a dropped ssh connection stops the trainer as SIGTERM does."""
     _stopped_by(signal.SIGHUP, tmp_path / "run", demo_dir)
@@ -525,8 +537,7 @@ def _lr_jump(lr: str) -> list[str]:
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     args = train(log_dir, demo_dir, "--max_train_steps", "40", "--save_checkpoints_steps", "5")
-    run = Run([*args, "--warmup_epochs", "0", *_lr_jump("1e6")])
-    run.finish()
+    run = Ran([*args, "--warmup_epochs", "0", *_lr_jump("1e6")])
     assert_clean_exit(run, 3)
     message = re.search(
         r"^error: loss is (nan|inf) at step (\d+) \(lr 1e\+06\); stopped without saving, "
@@ -552,8 +563,7 @@ def test_weights_that_overflow_while_the_loss_is_finite_are_never_saved(demo_dir
     args = train(log_dir, demo_dir, "--max_train_steps", "40", "--save_checkpoints_steps", "1")
     args += ["--iterations_per_loop", "1", "--display_every", "1", "--preprocess", "caffe"]
     args += ["--clip_grad_norm", "0"]
-    run = Run([*args, "--warmup_epochs", "0", "--nan_policy", policy, *_lr_jump("3e38")])
-    run.finish()
+    run = Ran([*args, "--warmup_epochs", "0", "--nan_policy", policy, *_lr_jump("3e38")])
     assert_clean_exit(run, 3)
     lines = run.stdout.splitlines()
     assert lines[-1] == (
@@ -578,8 +588,7 @@ def test_nan_policy_skip_step_discards_the_updates_and_counts_them_across_a_resu
     # loss are inf on every later step whatever the activations do, and every one is skipped.
     # (A jump to 1e5 or 2e4 skipped irregularly: dead ReLUs let some losses be finite.)
     args += ["--warmup_epochs", "0", *_lr_jump("1e30")]
-    run = Run([*args, "--max_train_steps", "20"])
-    run.finish()
+    run = Ran([*args, "--max_train_steps", "20"])
     assert_clean_exit(run, 0)
     assert re.search(
         r"^skipped 3 step\(s\) with a non-finite loss up to step 15 \(lr 1e\+30\); 3 in this "
@@ -592,8 +601,7 @@ def test_nan_policy_skip_step_discards_the_updates_and_counts_them_across_a_resu
     assert max(np.abs(v).max() for v in at_20.values() if v.dtype.kind == "f") > 1e19
 
     # The count is restored with the weights: the resumed run goes on from it.
-    resumed = Run([*args, "--max_train_steps", "30"])
-    resumed.finish()
+    resumed = Ran([*args, "--max_train_steps", "30"])
     assert_clean_exit(resumed, 0)
     assert f"resumed from {log_dir}/model.ckpt-20 at step 20" in resumed.stdout
     assert re.search(
@@ -714,7 +722,7 @@ def test_bad_data_names_file_and_record_or_is_skipped_and_counted(shard_writer, 
     empty = tmp_path / "empty"
     shard_writer(str(empty), [], [], num_classes=CLASSES)
 
-    runs = run_all(
+    runs = ran_all(
         _bad_data_args(garbage, tmp_path / "log_garbage"),
         _bad_data_args(label, tmp_path / "log_label"),
         _bad_data_args(truncated, tmp_path / "log_truncated"),
@@ -733,7 +741,7 @@ def test_bad_data_names_file_and_record_or_is_skipped_and_counted(shard_writer, 
             run.error_line(),
         ), run.stderr
 
-    skip, missing, nothing = run_all(
+    skip, missing, nothing = ran_all(
         _bad_data_args(everything, tmp_path / "log_skip", "--skip_corrupt"),
         _bad_data_args(no_train, tmp_path / "log_missing"),
         _bad_data_args(empty, tmp_path / "log_empty"),
@@ -785,7 +793,7 @@ def test_bad_checkpoints_are_refused_with_a_message_never_a_fresh_start(
     runs = dict(
         zip(
             cases,
-            run_all(
+            ran_all(
                 *(
                     train(folder, demo_dir, *steps_flag)
                     + {"arch": ["--arch", "vgg19"], "classes": ["--class_num", "12"]}.get(name, [])
@@ -824,12 +832,12 @@ def test_bad_checkpoints_are_refused_with_a_message_never_a_fresh_start(
     assert f"resumed from {earlier} at step {BASE_STEPS - 20}" in stale.stdout
 
 
+@stack_neutral  # the run folder's check, no TensorFlow
 def test_fresh_start_over_another_configuration_needs_overwrite(base_run, demo_dir, tmp_path):
     log_dir = copy_run(base_run, tmp_path / "run")
     before = snapshot(log_dir)
     args = train(log_dir, demo_dir, "--max_train_steps", "10", "--arch", "vgg19")
-    refused = Run(args)
-    refused.finish()
+    refused = Ran(args)
     assert_clean_exit(refused, 2)
     assert refused.error_line() == (
         f"error: --log_dir {log_dir} holds a run with arch=vgg16, this run has arch=vgg19 "
@@ -837,8 +845,7 @@ def test_fresh_start_over_another_configuration_needs_overwrite(base_run, demo_d
     )
     assert snapshot(log_dir) == before
 
-    forced = Run([*args, "--overwrite"])
-    forced.finish()
+    forced = Ran([*args, "--overwrite"])
     assert_clean_exit(forced, 0)
     assert f"--overwrite: deleted the previous run in {log_dir}" in forced.stdout
     assert "resumed" not in forced.stdout
@@ -851,6 +858,7 @@ def test_fresh_start_over_another_configuration_needs_overwrite(base_run, demo_d
 # Two trainers, evaluation during rotation
 
 
+@stack_neutral  # runlock.py: a file lock, no TensorFlow
 def test_a_second_trainer_on_the_same_log_dir_is_refused(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     args = train(log_dir, demo_dir, "--max_train_steps", "100000", "--save_checkpoints_steps", "5")
