@@ -77,9 +77,8 @@ def pytest_collection_modifyitems(config, items) -> None:
 def pytest_terminal_summary(terminalreporter) -> None:
     if collect_ignore:
         terminalreporter.write_line(
-            f"TF 1.15: {len(collect_ignore)} stack-neutral test files and "
-            f"{len(_left_to_tf2)} tests marked stack_neutral are the TF 2 suite's "
-            f"(tests/conftest.py STACK_NEUTRAL)"
+            f"TF 1.15: {len(collect_ignore)} stack-neutral test files, and the tests marked "
+            "stack_neutral, are the TF 2 suite's (tests/conftest.py STACK_NEUTRAL)"
         )
 
 

@@ -134,8 +134,15 @@ def test_the_loop_in_a_store_gives_the_numbers_of_the_local_disk(
 
 
 # A scheme no filesystem serves; a bucket this machine cannot reach (no network here: the name
-# does not resolve; with one, the bucket does not exist) or may not read.
-BAD_URLS = ["nosuchfs://bucket/x", "gs://vgg-keras-no-such-bucket/x"]
+# does not resolve; with one, the bucket does not exist) or may not read.  TF 1.15's GCS client
+# retries for minutes before it gives up (docs/storage.md): the TF 2 suite's case.
+BAD_URLS = [
+    "nosuchfs://bucket/x",
+    pytest.param(
+        "gs://vgg-keras-no-such-bucket/x",
+        marks=pytest.mark.skipif(compat.TF1, reason="TF 1.15's GCS client retries for minutes"),
+    ),
+]
 
 
 @pytest.mark.parametrize("flag", ["--data_dir", "--log_dir"])
