@@ -224,7 +224,7 @@ def pad_batches(dataset: tf.data.Dataset, batch_size: int, batches: int) -> tf.d
     """
     images, labels = dataset.element_spec
     filler = (tf.zeros(images.shape[1:], images.dtype), tf.zeros([], labels.dtype), False)
-    real = dataset.unbatch().map(lambda image, label: (image, label, True))
+    real = dataset.unbatch().map(pipeline.as_written(lambda image, label: (image, label, True)))
     padding = tf.data.Dataset.from_tensors(filler).repeat()
     padded = real.concatenate(padding).take(batches * batch_size)
     batched = padded.batch(batch_size, drop_remainder=True).prefetch(pipeline.AUTOTUNE)

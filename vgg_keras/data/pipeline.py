@@ -22,6 +22,9 @@ from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
+# tf.data's functions are traced as written: their control flow is TensorFlow's already, and
+# AutoGraph's rewriting of their source would cost seconds of every start.
+as_written = tf.autograph.experimental.do_not_convert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +174,7 @@ def _shard_records(path, count):
     ``count`` (its dataset's), so that a shard that changed since it was listed stops the run
     (diagnose.explain names it).  Each record leaves one element late, after the check of the
     next (or of the file's end): a reader that takes exactly ``count`` records checks too."""
-    records = tf.data.TFRecordDataset(path).map(lambda record: (record, True))
+    records = tf.data.TFRecordDataset(path).map(as_written(lambda record: (record, True)))
     end = tf.data.Dataset.from_tensors((tf.constant(b""), False))
 
     def check(previous, element):
@@ -182,15 +185,19 @@ def _shard_records(path, count):
             return (record, real), tuple(tf.identity(t) for t in previous)
 
     start = (tf.constant(b""), tf.constant(False))
-    checked = records.concatenate(end).enumerate().apply(tf.data.experimental.scan(start, check))
+    scan = tf.data.experimental.scan(start, as_written(check))
+    checked = records.concatenate(end).enumerate().apply(scan)
     # Filtered inside the file's dataset: an interleave of files sees the same records as before.
-    return checked.filter(lambda _, real: real).map(lambda record, _: record)
+    return checked.filter(as_written(lambda _, real: real)).map(
+        as_written(lambda record, _: record)
+    )
 
 
 def _reader(inp: Input) -> Callable:
     """(path, count) -> the shard's records: checked, or as they are with --skip_corrupt (which
     takes what a damaged shard still holds)."""
-    return (lambda path, _: tf.data.TFRecordDataset(path)) if inp.skip_corrupt else _shard_records
+    reader = (lambda path, _: tf.data.TFRecordDataset(path)) if inp.skip_corrupt else _shard_records
+    return as_written(reader)
 
 
 def _files_and_counts(split: Split, files) -> tuple[tf.Tensor, tf.Tensor]:
@@ -258,7 +265,7 @@ def train_dataset(
             records = records.shard(num_workers, worker_index)
         records = records.shuffle(inp.shuffle_buffer, seed=epoch * 7919 + seed + 1)
         return records.enumerate().map(
-            lambda i, r: (r, tf.stack([epoch * 1_000_003 + seed, i])),
+            as_written(lambda i, r: (r, tf.stack([epoch * 1_000_003 + seed, i]))),
             num_parallel_calls=None,
         )
 
@@ -267,8 +274,8 @@ def train_dataset(
         image = preprocess.train_image(jpeg, bboxes, record_seed, network, inp)
         return image, _check_label(label, network.class_num)
 
-    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).skip(offset)
-    ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE)
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(as_written(one_epoch)).skip(offset)
+    ds = ds.map(as_written(preprocess_record), num_parallel_calls=AUTOTUNE)
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     ds = ds.batch(batch_size, drop_remainder=True)
@@ -304,7 +311,7 @@ def eval_dataset(
             image = preprocess.eval_image(jpeg, network, inp)
         return image, _check_label(label, network.class_num)
 
-    ds = ds.map(preprocess_record, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(as_written(preprocess_record), num_parallel_calls=AUTOTUNE)
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)

@@ -169,7 +169,7 @@ def _readable_records(path: str) -> tuple[int | None, str | None]:
 
 @functools.lru_cache(maxsize=None)
 def _counter(ignore_errors: bool):
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
     def count(path):
         ds = tf.data.TFRecordDataset(path)
         if ignore_errors:
@@ -214,7 +214,8 @@ def _checker(parse: Parser):
             tf.TensorSpec([], tf.string),
             tf.TensorSpec([], tf.int32),
             tf.TensorSpec([], tf.int32),
-        ]
+        ],
+        autograph=False,  # traced as written (see pipeline.as_written)
     )
     def scan(path, num_classes, label_offset):
         ds = tf.data.TFRecordDataset(path).enumerate()
