@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import stack_neutral
 
 from vgg_keras import results
 
@@ -176,6 +177,7 @@ def test_display_every_below_the_loop_length_is_warned_once(reference_run):
     assert len(warnings) == 1 and "--iterations_per_loop 4" in warnings[0], proc.stdout
 
 
+@stack_neutral  # config.json read back: Python
 def test_a_run_repeats_from_another_runs_config_json(reference_run):
     folder, _, _ = reference_run
     first = folder / "run" / "config.json"
@@ -303,6 +305,7 @@ print(json.dumps({"run": run, "steps": [r["step"] for r in results], "out": mode
 """
 
 
+@stack_neutral  # the import order of the API: Python
 def test_python_api_without_tensorflow_at_import(demo_dir, tmp_path):
     proc = run("python", "-c", API, demo_dir, tmp_path / "nb")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

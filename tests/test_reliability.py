@@ -245,6 +245,7 @@ def _stopped_by(sig: int, log_dir: Path, demo_dir) -> int:
     return k
 
 
+@stack_neutral  # the signal table is Python; TF 1.15's loop answers a signal in the SIGINT test
 def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     k = _stopped_by(signal.SIGTERM, log_dir, demo_dir)
@@ -270,12 +271,13 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(demo_dir, tmp_path)
     assert read_checkpoint(log_dir / f"model.ckpt-{k}")["global_step"] == k
 
 
-@stack_neutral  # the signal table is Python; TF 1.15's loop answers SIGINT and SIGTERM here
+@stack_neutral  # the signal table is Python; TF 1.15's loop answers a signal in the SIGINT test
 def test_sighup_saves_releases_the_lock_and_exits_129(demo_dir, tmp_path):
     """A closed terminal or a dropped ssh connection stops the trainer as SIGTERM does."""
     _stopped_by(signal.SIGHUP, tmp_path / "run", demo_dir)
 
 
+@stack_neutral  # signals.py's second signal: Python
 def test_a_second_sigint_exits_at_once_and_leaves_the_checkpoints_untouched(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     first = Run(train(log_dir, demo_dir, "--max_train_steps", "5"))
@@ -301,6 +303,7 @@ def test_a_second_sigint_exits_at_once_and_leaves_the_checkpoints_untouched(demo
     assert steps(log_dir) == [5]
 
 
+@stack_neutral  # the same handler as training's; TF 1.15's evaluation stops at a signal below
 def test_run_eval_exits_130_on_sigint(base_run, tmp_path):
     output = tmp_path / "out"
     # --watch: after the newest checkpoint it waits for more; SIGINT there ends it.
@@ -346,6 +349,7 @@ def test_a_signal_during_an_evaluation_inside_training_ends_it_then_stops(demo_d
     assert steps(log_dir) == [evaluated]
 
 
+@stack_neutral  # the run's record of its evaluations: Python
 def test_an_evaluation_a_signal_cut_short_runs_again_when_the_run_resumes(demo_dir, tmp_path):
     """SIGTERM during training's final evaluation, then the same command again: the resumed
     run evaluates that checkpoint before it says done."""
@@ -889,6 +893,7 @@ def test_a_second_trainer_on_the_same_log_dir_is_refused(demo_dir, tmp_path):
     )
 
 
+@stack_neutral  # the listing of a folder's checkpoints: Python
 def test_evaluation_skips_checkpoints_deleted_by_rotation(demo_dir, tmp_path):
     log_dir = tmp_path / "run"
     # A checkpoint every step, two kept: the evaluator cannot keep up with the rotation.

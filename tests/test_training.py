@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import demo_config, write_reference_checkpoint
+from conftest import demo_config, stack_neutral, write_reference_checkpoint
 
 from vgg_keras import arch, rundir, training
 from vgg_keras.compat import tf, v1
@@ -188,7 +188,11 @@ def test_fp16_run_uses_dynamic_loss_scaling_and_stays_finite(train_tiny, tmp_pat
 
 
 @pytest.mark.parametrize(
-    ("first", "then"), [("fp32", "fp16"), ("fp16", "fp32"), ("bf16", "fp16"), ("fp16", "bf16")]
+    ("first", "then"),
+    # TF 1.15 runs a resume into fp16 and one out of it into bf16: the other two cross the same
+    # casts the other way.
+    [("fp32", "fp16"), pytest.param("fp16", "fp32", marks=stack_neutral)]
+    + [pytest.param("bf16", "fp16", marks=stack_neutral), ("fp16", "bf16")],
 )
 def test_a_resume_in_another_precision_goes_on_and_says_so(train_tiny, tmp_path, first, then):
     """A checkpoint without the fp16 loss scale resumes with a fresh one; an fp16 checkpoint's
