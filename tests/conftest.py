@@ -238,14 +238,14 @@ def run_script(
     return run_in_process(script, *args)
 
 
-def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
-    """``script``'s program called in this process (see ``run_script``)."""
+def run_in_process(script: str, *args: str, cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
+    """``script``'s program called in this process, in the folder ``cwd`` (see ``run_script``)."""
     from vgg_keras import commands, compat
 
     out, err = io.StringIO(), io.StringIO()
-    argv0, cwd = sys.argv[0], os.getcwd()
+    argv0, before = sys.argv[0], os.getcwd()
     sys.argv[0] = os.path.join(REPO_ROOT, script)  # argparse's prog: the script's name
-    os.chdir(REPO_ROOT)
+    os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -254,7 +254,7 @@ def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
                 code = done.code or 0
     finally:
         sys.argv[0] = argv0
-        os.chdir(cwd)
+        os.chdir(before)
         compat.set_precision_policy("fp32")  # the Keras dtype policy is global
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import stack_neutral
+from conftest import PROGRAMS, run_in_process, stack_neutral
 
 from vgg_keras import results
 
@@ -23,8 +23,11 @@ TINY += ["--batch_size", "8", "--progress", "false"]
 
 def run(*command: str, cwd=ROOT, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
     """``command`` in ``cwd`` with this interpreter for python and run_*.py, the repository
-    importable."""
+    importable.  A run_*.py without ``env`` is its program's ``main(argv)`` in this process,
+    as conftest's ``run_script``: TensorFlow starts once per file, not once per command."""
     command = [str(c) for c in command]
+    if command[0] in PROGRAMS and env is None:
+        return run_in_process(command[0], *command[1:], cwd=str(cwd))
     if command[0].endswith(".py"):
         command = [sys.executable, os.path.join(ROOT, command[0]), *command[1:]]
     elif command[0] == "python":
