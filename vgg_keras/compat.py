@@ -176,6 +176,22 @@ def loss_scale_optimizer(optimizer):
     return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
 
 
+def seeded_at_run_time(initializer):
+    """``initializer``, a Keras one, with its seed read when the graph runs; the same weights.
+
+    TF 2's Keras draws initial weights with stateless random ops on a constant seed, so
+    Grappler's constant folding computes every kernel at the initialisers' first run only to
+    discard it as too large: 4 s of each start of the fine-tuning network, 6 s of VGG16 at
+    224 px.  A seed behind a PlaceholderWithDefault is not folded.  (TF 1.15's Keras draws with
+    stateful ops, which are never folded.)
+    """
+    generator = getattr(initializer, "_random_generator", None)
+    if getattr(generator, "_rng_type", None) == "stateless":
+        constant = generator.make_seed_for_stateless_op
+        generator.make_seed_for_stateless_op = lambda: v1.placeholder_with_default(constant(), [2])
+    return initializer
+
+
 def threading_options(options):
     """The thread-pool part of a ``tf.data.Options`` (``experimental_threading`` on TF 1.15)."""
     return options.experimental_threading if TF1 else options.threading

@@ -8,7 +8,7 @@ the demo use; 1.0 is the published network.
 
 from __future__ import annotations
 
-from vgg_keras import arch
+from vgg_keras import arch, compat
 from vgg_keras.arch import BLOCK_FILTERS, FC_UNITS
 from vgg_keras.compat import keras, tf
 from vgg_keras.config import Network
@@ -42,10 +42,15 @@ def build(network: Network, training: bool = False, seed: int | None = None) -> 
     def seed_of(i: int) -> int | None:
         return None if seed is None else seed + i
 
+    def he(fan: str, i: int):
+        scaling = keras.initializers.VarianceScaling(2.0, fan, "truncated_normal", seed_of(i))
+        return compat.seeded_at_run_time(scaling)
+
+    def normal(i: int):
+        return compat.seeded_at_run_time(keras.initializers.RandomNormal(0.0, 0.01, seed_of(i)))
+
     def dense_initializer(i: int):
-        if network.dense_init == "he":
-            return keras.initializers.VarianceScaling(2.0, "fan_in", "truncated_normal", seed_of(i))
-        return keras.initializers.RandomNormal(stddev=0.01, seed=seed_of(i))
+        return he("fan_in", i) if network.dense_init == "he" else normal(i)
 
     layer_index = 0
     size = network.image_size
@@ -61,9 +66,7 @@ def build(network: Network, training: bool = False, seed: int | None = None) -> 
                 3,
                 padding="same",
                 activation=None if row.batch_norm else "relu",
-                kernel_initializer=keras.initializers.VarianceScaling(
-                    2.0, network.conv_init, "truncated_normal", seed_of(layer_index)
-                ),
+                kernel_initializer=he(network.conv_init, layer_index),
                 name=name,
             )(x)
             if row.batch_norm:
@@ -86,7 +89,7 @@ def build(network: Network, training: bool = False, seed: int | None = None) -> 
     layer_index += 1
     logits = keras.layers.Dense(
         network.class_num,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01, seed=seed_of(layer_index)),
+        kernel_initializer=normal(layer_index),
         dtype=tf.float32,
         name="predictions",
     )(x)
