@@ -41,3 +41,24 @@ def test_cpu_flags_agree_with_numpys_own_cpu_detection():
     ):
         if feature in features:
             assert (flag in flags) == features[feature], flag
+
+
+def test_seeded_initial_weights_are_the_same_and_out_of_constant_foldings_reach():
+    """The seed goes through a PlaceholderWithDefault (TF 2's Keras: stateless ops), so Grappler
+    cannot fold the kernels; the values are Keras' own for that seed."""
+    from vgg_keras.compat import keras, tf
+
+    def drawn(wrap: bool):
+        graph = tf.Graph()
+        with graph.as_default():
+            init = keras.initializers.VarianceScaling(2.0, "fan_in", "truncated_normal", 5)
+            kernel = (compat.seeded_at_run_time(init) if wrap else init)([3, 3, 4, 8])
+            with compat.v1.Session(graph=graph) as session:
+                return session.run(kernel), {op.type for op in graph.get_operations()}
+
+    (plain, plain_ops), (wrapped, wrapped_ops) = drawn(False), drawn(True)
+    assert (plain == wrapped).all()
+    if compat.TF1:  # stateful ops: nothing to fold, nothing changed
+        assert wrapped_ops == plain_ops
+    else:
+        assert "PlaceholderWithDefault" in wrapped_ops - plain_ops
