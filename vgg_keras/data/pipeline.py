@@ -23,7 +23,8 @@ from vgg_keras.errors import UsageError
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
 # tf.data's functions are traced as written: their control flow is TensorFlow's already, and
-# AutoGraph's rewriting of their source would cost seconds of every start.
+# AutoGraph's rewriting of their source would cost seconds of every start.  Wrapping the
+# outermost function is enough: the datasets traced inside it are left as written too.
 as_written = tf.autograph.experimental.do_not_convert
 
 
@@ -174,7 +175,7 @@ def _shard_records(path, count):
     ``count`` (its dataset's), so that a shard that changed since it was listed stops the run
     (diagnose.explain names it).  Each record leaves one element late, after the check of the
     next (or of the file's end): a reader that takes exactly ``count`` records checks too."""
-    records = tf.data.TFRecordDataset(path).map(as_written(lambda record: (record, True)))
+    records = tf.data.TFRecordDataset(path).map(lambda record: (record, True))
     end = tf.data.Dataset.from_tensors((tf.constant(b""), False))
 
     def check(previous, element):
@@ -185,12 +186,9 @@ def _shard_records(path, count):
             return (record, real), tuple(tf.identity(t) for t in previous)
 
     start = (tf.constant(b""), tf.constant(False))
-    scan = tf.data.experimental.scan(start, as_written(check))
-    checked = records.concatenate(end).enumerate().apply(scan)
+    checked = records.concatenate(end).enumerate().apply(tf.data.experimental.scan(start, check))
     # Filtered inside the file's dataset: an interleave of files sees the same records as before.
-    return checked.filter(as_written(lambda _, real: real)).map(
-        as_written(lambda record, _: record)
-    )
+    return checked.filter(lambda _, real: real).map(lambda record, _: record)
 
 
 def _reader(inp: Input) -> Callable:
@@ -265,7 +263,7 @@ def train_dataset(
             records = records.shard(num_workers, worker_index)
         records = records.shuffle(inp.shuffle_buffer, seed=epoch * 7919 + seed + 1)
         return records.enumerate().map(
-            as_written(lambda i, r: (r, tf.stack([epoch * 1_000_003 + seed, i]))),
+            lambda i, r: (r, tf.stack([epoch * 1_000_003 + seed, i])),
             num_parallel_calls=None,
         )
 
