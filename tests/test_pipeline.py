@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vgg_keras import config
+from vgg_keras import compat, config
 from vgg_keras.compat import tf
 from vgg_keras.data import info, pipeline
 from vgg_keras.errors import UsageError
@@ -103,6 +103,17 @@ def test_train_batches_are_full_across_epochs(data23):
     # Epoch by epoch, every record once.
     assert sorted(labels[:23]) == list(range(23)) and sorted(labels[23:46]) == list(range(23))
     assert labels[:23] != labels[23:46], "each epoch is shuffled differently"
+
+
+def test_train_stream_runs_without_the_autotuner(data23):
+    """Destroying an iterator waits for the autotuner's sleeping thread: closing the session
+    after the demo's 20 epochs waited up to a minute.  The decoding map keeps one call a core."""
+    options = _train(_split(data23, "train"), 8).options()
+    if compat.TF1:
+        assert options.experimental_optimization.autotune is False
+    else:
+        assert options.autotune.enabled is False
+    assert pipeline.DECODE_CALLS == os.cpu_count()
 
 
 def test_train_needs_at_least_one_batch(data23):

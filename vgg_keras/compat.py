@@ -201,7 +201,8 @@ def without_autotune(dataset):
     """``dataset`` without tf.data's autotuning (its AUTOTUNE values become fixed defaults).
 
     The autotuner's thread sleeps up to a minute between rounds, and destroying an iterator
-    waits for it: re-initialising the evaluation's iterator took 15-30 s within a training run.
+    waits for it: re-initialising the evaluation's iterator took 15-30 s within a training run,
+    and closing the training session up to a minute after the run's last step.
     """
     options = tf.data.Options()
     if TF1:

@@ -22,6 +22,10 @@ from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
+# The decoding maps run without tf.data's autotuner (compat.without_autotune: closing a session
+# would wait up to a minute for its thread), where AUTOTUNE would mean at most 16 calls: one
+# call per core keeps a large machine's cores decoding.
+DECODE_CALLS = os.cpu_count() or 1
 # tf.data's functions are traced as written: their control flow is TensorFlow's already, and
 # AutoGraph's rewriting of their source would cost seconds of every start.  Wrapping the
 # outermost function is enough: the datasets traced inside it are left as written too.
@@ -273,11 +277,11 @@ def train_dataset(
         return image, _check_label(label, network.class_num)
 
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(as_written(one_epoch)).skip(offset)
-    ds = ds.map(as_written(preprocess_record), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(as_written(preprocess_record), num_parallel_calls=DECODE_CALLS)
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.prefetch(AUTOTUNE)
+    return compat.without_autotune(ds.prefetch(AUTOTUNE))
 
 
 def eval_dataset(
@@ -309,7 +313,7 @@ def eval_dataset(
             image = preprocess.eval_image(jpeg, network, inp)
         return image, _check_label(label, network.class_num)
 
-    ds = ds.map(as_written(preprocess_record), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(as_written(preprocess_record), num_parallel_calls=DECODE_CALLS)
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
