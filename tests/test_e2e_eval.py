@@ -77,6 +77,8 @@ def test_all_ckpts_table_json_csv_and_tensorboard_agree(eval_run, tmp_path, scri
     assert [set(r) for r in found] == [set(results.KEYS + results.SETTINGS)] * 3
     assert [r["checkpoint"] for r in found] == rundir.list_checkpoints(eval_run)
     assert len(found) == len(table) == len(rows)
+    # The run learnt on this stack: ten classes (chance 10%), about 70% after 150 steps.
+    assert found[-1]["top1"] >= 0.5, [r["top1"] for r in found]
     for result, row, line in zip(found, table, rows):
         assert result["images"] == int(row["images"]) == 360  # 360 = 51 * 7 + 3
         assert 0 <= result["top1"] <= result["top5"] <= 1
