@@ -1,4 +1,5 @@
-"""The README's own-images commands, copied verbatim from the README and run in a fresh folder:
+"""The README's own-images commands, copied verbatim from the README and run in a fresh folder
+(the converter in a fresh Python, the run_*.py programs through their main(argv) in this process):
 a folder of JPEGs in three classes becomes TFRecords, the published VGG16 (a stand-in file in
 Keras' cache: nothing is downloaded) is fine-tuned with its base frozen, its best checkpoint is
 evaluated per class, exported, and the export classifies a new JPEG."""
@@ -13,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PHOTO_CLASSES, REPO_ROOT, run_script, write_photo_folder
+from conftest import PHOTO_CLASSES, REPO_ROOT, run_in_process, run_script, write_photo_folder
 
 from vgg_keras.compat import keras
 
@@ -37,26 +38,28 @@ def test_the_readme_own_images_block_is_what_this_test_runs():
 
 
 @pytest.mark.slow
-def test_the_readme_own_images_commands_run_as_written(tmp_path):
+def test_the_readme_own_images_commands_run_as_written(tmp_path, monkeypatch):
     # 8 photos a class: 6 held out, 18 to train, one step of 16 an epoch (the preset's batch).
     write_photo_folder(str(tmp_path / "photos"), per_class=8)
     new_photo = tmp_path / "photos" / PHOTO_CLASSES[1] / f"{PHOTO_CLASSES[1]}_03.jpg"
     (tmp_path / "new_photo.jpg").write_bytes(new_photo.read_bytes())
-    for script in ("run_train.py", "run_eval.py", "run_export.py", "run_predict.py"):
-        os.symlink(os.path.join(REPO_ROOT, script), tmp_path / script)
     cache = tmp_path / "keras" / "models"
     cache.mkdir(parents=True)
     # A stand-in for keras.applications' file: the same layers, random weights.
     stand_in = keras.applications.VGG16(weights=None, include_top=False)
     stand_in.save_weights(str(cache / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"))
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "KERAS_HOME": str(tmp_path / "keras")}
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
     outputs = []
     for command in readme_block("Your own images")[1:]:  # the first line is the venv's
         argv = shlex.split(command)
-        argv[0] = sys.executable  # "python" in the activated venv
-        proc = subprocess.run(
-            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
-        )
+        if argv[1] == "-m":  # the converter, in a fresh Python as "python" in the venv runs it
+            proc = subprocess.run(
+                [sys.executable, *argv[1:]], cwd=tmp_path, env=env, capture_output=True,
+                text=True, timeout=900,
+            )  # fmt: skip
+        else:  # run_*.py: its main(argv), in this process (one TensorFlow start for all four)
+            proc = run_in_process(argv[1], *argv[2:], cwd=str(tmp_path))
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         outputs.append(proc.stdout)
     assert "from Keras' cache" in outputs[1] and "initialised 13 layers" in outputs[1]

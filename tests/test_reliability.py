@@ -153,7 +153,7 @@ def train(log_dir, data_dir, *extra: str) -> list[str]:
     return [*NETWORK, "--data_dir", str(data_dir), "--log_dir", str(log_dir), *extra]
 
 
-def assert_clean_exit(run: Run, code: int) -> None:
+def assert_clean_exit(run: Run | Ran, code: int) -> None:
     assert run.proc.returncode == code, f"exit {run.proc.returncode}\n{run.stdout}\n{run.stderr}"
     assert "Traceback" not in run.stderr, run.stderr
 
@@ -869,8 +869,7 @@ def test_a_second_trainer_on_the_same_log_dir_is_refused(demo_dir, tmp_path):
     owner = Run(args)
     owner.wait_for(LOG_LINE)
     config_before = (log_dir / "config.json").read_text()
-    second = Run(args)
-    second.finish()
+    second = Ran(args)  # in this process: another pid, as another terminal's trainer
     assert_clean_exit(second, 2)
     assert second.error_line() == (
         f"error: --log_dir {log_dir} is in use by another trainer (pid {owner.pid} on "
@@ -885,8 +884,7 @@ def test_a_second_trainer_on_the_same_log_dir_is_refused(demo_dir, tmp_path):
     owner.finish()
     assert str(owner.pid) in (log_dir / "train.lock").read_text()
     newest = steps(log_dir)[-1]
-    third = Run([*args, "--max_train_steps", str(newest + 5)])
-    third.finish()
+    third = Ran([*args, "--max_train_steps", str(newest + 5)])
     assert_clean_exit(third, 0)
     assert f"took over {log_dir}/train.lock from pid {owner.pid}, which is not running" in (
         third.stdout
