@@ -22,9 +22,10 @@ from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
-# The decoding maps run without tf.data's autotuner (compat.without_autotune: closing a session
-# would wait up to a minute for its thread), where AUTOTUNE would mean at most 16 calls: one
-# call per core keeps a large machine's cores decoding.
+# Both streams run without tf.data's autotuner (compat.without_autotune, on the outermost dataset:
+# here for training, in distribute.pad_batches for evaluation), whose thread a session's close
+# waits up to a minute for.  AUTOTUNE would then mean at most 16 decoding calls: one call per
+# core keeps a large machine's cores decoding.
 DECODE_CALLS = os.cpu_count() or 1
 # tf.data's functions are traced as written: their control flow is TensorFlow's already, and
 # AutoGraph's rewriting of their source would cost seconds of every start.  Wrapping the
