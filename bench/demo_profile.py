@@ -73,11 +73,51 @@ def instrument() -> None:
     evaluation.Evaluator.evaluate = evaluate_timed
 
 
+def trace_ops(first: int = 21, calls: int = 10) -> None:
+    """Trace training calls ``first`` .. ``first + calls - 1``; sum each kernel's time by op
+    type into OP_TIME (microseconds, summed over both cores' threads)."""
+    from vgg_keras import training
+    from vgg_keras.compat import v1
+
+    inner, seen = training._Loop._train_call, [0]
+
+    def traced(self):
+        seen[0] += 1
+        if not first <= seen[0] < first + calls:
+            return inner(self)
+        run = self.session.run
+
+        def run_traced(fetches, feed=None):
+            options = v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE)
+            metadata = v1.RunMetadata()
+            out = run(fetches, feed, options=options, run_metadata=metadata)
+            for device in metadata.step_stats.dev_stats:
+                for node in device.node_stats:
+                    kind = node.timeline_label.split("(")[0].split("=")[-1].strip() or "?"
+                    OP_TIME[kind] += node.op_end_rel_micros - node.op_start_rel_micros
+            return out
+
+        self.session.run = run_traced
+        try:
+            return inner(self)
+        finally:
+            del self.session.run
+
+    training._Loop._train_call = traced
+
+
+OP_TIME: collections.Counter = collections.Counter()
+
+
 def main(argv: list[str] | None = None) -> int:
     from vgg_keras import commands
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     instrument()
-    code = commands.main("train", sys.argv[1:] if argv is None else argv)
+    if "--trace_ops" in argv:
+        argv.remove("--trace_ops")
+        trace_ops()
+    code = commands.main("train", argv)
     total = time.perf_counter() - STARTED
     SPENT["  before training.train: imports (TensorFlow), flags, config"] = (
         total - SPENT["training.train (set-up, loop, close)"]
@@ -88,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     for label, seconds in SPENT.items():
         calls = f" ({CALLS[label]} calls)" if CALLS[label] > 1 else ""
         print(f"profile: {label:58s} {seconds:8.2f} s{calls}", file=sys.stderr)
+    total_ops = sum(OP_TIME.values())
+    for kind, micros in OP_TIME.most_common(12):
+        share = f"{micros / 1e3:8.1f} ms  {100 * micros / total_ops:4.1f}%"
+        print(f"profile: traced calls, op {kind:44s} {share}", file=sys.stderr)
     return code
 
 

@@ -272,3 +272,21 @@ def test_torch_peer_trains_the_demo_network_on_decoded_arrays(tmp_path):
     result, wall = torch_peer.run_peer(["demo", str(arrays), "--epochs", "1"])
     assert result["steps"] == 2 and 0 <= result["final_top1"] <= 1 and wall > 0
     assert [e["epoch"] for e in result["evaluations"]] == [1]
+
+
+def test_demo_profile_adds_up_the_runs_parts_and_traces_the_kernels(demo_dir, tmp_path):
+    """bench.demo_profile on a 30-step run of the 1/16-width network, one step per call (a
+    subprocess: it patches the training module for the rest of its process)."""
+    argv = ["--preset", "demo", "--data_dir", demo_dir, "--log_dir", str(tmp_path / "run"),
+            "--width_multiplier", "0.0625", "--max_train_steps", "30", "--iterations_per_loop",
+            "1", "--mode", "train", "--progress", "false", "--trace_ops"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.demo_profile", *argv], capture_output=True, text=True,
+        timeout=300, cwd=common.REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("profile: ")]
+    calls = next(line for line in lines if "training session calls" in line)
+    assert calls.endswith("(30 calls)")
+    ops = {line.split()[4] for line in lines if "traced calls, op" in line}
+    assert any("Conv2DBackpropFilter" in op for op in ops), lines

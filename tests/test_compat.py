@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
+from conftest import REPO_ROOT
 
 from vgg_keras import compat
 
@@ -62,3 +68,40 @@ def test_seeded_initial_weights_are_the_same_and_out_of_constant_foldings_reach(
         assert wrapped_ops == plain_ops
     else:
         assert "PlaceholderWithDefault" in wrapped_ops - plain_ops
+
+
+# A convolution's gradients in a fresh Python that imports vgg_keras first: the kernels it ran.
+KERNELS = """
+from vgg_keras.compat import tf, v1
+with tf.Graph().as_default():
+    x, w = tf.ones([2, 8, 8, 4]), v1.get_variable("w", [3, 3, 4, 4])
+    grads = tf.gradients(tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME")), [x, w])
+    with v1.Session() as session:
+        session.run(v1.global_variables_initializer())
+        traced = v1.RunMetadata()
+        options = v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE)
+        session.run(grads, options=options, run_metadata=traced)
+for device in traced.step_stats.dev_stats:
+    for node in device.node_stats:
+        print(node.timeline_label.split("(")[0].split("=")[-1].strip())
+"""
+
+
+@pytest.mark.skipif(compat.TF1, reason="TF 1.15 has no oneDNN switch")
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN's x86 switch"
+)
+@pytest.mark.parametrize(
+    "chosen, kernel",
+    [(None, "_MklNativeConv2DBackpropInput"), ("0", "Conv2DBackpropInput")],
+)
+def test_onednn_kernels_on_every_x86_cpu_unless_the_user_chose(chosen, kernel):
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if chosen is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = chosen
+    proc = subprocess.run(
+        [sys.executable, "-c", KERNELS], capture_output=True, text=True, env=env, timeout=300,
+        cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert kernel in proc.stdout.split(), proc.stdout
