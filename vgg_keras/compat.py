@@ -26,8 +26,8 @@ import sys
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow 2 turns its oneDNN kernels on by itself only on x86 CPUs with AVX-512-VNNI, bf16 or
-# AMX; on an AVX2-only CPU it falls back to Eigen's, whose convolution gradients made the demo
-# train 1.6x slower (docs/performance.md).  On for every x86 CPU unless the user chose
+# AMX; on an AVX2-only CPU it falls back to Eigen's, whose convolution gradients made the demo's
+# training steps 1.4-1.7x slower (docs/performance.md).  On for every x86 CPU unless the user chose
 # (TF_ENABLE_ONEDNN_OPTS=0 still selects Eigen); TF 1.15 has no such switch.
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
