@@ -20,6 +20,7 @@ STARTED = time.perf_counter()
 
 SPENT: dict = collections.defaultdict(float)
 CALLS: collections.Counter = collections.Counter()
+OP_TIME: collections.Counter = collections.Counter()  # --trace_ops: microseconds by op type
 
 
 def clock(owner, name: str, label: str) -> None:
@@ -104,9 +105,6 @@ def trace_ops(first: int = 21, calls: int = 10) -> None:
             del self.session.run
 
     training._Loop._train_call = traced
-
-
-OP_TIME: collections.Counter = collections.Counter()
 
 
 def main(argv: list[str] | None = None) -> int:
