@@ -157,7 +157,8 @@ def _run_train_argv(command: str) -> list[str]:
     if argv[:2] != ["make", "train"]:
         return argv[2:]
     make = dict(a.split("=", 1) for a in argv[2:])
-    return ["--data_dir", make["DATA"], "--log_dir", "runs/vgg16", *shlex.split(make.get("ARGS", ""))]
+    args = shlex.split(make.get("ARGS", ""))
+    return ["--data_dir", make["DATA"], "--log_dir", "runs/vgg16", *args]
 
 
 def test_the_imagenet_commands_are_the_ones_this_file_runs():
