@@ -77,7 +77,7 @@ def test_the_readme_own_images_commands_run_as_written(tmp_path, monkeypatch):
 # ($T: docs/distributed.md's own definition), each for a few steps: every one must learn.
 # `make train` and the API's train("demo") are the demo run (test_e2e_demo.py); the own-images
 # commands run above; docs/distributed.md's $F table is `--preset demo` again.  The ImageNet
-# commands (the reference's recipe for a full VGG16 at 224 px) and the Ascend ones are left out.
+# commands (a full VGG at 224 px) run scaled down further below; the Ascend ones are left out.
 T = "--preset demo --width_multiplier 0.0625 --mode train --data_dir data/demo --progress false"
 DOCUMENTED = {
     "docs/recipe.md": "python run_train.py --preset demo --arch vgg16_bn --conv_init fan_out "
