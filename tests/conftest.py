@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -51,9 +52,9 @@ def pytest_configure(config) -> None:
 # the evaluation tests' run learns (test_e2e_eval), through the same programs.
 STACK_NEUTRAL = (
     "test_api", "test_bench", "test_clock", "test_cluster_files", "test_config", "test_convert",
-    "test_cross_stack", "test_demo", "test_diagnose", "test_e2e_demo", "test_e2e_readme",
-    "test_hostile", "test_layout", "test_plateau", "test_reporting", "test_results", "test_rundir",
-    "test_runstart", "test_throughput",
+    "test_cross_stack", "test_demo", "test_diagnose", "test_e2e_demo", "test_e2e_imagenet",
+    "test_e2e_readme", "test_hostile", "test_layout", "test_plateau", "test_reporting",
+    "test_results", "test_rundir", "test_runstart", "test_throughput",
 )  # fmt: skip
 collect_ignore = [f"{name}.py" for name in STACK_NEUTRAL] if compat.TF1 else []
 
@@ -70,8 +71,8 @@ _left_to_tf2: list = []
 # together instead of one idling through the other's last long file.  The demo's run comes
 # first: test_e2e_readme, further down, trains from it.
 COSTLIEST_FIRST = (
-    "test_e2e_demo", "test_reliability", "test_training", "test_launch", "test_hostile",
-    "test_bench", "test_distribute", "test_e2e_readme", "test_e2e_reference_cli",
+    "test_e2e_demo", "test_reliability", "test_training", "test_e2e_imagenet", "test_launch",
+    "test_hostile", "test_bench", "test_distribute", "test_e2e_readme", "test_e2e_reference_cli",
     "test_e2e_family", "test_convert", "test_reference_parity", "test_training_step",
     "test_e2e_storage", "test_evaluation", "test_e2e_npu", "test_cross_stack", "test_e2e_eval",
 )  # fmt: skip
@@ -252,6 +253,11 @@ def run_script(
             command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env
         )
     return run_in_process(script, *args)
+
+
+def logged_losses(output: str) -> list[float]:
+    """The ``loss:`` of every step line a training printed, in order."""
+    return [float(x) for x in re.findall(r"  step:\s+\d+ .*?  loss:\s*([\d.]+)", output)]
 
 
 def run_in_process(script: str, *args: str, cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:

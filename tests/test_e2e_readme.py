@@ -14,7 +14,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PHOTO_CLASSES, REPO_ROOT, run_in_process, run_script, write_photo_folder
+from conftest import (
+    PHOTO_CLASSES,
+    REPO_ROOT,
+    logged_losses,
+    run_in_process,
+    run_script,
+    write_photo_folder,
+)
 
 from vgg_keras.compat import keras
 
@@ -77,7 +84,8 @@ def test_the_readme_own_images_commands_run_as_written(tmp_path, monkeypatch):
 # ($T: docs/distributed.md's own definition), each for a few steps: every one must learn.
 # `make train` and the API's train("demo") are the demo run (test_e2e_demo.py); the own-images
 # commands run above; docs/distributed.md's $F table is `--preset demo` again.  The ImageNet
-# commands (a full VGG at 224 px) run scaled down further below; the Ascend ones are left out.
+# commands (a full VGG at 224 px) run scaled down in test_e2e_imagenet.py; the Ascend ones are
+# left out.
 T = "--preset demo --width_multiplier 0.0625 --mode train --data_dir data/demo --progress false"
 DOCUMENTED = {
     "docs/recipe.md": "python run_train.py --preset demo --arch vgg16_bn --conv_init fan_out "
@@ -88,10 +96,6 @@ DOCUMENTED = {
     "docs/distributed.md": "python -m vgg_keras.launch --workers 2 -- run_train.py $T "
     "--max_train_steps 3000 --log_dir runs/mw",
 }
-
-
-def _losses(output: str) -> list[float]:
-    return [float(x) for x in re.findall(r"  step:\s+\d+ .*?  loss:\s*([\d.]+)", output)]
 
 
 def test_the_documented_training_commands_are_the_ones_this_file_runs():
@@ -126,59 +130,6 @@ def test_the_documented_training_commands_learn(demo_dir, demo_run, tmp_path):
         else:
             proc = run_script(argv[0], *argv[1:], timeout=600)
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        outputs[doc] = _losses(proc.stdout)
+        outputs[doc] = logged_losses(proc.stdout)
     for doc, losses in outputs.items():  # well below chance, ln(10), where every net starts
         assert len(losses) >= 4 and sum(losses[-2:]) / 2 < 0.75 * math.log(10), (doc, losses)
-
-
-# The ImageNet commands that one process on this machine can run: the reference's recipe (a
-# plain VGG, dropout 0.5, lr 0.01, batch 256), scaled down to the demo data.  Scaled down means
-# 1/16 of the width at 32 px, with the fc layers' initialisation scaled with them: the recipe's
-# N(0, 0.01) was set for fc1's 25,088 inputs (He's std there is 0.0089); at 1/16 width and
-# 32 px fc1 has 32, and the same std would leave the logits 10^4 times weaker (docs/recipe.md).
-# The GPU, multi-host and NPU lines are left out; docs/distributed.md's one-device line is the
-# README's first.  Each starts at chance, as the real recipe does, and must be clearly off it.
-IMAGENET = {
-    "README.md": [
-        "make train DATA=/data/imagenet",
-        'make train DATA=/data/imagenet ARGS="--batch_size 64 --accumulation_steps 4"',
-        "python run_train.py --data_dir /data/imagenet --arch vgg19 --log_dir runs/vgg19",
-    ],
-    "docs/distributed.md": [
-        "python run_train.py --data_dir /data/imagenet --batch_size 32 --log_dir runs/vgg16_8gpu",
-    ],
-}
-SCALED_DOWN = ["--width_multiplier", "0.0625", "--image_size", "32", "--dense_init", "he"]
-
-
-def _run_train_argv(command: str) -> list[str]:
-    """The run_train.py flags that ``command`` gives (``make train`` as the Makefile runs it)."""
-    argv = shlex.split(command)
-    if argv[:2] != ["make", "train"]:
-        return argv[2:]
-    make = dict(a.split("=", 1) for a in argv[2:])
-    args = shlex.split(make.get("ARGS", ""))
-    return ["--data_dir", make["DATA"], "--log_dir", "runs/vgg16", *args]
-
-
-def test_the_imagenet_commands_are_the_ones_this_file_runs():
-    for doc, commands in IMAGENET.items():
-        with open(os.path.join(REPO_ROOT, doc)) as f:
-            lines = [line.split("  #")[0].strip() for line in f.read().splitlines()]
-        assert set(commands) <= set(lines), doc
-    with open(os.path.join(REPO_ROOT, "Makefile")) as f:  # what _run_train_argv assumes
-        assert "run_train.py --data_dir $(DATA) --log_dir $(LOG_DIR) $(ARGS)" in f.read()
-
-
-def test_the_imagenet_commands_learn_scaled_down(demo_dir, tmp_path):
-    cheap = ["--display_every", "10", "--progress", "false", "--mode", "train"]
-    for i, command in enumerate(c for commands in IMAGENET.values() for c in commands):
-        argv = _run_train_argv(command)  # each its own run (two write runs/vgg16)
-        argv[argv.index("--data_dir") + 1] = demo_dir
-        argv[argv.index("--log_dir") + 1] = str(tmp_path / str(i))
-        argv += [*SCALED_DOWN, *cheap, "--max_train_steps", "200"]
-        proc = run_script("run_train.py", *argv, timeout=600)
-        assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        losses = _losses(proc.stdout)
-        first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-        assert len(losses) == 20 and last < min(first, math.log(10)) - 0.04, (command, losses)
