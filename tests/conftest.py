@@ -38,9 +38,13 @@ SUBPROCESS_MODULES = ("test_e2e_", "test_hostile", "test_cross_stack", "test_lau
 def pytest_configure(config) -> None:
     """A suite started in the background by a shell without job control (``make test &``,
     ``nohup``) inherits SIGINT ignored, and so would every CLI it starts: the tests that Ctrl-C
-    a CLI would see it run on.  A handler here makes the children start with the default."""
+    a CLI would see it run on.  A handler here makes the children start with the default.
+    xdist 3.6 and later sort the files by their number of tests unless told not to; the suite
+    hands them out in its own order (COSTLIEST_FIRST, below)."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 # On TF 1.15 the suite runs what that stack can change: compat, the graphs, checkpoints, the
@@ -66,15 +70,16 @@ stack_neutral = pytest.mark.stack_neutral
 _left_to_tf2: list = []
 
 
-# The costliest files first (CPU-seconds measured in a whole run), the rest in their own order:
-# xdist's --dist loadfile hands files out in collection order, so the two test processes end
-# together instead of one idling through the other's last long file.  The demo's run comes
-# first: test_e2e_readme, further down, trains from it.
+# The costliest files first (wall seconds measured in a whole run), the rest in their own order:
+# xdist's --dist loadfile hands files out in this order (pytest_configure turns off its own
+# reordering by test count), so the two test processes end together instead of one idling
+# through the other's last long file.  The demo's run comes first: test_e2e_readme trains from it.
 COSTLIEST_FIRST = (
-    "test_e2e_demo", "test_reliability", "test_training", "test_e2e_imagenet", "test_launch",
-    "test_hostile", "test_bench", "test_distribute", "test_e2e_readme", "test_e2e_reference_cli",
-    "test_e2e_family", "test_convert", "test_reference_parity", "test_training_step",
-    "test_e2e_storage", "test_evaluation", "test_e2e_npu", "test_cross_stack", "test_e2e_eval",
+    "test_e2e_demo", "test_reliability", "test_training", "test_e2e_readme", "test_bench",
+    "test_distribute", "test_hostile", "test_launch", "test_e2e_imagenet", "test_e2e_family",
+    "test_e2e_reference_cli", "test_convert", "test_training_step", "test_cross_stack",
+    "test_e2e_eval", "test_diagnose", "test_reference_parity", "test_e2e_storage",
+    "test_evaluation", "test_train_graph", "test_keras_weights", "test_pipeline", "test_e2e_npu",
 )  # fmt: skip
 
 
