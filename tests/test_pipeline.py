@@ -107,13 +107,23 @@ def test_train_batches_are_full_across_epochs(data23):
 
 def test_train_stream_runs_without_the_autotuner(data23):
     """Destroying an iterator waits for the autotuner's sleeping thread: closing the session
-    after the demo's 20 epochs waited up to a minute.  The decoding map keeps one call a core."""
+    after the demo's 20 epochs waited up to a minute."""
     options = _train(_split(data23, "train"), 8).options()
     if compat.TF1:
         assert options.experimental_optimization.autotune is False
     else:
         assert options.autotune.enabled is False
-    assert pipeline.DECODE_CALLS == os.cpu_count()
+
+
+def test_decoding_keeps_one_call_for_each_core_the_process_may_use():
+    """A job given one core of many (Slurm, taskset) decodes one image at a time."""
+    cores = os.sched_getaffinity(0)  # this thread's, which sched_setaffinity(0) changes alone
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert pipeline.decode_calls() == 1
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert pipeline.decode_calls() == len(cores)
 
 
 def test_train_needs_at_least_one_batch(data23):

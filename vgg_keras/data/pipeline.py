@@ -22,11 +22,20 @@ from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
+
+
 # Both streams run without tf.data's autotuner (compat.without_autotune, on the outermost dataset:
 # here for training, in distribute.pad_batches for evaluation), whose thread a session's close
 # waits up to a minute for.  AUTOTUNE would then mean at most 16 decoding calls: one call per
 # core keeps a large machine's cores decoding.
-DECODE_CALLS = os.cpu_count() or 1
+def decode_calls() -> int:
+    """The cores this process may run on: a Slurm job, taskset or a container may give fewer
+    than the machine has, and more decoding calls than cores only queue, each holding an image."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 # tf.data's functions are traced as written: their control flow is TensorFlow's already, and
 # AutoGraph's rewriting of their source would cost seconds of every start.  Wrapping the
 # outermost function is enough: the datasets traced inside it are left as written too.
@@ -278,7 +287,7 @@ def train_dataset(
         return image, _check_label(label, network.class_num)
 
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(as_written(one_epoch)).skip(offset)
-    ds = ds.map(as_written(preprocess_record), num_parallel_calls=DECODE_CALLS)
+    ds = ds.map(as_written(preprocess_record), num_parallel_calls=decode_calls())
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     ds = ds.batch(batch_size, drop_remainder=True)
@@ -314,7 +323,7 @@ def eval_dataset(
             image = preprocess.eval_image(jpeg, network, inp)
         return image, _check_label(label, network.class_num)
 
-    ds = ds.map(as_written(preprocess_record), num_parallel_calls=DECODE_CALLS)
+    ds = ds.map(as_written(preprocess_record), num_parallel_calls=decode_calls())
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
