@@ -76,10 +76,11 @@ endif
 
 # `make eval` evaluates every checkpoint of the run `make train` wrote with the same DATA
 # (runs/demo, or runs/vgg16 with DATA=).  CKPT= names a run folder (every checkpoint in it) or
-# one model.ckpt-N prefix; DATA= the validation shards (default: the run's config.json).
+# one model.ckpt-N prefix, told apart by the name (a folder in a bucket is no local directory);
+# DATA= the validation shards (default: the run's config.json).
 EVAL_CKPT = $(or $(CKPT),$(LOG_DIR))
 eval: $(STAMP)
-	$(PY) run_eval.py $$(test -d $(EVAL_CKPT) && echo --eval_dir || echo --ckpt) \
+	$(PY) run_eval.py $(if $(findstring model.ckpt-,$(notdir $(EVAL_CKPT))),--ckpt,--eval_dir) \
 		$(EVAL_CKPT) $(if $(DATA),--data_dir $(DATA)) $(ARGS)
 
 # `make test` runs everything (CI), lists each skipped test with its reason and ends with the
