@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import demo_config
 
-from vgg_keras import compat, evaluation, rundir
+from vgg_keras import compat, evaluation, results, rundir
 from vgg_keras.data import pipeline
 from vgg_keras.reporting import read_metrics
 from vgg_keras.tools import launch
@@ -451,6 +451,14 @@ def test_a_restart_resumes_every_worker_from_the_newest_checkpoint(killed_and_re
         assert f"resumed from {newest} at step {step}" in run.of(i)
         assert f"done: {step + 10} steps, checkpoint {end}" in run.of(i)
         assert "distribution: multi_worker, 2 replicas = 2 worker(s) x 1" in run.of(i)[0]
+
+
+@pytest.mark.slow
+def test_the_chief_alone_prints_the_evaluation_table(killed_and_resumed):
+    """Every worker evaluates (the batches are collectives); one table says it once."""
+    run = killed_and_resumed.resumed
+    assert run.of(0).count(results.HEADER) == 1, "\n".join(run.lines[-40:])
+    assert results.HEADER not in run.of(1)
 
 
 @pytest.mark.slow

@@ -212,7 +212,10 @@ class Evaluator:
 
     def report(self, rows: list[dict], reporter: Reporter, header: bool = True) -> None:
         """The evaluation table through ``reporter`` (percent), and the metrics (fractions) in
-        its metrics.jsonl (training's reporter) and TensorBoard."""
+        its metrics.jsonl (training's reporter) and TensorBoard: the chief's (every worker
+        evaluates the same checkpoint together, one table says it)."""
+        if not reporter.is_chief:
+            return
         if header:
             reporter.print(results.HEADER)
         for row in rows:
