@@ -115,18 +115,6 @@ def test_train_stream_runs_without_the_autotuner(data23):
         assert options.autotune.enabled is False
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux's")
-def test_decoding_keeps_one_call_for_each_core_the_process_may_use():
-    """A job given one core of many (Slurm, taskset) decodes one image at a time."""
-    cores = os.sched_getaffinity(0)  # this thread's, which sched_setaffinity(0) changes alone
-    try:
-        os.sched_setaffinity(0, {min(cores)})
-        assert pipeline.decode_calls() == 1
-    finally:
-        os.sched_setaffinity(0, cores)
-    assert pipeline.decode_calls() == len(cores)
-
-
 def test_train_needs_at_least_one_batch(data23):
     split = _split(data23, "train")
     with pytest.raises(UsageError, match=f"{data23}: 23 training records"):

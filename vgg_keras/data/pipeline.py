@@ -15,26 +15,17 @@ import os
 import sys
 from collections.abc import Callable
 
-from vgg_keras import atomic, compat, documents, storage
+from vgg_keras import atomic, compat, cores, documents, storage
 from vgg_keras.compat import tf
 from vgg_keras.config import Input, Network
 from vgg_keras.data import info, preprocess, schema, tfds_source
 from vgg_keras.errors import UsageError
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
-
-
 # Both streams run without tf.data's autotuner (compat.without_autotune, on the outermost dataset:
 # here for training, in distribute.pad_batches for evaluation), whose thread a session's close
 # waits up to a minute for.  AUTOTUNE would then mean at most 16 decoding calls: one call per
-# core keeps a large machine's cores decoding.
-def decode_calls() -> int:
-    """The cores this process may run on: a Slurm job, taskset or a container may give fewer
-    than the machine has, and more decoding calls than cores only queue, each holding an image."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
+# core the process may use (cores.usable) keeps a large machine's cores decoding.
 
 # tf.data's functions are traced as written: their control flow is TensorFlow's already, and
 # AutoGraph's rewriting of their source would cost seconds of every start.  Wrapping the
@@ -287,7 +278,7 @@ def train_dataset(
         return image, _check_label(label, network.class_num)
 
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(as_written(one_epoch)).skip(offset)
-    ds = ds.map(as_written(preprocess_record), num_parallel_calls=decode_calls())
+    ds = ds.map(as_written(preprocess_record), num_parallel_calls=cores.usable())
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     ds = ds.batch(batch_size, drop_remainder=True)
@@ -323,7 +314,7 @@ def eval_dataset(
             image = preprocess.eval_image(jpeg, network, inp)
         return image, _check_label(label, network.class_num)
 
-    ds = ds.map(as_written(preprocess_record), num_parallel_calls=decode_calls())
+    ds = ds.map(as_written(preprocess_record), num_parallel_calls=cores.usable())
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)

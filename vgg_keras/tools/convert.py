@@ -45,7 +45,7 @@ import threading
 
 from tqdm import tqdm
 
-from vgg_keras import atomic, documents, storage
+from vgg_keras import atomic, cores, documents, storage
 from vgg_keras.cli import UsageParser  # errors become one line and exit code 2
 from vgg_keras.data import info
 from vgg_keras.errors import UsageError, reason, run_cli
@@ -748,7 +748,7 @@ def convert(
     holding another dataset is refused, or emptied with ``overwrite``), the shards are written
     (those an earlier run of the same command finished are kept) and dataset_info.json last.
     """
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = cores.usable() if workers is None else workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     source = scan_source(src, out, val_labels, synset_text, val_fraction, split_seed)
@@ -852,7 +852,7 @@ def _parser() -> argparse.ArgumentParser:
             help=f"default: the {split} images / {IMAGES_PER_SHARD} rounded to a power of two",
         )
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)"
+        "--workers", type=int, help="processes (default: one per CPU core this process may use)"
     )
     parser.add_argument(
         "--val_labels",
