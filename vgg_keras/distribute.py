@@ -62,6 +62,9 @@ class Distribution:
     target: str = ""  # session target: "" runs in-process, else this worker's gRPC server
     configure_session: Callable[[v1.ConfigProto], v1.ConfigProto] = lambda c: c
     server: tf.distribute.Server | None = None  # kept alive as long as the run
+    # False: the training graph sinks its loop into a tf.while_loop; True: ``device_loop``
+    # repeats a step on the device (Npu).
+    sinks_its_own_loop: ClassVar[bool] = False
 
     @property
     def local_replicas(self) -> int:
@@ -160,10 +163,6 @@ class Distribution:
         itself (MultiWorkerMirroredStrategy broadcasts initial values on its own)."""
         return None
 
-    def device_loop(self, train_op: tf.Operation):
-        """None: the training graph sinks its loop into a tf.while_loop (see Npu)."""
-        return None
-
     def check_plan(self, plan) -> None:
         """Session calls are cut short at log, save and eval steps: any interval works."""
 
@@ -188,6 +187,7 @@ class Npu(Distribution):
     the strategy is TensorFlow's default one, which runs replica functions in place."""
 
     kind = "npu"
+    sinks_its_own_loop = True
 
     def for_evaluation(self) -> Distribution:
         """Every rank evaluates the whole validation set (HCCL has no all-reduce outside the

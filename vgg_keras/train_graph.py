@@ -61,7 +61,7 @@ class TrainGraph:
     global_step: tf.Variable
     init_op: tf.Operation
     iterator_init: tf.Operation
-    step_fetches: dict  # one training step: StepOutputs' fields
+    step_fetches: dict  # one training step: StepOutputs' fields (loop_fetches but on Ascend)
     loop_fetches: dict  # ``loop_steps`` training steps in one tf.while_loop: the same
     loop_steps: tf.Tensor  # placeholder: how many steps the while loop runs
     measure_grad_norm: tf.Tensor  # placeholder: compute the call's last gradient norm
@@ -80,8 +80,8 @@ class TrainGraph:
 @dataclasses.dataclass
 class _StepBuilder:
     """Builds one training step: the next batch, forward and backward on every replica, the
-    update.  Called once for the single step and once inside the while loop's body; both share
-    the model, the optimizer and its momentum slots."""
+    update.  Called once: inside the while loop's body, or on Ascend for the step the device
+    repeats.  (The optimizer creates its momentum slots outside the loop, in ``init_scope``.)"""
 
     config: Config
     dist: distribute.Distribution
@@ -227,7 +227,6 @@ def build(
         def learning_rate(step):  # built where each step is built, reading that step's value
             return schedules.learning_rate(step, o, plan.steps_per_epoch, plan.global_batch)
 
-        # One optimizer: its momentum slots are shared by the single step and the loop body.
         momentum = v1.train.MomentumOptimizer(
             lambda: learning_rate(global_step), o.momentum, use_nesterov=o.use_nesterov
         )
@@ -237,19 +236,17 @@ def build(
             config, dist, model, optimizer, global_step, skipped, next_batch, learning_rate,
             plan.micro_batches,
         )  # fmt: skip
-        # The single step is built first so that the optimizer's slot variables are created
-        # outside the while loop; the loop body then reuses them.
         measure_grad_norm = v1.placeholder_with_default(False, [], "measure_grad_norm")
-        step_outputs, step_op = one_step(measure_grad_norm)
-        step_fetches = step_outputs._asdict()
         loop_steps = v1.placeholder_with_default(tf.constant(1, tf.int32), [], "loop_steps")
-        device_loop = dist.device_loop(step_op)
         load_device_loop = None
-        if device_loop is not None:  # Ascend: the device repeats the step itself
-            loop_op, load_device_loop = device_loop
+        if dist.sinks_its_own_loop:  # Ascend: the device repeats the step itself
+            step_outputs, step_op = one_step(measure_grad_norm)
+            step_fetches = step_outputs._asdict()
+            loop_op, load_device_loop = dist.device_loop(step_op)
             loop_fetches = {**step_fetches, "device_loop": loop_op}
-        else:
+        else:  # one copy of the step, in the loop: a single step is a loop of one
             loop_fetches = _sunk_steps(one_step, loop_steps, measure_grad_norm, o.nan_policy)
+            step_fetches = loop_fetches
         stop_requested = v1.placeholder_with_default(False, [], "stop_requested")
         if dist.num_workers > 1:
             anyone = _vote(dist, stop_requested)

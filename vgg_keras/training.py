@@ -319,18 +319,16 @@ class _Loop:
         had a signal before the call: all stop after the same call."""
         plan, built = self.plan, self.built
         n = plan.call_length(self.step)
-        fetches, feed = (
-            (built.step_fetches, {}) if n == 1 else (built.loop_fetches, {built.loop_steps: n})
-        )
+        fetches = built.step_fetches if n == 1 else built.loop_fetches
+        # Each set of fetches and fed placeholders is its own executor in the session, built
+        # and optimised at its first call: every call feeds the same placeholders.
+        measure = plan.due("log", self.last["log"], self.step + n)
+        feed = {built.loop_steps: n, built.measure_grad_norm: measure}
         if self.voting:  # a signal during this call stops the workers after the next one
             feed[built.stop_requested] = self._signals.received is not None
         else:
             self._signals.until = self.step + n
-        if plan.due("log", self.last["log"], self.step + n):
-            feed[built.measure_grad_norm] = True
-        # Each set of fed placeholders is its own executor in the session: its first call is
-        # the warm-up of that kind.
-        kind = (n == 1, built.measure_grad_norm in feed)
+        kind = (n == 1, measure)  # the first call of each kind is counted as a warm-up
         try:
             out = self.speed.timed(kind, lambda: self.session.run(fetches, feed), n)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
