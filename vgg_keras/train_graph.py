@@ -61,8 +61,10 @@ class TrainGraph:
     global_step: tf.Variable
     init_op: tf.Operation
     iterator_init: tf.Operation
-    step_fetches: dict  # one training step: StepOutputs' fields (loop_fetches but on Ascend)
-    loop_fetches: dict  # ``loop_steps`` training steps in one tf.while_loop: the same
+    step_fetches: dict  # one training step: StepOutputs' fields
+    # ``loop_steps`` training steps in one tf.while_loop: the same fields (None when
+    # --iterations_per_loop is 1: every call is one step).
+    loop_fetches: dict | None
     loop_steps: tf.Tensor  # placeholder: how many steps the while loop runs
     measure_grad_norm: tf.Tensor  # placeholder: compute the call's last gradient norm
     stop_requested: tf.Tensor  # placeholder: this worker has had a stop signal
@@ -80,8 +82,8 @@ class TrainGraph:
 @dataclasses.dataclass
 class _StepBuilder:
     """Builds one training step: the next batch, forward and backward on every replica, the
-    update.  Called once: inside the while loop's body, or on Ascend for the step the device
-    repeats.  (The optimizer creates its momentum slots outside the loop, in ``init_scope``.)"""
+    update.  Called once: for a plain step, or inside the while loop's body.  (The optimizer
+    creates its momentum slots outside the loop either way, in ``init_scope``.)"""
 
     config: Config
     dist: distribute.Distribution
@@ -238,20 +240,23 @@ def build(
         )  # fmt: skip
         measure_grad_norm = v1.placeholder_with_default(False, [], "measure_grad_norm")
         loop_steps = v1.placeholder_with_default(tf.constant(1, tf.int32), [], "loop_steps")
-        load_device_loop = None
-        if dist.sinks_its_own_loop:  # Ascend: the device repeats the step itself
+        # One copy of the step: a plain step where every call is one step, or Ascend's device
+        # repeats it; else the sunk loop's body, and a single step is a loop of one.
+        load_device_loop, loop_fetches = None, None
+        if dist.sinks_its_own_loop or plan.call_steps == 1:
             step_outputs, step_op = one_step(measure_grad_norm)
             step_fetches = step_outputs._asdict()
-            loop_op, load_device_loop = dist.device_loop(step_op)
-            loop_fetches = {**step_fetches, "device_loop": loop_op}
-        else:  # one copy of the step, in the loop: a single step is a loop of one
+            if dist.sinks_its_own_loop:
+                loop_op, load_device_loop = dist.device_loop(step_op)
+                loop_fetches = {**step_fetches, "device_loop": loop_op}
+        else:
             loop_fetches = _sunk_steps(one_step, loop_steps, measure_grad_norm, o.nan_policy)
             step_fetches = loop_fetches
         stop_requested = v1.placeholder_with_default(False, [], "stop_requested")
         if dist.num_workers > 1:
             anyone = _vote(dist, stop_requested)
             step_fetches, loop_fetches = (
-                {**f, "stop": anyone} for f in (step_fetches, loop_fetches)
+                f and {**f, "stop": anyone} for f in (step_fetches, loop_fetches)
             )
         broadcast_op = dist.broadcast(model.weights)
         # Rotation is the run folder's (rundir.remove_oldest): it keeps the best checkpoint.
