@@ -1,8 +1,9 @@
 """The ImageNet commands of README.md and docs/distributed.md, as written there, scaled down to
-the demo data and run through run_train.py's main(argv) in this process: each must learn."""
+the demo data and run through run_train.py's main(argv) in this process: each must run as written and learn."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
@@ -15,7 +16,8 @@ from conftest import REPO_ROOT, logged_losses, run_script
 # N(0, 0.01) was set for fc1's 25,088 inputs (He's std there is 0.0089); at 1/16 width and
 # 32 px fc1 has 32, and the same std would leave the logits 10^4 times weaker (docs/recipe.md).
 # The GPU, multi-host and NPU lines are left out; docs/distributed.md's one-device line is the
-# README's first.  Each starts at chance, as the real recipe does, and must be clearly off it.
+# README's first.  Each starts at chance, as the real recipe does, and must be clearly off it
+# (the accumulated line by being the first line's batch: see the test).
 IMAGENET = {
     "README.md": [
         "make train DATA=/data/imagenet",
@@ -49,14 +51,24 @@ def test_the_imagenet_commands_are_the_ones_this_file_runs():
 
 
 def test_the_imagenet_commands_learn_scaled_down(demo_dir, tmp_path):
+    """Each command runs as written and learns in 200 steps.  The accumulated one runs 20: its
+    4 x 64 take the images and the update of one batch of 256 (test_training's accumulation
+    test), so it learns as the first line does; here it must run and record that batch."""
     cheap = ["--display_every", "10", "--progress", "false", "--mode", "train"]
     for i, command in enumerate(c for commands in IMAGENET.values() for c in commands):
         argv = _run_train_argv(command)  # each its own run (two write runs/vgg16)
         argv[argv.index("--data_dir") + 1] = demo_dir
         argv[argv.index("--log_dir") + 1] = str(tmp_path / str(i))
-        argv += [*SCALED_DOWN, *cheap, "--max_train_steps", "200"]
+        steps = 20 if "--accumulation_steps" in argv else 200
+        argv += [*SCALED_DOWN, *cheap, "--max_train_steps", str(steps)]
         proc = run_script("run_train.py", *argv, timeout=600)
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         losses = logged_losses(proc.stdout)
+        assert len(losses) == steps // 10 and all(map(math.isfinite, losses)), (command, losses)
+        if steps < 200:
+            with open(tmp_path / str(i) / "config.json") as f:
+                config = json.load(f)
+            assert config["run"]["global_batch"] == 256 and config["accumulation_steps"] == 4
+            continue
         first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-        assert len(losses) == 20 and last < min(first, math.log(10)) - 0.04, (command, losses)
+        assert last < min(first, math.log(10)) - 0.04, (command, losses)
