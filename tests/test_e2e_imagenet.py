@@ -1,5 +1,5 @@
 """The ImageNet commands of README.md and docs/distributed.md, as written there, scaled down to
-the demo data and run through run_train.py's main(argv) in this process: each must run as written and learn."""
+the demo data and run through run_train.py's main(argv) in this process: each must run and learn."""
 
 from __future__ import annotations
 
