@@ -151,22 +151,23 @@ def test_a_log_dir_holding_another_network_is_refused(resumed, demo_dir):
 
 
 def test_bf16_run_trains_like_fp32(train_tiny, tmp_path):
-    # The demo's loss leaves chance once its warmup epoch (44 steps) is over: 60 steps show
-    # bf16 learning, held to fp32's own curve rather than to a fixed drop.
+    # The demo's loss leaves chance once its warmup epoch (44 steps) is over: 80 steps of the
+    # 1/16-width net show bf16 learning (0.35 below its start here, on both stacks), held to
+    # fp32's own curve rather than to a fixed drop.  bf16 is emulated where the CPU has none.
     losses = {}
     for precision in ("fp32", "bf16"):
         code, _ = train_tiny(
             tmp_path / precision,
             precision=precision,
-            width_multiplier=0.125,
-            max_train_steps=60,
+            width_multiplier=0.0625,
+            max_train_steps=80,
             iterations_per_loop=10,
             display_every=10,
         )
         assert code == 0
         losses[precision] = [r["loss"] for r in read_metrics(tmp_path / precision)]
     bf16, fp32 = np.array(losses["bf16"]), np.array(losses["fp32"])
-    assert len(bf16) == 6 and np.isfinite(bf16).all()
+    assert len(bf16) == 8 and np.isfinite(bf16).all()
     assert bf16[-1] < bf16[0] - 0.15, losses
     np.testing.assert_allclose(bf16, fp32, atol=0.1)
 
@@ -238,7 +239,8 @@ def rename_to_ours(reference_prefix: str, arch_name: str, out_prefix: str) -> No
         saver.save(sess, out_prefix, write_meta_graph=False)
 
 
-@pytest.mark.parametrize("arch_name", ["vgg16", "vgg19"])
+# TF 1.15 runs the seed's network; VGG16 differs in the table only.
+@pytest.mark.parametrize("arch_name", [pytest.param("vgg16", marks=stack_neutral), "vgg19"])
 def test_a_reference_run_resumes_exactly_as_its_renamed_copy(train_tiny, tmp_path, arch_name):
     """Weights, momentum slots, global_step and the schedule's position come from a
     reference-layout checkpoint: one more step from it equals one more step from the same
@@ -265,6 +267,7 @@ def test_a_reference_run_resumes_exactly_as_its_renamed_copy(train_tiny, tmp_pat
 # The best checkpoint
 
 
+@stack_neutral  # which checkpoints rotation deletes: Python
 def test_the_best_checkpoint_is_kept_out_of_rotation(train_tiny, tmp_path):
     assert train_tiny(tmp_path, max_train_steps=6, save_checkpoints_steps=2)[0] == 0
     (tmp_path / "best_checkpoint.json").write_text(
@@ -346,6 +349,7 @@ def test_trainable_from_names_a_layer_or_a_block_of_the_network():
     assert demo_config(trainable_from="block3_conv2").network.trainable_from == "block3_conv2"
 
 
+@stack_neutral  # a line at start: Python
 def test_a_change_of_the_rate_beyond_the_runs_end_is_one_warning_at_start(train_tiny, tmp_path):
     """The demo's cosine ends at epoch 20 (step 880 at 44 steps per epoch): a 2-step run says
     so once, and trains on the schedule as it is."""
@@ -358,6 +362,7 @@ def test_a_change_of_the_rate_beyond_the_runs_end_is_one_warning_at_start(train_
     ]
 
 
+@stack_neutral  # the run's record of its evaluations: Python
 def test_a_branch_from_another_folders_evaluated_checkpoint_goes_on(train_tiny, tmp_path):
     """--resume into a new --log_dir from a checkpoint at an evaluation step: the evaluation
     belongs to the folder it was made in; the branch trains on and evaluates its own."""
@@ -369,6 +374,7 @@ def test_a_branch_from_another_folders_evaluated_checkpoint_goes_on(train_tiny, 
     assert evaluated == [4]
 
 
+@stack_neutral  # how a run starts: Python; TF 1.15's exact resumes are the tests above
 def test_resume_names_the_checkpoint_to_go_on_from(train_tiny, tmp_path):
     run, branch = tmp_path / "run", tmp_path / "branch"
     assert train_tiny(run, max_train_steps=4, save_checkpoints_steps=2)[0] == 0
