@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import demo_config
+from conftest import demo_config, run_in_process
 
 from vgg_keras import compat, distribute
 from vgg_keras.compat import tf, v1
@@ -149,8 +149,9 @@ def test_mirrored_on_two_cpus_matches_one_device_on_the_same_global_batches(
         "two": ["--batch_size", "8", "--distribution", "mirrored", "--devices", "cpu:0,cpu:1"],
     }
     runs["accumulated"] = [*runs["two"][2:], "--batch_size", "4", "--accumulation_steps", "2"]
-    for name, extra in runs.items():
-        proc = script_runner("run_train.py", *flags, *extra, "--log_dir", tmp_path / name)
+    for name, extra in runs.items():  # one device: in this process (no TensorFlow start)
+        run = run_in_process if name == "one" else script_runner
+        proc = run("run_train.py", *map(str, [*flags, *extra, "--log_dir", tmp_path / name]))
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     one, metrics_one = _weights(tmp_path / "one", 9), read_metrics(tmp_path / "one")
     train_one = [(m["step"], m["loss"]) for m in metrics_one if "loss" in m]
@@ -198,24 +199,36 @@ def test_a_checkpoint_of_either_strategy_resumes_under_the_other(script_runner, 
     two = ["--batch_size", "8", "--distribution", "mirrored", "--devices", "cpu:0,cpu:1"]
     legs = {"reference": [one], "mirrored_then_one": [two, one], "one_then_mirrored": [one, two]}
     for leg in range(2):
-        procs = {
+        argvs = {
+            name: [*flags, *kinds[leg], "--log_dir", str(tmp_path / name)]
+            + ["--max_train_steps", "12" if name == "reference" else str(6 * (leg + 1))]
+            for name, kinds in legs.items()
+            if leg < len(kinds)
+        }
+        # A mirrored leg in a process of its own (see above); meanwhile, the others in this one.
+        mirrored = {
             name: subprocess.Popen(
-                [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), *flags, *kinds[leg]]
-                + ["--max_train_steps", "12" if name == "reference" else str(6 * (leg + 1))]
-                + ["--log_dir", str(tmp_path / name)],
+                [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), *argv],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 cwd=REPO_ROOT,
             )
-            for name, kinds in legs.items()
-            if leg < len(kinds)
+            for name, argv in argvs.items()
+            if "mirrored" in argv
         }
-        for name, proc in procs.items():
+        outputs = {
+            name: run_in_process("run_train.py", *argv)
+            for name, argv in argvs.items()
+            if name not in mirrored
+        }
+        for name, proc in mirrored.items():
             stdout, stderr = proc.communicate(timeout=600)
-            assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
+            outputs[name] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        for name, proc in outputs.items():
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
             if leg == 1:
-                assert f"resumed from {tmp_path / name}/model.ckpt-6 at step 6" in stdout
+                assert f"resumed from {tmp_path / name}/model.ckpt-6 at step 6" in proc.stdout
     reference = _weights(tmp_path / "reference", 12)
     for name in ("mirrored_then_one", "one_then_mirrored"):
         resumed = _weights(tmp_path / name, 12)
