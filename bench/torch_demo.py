@@ -23,6 +23,10 @@ channels_last, ``torch.set_num_threads(2)``.  Prints one JSON line.
 --width 1.0 --classes 1000 --bf16]``: images/s of the training step of torchvision's VGG16 (SGD
 Nesterov, cross-entropy) on one random batch, eager; ``--bf16`` under CPU autocast.  Prints one
 JSON line.
+
+``python bench/torch_demo.py matmul [--n 4096 --bf16]``: FLOP/s of an n x n by n x n matmul on
+2 threads, PyTorch's practical peak for dense math on these cores (best of 5).  Prints one JSON
+line.
 """
 
 from __future__ import annotations
@@ -215,6 +219,19 @@ def step_rate(args) -> dict:
     return {"images_per_second": images / wall, "images_per_cpu_second": images / cpu}
 
 
+def matmul_rate(args) -> dict:
+    torch.set_num_threads(2)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    a, b = torch.randn(args.n, args.n, dtype=dtype), torch.randn(args.n, args.n, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return {"gflops": 2 * args.n**3 / best / 1e9}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="job", required=True)
@@ -231,8 +248,11 @@ def main(argv=None) -> int:
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--steps", type=int, default=12)
     s.add_argument("--bf16", action="store_true")
+    m = sub.add_parser("matmul")
+    m.add_argument("--n", type=int, default=4096)
+    m.add_argument("--bf16", action="store_true")
     args = p.parse_args(argv)
-    result = demo(args) if args.job == "demo" else step_rate(args)
+    result = {"demo": demo, "vgg16": step_rate, "matmul": matmul_rate}[args.job](args)
     print(json.dumps(result), flush=True)
     return 0
 

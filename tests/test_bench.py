@@ -83,8 +83,12 @@ def test_benchmark_quick_writes_its_figure_and_keeps_the_others(tmp_path, name, 
             rows["run_train.py bf16"]["value"] / rows["run_train.py fp32"]["value"]
         )
     elif name == "loop_sinking":
+        bare = rows.pop("bare one-step graph (sess.run per step)")
         assert set(rows) == {"--iterations_per_loop 1", "--iterations_per_loop 20"}
         assert all(r["value"] > 0 for r in rows.values())
+        assert bare["ratio"] == pytest.approx(
+            rows["--iterations_per_loop 20"]["value"] / bare["value"]
+        )
     elif name == "memory":
         assert rows["VGG16 peak RSS"]["value"] >= rows["VGG16 RSS between steps"]["value"] > 50
         assert rows["small net RSS after 10 steps"]["value"] > 50
@@ -272,6 +276,9 @@ def test_torch_peer_trains_the_demo_network_on_decoded_arrays(tmp_path):
     result, wall = torch_peer.run_peer(["demo", str(arrays), "--epochs", "1"])
     assert result["steps"] == 2 and 0 <= result["final_top1"] <= 1 and wall > 0
     assert [e["epoch"] for e in result["evaluations"]] == [1]
+    for precision in ([], ["--bf16"]):  # the matmul that figure 2 takes as the peak
+        result, _ = torch_peer.run_peer(["matmul", "--n", "64", *precision])
+        assert result["gflops"] > 0
 
 
 def test_demo_profile_adds_up_the_runs_parts_and_traces_the_kernels(demo_dir, tmp_path):
