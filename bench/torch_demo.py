@@ -25,8 +25,8 @@ Nesterov, cross-entropy) on one random batch, eager; ``--bf16`` under CPU autoca
 JSON line.
 
 ``python bench/torch_demo.py matmul [--n 4096 --bf16]``: FLOP/s of an n x n by n x n matmul on
-2 threads, PyTorch's practical peak for dense math on these cores (best of 5).  Prints one JSON
-line.
+every core this process may use, PyTorch's practical peak for dense math on these cores (best
+of 5).  Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -220,7 +221,7 @@ def step_rate(args) -> dict:
 
 
 def matmul_rate(args) -> dict:
-    torch.set_num_threads(2)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # every core TensorFlow's matmul gets
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     a, b = torch.randn(args.n, args.n, dtype=dtype), torch.randn(args.n, args.n, dtype=dtype)
     torch.mm(a, b)
