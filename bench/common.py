@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.json"
 RUN_TRAIN = REPO / "run_train.py"
 # The small VGG of figures 3-5: at 32 px and 1/16 width a step is mostly fixed per-step cost.
-SMALL_NET = ["--image_size", "32", "--class_num", "10", "--width_multiplier", "0.0625"]
+SMALL_SETTINGS = {"image_size": 32, "class_num": 10, "width_multiplier": 0.0625}
+SMALL_NET = [arg for name, value in SMALL_SETTINGS.items() for arg in (f"--{name}", str(value))]
 SMALL_BATCH = 8
 
 

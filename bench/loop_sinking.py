@@ -47,14 +47,8 @@ def steps_per_second(
 
 def bare_steps_per_second(warmup: int, steps: int) -> tuple[float, float]:
     """(steps/s, steps per CPU-second) of figure 2's bare graph for the same small network."""
-    small = dict(zip(common.SMALL_NET[::2], common.SMALL_NET[1::2]))
-    cfg = config.resolve(
-        settings={
-            "synthetic": True,
-            "batch_size": common.SMALL_BATCH,
-            **{flag[2:]: float(v) if "." in v else int(v) for flag, v in small.items()},
-        }
-    )
+    settings = {"synthetic": True, "batch_size": common.SMALL_BATCH, **common.SMALL_SETTINGS}
+    cfg = config.resolve(settings=settings)
     images, per_cpu, _ = train_compute.bare_rates(cfg, {"warmup": warmup, "steps": steps}, "fp32")
     return images / common.SMALL_BATCH, per_cpu / common.SMALL_BATCH
 

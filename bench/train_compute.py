@@ -25,13 +25,12 @@ at batch 32 >= 0.75x the best bf16 matmul (issue 33), on CPUs with bf16 arithmet
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
 
 from bench import common
-from vgg_keras import compat, config, train_graph
+from vgg_keras import compat, config, cores, train_graph
 from vgg_keras import model as model_lib
 from vgg_keras.compat import keras, tf, v1
 
@@ -233,7 +232,7 @@ def run(quick: bool) -> dict:
         )
         if precision == "bf16":
             achieved = user_rate * flops
-            per_core = s["user_batch"] // max(1, os.cpu_count() or 1)
+            per_core = s["user_batch"] // cores.usable()
             rows.append(
                 common.row(
                     f"VGG training bf16, batch {s['user_batch']} ({per_core} per core)",
