@@ -156,13 +156,13 @@ def _covers_an_object(y, x, h, w, bboxes, height, width, min_object_covered: flo
     # The objects in pixels, corners truncated: (n, 4) [ymin, xmin, ymax, xmax]; or the image.
     boxes = tf.reshape(bboxes, [-1, 4])
     in_image = tf.reduce_all((boxes >= 0.0) & (boxes <= 1.0))
-    with tf.control_dependencies([tf.debugging.Assert(in_image, [_BOX_ERROR, boxes])]):
+    # The message alone: data that is not text would wrap the check in a conditional, whose
+    # call costs more than the rest of the check.
+    with tf.control_dependencies([tf.debugging.Assert(in_image, [_BOX_ERROR])]):
         boxes = tf.cast(boxes * tf.stack([fh, fw, fh, fw]), i32)
-    boxes = tf.cond(
-        tf.shape(boxes)[0] > 0,
-        lambda: boxes,
-        lambda: tf.stack([[0, 0, height, width]]),
-    )
+    # The boxes, or (none given) the whole image: the first max(n, 1) rows of both together.
+    whole = tf.stack([[0, 0, height, width]])
+    boxes = tf.concat([boxes, whole], 0)[: tf.maximum(tf.shape(boxes)[0], 1)]
     by0, bx0, by1, bx1 = (boxes[:, i][None, :] for i in range(4))  # (1, n)
     y0, x0, y1, x1 = y[:, None], x[:, None], (y + h)[:, None], (x + w)[:, None]  # (attempts, 1)
     iy0, ix0 = tf.maximum(y0, by0), tf.maximum(x0, bx0)
