@@ -32,6 +32,7 @@ AUTOTUNE = tf.data.experimental.AUTOTUNE
 # outermost function is enough: the datasets traced inside it are left as written too.
 as_written = tf.autograph.experimental.do_not_convert
 CHECKED_CHUNK = 32  # records a shard's count check covers at once (_shard_records)
+SAMPLED_TOGETHER = 32  # training images whose crop windows are drawn by one call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,13 +278,26 @@ def train_dataset(
             num_parallel_calls=None,
         )
 
-    def preprocess_record(serialized, record_seed):
+    # preprocess.train_image in three steps, the crop sampler over a chunk of images at once.
+    def locate_record(serialized, record_seed):
         jpeg, label, bboxes = split.parse(serialized, inp.label_offset)
-        image = preprocess.train_image(jpeg, bboxes, record_seed, network, inp)
-        return image, _check_label(label, network.class_num)
+        located = preprocess.locate(jpeg, bboxes, record_seed)
+        return (jpeg, _check_label(label, network.class_num), *located)
+
+    def sample_windows(jpegs, labels, shapes, boxes, uniforms, flips):
+        ranges = preprocess.crop_ranges(inp)
+        return jpegs, labels, preprocess.sample_crops(shapes, boxes, uniforms, *ranges), flips
+
+    def crop_record(jpeg, label, window, flip):
+        return preprocess.crop_flip_normalize(jpeg, window, flip, network, inp.input_mode), label
 
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(as_written(one_epoch)).skip(offset)
-    ds = ds.map(as_written(preprocess_record), num_parallel_calls=cores.usable())
+    ds = ds.map(as_written(locate_record), num_parallel_calls=cores.usable())
+    if inp.skip_corrupt:  # before the chunks: a bad record would take its chunk with it
+        ds = compat.ignore_errors(ds)
+    located = ([], [], [2], [None, 4], [preprocess.MAX_ATTEMPTS, 4], [])
+    ds = ds.padded_batch(SAMPLED_TOGETHER, located).map(as_written(sample_windows)).unbatch()
+    ds = ds.map(as_written(crop_record), num_parallel_calls=cores.usable())
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
     ds = ds.batch(batch_size, drop_remainder=True)

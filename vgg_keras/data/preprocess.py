@@ -4,7 +4,7 @@ Training randomness is *stateless*: each image's crop and flip are a function of
 seed, so a resumed run sees exactly the augmentations an uninterrupted run would have seen, and
 the flip is drawn per image (the reference drew one flip for the whole run at graph build time).
 
-TF 1.15 has no stateless crop or flip ops, so ``sample_crop`` re-implements
+TF 1.15 has no stateless crop or flip ops, so ``sample_crops`` re-implements
 ``tf.image.sample_distorted_bounding_box``'s sampler in plain graph ops over uniforms from
 ``tf.random.stateless_uniform`` (a counter-based Philox generator both stacks have): one code
 path, the same distribution (tested against TensorFlow's op), the same crops on both stacks.
@@ -57,18 +57,21 @@ def _per_pixel(values, image):
 def train_image(jpeg, bboxes, seed, network: Network, inp: Input):
     """Random crop (guided by the record's boxes when present), resize, flip, normalise.
 
-    ``seed`` is an int32/int64 tensor of shape [2]; ``bboxes`` is (1, n, 4) with n >= 0.
+    ``seed`` is an int32/int64 tensor of shape [2]; ``bboxes`` is (1, n, 4) with n >= 0.  The
+    training input runs the same three steps with the sampler over a chunk of images at once.
     """
+    shape, boxes, uniforms, flip = locate(jpeg, bboxes, seed)
+    window = sample_crops(shape[None], boxes[None], uniforms[None], *crop_ranges(inp))[0]
+    return crop_flip_normalize(jpeg, window, flip, network, inp.input_mode)
+
+
+def locate(jpeg, bboxes, seed):
+    """What the crop sampler needs of one image: its (height, width), its boxes in pixels
+    (``pixel_boxes``), its uniforms (attempts, 4) and its flip, drawn from its ``seed``."""
     uniforms = tf.random.stateless_uniform([MAX_ATTEMPTS * 4 + 1], seed=seed)
-    window = sample_crop(
-        tf.image.extract_jpeg_shape(jpeg),
-        bboxes,
-        tf.reshape(uniforms[:-1], [MAX_ATTEMPTS, 4]),
-        inp.min_object_covered,
-        inp.area_range,
-        inp.aspect_ratio_range,
-    )
-    return crop_flip_normalize(jpeg, window, uniforms[-1] < 0.5, network, inp.input_mode)
+    shape = tf.image.extract_jpeg_shape(jpeg)[:2]
+    attempts = tf.reshape(uniforms[:-1], [MAX_ATTEMPTS, 4])
+    return shape, pixel_boxes(bboxes, shape), attempts, uniforms[-1] < 0.5
 
 
 def crop_flip_normalize(jpeg, window, flip, network: Network, input_mode: str):
@@ -86,22 +89,54 @@ def crop_flip_normalize(jpeg, window, flip, network: Network, input_mode: str):
 
 
 def sample_crop(shape, bboxes, uniforms, min_object_covered, area_range, aspect_ratio_range):
-    """A crop window [y, x, height, width] of an image of ``shape`` (H, W, C), drawn as
-    ``tf.image.sample_distorted_bounding_box`` draws it, from ``uniforms`` in [0, 1) of shape
-    (attempts, 4).
+    """``sample_crops`` for one image of ``shape`` (H, W, C) with ``bboxes`` (1, n, 4) and
+    ``uniforms`` (attempts, 4): its window [y, x, height, width]."""
+    hw = tf.cast(shape[:2], tf.int32)
+    ranges = (min_object_covered, area_range, aspect_ratio_range)
+    return sample_crops(hw[None], pixel_boxes(bboxes, hw)[None], uniforms[None], *ranges)[0]
+
+
+def crop_ranges(inp: Input) -> tuple:
+    """``sample_crops``' last three arguments, as --min_object_covered, --area_range and
+    --aspect_ratio_range give them."""
+    return inp.min_object_covered, inp.area_range, inp.aspect_ratio_range
+
+
+def pixel_boxes(bboxes, shape):
+    """``bboxes`` ((1, n, 4) [ymin, xmin, ymax, xmax] in 0..1) in pixels of an image of
+    ``shape`` (height, width), corners truncated as TensorFlow's kernel does: (max(n, 1), 4)
+    int32, the whole image when there are none."""
+    height, width = tf.cast(shape[0], tf.int32), tf.cast(shape[1], tf.int32)
+    fh, fw = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    boxes = tf.reshape(bboxes, [-1, 4])
+    in_image = tf.reduce_all((boxes >= 0.0) & (boxes <= 1.0))
+    # The message alone: data that is not text would wrap the check in a conditional, whose
+    # call costs more than the rest of the check.
+    with tf.control_dependencies([tf.debugging.Assert(in_image, [_BOX_ERROR])]):
+        pixels = tf.cast(boxes * tf.stack([fh, fw, fh, fw]), tf.int32)
+    # The boxes, or (none given) the whole image: the first max(n, 1) rows of both together.
+    whole = tf.stack([[0, 0, height, width]])
+    return tf.concat([pixels, whole], 0)[: tf.maximum(tf.shape(boxes)[0], 1)]
+
+
+def sample_crops(shapes, boxes, uniforms, min_object_covered, area_range, aspect_ratio_range):
+    """Crop windows [y, x, height, width] (batch, 4) of images of ``shapes`` (batch, 2), drawn
+    as ``tf.image.sample_distorted_bounding_box`` draws them, from ``uniforms`` in [0, 1) of
+    shape (batch, attempts, 4).
 
     Each attempt draws an aspect ratio, a height between those giving the smallest and largest
     allowed area, and an offset; it succeeds if its area is in ``area_range`` (as a fraction of
-    the image) and it covers at least ``min_object_covered`` of one of ``bboxes`` ((1, n, 4)
-    [ymin, xmin, ymax, xmax] in 0..1; none means the whole image).  The first successful attempt
-    wins; if none succeeds, the whole image.  Integer rounding follows TensorFlow's kernel
-    (round half to even, truncating box corners, offsets in [0, H - height)), attempts are
-    evaluated side by side instead of one after another.
+    the image) and it covers at least ``min_object_covered`` of one of ``boxes`` ((batch, n, 4)
+    of ``pixel_boxes``; rows of zeros pad an image's boxes and cover nothing).  The first
+    successful attempt wins; if none succeeds, the whole image.  Integer rounding follows
+    TensorFlow's kernel (round half to even, truncating box corners, offsets in [0, H -
+    height)); attempts, and images, are evaluated side by side: the ops of one image, a few
+    hundred small ones, cost more than their arithmetic, so a chunk of images shares them.
     """
     f32, i32 = tf.float32, tf.int32
-    height, width = tf.cast(shape[0], i32), tf.cast(shape[1], i32)
+    height, width = shapes[:, 0:1], shapes[:, 1:2]  # (batch, 1): broadcast over the attempts
     fh, fw = tf.cast(height, f32), tf.cast(width, f32)
-    u_aspect, u_height, u_y, u_x = tf.unstack(tf.cast(uniforms, f32), axis=1)
+    u_aspect, u_height, u_y, u_x = tf.unstack(tf.cast(uniforms, f32), axis=2)
 
     def rint(value):  # lrintf
         return tf.cast(tf.round(value), i32)
@@ -138,33 +173,23 @@ def sample_crop(shape, bboxes, uniforms, min_object_covered, area_range, aspect_
     y = tf.where(h < height, uniform_int(u_y, tf.maximum(height - h, 1)), 0)
     x = tf.where(w < width, uniform_int(u_x, tf.maximum(width - w, 1)), 0)
 
-    covered = _covers_an_object(y, x, h, w, bboxes, height, width, min_object_covered)
+    covered = _covers_an_object(y, x, h, w, boxes, min_object_covered)
     valid = valid & (area >= 1.0) & covered
 
-    first = tf.argmax(tf.cast(valid, i32), output_type=i32)
-    whole = tf.stack([0, 0, height, width])
-    chosen = tf.stack([y[first], x[first], h[first], w[first]])
-    return tf.where(tf.reduce_any(valid), chosen, whole)
+    first = tf.argmax(tf.cast(valid, i32), axis=1, output_type=i32)
+    # (TF 1.15's batch_dims must be below the indices' rank: one index per image, as a column.)
+    chosen = tf.gather(tf.stack([y, x, h, w], axis=2), first[:, None], batch_dims=1)[:, 0]
+    whole = tf.concat([tf.zeros_like(shapes), shapes], axis=1)
+    return tf.where(tf.reduce_any(valid, axis=1, keepdims=True), chosen, whole)
 
 
-def _covers_an_object(y, x, h, w, bboxes, height, width, min_object_covered: float):
-    """Per attempt: whether the window (y, x, h, w) covers at least ``min_object_covered`` of
-    one of ``bboxes`` (corners truncated to pixels, as TensorFlow's kernel does; none: the
-    whole image)."""
-    f32, i32 = tf.float32, tf.int32
-    fh, fw = tf.cast(height, f32), tf.cast(width, f32)
-    # The objects in pixels, corners truncated: (n, 4) [ymin, xmin, ymax, xmax]; or the image.
-    boxes = tf.reshape(bboxes, [-1, 4])
-    in_image = tf.reduce_all((boxes >= 0.0) & (boxes <= 1.0))
-    # The message alone: data that is not text would wrap the check in a conditional, whose
-    # call costs more than the rest of the check.
-    with tf.control_dependencies([tf.debugging.Assert(in_image, [_BOX_ERROR])]):
-        boxes = tf.cast(boxes * tf.stack([fh, fw, fh, fw]), i32)
-    # The boxes, or (none given) the whole image: the first max(n, 1) rows of both together.
-    whole = tf.stack([[0, 0, height, width]])
-    boxes = tf.concat([boxes, whole], 0)[: tf.maximum(tf.shape(boxes)[0], 1)]
-    by0, bx0, by1, bx1 = (boxes[:, i][None, :] for i in range(4))  # (1, n)
-    y0, x0, y1, x1 = y[:, None], x[:, None], (y + h)[:, None], (x + w)[:, None]  # (attempts, 1)
+def _covers_an_object(y, x, h, w, boxes, min_object_covered: float):
+    """Per image and attempt: whether the window (y, x, h, w), each (batch, attempts), covers
+    at least ``min_object_covered`` of one of ``boxes`` (batch, n, 4)."""
+    f32 = tf.float32
+    by0, bx0, by1, bx1 = (boxes[:, None, :, i] for i in range(4))  # (batch, 1, n)
+    y0, x0 = y[:, :, None], x[:, :, None]  # (batch, attempts, 1)
+    y1, x1 = (y + h)[:, :, None], (x + w)[:, :, None]
     iy0, ix0 = tf.maximum(y0, by0), tf.maximum(x0, bx0)
     iy1, ix1 = tf.minimum(y1, by1), tf.minimum(x1, bx1)
     overlap = tf.where((iy0 > iy1) | (ix0 > ix1), tf.zeros_like(iy0), (iy1 - iy0) * (ix1 - ix0))
@@ -172,7 +197,7 @@ def _covers_an_object(y, x, h, w, bboxes, height, width, min_object_covered: flo
     covered = (box_area >= 1.0) & (
         tf.cast(overlap, f32) / tf.maximum(box_area, 1.0) >= min_object_covered
     )
-    return tf.reduce_any(covered, axis=1)
+    return tf.reduce_any(covered, axis=2)
 
 
 def decode(jpeg, input_mode: str):
