@@ -273,13 +273,13 @@ def train_dataset(
         if by_record:
             records = records.shard(num_workers, worker_index)
         records = records.shuffle(inp.shuffle_buffer, seed=epoch * 7919 + seed + 1)
-        return records.enumerate().map(
-            lambda i, r: (r, tf.stack([epoch * 1_000_003 + seed, i])),
-            num_parallel_calls=None,
-        )
+        # Each record with its epoch and its place in it: its augmentation's seed.
+        places = (tf.data.Dataset.from_tensors(epoch).repeat(), tf.data.Dataset.range(2**62))
+        return tf.data.Dataset.zip((records, *places))
 
     # preprocess.train_image in three steps, the crop sampler over a chunk of images at once.
-    def locate_record(serialized, record_seed):
+    def locate_record(serialized, epoch, index):
+        record_seed = tf.stack([epoch * 1_000_003 + seed, index])
         jpeg, label, bboxes = split.parse(serialized, inp.label_offset)
         located = preprocess.locate(jpeg, bboxes, record_seed)
         return (jpeg, _check_label(label, network.class_num), *located)
