@@ -61,18 +61,18 @@ class Contents:
         from fc1's input (image_size/32 squared cells of the last filters), image_size."""
         if self.arch is None:
             return {}
-        names = self.arch.reference_names() if self.layout == REFERENCE else {}
-        top, fc1 = names.get("predictions", "predictions"), names.get("fc1", "fc1")
-        last_conv = names.get(self.arch.conv_layers()[-1], self.arch.conv_layers()[-1])
+        top, fc1, last = (
+            self.shapes.get(stored_name(f"{layer}/kernel", self))
+            for layer in ("predictions", "fc1", self.arch.conv_layers()[-1])
+        )
         found = {"arch": self.arch.name}
-        if f"{top}/kernel" in self.shapes:
-            found["class_num"] = self.shapes[f"{top}/kernel"][-1]
-        conv, last = self.first_conv(), self.shapes.get(f"{last_conv}/kernel")
+        if top:
+            found["class_num"] = top[-1]
+        conv = self.first_conv()
         if conv:
             found["width_multiplier"] = conv[-1] / BLOCK_FILTERS[0]
-        if last and f"{fc1}/kernel" in self.shapes:
-            cells = self.shapes[f"{fc1}/kernel"][0] / last[-1]
-            found["image_size"] = int(round(cells**0.5)) * 32
+        if last and fc1:
+            found["image_size"] = int(round((fc1[0] / last[-1]) ** 0.5)) * 32
         return found
 
     def describe(self, width: bool = False) -> str:
@@ -102,11 +102,11 @@ def read_contents(path: str) -> Contents:
     for name, shape in shapes.items():  # a kernel of another rank would fail far from here
         if name.endswith("/kernel") and len(shape) != (4 if "conv" in name else 2):
             raise UsageError(f"{path}: not a VGG checkpoint ({name} has the shape {shape})")
-    contents = Contents(path, shapes, layout, None)
+    layers = Contents(path, shapes, layout, None).layers
     if layout == REFERENCE:
-        return dataclasses.replace(contents, arch=arch.from_reference_scopes(contents.layers))
+        return Contents(path, shapes, layout, arch.from_reference_scopes(layers))
     batch_norm = any(name.endswith("/moving_mean") for name in shapes)
-    return dataclasses.replace(contents, arch=arch.from_layers(contents.layers, batch_norm))
+    return Contents(path, shapes, layout, arch.from_layers(layers, batch_norm))
 
 
 def stored_name(name: str, contents: Contents) -> str:
@@ -117,9 +117,9 @@ def stored_name(name: str, contents: Contents) -> str:
     return contents.arch.reference_names().get(layer, layer) + sep + rest
 
 
-def our_scope(scope: str, contents: Contents | None) -> str:
+def our_scope(scope: str, contents: Contents) -> str:
     """A --restore_exclude scope in the checkpoint's own names (``dense_2``) as ours."""
-    if contents is None or contents.layout == OURS or contents.arch is None:
+    if contents.layout == OURS or contents.arch is None:
         return scope
     ours = {ref: our for our, ref in contents.arch.reference_names().items()}
     layer, sep, rest = scope.rstrip("/").partition("/")
@@ -145,8 +145,7 @@ def check_network(contents: Contents, model) -> None:
     wrong = [n for n, shape in stored.items() if shape is not None and list(shape) != wanted[n]]
     ours = arch.get(model.name)
     # A VGG19 checkpoint holds every VGG16 variable with the same shapes: the layers decide.
-    other = contents.arch != ours
-    if not (missing or wrong or other):
+    if not (missing or wrong or contents.arch != ours):
         return
     if missing:
         detail = f"missing {stored_name(missing[0], contents)}"
@@ -206,11 +205,12 @@ def restore_subset(session, path: str, variables, exclude) -> list[str]:
     nothing.  Returns the names restored.
     """
     contents = read_contents(path)
-    scopes = [our_scope(s, contents) for s in exclude if s != GLOBAL_STEP]
-    for given, scope in zip([s for s in exclude if s != GLOBAL_STEP], scopes):
+    given = [s for s in exclude if s != GLOBAL_STEP]
+    scopes = [our_scope(s, contents) for s in given]
+    for name, scope in zip(given, scopes):
         if not any(excluded(v.op.name, [scope]) for v in variables):
             # A misspelt scope would otherwise restore the layer it meant to leave out.
-            raise UsageError(f"--restore_exclude {given}: the model has no such variable or scope")
+            raise UsageError(f"--restore_exclude {name}: the model has no such variable or scope")
     chosen = [v for v in variables if not excluded(v.op.name, scopes)]
     names = [stored_name(v.op.name, contents) for v in chosen]
     for v, name in zip(chosen, names):

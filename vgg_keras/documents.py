@@ -90,10 +90,9 @@ def _check_bounds(value, name: str, what: str) -> None:
             raise UsageError(
                 f"{name}: unreadable {what} (over {MAX_VALUES:,} values, aliases unfolded)"
             )
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
+        if isinstance(item, (dict, list)):
+            values = item.values() if isinstance(item, dict) else item
+            stack.extend((v, depth + 1) for v in values)
 
 
 def _one_line(err: Exception) -> str:

@@ -48,7 +48,7 @@ RUNS_DIR = "runs"  # where --log_dir puts runs by default (runs/vgg16, runs/demo
 OWN_NAMES = (CONFIG_FILE, METRICS_FILE, STATE_FILE, BEST_FILE, LOCK_FILE, EVAL_LOG, EVAL_EVENTS)
 OWN_PREFIXES = (CHECKPOINT_PREFIX, EVENTS_PREFIX, EVAL_RESULTS, EVAL_CURVE, ".")
 
-_INDEX = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}-(\d+)\.index$")
+_INDEX = re.compile(rf"^({re.escape(CHECKPOINT_PREFIX)}-(\d+))\.index$")
 _FILE = re.compile(rf"{re.escape(CHECKPOINT_PREFIX)}-(\d+)\.(index|data-\d+-of-\d+|meta)")
 _DATA = re.compile(rf"{re.escape(CHECKPOINT_PREFIX)}-(\d+)\.data-\d+-of-\d+")
 # Temporary names of an unfinished save (see the module docstring).
@@ -59,7 +59,7 @@ _PARTIAL = re.compile(
 
 def is_own_name(name: str) -> bool:
     """True for a file name the run itself writes (a log file may not take it)."""
-    return name in OWN_NAMES or name in (".", "..") or name.startswith(OWN_PREFIXES)
+    return name in OWN_NAMES or name.startswith(OWN_PREFIXES)  # "." covers "." and ".."
 
 
 def results_name(tag: str = "", suffix: str = ".json") -> str:
@@ -73,7 +73,7 @@ def curve_name(tag: str = "") -> str:
 
 def per_class_name(step: int, tag: str = "") -> str:
     """The stem of one checkpoint's per-class files: ``eval_results[.<tag>].step<N>``."""
-    return f"{EVAL_RESULTS}{'.' + tag if tag else ''}.step{step}"
+    return results_name(tag, f".step{step}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,14 +90,9 @@ def checkpoint_step(path: str) -> int:
 
 def list_checkpoints(folder: str) -> list[str]:
     """Every complete ``model.ckpt-N`` prefix in ``folder``, in step order."""
-    if not storage.isdir(folder):
-        return []
-    found = []
-    for name in storage.listdir(folder):
-        match = _INDEX.match(name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(folder, name[: -len(".index")])))
-    return [path for _, path in sorted(found)]
+    names = storage.listdir(folder) if storage.isdir(folder) else []
+    found = sorted((int(match[2]), match[1]) for match in map(_INDEX.match, names) if match)
+    return [os.path.join(folder, prefix) for _, prefix in found]
 
 
 def latest_checkpoint(folder: str) -> str | None:
@@ -138,10 +133,7 @@ def remove_partial(folder: str) -> list[str]:
         step = int(data[1]) if data else None
         rotated = step is not None and step not in complete and step < max(complete, default=-1)
         if rotated or _PARTIAL.fullmatch(name):
-            if storage.isdir(path):
-                storage.rmtree(path)
-            else:
-                storage.remove(path)
+            storage.rmtree(path) if storage.isdir(path) else storage.remove(path)
             removed.append(name)
     return removed
 
@@ -168,9 +160,7 @@ def state_file_target(folder: str) -> str | None:
     except (OSError, ValueError):
         return None
     match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.M)
-    if not match:
-        return None
-    return os.path.join(folder, match.group(1))
+    return os.path.join(folder, match.group(1)) if match else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,9 +169,7 @@ def state_file_target(folder: str) -> str | None:
 
 def write_config(folder: str, settings: dict, recorded: dict | None = None) -> None:
     """``<folder>/config.json``: the resolved settings, and what the run recorded."""
-    document = dict(settings)
-    if recorded:
-        document[RECORDED] = recorded
+    document = {**settings, RECORDED: recorded} if recorded else settings
     atomic.write_text(
         os.path.join(folder, CONFIG_FILE), json.dumps(document, indent=2, sort_keys=True)
     )
@@ -229,11 +217,10 @@ def write_best(folder: str, step: int, top1: float) -> None:
 def newest_run(runs_dir: str = RUNS_DIR) -> str:
     """The folder under ``runs_dir`` whose newest checkpoint was written last."""
     runs = []
-    if storage.isdir(runs_dir):
-        for name in sorted(storage.listdir(runs_dir)):
-            latest = latest_checkpoint(os.path.join(runs_dir, name))
-            if latest is not None:
-                runs.append((storage.getmtime(latest + ".index"), os.path.join(runs_dir, name)))
+    for name in storage.listdir(runs_dir) if storage.isdir(runs_dir) else []:
+        latest = latest_checkpoint(os.path.join(runs_dir, name))
+        if latest is not None:
+            runs.append((storage.getmtime(latest + ".index"), os.path.join(runs_dir, name)))
     if not runs:
         raise UsageError(
             f"no run with checkpoints under {runs_dir}/ (in {os.getcwd()}): name one with "
@@ -277,10 +264,13 @@ def prepare(config, counts: dict, cleanup: contextlib.ExitStack, chief: bool = T
     try:
         remove_partial(loop.log_dir)
         start = decide(config, counts)
-        if loop.overwrite:
-            _remove_previous_run(loop.log_dir, loop.log_name)
+        doomed = _previous_run(loop.log_dir, loop.log_name) if loop.overwrite else []
+        for path in doomed:
+            storage.remove(path)
     except OSError as err:
         raise UsageError(f"--log_dir {loop.log_dir}: cannot write there ({err.strerror})") from err
+    if doomed:
+        print(f"--overwrite: deleted the previous run in {loop.log_dir} ({len(doomed)} files)")
     return start
 
 
@@ -363,8 +353,7 @@ def _resume_changes(config, folder: str, where: str, counts: dict, step: int):
         notes.append(f"note: {precision if name == 'precision' else where + ' had ' + shown}")
         changed.setdefault("changed", {})[name] = [plain(was), plain(now)]
     # The images drawn by ``step``: from the start of its history's segment, in that batch.
-    begun = [e for e in _history(folder) if e.get("step", 0) <= step]
-    since = begun[-1] if begun else {}
+    since = next((e for e in reversed(_history(folder)) if e.get("step", 0) <= step), {})
     at, begin = since.get("stream_step", since.get("step", 0)), since.get("step", 0)
     images = (at + step - begin) * since.get("global_batch", was_batch)
     stream = images // batch
@@ -419,7 +408,7 @@ def _run_record(folder: str) -> dict | None:
     target = os.path.basename(state_file_target(folder) or "")
     if storage.exists(state) and not re.fullmatch(rf"{CHECKPOINT_PREFIX}-\d+", target):
         raise UsageError(f"{state}: not a state file naming a model.ckpt-<step>: {_ASIDE}")
-    return record if storage.exists(path) else None
+    return record  # None without a config.json: read_json gave {}
 
 
 _ASIDE = "a run would replace it; move it away, or use another --log_dir"
@@ -475,17 +464,6 @@ def _previous_run(log_dir: str, log_name: str) -> list[str]:
         or name.startswith(EVENTS_PREFIX)
     ]
     events = os.path.join(log_dir, EVAL_EVENTS)
-    if storage.isdir(events):
-        doomed += [
-            os.path.join(events, n) for n in storage.listdir(events) if n.startswith(EVENTS_PREFIX)
-        ]
+    found = storage.listdir(events) if storage.isdir(events) else []
+    doomed += [os.path.join(events, n) for n in found if n.startswith(EVENTS_PREFIX)]
     return [path for path in doomed if storage.isfile(path)]
-
-
-def _remove_previous_run(log_dir: str, log_name: str) -> None:
-    """--overwrite: delete the previous run's files (``_previous_run``)."""
-    doomed = _previous_run(log_dir, log_name)
-    for path in doomed:
-        storage.remove(path)
-    if doomed:
-        print(f"--overwrite: deleted the previous run in {log_dir} ({len(doomed)} files)")

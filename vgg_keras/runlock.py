@@ -17,6 +17,7 @@ does by asking whether the recorded pid still runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -52,19 +53,19 @@ class RunLock:
         if storage.is_url(self.path):
             return self._enter_store()
         while self._file is None:
-            handle = self._open()
+            try:
+                handle = open(self.path, "a+")
+            except OSError as err:
+                raise UsageError(f"--log_dir {os.path.dirname(self.path)}: {err.strerror}") from err
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = _read(handle)
-                handle.close()
-                raise UsageError(self._busy(owner)) from None
             except OSError as err:
-                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                held = isinstance(err, BlockingIOError)  # by another trainer
+                if not held and err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     handle.close()
                     raise
                 owner = _read(handle)  # no flock here: fall back to asking whether the pid lives
-                if _alive_here(owner):
+                if held or _alive_here(owner):
                     handle.close()
                     raise UsageError(self._busy(owner)) from None
             # The holder we waited on may have unlinked the file between our open and our lock:
@@ -105,21 +106,13 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         if self._file is None:
             return
-        try:
+        # An unwritable or vanished log_dir must not hide the run's own error; nor may closing,
+        # which fails when the record never reached a full disk (it flushes it again).
+        with contextlib.suppress(OSError):
             storage.remove(self.path)  # while still locked: nobody can take a lock being removed
-        except OSError:
-            pass  # an unwritable or vanished log_dir must not hide the run's own error
-        try:
+        with contextlib.suppress(OSError):
             self._file.close()
-        except OSError:
-            pass  # the record never reached a full disk: closing flushes it again, and fails
         self._file = None
-
-    def _open(self):
-        try:
-            return open(self.path, "a+")
-        except OSError as err:
-            raise UsageError(f"--log_dir {os.path.dirname(self.path)}: {err.strerror}") from err
 
     def _busy(self, owner: dict) -> str:
         who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"

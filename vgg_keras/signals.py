@@ -46,9 +46,7 @@ class StopSignals:
                 data = pipe.read(64)
                 if not data:  # __exit__ closed the write end
                     return
-                for signum in data:
-                    if signum not in STOP:
-                        continue
+                for signum in (s for s in data if s in STOP):
                     name = signal.Signals(signum).name
                     if self.received is None:
                         self.received = signum

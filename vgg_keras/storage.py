@@ -121,23 +121,20 @@ escape = local_glob.escape  # tf.io.gfile.glob takes the same wildcards
 def walk(top: str):
     """``os.walk``'s (folder, sub-folders, file names), top-down."""
     if not is_url(top):
-        return os.walk(top)
-    return ((folder, [d.rstrip("/") for d in dirs], files) for folder, dirs, files in _walk(top))
-
-
-def _walk(top: str):
+        yield from os.walk(top)
+        return
     with _errors(top):
-        yield from _gfile(top).walk(top)
+        for folder, dirs, files in _gfile(top).walk(top):
+            yield folder, [d.rstrip("/") for d in dirs], files
 
 
 def makedirs(path: str) -> None:
     """Make the folder ``path`` and its parents (present already, or a store's top level:
     nothing to do)."""
-    if is_url(path):
-        if not path.endswith("://"):
-            _gfile(path).makedirs(path)
-    else:
+    if not is_url(path):
         os.makedirs(path, exist_ok=True)
+    elif not path.endswith("://"):
+        _gfile(path).makedirs(path)
 
 
 def remove(path: str) -> None:
@@ -184,33 +181,32 @@ def open(path: str, mode: str = "r", encoding: str | None = None):  # noqa: A001
     return _StoreFile(path, mode)
 
 
-class _StoreFile:
+class _Guarded:
+    """An object's methods (``tf.io.gfile``'s functions, a ``GFile``'s), with their errors
+    turned into OSErrors naming ``path``."""
+
+    def __init__(self, target, path: str):
+        self._target, self.name = target, path
+
+    def __getattr__(self, name: str):
+        function = getattr(self._target, name)
+
+        def call(*args, **kwargs):
+            with _errors(self.name):
+                return function(*args, **kwargs)
+
+        return call
+
+
+class _StoreFile(_Guarded):
     """A ``tf.io.gfile.GFile`` whose errors are OSErrors, as a local file's."""
 
     def __init__(self, path: str, mode: str):
-        self.name = path
         if "w" in mode and path.startswith(_RAM) and _gfile(path).exists(path):
             _gfile(path).remove(path)  # ram:// would write after the old bytes
-        self._file = _gfile(path).GFile(path, mode)
+        super().__init__(_gfile(path).GFile(path, mode), path)
         if "r" in mode:
-            with _errors(path):
-                self._file.size()  # opening is lazy: a missing file fails here, as open's would
-
-    def read(self, n: int = -1):
-        with _errors(self.name):
-            return self._file.read(n)
-
-    def write(self, data) -> None:
-        with _errors(self.name):
-            self._file.write(data)
-
-    def flush(self) -> None:
-        with _errors(self.name):
-            self._file.flush()
-
-    def close(self) -> None:
-        with _errors(self.name):
-            self._file.close()
+            self.size()  # opening is lazy: a missing file fails here, as open's would
 
     def __iter__(self):
         return iter(self.read().splitlines(keepends=True))
@@ -222,26 +218,11 @@ class _StoreFile:
         self.close()
 
 
-class _Gfile:
-    """``tf.io.gfile``'s functions, with its errors turned into OSErrors naming ``path``."""
+def _gfile(path: str) -> _Guarded:
+    """``tf.io.gfile``, its errors turned into OSErrors naming ``path``."""
+    from vgg_keras.compat import tf
 
-    def __init__(self, path: str):
-        from vgg_keras.compat import tf
-
-        self._path, self._gfile = path, tf.io.gfile
-
-    def __getattr__(self, name: str):
-        function = getattr(self._gfile, name)
-
-        def call(*args, **kwargs):
-            with _errors(self._path):
-                return function(*args, **kwargs)
-
-        return call
-
-
-def _gfile(path: str) -> _Gfile:
-    return _Gfile(path)
+    return _Guarded(tf.io.gfile, path)
 
 
 @contextlib.contextmanager
