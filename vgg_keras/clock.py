@@ -18,7 +18,6 @@ from vgg_keras.config import Config
 from vgg_keras.errors import UsageError
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # epoch length for --synthetic without a dataset
-NEVER = 1 << 62
 EVENTS = ("log", "save", "evaluate")
 
 
@@ -71,8 +70,7 @@ class Plan:
         """Where every call runs exactly --iterations_per_loop steps (Ascend's device loop),
         every interval must be a multiple of it, or a checkpoint or an evaluation is skipped."""
         n = self.call_steps
-        intervals = {"steps": self.max_steps, **self.every}
-        for name, every in intervals.items():
+        for name, every in {"steps": self.max_steps, **self.every}.items():
             if n > 1 and every and every % n:
                 raise UsageError(
                     f"--iterations_per_loop {n}: on Ascend the {name} interval ({every} steps) "

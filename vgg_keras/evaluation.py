@@ -44,7 +44,7 @@ class Stopped(Exception):
     """Evaluation given up at a batch boundary because the run was asked to stop."""
 
 
-class Evaluator:
+class Evaluator(contextlib.AbstractContextManager):
     """Evaluates checkpoints of the network described by ``config`` on its validation split.
 
     Loads the split, builds the graph and opens its session on construction; use it as a
@@ -194,21 +194,19 @@ class Evaluator:
             for _ in range(self._batches):
                 if stop is not None and stop():
                     raise Stopped(checkpoint)
-                for key, value in self._run_batch().items():
+                try:
+                    sums = self.session.run(self._fetches)
+                except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+                    c = self.config
+                    raise diagnose.explain(
+                        err, self.split, c.network.class_num, c.input.label_offset
+                    ) from err
+                for key, value in sums.items():
                     totals[key] = totals.get(key, 0) + (
                         value if key == "confusion" else value.item()
                     )
                 bar.update()
         return totals
-
-    def _run_batch(self) -> dict:
-        try:
-            return self.session.run(self._fetches)
-        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
-            c = self.config
-            raise diagnose.explain(
-                err, self.split, c.network.class_num, c.input.label_offset
-            ) from err
 
     def report(self, rows: list[dict], reporter: Reporter, header: bool = True) -> None:
         """The evaluation table through ``reporter`` (percent), and the metrics (fractions) in
@@ -220,19 +218,11 @@ class Evaluator:
             reporter.print(results.HEADER)
         for row in rows:
             reporter.print(results.format_row(row))
-            reporter.metrics(
-                row["step"],
-                epoch=row["epoch"],
-                eval_top1=row["top1"],
-                eval_top5=row["top5"],
-                eval_loss=row["loss"],
-            )
+            scores = {"eval_" + k: row[k] for k in ("top1", "top5", "loss")}
+            reporter.metrics(row["step"], epoch=row["epoch"], **scores)
 
     def close(self) -> None:
         self.session.close()
-
-    def __enter__(self) -> Evaluator:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -247,9 +237,7 @@ def _gone(checkpoint: str) -> bool:
 # Watching a training run
 
 
-def watch_checkpoints(
-    folder: str, timeout: float, after_step: int = -1, poll: float = WATCH_POLL_SECONDS
-) -> Iterator[str]:
+def watch_checkpoints(folder: str, timeout: float, after_step: int = -1) -> Iterator[str]:
     """Each ``model.ckpt-N`` with N > ``after_step`` in ``folder``, in step order, as training
     writes them; ends once ``timeout`` seconds pass without a new one.
 
@@ -258,11 +246,8 @@ def watch_checkpoints(
     """
     idle_since = time.monotonic()
     while True:
-        fresh = [
-            path
-            for path in rundir.list_checkpoints(folder)
-            if rundir.checkpoint_step(path) > after_step
-        ]
+        found = rundir.list_checkpoints(folder)
+        fresh = [path for path in found if rundir.checkpoint_step(path) > after_step]
         for path in fresh:
             yield path
             after_step = rundir.checkpoint_step(path)
@@ -272,7 +257,7 @@ def watch_checkpoints(
         waited = time.monotonic() - idle_since
         if waited >= timeout:
             return
-        time.sleep(min(poll, timeout - waited))
+        time.sleep(min(WATCH_POLL_SECONDS, timeout - waited))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,24 +285,20 @@ def targets(options: cli.EvalOptions) -> tuple[str, Iterable[str]]:
         )
     path = storage.normpath(path)
     if options.watch:
-        return path, _watched(path, options, every)
+        if not storage.isdir(path):
+            raise UsageError(f"--watch needs a folder, {path} is none (check the name)")
+        latest = rundir.latest_checkpoint(path)
+        # Without --all-ckpts or --eval_dir the side-car starts from the newest checkpoint there.
+        after = -1 if every or latest is None else rundir.checkpoint_step(latest) - 1
+        print(
+            f"watching {path} for checkpoints (up to {options.watch_timeout:g} s between them)",
+            flush=True,
+        )
+        return path, watch_checkpoints(path, options.watch_timeout, after)
     if options.best:
         return path, [rundir.best_checkpoint(path)]
     found = rundir.resolve_checkpoint(path, every)
     return os.path.dirname(found[0]), found
-
-
-def _watched(path: str, options: cli.EvalOptions, every: bool) -> Iterator[str]:
-    if not storage.isdir(path):
-        raise UsageError(f"--watch needs a folder, {path} is none (check the name)")
-    latest = rundir.latest_checkpoint(path)
-    # Without --all-ckpts or --eval_dir the side-car starts from the newest checkpoint there.
-    after = -1 if every or latest is None else rundir.checkpoint_step(latest) - 1
-    print(
-        f"watching {path} for checkpoints (up to {options.watch_timeout:g} s between them)",
-        flush=True,
-    )
-    return watch_checkpoints(path, options.watch_timeout, after)
 
 
 def resolve_config(settings: dict, folder: str, checkpoint: str) -> Config:
@@ -352,7 +333,7 @@ def run(options: cli.EvalOptions, settings: dict) -> list[dict]:
     output = options.output or folder
     tag = results.tag(config, options.eval_crops, rundir.read_config(folder))
     with contextlib.ExitStack() as stack:
-        reporter = _reporter(output, tag, config.runtime.progress)
+        reporter = _reporter(output, tag)
         stack.callback(reporter.close)
         evaluator = stack.enter_context(
             Evaluator(
@@ -372,7 +353,7 @@ def run(options: cli.EvalOptions, settings: dict) -> list[dict]:
         return rows
 
 
-def _reporter(output: str, tag: str, progress: bool) -> Reporter:
+def _reporter(output: str, tag: str) -> Reporter:
     try:
         events = os.path.join(rundir.EVAL_EVENTS, tag) if tag else rundir.EVAL_EVENTS
         return Reporter(

@@ -18,16 +18,15 @@ MARGIN = 0.05
 class ChancePlateau:
     """Fed each logged (epoch, loss); says once when the loss has stayed at chance too long.
 
-    The test is on the mean of the logged losses of the last ``epochs`` epochs (one batch's loss is
-    noisy), and only once the run has logged that many epochs.  Never while the latest
+    The test is on the mean of the logged losses of the last PLATEAU_EPOCHS epochs (one batch's
+    loss is noisy), and only once the run has logged that many epochs.  Never while the latest
     evaluation (``eval_top1``, set by the loop) is at least twice chance accuracy: a training
     loss near ln(class_num) is then label smoothing, dropout and augmentation, not a stuck net.
     """
 
-    def __init__(self, class_num: int, epochs: float = PLATEAU_EPOCHS, margin: float = MARGIN):
+    def __init__(self, class_num: int):
         self.chance = math.log(class_num)
-        self.band = margin * self.chance
-        self.epochs = epochs
+        self.band = MARGIN * self.chance
         self.learning_top1 = 2 / class_num
         self.eval_top1: float | None = None
         self._history: list[tuple[float, float]] = []
@@ -41,8 +40,8 @@ class ChancePlateau:
         if not math.isfinite(loss):
             return None
         self._history.append((epoch, float(loss)))
-        self._history = [(e, x) for e, x in self._history if e >= epoch - self.epochs]
-        if self.warned or epoch - self._first_epoch < self.epochs:
+        self._history = [(e, x) for e, x in self._history if e >= epoch - PLATEAU_EPOCHS]
+        if self.warned or epoch - self._first_epoch < PLATEAU_EPOCHS:
             return None
         if self.eval_top1 is not None and self.eval_top1 >= self.learning_top1:
             return None
@@ -52,7 +51,7 @@ class ChancePlateau:
         self.warned = True
         return (
             f"warning: the training loss has stayed at chance level (mean {mean:.3f}, "
-            f"ln(class_num) = {self.chance:.3f}) for {self.epochs:g} epochs, up to epoch "
+            f"ln(class_num) = {self.chance:.3f}) for {PLATEAU_EPOCHS:g} epochs, up to epoch "
             f"{epoch:.1f}: the network is not learning. Likely causes: a learning rate too high "
             "for a plain VGG (lower --lr, --clip_grad_norm, or longer --warmup_epochs), the "
             "initialisation (--conv_init fan_in; --dense_init he for width-scaled networks), "

@@ -53,9 +53,7 @@ def format_train_line(step, epoch, fps, out, eta_seconds=None) -> str:
 
 def _json_number(value):
     """NaN/Inf are not JSON: write them as strings so metrics.jsonl stays parseable."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def read_metrics(log_dir: str) -> list[dict]:
@@ -162,15 +160,10 @@ class Reporter:
         self._writer.flush()
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        for handle in (self._log, self._metrics):
-            if handle:
+        for handle in (self._bar, self._log, self._metrics, self._writer):
+            if handle is not None:
                 handle.close()
-        if self._writer:
-            self._writer.close()
-        self._log = self._metrics = self._writer = None
+        self._bar = self._log = self._metrics = self._writer = None
 
 
 def _plain(value):

@@ -46,10 +46,8 @@ def row(
         "checkpoint": checkpoint,
         "step": step,
         "epoch": round(step / steps_per_epoch, 3) if steps_per_epoch else None,
-        "top1": totals["top1"] / images,
-        "top5": totals["top5"] / images,
-        "loss": totals["loss"] / images,
-        "images": int(totals["images"]),
+        **{k: totals[k] / images for k in SUMS[:3]},
+        "images": images,
         "checkpoint_time": written,
     }
 
@@ -97,17 +95,12 @@ def write(rows: list[dict], config: Config, output: str, tag: str, crops: int) -
     the curve, and per-class files for the newest row if it carries a confusion matrix; returns
     the lines that say where those are and which classes did worst."""
     storage.makedirs(output)
-    settings = {
-        "crops": crops,
-        "resize": config.input.resize,
-        "input_mode": config.input.input_mode,
-        "data_dir": config.input.data_dir,
-    }
+    inp = config.input
+    settings = dict(zip(SETTINGS, (crops, inp.resize, inp.input_mode, inp.data_dir)))
     new = [{**{k: r[k] for k in KEYS}, **settings} for r in rows]
-    merged = _merge(os.path.join(output, rundir.results_name(tag)), new)
-    atomic.write_text(
-        os.path.join(output, rundir.results_name(tag)), json.dumps(merged, indent=1) + "\n"
-    )
+    path = os.path.join(output, rundir.results_name(tag))
+    merged = _merge(path, new)
+    atomic.write_text(path, json.dumps(merged, indent=1) + "\n")
     text = io.StringIO()
     writer = csv.DictWriter(text, KEYS + SETTINGS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -140,11 +133,8 @@ def _merge(path: str, new: list[dict]) -> list[dict]:
     except UsageError:
         old = []  # not ours, or cut short: replaced by the complete new file
     steps = {r["step"] for r in new}
-    kept = [
-        r
-        for r in old
-        if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] not in steps
-    ]
+    rows = [r for r in old if isinstance(r, dict) and isinstance(r.get("step"), int)]
+    kept = [r for r in rows if r["step"] not in steps]
     return sorted(kept + new, key=lambda r: r["step"])
 
 
@@ -214,14 +204,10 @@ def plot_curve(rows: list[dict], path: str, title: str, earlier: list[dict] = ()
     lines = (("top1", accuracy, "o-", "tab:blue"), ("top5", accuracy, "s--", "tab:orange"))
     for key, axes, fmt, colour in (*lines, ("loss", loss, "o-", "tab:red")):
         scale, label = (1 if key == "loss" else 100), key.replace("top", "top-")
-        for shown, face, name in (
-            (points, colour, label),
-            (earlier, "white", f"{label}, training's"),
-        ):
-            steps, values = [r["step"] for r in shown], [scale * r[key] for r in shown]
-            axes.plot(
-                steps, values, fmt if face == colour else fmt[0], color=colour, mfc=face, label=name
-            )
+        steps, values = [r["step"] for r in points], [scale * r[key] for r in points]
+        axes.plot(steps, values, fmt, color=colour, mfc=colour, label=label)
+        steps, values = [r["step"] for r in earlier], [scale * r[key] for r in earlier]
+        axes.plot(steps, values, fmt[0], color=colour, mfc="white", label=f"{label}, training's")
     values = [100 * r[k] for r in points for k in ("top1", "top5")]
     margin = max(1.0, 0.1 * (max(values) - min(values)))  # headroom: nothing on the frame
     accuracy.set(xlabel="step", ylabel="accuracy (%)")

@@ -19,14 +19,11 @@ from vgg_keras.compat import tf
 from vgg_keras.config import Optimizer
 
 
-def base_scale(optimizer: Optimizer, global_batch: int) -> float:
-    """The linear-scaling rule, ``lr = base_lr * global_batch / 256``, when --scale_lr is set."""
-    return global_batch / 256.0 if optimizer.scale_lr else 1.0
-
-
 def learning_rate(step, optimizer: Optimizer, steps_per_epoch: int, global_batch: int):
     """float32 learning rate at ``step`` (an int64 tensor)."""
-    o, scale = optimizer, base_scale(optimizer, global_batch)
+    o = optimizer
+    # The linear-scaling rule, ``lr = base_lr * global_batch / 256``, when --scale_lr is set.
+    scale = global_batch / 256.0 if o.scale_lr else 1.0
     step = tf.cast(step, tf.int64)
     if o.lr_schedule == "piecewise":
         boundaries = o.boundary_steps(steps_per_epoch)

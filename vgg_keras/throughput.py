@@ -22,11 +22,10 @@ class Throughput:
         self._wall_start = time.monotonic()
         self._done = 0  # steps of every call, warm-ups included (for the ETA)
         self._warm = set()  # kinds of call whose first (warm-up) call is behind us
-        self._steps = self._warmup_steps = 0
-        self._seconds = self._warmup_seconds = 0.0
+        self._timed = [0, 0.0]  # this interval's steps and seconds, warm-up calls left out
+        self._warmup = [0, 0.0]  # and those of its warm-up calls
         self._intervals = 0
-        self._run_steps = 0  # totals over the intervals after the first one
-        self._run_seconds = 0.0
+        self._run = [0, 0.0]  # totals over the intervals after the first one
 
     def timed(self, kind, fn, steps: int):
         """``fn()``, counting its time and ``steps`` unless it is the first call of ``kind``
@@ -35,13 +34,10 @@ class Throughput:
         result = fn()
         seconds = time.perf_counter() - started
         self._done += steps
-        if kind in self._warm:
-            self._steps += steps
-            self._seconds += seconds
-        else:
-            self._warm.add(kind)
-            self._warmup_steps += steps
-            self._warmup_seconds += seconds
+        counts = self._timed if kind in self._warm else self._warmup
+        self._warm.add(kind)
+        counts[0] += steps
+        counts[1] += seconds
         return result
 
     def eta_seconds(self) -> float | None:
@@ -54,15 +50,12 @@ class Throughput:
 
     def interval(self) -> dict:
         """{fps, interval_steps, interval_seconds} since the previous call; starts a new one."""
-        steps, seconds = self._steps, self._seconds
-        if not steps:  # only warm-up calls: better their figure than none
-            steps, seconds = self._warmup_steps, self._warmup_seconds
+        # Only warm-up calls: better their figure than none.
+        steps, seconds = self._timed if self._timed[0] else self._warmup
         if self._intervals:  # the first interval is the run's ramp-up (caches, the pipeline)
-            self._run_steps += steps
-            self._run_seconds += seconds
+            self._run = [self._run[0] + steps, self._run[1] + seconds]
         self._intervals += 1
-        self._steps = self._warmup_steps = 0
-        self._seconds = self._warmup_seconds = 0.0
+        self._timed, self._warmup = [0, 0.0], [0, 0.0]
         return {
             "fps": self._fps(steps, seconds),
             "interval_steps": steps,
@@ -71,12 +64,12 @@ class Throughput:
 
     def summary(self) -> str | None:
         """The end-of-run line: mean training FPS over every interval but the first."""
-        if not self._run_seconds:
+        steps, seconds = self._run
+        if not seconds:
             return None
-        images = self._run_steps * self.global_batch
         return (
-            f"training FPS: {self._fps(self._run_steps, self._run_seconds):.1f} images/s "
-            f"(mean over {images} images in {self._run_steps} steps, {self._run_seconds:.1f} s "
+            f"training FPS: {self._fps(steps, seconds):.1f} images/s (mean over "
+            f"{steps * self.global_batch} images in {steps} steps, {seconds:.1f} s "
             "of training; first log interval, evaluation and checkpoints not counted)"
         )
 

@@ -111,7 +111,7 @@ class _StepBuilder:
         # (NaN on the others: it costs a pass over every gradient).
         grad_norm = tf.cond(
             measure_grad_norm,
-            lambda: tf.linalg.global_norm(grads) * self.dist.in_sync,
+            lambda: tf.linalg.global_norm(grads) * d.in_sync,
             lambda: tf.constant(float("nan")),
         )
         loss, total_loss, top1 = tf.unstack(values)
@@ -207,12 +207,7 @@ class _StepBuilder:
         return outputs, train_op
 
 
-def build(
-    config: Config,
-    dataset_fn,
-    plan: Plan,
-    dist: distribute.Distribution,
-) -> TrainGraph:
+def build(config: Config, dataset_fn, plan: Plan, dist: distribute.Distribution) -> TrainGraph:
     """Build the training graph of ``plan`` (its batch layout, its resolved precision);
     ``dataset_fn(num_workers, worker_index)`` returns this worker's tf.data.Dataset of
     per-replica batches."""
@@ -254,7 +249,11 @@ def build(
             step_fetches = loop_fetches
         stop_requested = v1.placeholder_with_default(False, [], "stop_requested")
         if dist.num_workers > 1:
-            anyone = _vote(dist, stop_requested)
+            # Whether any worker had a signal before this call.  A signal reaches the workers
+            # at different calls: they stop together after the same one (one scalar all-reduce
+            # per call).
+            votes = dist.run(lambda: tf.cast(stop_requested, tf.float32))
+            anyone = dist.reduce(distribute.ReduceOp.SUM, votes) > 0
             step_fetches, loop_fetches = (
                 f and {**f, "stop": anyone} for f in (step_fetches, loop_fetches)
             )
@@ -282,13 +281,6 @@ def build(
         broadcast_op,
         load_device_loop,
     )
-
-
-def _vote(dist: distribute.Distribution, stop_requested):
-    """Whether any worker had a signal before this call.  A signal reaches the workers at
-    different calls: they stop together after the same one (one scalar all-reduce per call)."""
-    votes = dist.run(lambda: tf.cast(stop_requested, tf.float32))
-    return dist.reduce(distribute.ReduceOp.SUM, votes) > 0
 
 
 def _sunk_steps(one_step: _StepBuilder, loop_steps, measure_grad_norm, nan_policy: str) -> dict:

@@ -34,7 +34,8 @@ from vgg_keras.train_graph import StepOutputs, TrainGraph
 def train(config: Config) -> int:
     """Train (``--mode train`` or ``train_and_evaluate``); returns the process exit code."""
     dist = distribute.create(config)  # first: it may configure devices and start a server
-    split = _train_split(config)
+    no_data = config.input.synthetic and config.input.data_dir is None  # no training split
+    split = None if no_data else pipeline.load_split(config.input, "train")
     precision = dist.precision(config.network.precision)  # every graph of the run
     plan = clock.plan(config, split.num_examples if split else None, dist.num_replicas, precision)
     dist.check_plan(plan)
@@ -43,11 +44,10 @@ def train(config: Config) -> int:
     with contextlib.ExitStack() as stack:
         counts = {**plan.recorded(), "replicas": dist.num_replicas}
         start = rundir.prepare(config, counts, stack, chief=dist.is_chief)  # how the run starts
-        resume_from = start.checkpoint
         weights = _initial_weights(config, start)  # before anything is written: may fail
-        if dist.is_chief and resume_from is None:  # else once the checkpoint is restored
+        if dist.is_chief and start.checkpoint is None:  # else once the checkpoint is restored
             rundir.write_config(config.loop.log_dir, config.flat(), start.record)
-        start_step = rundir.checkpoint_step(resume_from) if resume_from else 0
+        start_step = rundir.checkpoint_step(start.checkpoint) if start.checkpoint else 0
         dataset_fn = _dataset_fn(config, plan, split, start.stream_step, dist)
         built = train_graph.build(config, dataset_fn, plan, dist)
         evaluator = None
@@ -89,13 +89,6 @@ def train(config: Config) -> int:
                 "checkpoint"
             )
             return 1
-
-
-def _train_split(config: Config):
-    """The training split (None for --synthetic without a dataset)."""
-    if config.input.synthetic and config.input.data_dir is None:
-        return None
-    return pipeline.load_split(config.input, "train")
 
 
 def _dataset_fn(config: Config, plan, split, start_step: int, dist: distribute.Distribution):
@@ -164,9 +157,7 @@ def _initialise(config, dist, built: TrainGraph, session, reporter, start, weigh
 
 
 def _start_notes(config: Config, dist, plan) -> list[str]:
-    notes = []
-    if dist.kind != "none":
-        notes.append(dist.describe())
+    notes = [dist.describe()] if dist.kind != "none" else []
     if plan.precision == "bf16" and not compat.fast_bf16():
         notes.append(
             "warning: --precision bf16 is emulated here (a CPU without avx512_bf16 or amx_bf16 "
@@ -205,20 +196,16 @@ def _resume(config, built: TrainGraph, session, reporter, start, is_chief: bool)
         reporter.print(line)
     if is_chief:  # only now: a checkpoint that does not fit leaves config.json untouched
         rundir.write_config(config.loop.log_dir, config.flat(), start.record)
-    step = rundir.checkpoint_step(path)
-    reporter.print(f"resumed from {path} at step {step}")
+    reporter.print(f"resumed from {path} at step {rundir.checkpoint_step(path)}")
 
 
 def _absent_notes(path: str, absent) -> list[str]:
     """One line per kind of state the checkpoint did not have (another layout's checkpoint, a
     layer trained that was frozen, a precision change)."""
     names = [v.op.name for v in absent]
-    notes = []
-    slots = [n for n in names if n.endswith("/Momentum")]
-    if slots:
-        notes.append(f"note: {path} holds no momentum for {len(slots)} variable(s): from zero")
-    scale = [n for n in names if "loss_scale" in n or n.endswith("good_steps")]
-    if scale:
+    slots = sum(n.endswith("/Momentum") for n in names)
+    notes = [f"note: {path} holds no momentum for {slots} variable(s): from zero"] if slots else []
+    if any("loss_scale" in n or n.endswith("good_steps") for n in names):
         notes.append(f"note: {path} holds no fp16 loss scale: a fresh one")
     return notes
 
@@ -450,8 +437,6 @@ def _count_bad_records(config: Config, split, reporter) -> int | None:
     """--skip_corrupt: the training split's unusable records (read once, at the start)."""
     if not config.input.skip_corrupt or split is None:
         return None
-    from vgg_keras.tools import diagnose
-
     count = diagnose.count_bad_records(
         list(split.files),
         config.network.class_num,
