@@ -84,17 +84,11 @@ def gpu_count() -> int:
 
 def cpu_flags() -> frozenset:
     """The host CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
     return frozenset()
-
-
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def fast_bf16() -> bool:
@@ -105,7 +99,7 @@ def fast_bf16() -> bool:
     if TF1:
         return False
     flags = cpu_flags()
-    return bool(gpu_count()) or not flags or any(f in flags for f in BF16_CPU_FLAGS)
+    return bool(gpu_count()) or not flags or any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
 def session_config(intra_op_threads: int, inter_op_threads: int, xla: bool) -> v1.ConfigProto:
@@ -126,15 +120,10 @@ def session_config(intra_op_threads: int, inter_op_threads: int, xla: bool) -> v
 MULTI_WORKER = not TF1
 
 
-def physical_devices(kind: str) -> list:
-    """The host's physical devices of ``kind`` ('CPU', 'GPU')."""
-    return tf.config.experimental.list_physical_devices(kind)
-
-
 def split_cpu(count: int) -> None:
     """Make the host CPU ``count`` logical devices (a no-op if it is already); RuntimeError if
     TensorFlow has set up its devices with another split."""
-    cpu = physical_devices("CPU")[0]
+    cpu = tf.config.experimental.list_physical_devices("CPU")[0]
     current = tf.config.experimental.get_virtual_device_configuration(cpu)
     if current is not None and len(current) == count:
         return
@@ -178,9 +167,8 @@ def precision_policy(precision: str):
 
 def loss_scale_optimizer(optimizer):
     """``optimizer`` with dynamic loss scaling (fp16), a v1 optimizer for Session graphs."""
-    if TF1:
-        return v1.train.experimental.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
-    return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
+    where = v1.train.experimental if TF1 else v1.mixed_precision
+    return where.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
 
 
 def seeded_at_run_time(initializer):

@@ -10,6 +10,4 @@ def usable() -> int:
     """The process's CPU affinity where the platform has one: a Slurm job, taskset or a container
     may give fewer cores than the machine has, and work beyond them only queues (and holds
     memory: a decoded image, a converter process with its own TensorFlow)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -287,13 +287,33 @@ def _num_workers(cluster: dict) -> int:
 
 
 def _mirrored(devices: list[str] | None) -> Distribution:
-    names = None
-    if devices:
-        names = [_device_name(d) for d in devices]
-        cpus = sum(1 for n in names if "CPU" in n)
-        _check_devices_exist(devices, names, cpus)
+    """MirroredStrategy over ``devices``, else over every GPU TensorFlow sees.
+
+    Refuses a device TensorFlow does not see (a missing GPU made MirroredStrategy wait forever,
+    or run on the CPU while naming the GPU), and a device named twice.  Naming k CPUs splits
+    the host CPU into cpu:0 .. cpu:k-1 (replicas without GPUs).
+    """
+    names = [_device_name(d) for d in devices] if devices else None
+    if names:
+        gpus, cpus = compat.gpu_count(), sum("CPU" in n for n in names)
+        for k, (text, name) in enumerate(zip(devices, names)):
+            kind, index = name.split(":")[-2:]
+            if int(index) >= (gpus if kind == "GPU" else cpus):
+                have = ", ".join(f"gpu:{g}" for g in range(gpus)) or "no GPU"
+                raise UsageError(
+                    f"--devices: {text} is not a device TensorFlow sees here ({have}; "
+                    f"naming k CPUs gives cpu:0 .. cpu:k-1)"
+                )
+            if name in names[:k]:
+                raise UsageError(f"--devices: {text} is named twice")
         if cpus > 1:
-            _split_host_cpu(cpus)
+            try:
+                compat.split_cpu(cpus)
+            except RuntimeError as err:
+                raise UsageError(
+                    f"--devices: cannot split the CPU into {cpus} devices once TensorFlow has "
+                    "set up its devices"
+                ) from err
     with tf.Graph().as_default():  # a strategy made in eager mode would configure the runtime
         strategy = v1.distribute.MirroredStrategy(names)
     return Mirrored(
@@ -307,42 +327,11 @@ def _device_name(text: str) -> str:
     """'/device:GPU:1' from 'gpu:1', 'GPU:1', '/gpu:1' or '/device:GPU:1'."""
     try:
         spec = tf.DeviceSpec.from_string(text if text.startswith("/") else "/" + text)
-    except ValueError as err:
-        raise UsageError(f"--devices: {text!r} is not a device name like gpu:0 or cpu:1") from err
-    if spec.device_type not in ("CPU", "GPU") or spec.device_index is None:
+    except ValueError:
+        spec = None
+    if spec is None or spec.device_type not in ("CPU", "GPU") or spec.device_index is None:
         raise UsageError(f"--devices: {text!r} is not a device name like gpu:0 or cpu:1")
     return f"/device:{spec.device_type}:{spec.device_index}"
-
-
-def _check_devices_exist(devices: list[str], names: list[str], cpus: int) -> None:
-    """Refuse a device TensorFlow does not see (a missing GPU made MirroredStrategy wait
-    forever, or run on the CPU while naming the GPU), and a device named twice.  Naming k CPUs
-    splits the host CPU into cpu:0 .. cpu:k-1."""
-    gpus = compat.gpu_count()
-    seen = set()
-    for text, name in zip(devices, names):
-        kind, index = name.split(":")[-2:]
-        available = gpus if kind == "GPU" else cpus
-        if int(index) >= available:
-            have = ", ".join(f"gpu:{k}" for k in range(gpus)) or "no GPU"
-            raise UsageError(
-                f"--devices: {text} is not a device TensorFlow sees here ({have}; "
-                f"naming k CPUs gives cpu:0 .. cpu:k-1)"
-            )
-        if name in seen:
-            raise UsageError(f"--devices: {text} is named twice")
-        seen.add(name)
-
-
-def _split_host_cpu(count: int) -> None:
-    """Make the host CPU appear as ``count`` logical devices (replicas without GPUs)."""
-    try:
-        compat.split_cpu(count)
-    except RuntimeError as err:
-        raise UsageError(
-            f"--devices: cannot split the CPU into {count} devices once TensorFlow has set up "
-            "its devices"
-        ) from err
 
 
 def _multi_worker(tf_config: dict | None, source: str = "TF_CONFIG") -> Distribution:
@@ -374,18 +363,16 @@ def _multi_worker(tf_config: dict | None, source: str = "TF_CONFIG") -> Distribu
     )
     with tf.Graph().as_default():  # graph mode: no eager collectives, we start the server
         strategy = v1.distribute.experimental.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-    session_config = strategy.update_config_proto(v1.ConfigProto())
-    address = addresses[task["index"]]
     try:
         server = tf.distribute.Server(
             resolver.cluster_spec(),
             job_name=resolver.task_type,
             task_index=resolver.task_id,
-            config=session_config,
+            config=strategy.update_config_proto(v1.ConfigProto()),
             start=True,
         )
     except (tf.errors.OpError, ValueError) as err:
-        raise UsageError(f"{source}: cannot serve at {address} ({err})") from err
+        raise UsageError(f"{source}: cannot serve at {addresses[task['index']]} ({err})") from err
     # Workers are numbered as the strategy numbers its input pipelines: the chief first.
     index = resolver.task_id + (len(cluster.get("chief", [])) if task["type"] == "worker" else 0)
     return MultiWorker(

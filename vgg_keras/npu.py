@@ -23,11 +23,7 @@ PRECISION_MODES = {"fp16": "allow_mix_precision", "bf16": "allow_mix_precision_b
 
 
 def session_config(
-    base: v1.ConfigProto,
-    *,
-    precision: str = "fp32",
-    iterations_per_loop: int = 1,
-    hcom_parallel: bool = True,
+    base: v1.ConfigProto, *, precision: str = "fp32", iterations_per_loop: int = 1
 ) -> v1.ConfigProto:
     """``base`` plus the NpuOptimizer settings that run the graph on the Ascend device."""
     config = v1.ConfigProto()
@@ -43,7 +39,7 @@ def session_config(
     # Above 1 it switches loop sinking on; the device then repeats the step as often as
     # IterationPerLoop.load_iteration_per_loop_var says, which training gives this same value.
     params["iterations_per_loop"].i = iterations_per_loop
-    params["hcom_parallel"].b = hcom_parallel  # all-reduce overlaps the backward pass
+    params["hcom_parallel"].b = True  # all-reduce overlaps the backward pass
     if precision in PRECISION_MODES:
         params["precision_mode"].s = PRECISION_MODES[precision].encode()
     rewrite = config.graph_options.rewrite_options
@@ -84,11 +80,9 @@ def broadcast_variables(variables) -> tf.Operation:
     """Copy rank 0's values of ``variables`` to every rank (run after init or restore)."""
     from npu_bridge.hccl import hccl_ops
 
-    updates = []
-    for var in variables:
-        (value,) = hccl_ops.broadcast(tensor=[var], root_rank=0)
-        updates.append(v1.assign(var, value))
-    return tf.group(updates)
+    return tf.group(
+        [v1.assign(var, hccl_ops.broadcast(tensor=[var], root_rank=0)[0]) for var in variables]
+    )
 
 
 def device_loop(train_op: tf.Operation) -> tuple[tf.Operation, Callable[[v1.Session, int], None]]:

@@ -77,25 +77,8 @@ def find_bad_record(
     ``parse`` reads one record; pass ``Split.parse`` for splits not in the TF-slim schema.
     """
 
-    def scan() -> BadRecord | None:
-        for k, path in enumerate(files):
-            readable, tail = _readable_records(path)
-            if readable is None:
-                return BadRecord(path, None, tail)
-            good, first_bad = _check_file(path, num_classes, label_offset, parse)
-            if good < readable:
-                index = first_bad if first_bad >= 0 else good
-                serialized = next(iter(tf.data.TFRecordDataset(path).skip(index).take(1)))
-                why = _reason(serialized, num_classes, label_offset, parse)
-                return BadRecord(path, index, why)
-            if tail is not None:
-                return BadRecord(path, readable, tail)
-            if expected is not None and readable != expected[k]:
-                why = f"{readable} records, its dataset lists {expected[k]}"
-                return BadRecord(path, None, f"{why}: not the shard that was written")
-        return None
-
-    return _eagerly(scan)
+    scans = _scans(files, num_classes, label_offset, parse, expected)
+    return _eagerly(lambda: next((first for _, _, first in scans if first is not None), None))
 
 
 def explain(err: Exception, split, num_classes: int, label_offset: int = 1) -> Exception:
@@ -120,24 +103,39 @@ def count_bad_records(
     dataset_info.json) every record a truncated file lost is counted; without, a file's
     unreadable tail (truncation, corruption) counts one, as does a missing file."""
 
-    def scan() -> int:
-        return sum(
-            _tally(path, num_classes, label_offset, parse, expected[k] if expected else None)[1]
-            for k, path in enumerate(files)
-        )
-
-    return _eagerly(scan)
+    scans = _scans(files, num_classes, label_offset, parse, expected)
+    return _eagerly(lambda: sum(bad for _, bad, _ in scans))
 
 
-def _tally(path: str, num_classes: int, label_offset: int, parse: Parser, want: int | None):
-    """(records readable, bad records) of one file; ``want`` is its count in dataset_info.json
-    (records beyond it are bad too)."""
+def _scans(files: Sequence[str], num_classes: int, label_offset: int, parse: Parser, expected):
+    """Each file's ``_scan``, in order and as they are asked for."""
+    for k, path in enumerate(files):
+        want = expected[k] if expected else None
+        yield _scan(path, num_classes, label_offset, parse, want)
+
+
+def _scan(
+    path: str, num_classes: int, label_offset: int, parse: Parser, want: int | None
+) -> tuple[int, int, BadRecord | None]:
+    """(records readable, bad records, the first bad one or None) of one file; ``want`` is its
+    count in dataset_info.json (records beyond it are bad too, as is another count)."""
     readable, tail = _readable_records(path)
     if readable is None:
-        return 0, want if want else 1
-    good, _ = _check_file(path, num_classes, label_offset, parse)
+        return 0, want or 1, BadRecord(path, None, tail)
+    good, first_bad = (int(n) for n in _checker(parse)(path, num_classes, label_offset))
     lost = abs(want - readable) if want is not None else 0
-    return readable, readable - good + max(lost, int(tail is not None))
+    bad = readable - good + max(lost, int(tail is not None))
+    first = None
+    if good < readable:
+        index = first_bad if first_bad >= 0 else good
+        serialized = next(iter(tf.data.TFRecordDataset(path).skip(index).take(1)))
+        first = BadRecord(path, index, _reason(serialized, num_classes, label_offset, parse))
+    elif tail is not None:
+        first = BadRecord(path, readable, tail)
+    elif lost:
+        why = f"{readable} records, its dataset lists {want}"
+        first = BadRecord(path, None, f"{why}: not the shard that was written")
+    return readable, bad, first
 
 
 def _eagerly(fn: Callable):
@@ -177,12 +175,6 @@ def _counter(ignore_errors: bool):
         return ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
 
     return count
-
-
-def _check_file(path: str, num_classes: int, label_offset: int, parse: Parser) -> tuple[int, int]:
-    """(records of ``path`` passing every check, index of the first that fails or -1)."""
-    good, first_bad = _checker(parse)(path, num_classes, label_offset)
-    return int(good), int(first_bad)
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,10 +233,10 @@ def _reason(serialized, num_classes: int, label_offset: int, parse: Parser) -> s
         return "no image bytes (image/encoded is missing or empty)"
     label = int(label)
     if not 0 <= label < num_classes:
+        stored = ""
         if parse is schema.parse:
             stored = f" (stored {label + label_offset} minus label_offset {label_offset})"
-            return f"label {label}{stored} is outside [0, {num_classes})"
-        return f"label {label} is outside [0, {num_classes})"
+        return f"label {label}{stored} is outside [0, {num_classes})"
     try:
         tf.image.extract_jpeg_shape(jpeg)
         tf.io.decode_jpeg(jpeg, channels=3)
@@ -270,12 +262,13 @@ class FileCheck:
     first: BadRecord | None
 
 
-def check_folder(data_dir: str, num_classes: int, label_offset: int, split: str) -> list[FileCheck]:
-    """Every shard of ``split`` in ``data_dir``: the ones dataset_info.json lists (a missing
-    one is bad, as is one of another size or count), else the files named like shards; []
-    when the split has none."""
+def check_folder(
+    data_dir: str, meta: dict, num_classes: int, label_offset: int, split: str
+) -> list[FileCheck]:
+    """Every shard of ``split`` in ``data_dir``: the ones its dataset_info.json (``meta``)
+    lists (a missing one is bad, as is one of another size or count), else the files named
+    like shards; [] when the split has none."""
     prefix = schema.SPLIT_PREFIXES[split] + "-"
-    meta = info.read_info(data_dir)
     wanted = {name: n for name, n in meta.get("files", {}).items() if name.startswith(prefix)}
     if wanted:
         files = [(os.path.join(data_dir, name), n) for name, n in sorted(wanted.items())]
@@ -287,20 +280,16 @@ def check_folder(data_dir: str, num_classes: int, label_offset: int, split: str)
         except UsageError:  # no shards of this split
             return []
 
-    bar = tqdm(files, desc=f"diagnose {split}", unit="file", disable=None, leave=False)
-    sizes = meta.get("bytes", {})
-    return [_check(p, n, sizes.get(os.path.basename(p)), num_classes, label_offset) for p, n in bar]
-
-
-def _check(path: str, want, size, num_classes: int, label_offset: int) -> FileCheck:
-    """One shard; ``want`` and ``size``: its record count and bytes in dataset_info.json."""
-    readable, bad = _eagerly(lambda: _tally(path, num_classes, label_offset, schema.parse, want))
-    expected = None if want is None else [want]
-    first = find_bad_record([path], num_classes, label_offset, expected=expected) if bad else None
-    if first is None and size is not None and readable and storage.getsize(path) != size:
-        why = f"{storage.getsize(path)} bytes, {info.INFO_FILE} lists {size}"
-        bad, first = want, BadRecord(path, None, f"{why}: not the shard that was written")
-    return FileCheck(path, readable if want is None else want, bad, first)
+    checks = []
+    for path, want in tqdm(files, desc=f"diagnose {split}", unit="file", disable=None, leave=False):
+        scan = functools.partial(_scan, path, num_classes, label_offset, schema.parse, want)
+        readable, bad, first = _eagerly(scan)
+        size = meta.get("bytes", {}).get(os.path.basename(path))  # as dataset_info.json lists
+        if first is None and size is not None and readable and storage.getsize(path) != size:
+            why = f"{storage.getsize(path)} bytes, {info.INFO_FILE} lists {size}"
+            bad, first = want, BadRecord(path, None, f"{why}: not the shard that was written")
+        checks.append(FileCheck(path, readable if want is None else want, bad, first))
+    return checks
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -338,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             "pass --num_classes"
         )
     checks = {
-        split: check_folder(args.data_dir, num_classes, label_offset, split)
+        split: check_folder(args.data_dir, meta, num_classes, label_offset, split)
         for split in schema.SPLIT_PREFIXES
     }
     checks = {split: found for split, found in checks.items() if found}

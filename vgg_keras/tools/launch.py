@@ -56,16 +56,11 @@ POLL_SECONDS = 0.2  # how soon the watch loop reports a signal the handler forwa
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports that were free on 127.0.0.1 a moment ago."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:  # held until all are chosen, so the same port is not handed out twice
+    with contextlib.ExitStack() as stack:  # held until all are chosen: no port handed out twice
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
         for sock in sockets:
-            sock.close()
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def tf_configs(ports: Sequence[int]) -> list[str]:
@@ -90,9 +85,7 @@ def _command(program: list[str]) -> list[str]:
 
 
 def _describe_exit(code: int) -> str:
-    if code < 0:
-        return f"was killed by {_signal_name(-code)}"
-    return f"exited with code {code}"
+    return f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
 
 
 def _signal_name(signum: int) -> str:
@@ -100,10 +93,6 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:  # a real-time signal has no name
         return f"signal {signum}"
-
-
-def _exit_status(code: int) -> int:
-    return 128 - code if code < 0 else code
 
 
 def read_rank_table(path: str, npus: int) -> list[str]:
@@ -118,81 +107,67 @@ def read_rank_table(path: str, npus: int) -> list[str]:
             f"--rank_table {path}: not an HCCL rank table (expected JSON with server_list[]."
             "device[] holding device_id and rank_id)"
         ) from err
-    if len(by_rank) != npus or sorted(by_rank) != list(range(npus)):
+    if sorted(by_rank) != list(range(npus)):
         raise UsageError(
             f"--npus {npus}: {path} lists ranks {sorted(by_rank)}, expected 0..{npus - 1}"
         )
     return [by_rank[rank] for rank in range(npus)]
 
 
-def rank_environments(npus: int, rank_table: str | None, devices: list[str]) -> list[dict]:
-    """The variables each rank's process needs on top of this process's environment."""
-    envs = []
-    for rank, device in enumerate(devices):
-        env = {"RANK_ID": str(rank), "RANK_SIZE": str(npus)}
-        env.update(DEVICE_ID=device, ASCEND_DEVICE_ID=device)
-        if rank_table:
-            env["RANK_TABLE_FILE"] = os.path.abspath(rank_table)
-        envs.append(env)
-    return envs
-
-
 class Workers:
-    """The processes, their output threads, a queue of their exits, and the signals forwarded
-    to them.
+    """The processes, their output threads, a queue of their exits, the signals forwarded to
+    them, and what ``watch`` has seen of them.
 
     ``start`` runs process ``i`` with ``envs[i]`` added to this environment; with ``logs``, its
     output goes to ``logs[i]`` and only process 0's is also printed.  Inside ``forwarding()``,
     SIGINT, SIGTERM and SIGHUP to this process are sent on to every running process.
     """
 
-    def __init__(self, label: str = "worker"):
+    def __init__(self, grace: float, label: str = "worker"):
         self.exits: queue.Queue[tuple[int, int]] = queue.Queue()
         self.procs: list[subprocess.Popen] = []
         self.label = label
+        self.grace = grace
         self.signals: list[int] = []  # forwarded so far, in order
+        # What watch() has seen: the exits, the first failure, the signals it has reported, and
+        # when the processes still running are to be terminated.
+        self.codes: dict[int, int] = {}
+        self.failed: int | None = None
+        self.reported = 0  # of self.signals
+        self.deadline: float | None = None
         self._threads: list[threading.Thread] = []
         self._print_lock = threading.Lock()
 
     def start(
-        self,
-        command: list[str],
-        envs: list[dict],
-        logs: list[str] | None = None,
-        notes: list[str] | None = None,
+        self, command: list[str], envs: list[dict], notes: list[str], logs: list[str] | None = None
     ) -> None:
         try:
             for index, extra in enumerate(envs):
                 if self.signals:  # interrupted while starting: start no more
                     return
-                self._start_one(index, command, extra, logs, notes)
+                proc = subprocess.Popen(
+                    command,
+                    env={**os.environ, **extra, "PYTHONUNBUFFERED": "1"},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    errors="replace",
+                    # Not in the terminal's process group: a Ctrl-C reaches the workers once,
+                    # forwarded (a second SIGINT would make them exit without saving).
+                    start_new_session=True,
+                )
+                self.procs.append(proc)
+                if self.signals:  # arrived before the handler could see this process
+                    proc.send_signal(self.signals[0])
+                self.say(f"{self.label} {index}: pid {proc.pid}, {notes[index]}")
+                log = logs[index] if logs else None
+                thread = threading.Thread(target=self._stream, args=(index, proc, log), daemon=True)
+                thread.start()
+                self._threads.append(thread)
         except BaseException:  # a process that could not start: none of the others may stay
             self.stop(self.running())
             raise
-
-    def _start_one(self, index, command, extra, logs, notes) -> None:
-        env = {**os.environ, **extra, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            # Not in the terminal's process group: a Ctrl-C reaches the workers once, forwarded
-            # (a second SIGINT would make them exit without saving).
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        if self.signals:  # arrived before the handler could see this process
-            proc.send_signal(self.signals[0])
-        note = f", {notes[index]}" if notes else ""
-        self.say(f"{self.label} {index}: pid {proc.pid}{note}")
-        log = logs[index] if logs else None
-        thread = threading.Thread(target=self._stream, args=(index, proc, log), daemon=True)
-        thread.start()
-        self._threads.append(thread)
 
     def say(self, line: str, prefix: str = "launch") -> None:
         with self._print_lock:
@@ -241,11 +216,81 @@ class Workers:
                 self.procs[i].kill()
                 self.procs[i].wait()
 
-    def drain(self, timeout: float = KILL_WAIT_SECONDS) -> None:
-        """Let the output threads print what the ended processes wrote last."""
-        deadline = time.monotonic() + timeout
+    def watch(self) -> int:
+        """Wait for every process; after the first exit or a forwarded signal the others get
+        ``grace`` seconds, after a failure they are told so.  Returns the launch's exit code."""
+        count, label = len(self.procs), self.label
+        while len(self.codes) < count:
+            self._report_signals()
+            timeout = POLL_SECONDS
+            if self.deadline is not None:
+                timeout = min(timeout, max(self.deadline - time.monotonic(), 0))
+            try:
+                index, code = self.exits.get(timeout=timeout)
+            except queue.Empty:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self._terminate_the_rest()
+                continue
+            self._report_signals()  # before the exits it caused
+            if index not in self.codes:
+                self._record(index, code)
+        # Let the output threads print what the ended processes wrote last.
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0))
+        self._report_signals()  # one that came as the last process ended
+        if self.signals:
+            first = self.signals[0]
+            self.say(f"stopped by {_signal_name(first)}: every {label} has ended")
+            return 128 + first
+        if self.failed is None:
+            self.say(f"all {count} {label}s finished")
+            return 0
+        code = self.codes[self.failed]
+        return 128 - code if code < 0 else code
+
+    def _start_grace(self) -> None:
+        """The others get ``grace`` seconds from now (or from earlier, if already counting)."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.grace
+
+    def _report_signals(self) -> None:
+        for signum in self.signals[self.reported :]:
+            name = _signal_name(signum)
+            if self.reported == 0:
+                left = [i for i in range(len(self.procs)) if i not in self.codes]
+                self.say(
+                    f"{name}: forwarded to {self.label}(s) {', '.join(map(str, left))}; they "
+                    f"save and stop, or are terminated in {self.grace:g} s"
+                )
+                self._start_grace()
+            else:
+                self.say(f"{name} again: forwarded, the {self.label}s exit without saving")
+            self.reported += 1
+
+    def _record(self, index: int, code: int) -> None:
+        self.codes[index] = code
+        self._start_grace()
+        if code == 0 and not self.signals:
+            return
+        others = ""
+        if not self.signals and self.failed is None:
+            self.failed = index
+            if any(i not in self.codes for i in self.running()):
+                others = f"; the others get {self.grace:g} s to stop"
+        self.say(f"{self.label} {index} {_describe_exit(code)}{others}")
+
+    def _terminate_the_rest(self) -> None:
+        left = [i for i in self.running() if i not in self.codes]
+        after = "the signal" if self.signals else "another stopped"
+        self.say(
+            f"{self.label}(s) {', '.join(map(str, left))} still running {self.grace:g} s "
+            f"after {after}: terminating them"
+        )
+        self.stop(left)
+        for i in left:  # dead now; their output threads may still be reading
+            self._record(i, self.procs[i].returncode)
+        self.deadline = None
 
 
 def run(command: list[str], count: int, grace: float) -> int:
@@ -254,10 +299,10 @@ def run(command: list[str], count: int, grace: float) -> int:
     ports = free_ports(count)
     envs = [{"TF_CONFIG": tf_config} for tf_config in tf_configs(ports)]
     notes = [f"127.0.0.1:{port}" for port in ports]
-    workers = Workers()
+    workers = Workers(grace)
     with workers.forwarding():
-        workers.start(command, envs, notes=notes)
-        return watch(workers, grace)
+        workers.start(command, envs, notes)
+        return workers.watch()
 
 
 def run_npus(
@@ -272,111 +317,26 @@ def run_npus(
     devices = read_rank_table(rank_table, npus) if rank_table else ["0"]
     command = _command(command)
     programs = {os.path.basename(arg) for arg in command[:2]}
-    training = bool(programs & {"run_train.py", "vgg-train"})
-    if training and not any(arg.split("=")[0] == "--rank_size" for arg in command):
+    if programs & {"run_train.py", "vgg-train"} and "--rank_size" not in (
+        arg.split("=")[0] for arg in command
+    ):
         command = [*command, "--rank_size", str(npus)]
-    logs = []
-    for rank in range(npus):
+    envs, logs = [], []
+    for rank, device in enumerate(devices):
         folder = os.path.join(rank_logs, f"rank_{rank}")
         os.makedirs(folder, exist_ok=True)
         logs.append(os.path.join(folder, "train.log"))
+        # What each rank's process needs on top of this process's environment.
+        env = {"RANK_ID": str(rank), "RANK_SIZE": str(npus)}
+        env.update(DEVICE_ID=device, ASCEND_DEVICE_ID=device)
+        if rank_table:
+            env["RANK_TABLE_FILE"] = os.path.abspath(rank_table)
+        envs.append(env)
     notes = [f"device {device}, log {log}" for device, log in zip(devices, logs)]
-    envs = rank_environments(npus, rank_table, devices)
-    workers = Workers("rank")
+    workers = Workers(grace, "rank")
     with workers.forwarding():
-        workers.start(command, envs, logs, notes)
-        return watch(workers, grace)
-
-
-class _Watch:
-    """What watch() has seen: the exits, the first failure, the signals it has reported, and
-    when the processes still running are to be terminated."""
-
-    def __init__(self, workers: Workers, grace: float):
-        self.workers, self.grace = workers, grace
-        self.codes: dict[int, int] = {}
-        self.failed: int | None = None
-        self.reported = 0  # of workers.signals
-        self.deadline: float | None = None
-
-    def start_grace(self) -> None:
-        """The others get ``grace`` seconds from now (or from earlier, if already counting)."""
-        if self.deadline is None:
-            self.deadline = time.monotonic() + self.grace
-
-    def report_signals(self) -> None:
-        workers = self.workers
-        for signum in workers.signals[self.reported :]:
-            left = [i for i in range(len(workers.procs)) if i not in self.codes]
-            name = _signal_name(signum)
-            if self.reported == 0:
-                workers.say(
-                    f"{name}: forwarded to {workers.label}(s) {', '.join(map(str, left))}; they "
-                    f"save and stop, or are terminated in {self.grace:g} s"
-                )
-                self.start_grace()
-            else:
-                workers.say(f"{name} again: forwarded, the {workers.label}s exit without saving")
-            self.reported += 1
-
-    def record(self, index: int, code: int) -> None:
-        workers, label = self.workers, self.workers.label
-        self.codes[index] = code
-        self.start_grace()
-        if self.workers.signals:
-            workers.say(f"{label} {index} {_describe_exit(code)}")
-        elif code != 0 and self.failed is None:
-            self.failed = index
-            left = [i for i in workers.running() if i not in self.codes]
-            others = f"; the others get {self.grace:g} s to stop" if left else ""
-            workers.say(f"{label} {index} {_describe_exit(code)}{others}")
-        elif code != 0:
-            workers.say(f"{label} {index} {_describe_exit(code)}")
-
-    def terminate_the_rest(self) -> None:
-        workers = self.workers
-        left = [i for i in workers.running() if i not in self.codes]
-        after = "the signal" if workers.signals else "another stopped"
-        workers.say(
-            f"{workers.label}(s) {', '.join(map(str, left))} still running {self.grace:g} s "
-            f"after {after}: terminating them"
-        )
-        workers.stop(left)
-        for i in left:  # dead now; their output threads may still be reading
-            if i not in self.codes:
-                self.record(i, workers.procs[i].returncode)
-        self.deadline = None
-
-
-def watch(workers: Workers, grace: float) -> int:
-    """Wait for every process; after the first exit or a forwarded signal the others get
-    ``grace`` seconds, after a failure they are told so.  Returns the launch's exit code."""
-    count, label = len(workers.procs), workers.label
-    seen = _Watch(workers, grace)
-    while len(seen.codes) < count:
-        seen.report_signals()
-        timeout = POLL_SECONDS
-        if seen.deadline is not None:
-            timeout = min(timeout, max(seen.deadline - time.monotonic(), 0))
-        try:
-            index, code = workers.exits.get(timeout=timeout)
-        except queue.Empty:
-            if seen.deadline is not None and time.monotonic() >= seen.deadline:
-                seen.terminate_the_rest()
-            continue
-        seen.report_signals()  # before the exits it caused
-        if index not in seen.codes:
-            seen.record(index, code)
-    workers.drain()
-    seen.report_signals()  # one that came as the last process ended
-    if workers.signals:
-        first = workers.signals[0]
-        workers.say(f"stopped by {_signal_name(first)}: every {label} has ended")
-        return 128 + first
-    if seen.failed is None:
-        workers.say(f"all {count} {label}s finished")
-        return 0
-    return _exit_status(seen.codes[seen.failed])
+        workers.start(command, envs, notes, logs)
+        return workers.watch()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -417,23 +377,20 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("give the program after --, e.g. -- run_train.py --preset demo")
-    _check_count("--workers", args.workers)
+    for flag, count in (("--workers", args.workers), ("--npus", args.npus)):
+        if count is not None and not 1 <= count <= MAX_PROCESSES:
+            raise UsageError(
+                f"{flag}: must be >= 1 and <= {MAX_PROCESSES} (processes on this machine), "
+                f"got {count}"
+            )
     if not (math.isfinite(args.grace) and 0 < args.grace <= MAX_GRACE_SECONDS):
         raise UsageError(
             f"--grace: must be a number of seconds > 0 and <= {MAX_GRACE_SECONDS:g}, "
             f"got {args.grace:g}"
         )
     if args.npus is not None:
-        _check_count("--npus", args.npus)
         return run_npus(command, args.npus, args.rank_table, args.rank_logs, args.grace)
     return run(command, args.workers, args.grace)
-
-
-def _check_count(flag: str, value: int) -> None:
-    if not 1 <= value <= MAX_PROCESSES:
-        raise UsageError(
-            f"{flag}: must be >= 1 and <= {MAX_PROCESSES} (processes on this machine), got {value}"
-        )
 
 
 if __name__ == "__main__":
