@@ -45,11 +45,9 @@ class Arch:
 
     def weight_layers(self) -> list[str]:
         """Every layer with weights, in network order (batch norm after its convolution)."""
-        layers = []
-        for conv in self.conv_layers():
-            layers.append(conv)
-            if self.batch_norm:
-                layers.append(self.bn_layer(conv))
+        layers = self.conv_layers()
+        if self.batch_norm:
+            layers = [name for conv in layers for name in (conv, self.bn_layer(conv))]
         return layers + list(TOP_LAYERS)
 
     def frozen_before(self, first: str) -> list[str] | None:

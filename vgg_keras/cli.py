@@ -10,7 +10,6 @@ of ``vgg-train`` names ``vgg-train`` and that of ``run_train.py`` names ``run_tr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -151,7 +150,7 @@ class ProgramArgs:
 
     options: object
     settings: dict
-    extra: dict = dataclasses.field(default_factory=dict)
+    extra: dict  # the plain argparse arguments: the images, where the network comes from
 
 
 def eval_args(argv: list[str] | None = None) -> ProgramArgs:
@@ -168,8 +167,7 @@ def _parse(parser, options_cls, settings, argv, extra: tuple[str, ...] = ()) -> 
     """Parse ``argv``: the options of ``options_cls``, ``settings`` as text, and the plain
     argparse arguments named in ``extra`` (positional images, the model's source)."""
     own = config.declared_settings(options_cls, options_cls.__name__)
-    add_flags(parser, own)
-    add_flags(parser, settings)
+    add_flags(parser, [*own, *settings])
     values = vars(parser.parse_args(argv))
     plain = {name: values.pop(name) for name in extra}
     options = read_options(options_cls, {s.name: values.pop(s.name) for s in own})

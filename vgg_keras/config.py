@@ -408,10 +408,6 @@ class Config:
         """{setting name: value} with lists for tuples: config.json's content."""
         return {name: rundir.plain(self.value(name)) for name in SETTINGS}
 
-    def identity(self) -> dict:
-        """The settings that define the network a checkpoint holds."""
-        return {name: self.value(name) for name in IDENTITY}
-
     def resume_changes(self, saved: dict, source: str, counts: dict) -> list[tuple]:
         """(name, saved value, ours, RESUME's kind) for each setting a resume may not change
         freely that ``saved`` (a run's config.json, read from ``source``) holds otherwise, and
@@ -499,14 +495,11 @@ def _scalar(kind: type, value):
     """``value`` as ``kind``: text is parsed as a flag would parse it; a bool is never a
     number, a fraction never an integer."""
     if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            text = value.strip().lower()
-            if text in ("1", "true", "yes", "y", "on"):
-                return True
-            if text in ("0", "false", "no", "n", "off"):
-                return False
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text is True or text in ("1", "true", "yes", "y", "on"):
+            return True
+        if text is False or text in ("0", "false", "no", "n", "off"):
+            return False
         raise ValueError(f"expected true or false, got {value!r}")
     if kind is str:
         if isinstance(value, str) and value:
@@ -514,21 +507,20 @@ def _scalar(kind: type, value):
         raise ValueError(f"expected a non-empty text, got {value!r}")
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
+    expected = f"expected {'an integer' if kind is int else 'a number'}, got {value!r}"
     if isinstance(value, str):
         try:
-            value = kind(value.strip()) if kind is float else int(value.strip(), 10)
+            value = kind(value.strip())
         except ValueError:
-            raise ValueError(
-                f"expected {'an integer' if kind is int else 'a number'}, got {value!r}"
-            ) from None
+            raise ValueError(expected) from None
     if kind is int:
         if isinstance(value, float) and value.is_integer() and abs(value) < INT_LIMIT:
             value = int(value)
         if not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
+            raise ValueError(expected)
         return value
     if not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {value!r}")
+        raise ValueError(expected)
     try:
         return float(value)
     except OverflowError:  # an integer beyond any float

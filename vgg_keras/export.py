@@ -101,14 +101,11 @@ def from_checkpoint(path: str, settings: dict | None = None) -> ModelSource:
     return ModelSource(config, checkpoint=checkpoint)
 
 
-def from_keras_weights(spec: str, settings: dict | None = None, say=print) -> ModelSource:
+def from_keras_weights(spec: str, settings: dict | None = None) -> ModelSource:
     """A published weight file with the network it describes, caffe preprocessing."""
-    arch_name = (settings or {}).get("arch") or "vgg16"
-    path = keras_weights.locate(spec, arch_name, say)
-    saved = {
-        "preprocess": "caffe",
-        **keras_weights.infer_settings(path, keras_weights.read_layers(path)),
-    }
+    path = keras_weights.locate(spec, (settings or {}).get("arch") or "vgg16", print)
+    layers = keras_weights.read_layers(path)
+    saved = {"preprocess": "caffe", **keras_weights.infer_settings(path, layers)}
     config = config_lib.resolve(settings=settings, saved=saved, need_data=False, saved_source=path)
     return ModelSource(config, weights_file=path)
 
@@ -142,7 +139,7 @@ def _heads(logits, k: int) -> dict:
     }
 
 
-def build_inference(source: ModelSource, top_k: int = TOP_K) -> InferenceGraph:
+def build_inference(source: ModelSource) -> InferenceGraph:
     """The inference graph of ``source`` in a new session with the weights restored (batch
     norm, where the network has it, in inference mode: the moving statistics)."""
     config = source.config
@@ -160,7 +157,7 @@ def build_inference(source: ModelSource, top_k: int = TOP_K) -> InferenceGraph:
             dtype=tf.float32,  # (fn_output_signature is TF >= 2.3's name; both stacks take dtype)
         )
         pixels = v1.placeholder(tf.float32, [None, size, size, 3], name="pixels")
-        k = min(top_k, network.class_num)
+        k = min(TOP_K, network.class_num)
         normalized = preprocess.normalize(pixels, network.preprocess)
         outputs = {
             "image_bytes": _heads(model(decoded, training=False), k),
@@ -226,11 +223,8 @@ def _write_checkpoint(inference: InferenceGraph, out: str, step: int) -> None:
 def _normalization_info(normalization: str) -> dict:
     if normalization == "caffe":
         return {"channels": "BGR", "mean": list(preprocess.CAFFE_MEAN_BGR), "std": [1, 1, 1]}
-    return {
-        "channels": "RGB",
-        "mean": list(preprocess.MEAN_RGB),
-        "std": list(preprocess.STDDEV_RGB),
-    }
+    mean, std = preprocess.MEAN_RGB, preprocess.STDDEV_RGB
+    return {"channels": "RGB", "mean": list(mean), "std": list(std)}
 
 
 def export(
@@ -276,7 +270,7 @@ def _write(
         "source": source.checkpoint or f"{config_lib.KERAS_WEIGHTS}{source.weights_file}",
         "step": source.step,
         "formats": list(formats),
-        **c.identity(),
+        **{name: c.value(name) for name in config_lib.IDENTITY},
         # What a client of the frozen graph or the Keras files must do to an image first.
         "normalization": _normalization_info(c.network.preprocess),
         "eval_resize": c.input.resize,
@@ -297,10 +291,9 @@ def _write(
 def source_from_args(args: cli.ProgramArgs) -> ModelSource:
     """The model named by --ckpt or --weights, with the settings given as overrides."""
     path = args.extra.get("ckpt")
-    if path and getattr(args.options, "best", False):
-        return from_checkpoint(rundir.best_checkpoint(path), args.settings)
     if path:
-        return from_checkpoint(path, args.settings)
+        best = getattr(args.options, "best", False)
+        return from_checkpoint(rundir.best_checkpoint(path) if best else path, args.settings)
     return from_keras_weights(args.extra["weights"], args.settings)
 
 

@@ -49,13 +49,9 @@ def build(network: Network, training: bool = False, seed: int | None = None) -> 
     def normal(i: int):
         return compat.seeded_at_run_time(keras.initializers.RandomNormal(0.0, 0.01, seed_of(i)))
 
-    def dense_initializer(i: int):
-        return he("fan_in", i) if network.dense_init == "he" else normal(i)
-
     layer_index = 0
     size = network.image_size
-    inputs = keras.Input(shape=(size, size, 3), name="input")
-    x = inputs
+    x = inputs = keras.Input(shape=(size, size, 3), name="input")
     convs = iter(row.conv_layers())
     for block, (repeats, filters) in enumerate(zip(row.convs_per_block, BLOCK_FILTERS), start=1):
         for _ in range(repeats):
@@ -78,10 +74,11 @@ def build(network: Network, training: bool = False, seed: int | None = None) -> 
     x = keras.layers.Flatten(name="flatten")(x)
     for i in (1, 2):
         layer_index += 1
+        init = he("fan_in", layer_index) if network.dense_init == "he" else normal(layer_index)
         x = keras.layers.Dense(
             _scaled(FC_UNITS, network.width_multiplier),
             activation="relu",
-            kernel_initializer=dense_initializer(layer_index),
+            kernel_initializer=init,
             name=f"fc{i}",
         )(x)
         if training and network.dropout > 0:

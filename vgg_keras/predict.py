@@ -22,6 +22,7 @@ from vgg_keras.data import info
 from vgg_keras.errors import EXIT_USAGE, UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # what a folder is searched for
+NOT_AN_IMAGE = "not an image the decoder reads (JPEG, PNG, BMP, GIF)"
 
 
 def find_images(patterns: list[str]) -> list[str]:
@@ -118,14 +119,6 @@ class Predictor:
         self.session.close()
 
 
-def _read(path: str) -> bytes:
-    try:
-        with storage.open(path, "rb") as f:
-            return f.read()
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read ({err.strerror})") from err
-
-
 def _encoded(path: str) -> bytes:
     """The file's bytes as the serving graph's JPEG decoder reads them: a JPEG as it is, any
     other format TensorFlow decodes (PNG, BMP, GIF, CMYK JPEG) re-encoded to an RGB JPEG, as
@@ -133,9 +126,12 @@ def _encoded(path: str) -> bytes:
     from vgg_keras.tools import convert
 
     try:
-        return convert.encode_image(_read(path))[0]
+        with storage.open(path, "rb") as f:
+            return convert.encode_image(f.read())[0]
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror})") from err
     except convert.BadImage as err:
-        raise UsageError(f"{path}: not an image the decoder reads (JPEG, PNG, BMP, GIF)") from err
+        raise UsageError(f"{path}: {NOT_AN_IMAGE}") from err
 
 
 def _undecodable(images: list[tuple[str, bytes]]) -> UsageError | None:
@@ -144,7 +140,7 @@ def _undecodable(images: list[tuple[str, bytes]]) -> UsageError | None:
         try:
             tf.io.decode_jpeg(data, channels=3)
         except tf.errors.InvalidArgumentError:
-            return UsageError(f"{path}: not an image the decoder reads (JPEG, PNG, BMP, GIF)")
+            return UsageError(f"{path}: {NOT_AN_IMAGE}")
     return None
 
 
@@ -180,11 +176,6 @@ def results(paths: list[str], probabilities: np.ndarray, labels: list[str], k: i
     ]
 
 
-def format_line(result: dict) -> str:
-    ranked = "; ".join(f"{t['label']} {t['probability']:.4f}" for t in result["top"])
-    return f"{result['file']}: {ranked}"
-
-
 def run(args) -> int:
     """run_predict.py with cli.predict_args' flags."""
     options = args.options
@@ -207,7 +198,8 @@ def run(args) -> int:
         print(json.dumps(found, indent=1))
     else:
         for result in found:
-            print(format_line(result))
+            ranked = "; ".join(f"{t['label']} {t['probability']:.4f}" for t in result["top"])
+            print(f"{result['file']}: {ranked}")
     if skipped:  # the others are classified; the exit code still says that some were not
         print(f"error: {len(skipped)} file(s) skipped, listed above", file=sys.stderr)
         return EXIT_USAGE

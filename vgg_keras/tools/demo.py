@@ -76,9 +76,8 @@ def build(out_dir: str, overwrite: bool = False) -> dict:
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    order = np.arange(len(digits.target))
     train_idx, eval_idx = train_test_split(
-        order, test_size=0.2, random_state=0, stratify=digits.target
+        np.arange(len(digits.target)), test_size=0.2, random_state=0, stratify=digits.target
     )
     info.claim(out_dir, {"demo": NAME}, overwrite)
     files = {}

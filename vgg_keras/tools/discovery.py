@@ -20,19 +20,11 @@ MULTI_WORKER_NEEDS_TF2 = (
 def read_cluster() -> tuple[dict | None, str]:
     """The cluster this process is a task of, as a TF_CONFIG dict, and where it was read:
     TF_CONFIG when set (it wins), else the srun job step's environment (SLURM)."""
-    tf_config = _read_tf_config()
-    if tf_config is not None:
-        return tf_config, "TF_CONFIG"
-    return _read_slurm(), SLURM_SOURCE
-
-
-def _read_tf_config() -> dict | None:
     text = os.environ.get("TF_CONFIG", "").strip()
-    if not text:
-        return None
-    return documents.parse(
-        text, "TF_CONFIG", "cluster description (JSON with 'cluster' and 'task')"
-    )
+    if text:
+        what = "cluster description (JSON with 'cluster' and 'task')"
+        return documents.parse(text, "TF_CONFIG", what), "TF_CONFIG"
+    return _read_slurm(), SLURM_SOURCE
 
 
 SLURM_SOURCE = "SLURM (SLURM_STEP_NUM_TASKS)"
@@ -125,11 +117,10 @@ def _check_slurm_placement(rank: int, address: str, base: int, last: int | None)
     """Refuse a layout in which this task is not where the resolver puts it: every worker would
     wait for a partner at an address where another one serves."""
     host, port = address.rsplit(":", 1)
+    local_task = int(port) - base
     node = os.environ.get("SLURMD_NODENAME")
     local = os.environ.get("SLURM_LOCALID")
-    if (node is not None and node != host) or (
-        local is not None and local != str(int(port) - base)
-    ):
+    if (node is not None and node != host) or (local is not None and local != str(local_task)):
         raise UsageError(
             f"SLURM_PROCID {rank} runs on {node} as local task {local} (SLURMD_NODENAME, "
             f"SLURM_LOCALID), but TensorFlow's SlurmClusterResolver places it at {address}: it "
@@ -137,6 +128,6 @@ def _check_slurm_placement(rank: int, address: str, base: int, last: int | None)
         )
     if last is not None and int(port) > last:
         raise UsageError(
-            f"SLURM_STEP_RESV_PORTS ends at {last}, but local task {int(port) - base} of "
+            f"SLURM_STEP_RESV_PORTS ends at {last}, but local task {local_task} of "
             f"{host} needs port {port} (reserve one port per task on a node)"
         )
