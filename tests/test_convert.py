@@ -689,6 +689,15 @@ def test_encode_image_is_quiet_and_raises_bad_image(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_a_nested_non_utf8_file_name_is_reported_once(tmp_path):
+    folder = os.fsencode(tmp_path / "src" / "train" / "a" / "sub" / "deeper")
+    _jpeg(os.path.join(folder, b"bad\xff.JPEG"), 1)
+    scan = convert._Scan(str(tmp_path / "src"), str(tmp_path / "out"))
+    found = scan.files_under("train/a")
+    assert len(found) == 1
+    assert scan.notes == [("note", found[0], convert.NOT_UTF8)]
+
+
 def test_non_utf8_class_folder_is_refused_before_anything_is_written(tmp_path, capsys):
     src = tmp_path / "src"
     _jpeg(os.path.join(os.fsencode(src / "train"), b"cl\xe9", b"0.JPEG"), 0)

@@ -72,11 +72,10 @@ def _check_schema(path: str, meta: dict) -> None:
             bound = "" if minimum is None else f" >= {minimum}"
             raise bad(key, f"an integer{bound}", meta[key])
     for key in _COUNT_KEYS:
-        if key not in meta:
-            continue
-        if not isinstance(meta[key], dict):
-            raise bad(key, "an object of record counts", meta[key])
-        for name, count in meta[key].items():
+        value = meta.get(key, {})
+        if not isinstance(value, dict):
+            raise bad(key, "an object of record counts", value)
+        for name, count in value.items():
             if not _is_int(count, 0):
                 raise bad(f"{key}[{json.dumps(name)}]", "an integer >= 0", count)
     for key in _TEXT_LIST_KEYS:

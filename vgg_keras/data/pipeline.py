@@ -58,8 +58,6 @@ class Split:
         Files are divided among workers when there are at least as many files as workers;
         otherwise every worker reads all files and keeps every ``num_workers``-th record.
         """
-        if num_workers == 1:
-            return self.files, False, self.num_examples
         if len(self.files) >= num_workers:
             idx = range(worker_index, len(self.files), num_workers)
             return tuple(self.files[i] for i in idx), False, sum(self.counts[i] for i in idx)
@@ -94,10 +92,8 @@ def list_files(data_dir: str, split: str) -> list[str]:
     ignored = [n for n in present if n.startswith(prefix + "-") and n not in names]
     if ignored and names:
         why = f"not listed in {info.INFO_FILE}" if listed else f"not named {prefix}-NNNNN-of-NNNNN"
-        shown = ", ".join(ignored[:3]) + (
-            f" and {len(ignored) - 3} more" if len(ignored) > 3 else ""
-        )
-        print(f"note: {data_dir}: ignored {shown} ({why})", file=sys.stderr)
+        more = f" and {len(ignored) - 3} more" if len(ignored) > 3 else ""
+        print(f"note: {data_dir}: ignored {', '.join(ignored[:3])}{more} ({why})", file=sys.stderr)
     if not names:
         also = f" (ignored {', '.join(ignored[:3])})" if ignored else ""
         raise UsageError(f"no {prefix}-* TFRecord files in {data_dir}{also}")
@@ -139,8 +135,7 @@ def load_split(inp: Input, split: str) -> Split:
     try:
         cache = documents.read_json(cache_path, "record counts")
     except UsageError:
-        cache = {}  # damaged: counted again
-    cache = cache if isinstance(cache, dict) else {}
+        cache = {}  # damaged (read_json gives a dict or refuses): counted again
     counts, changed = [], False
     for path in files:
         name, size = os.path.basename(path), storage.getsize(path)

@@ -269,10 +269,9 @@ def _bilinear_resize(image, size, input_mode: str):
     """
     image = tf.cast(image, tf.float32)
     if input_mode == "reference":
-        resized = v1.image.resize_bilinear(
+        return v1.image.resize_bilinear(
             image[None], size, align_corners=False, half_pixel_centers=False
-        )
-        return resized[0]
+        )[0]
     return tf.image.resize(image, size, method="bilinear")
 
 

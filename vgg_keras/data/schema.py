@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from vgg_keras.compat import tf
 
-TRAIN_PREFIX = "train"
-EVAL_PREFIX = "validation"
-SPLIT_PREFIXES = {"train": TRAIN_PREFIX, "validation": EVAL_PREFIX}
+SPLIT_PREFIXES = {"train": "train", "validation": "validation"}
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -41,14 +39,13 @@ def to_example(
     filename: str = "",
     channels: int = 3,
     colorspace: str = "RGB",
-    image_format: str = "JPEG",
     bboxes: list[tuple[float, float, float, float]] | None = None,
 ) -> tf.train.Example:
     """One record; ``bboxes`` are (xmin, ymin, xmax, ymax) fractions of the image."""
     bboxes = bboxes or []
     feature = {
         "image/encoded": _bytes([encoded]),
-        "image/format": _bytes([image_format.encode()]),
+        "image/format": _bytes([b"JPEG"]),
         "image/class/label": _ints([label]),
         "image/class/synset": _bytes([synset.encode()]),
         "image/class/text": _bytes([text.encode()]),

@@ -19,11 +19,10 @@ PREFIX = "tfds:"
 
 def locate(spec: str, split: str, tfds_data_dir: str | None) -> tuple[tuple, tuple]:
     """(files, exact record counts) of ``split`` ('train'/'validation') of a TFDS dataset."""
-    parts = spec[len(PREFIX) :].split(":")
-    name = parts[0]
-    if not name or len(parts) > 2:
+    name, *rest = spec[len(PREFIX) :].split(":")
+    if not name or len(rest) > 1:
         raise UsageError(f"--data_dir {spec}: expected tfds:NAME or tfds:NAME:SPLIT")
-    tfds_split = parts[1] if split == "validation" and len(parts) == 2 else split
+    tfds_split = rest[0] if split == "validation" and rest else split
     from vgg_keras import compat
 
     tfds = compat.import_tfds()

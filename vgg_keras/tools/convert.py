@@ -58,7 +58,6 @@ IMAGES_PER_SHARD = 1250
 JPEG_QUALITY = 95
 REPORT_FILE = info.REPORT_FILE
 SOURCE_SPLITS = {"train": "train", "validation": "val"}
-SPLIT_NAMES = ("train", "validation")  # schema.SPLIT_PREFIXES' keys, without importing TF
 INTERRUPTED = "interrupted: finished shards are kept; run again to resume"
 
 # Why the scan of SRC left something out (report rows: kind, path, why).
@@ -129,11 +128,8 @@ def shown(path: str) -> str:
 
 
 def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # os.listdir gives undecodable bytes as lone surrogates
-        return False
-    return True
+    # os.listdir gives undecodable bytes as lone surrogates, which shown() escapes
+    return shown(name) == name
 
 
 # ---------------------------------------------------------------- images
@@ -171,7 +167,9 @@ def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
     from vgg_keras.compat import tf
 
     components = jpeg_components(data)
-    source = "JPEG" if components is not None else _format_name(data)
+    magic = {b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP"}
+    found = (name for m, name in magic.items() if data.startswith(m))
+    source = "JPEG" if components is not None else next(found, "non-JPEG")
     try:
         with compat.native_stderr_silenced(True):  # libjpeg's complaints: see jpeg_components
             if components in (1, 3):
@@ -189,11 +187,6 @@ def encode_image(data: bytes) -> tuple[bytes, int, int, int, str, str]:
             raise BadImage("Unknown image file format") from err
         raise BadImage(reason(err)) from err
     return jpeg, pixels.shape[0], pixels.shape[1], 3, "RGB", source
-
-
-def _format_name(data: bytes) -> str:
-    magic = {b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP"}
-    return next((name for m, name in magic.items() if data.startswith(m)), "non-JPEG")
 
 
 # ---------------------------------------------------------------- shards
@@ -296,35 +289,12 @@ def _init_worker() -> None:
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(exit_code(signum)))
 
 
-class _StopSignals:
-    """Every stop signal (signals.STOP) raises KeyboardInterrupt in this process, so all stop
-    the workers by one path and end in one line (SIGTERM's default action would kill this
-    process alone, and its workers would die on broken pipes, each with a traceback).
-
-    The signal is remembered too: TF 1.15's import swallows a KeyboardInterrupt raised early in
-    it (its import then completes), so ``check()`` raises it again once TensorFlow is loaded.
-    """
-
-    def __init__(self):
-        self.received: int | None = None
-
-    def _raise(self, signum, _frame=None) -> None:
-        self.received = signum
-        raise KeyboardInterrupt()
-
-    def check(self) -> None:
-        if self.received is not None:
-            self._raise(self.received)
-
-
 @contextlib.contextmanager
 def _handling(signums, handler):
     """``handler`` for ``signums`` inside, the previous handlers after (in the main thread:
     Python lets no other thread set one)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in signums}
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, handler) for sig in signums if in_main}
     try:
         yield
     finally:
@@ -335,28 +305,26 @@ def _handling(signums, handler):
 def run_tasks(todo: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResult]:
     """Write the shards of ``todo`` over ``workers`` processes, advancing ``bar`` by the images
     of each finished shard."""
-    if workers <= 1 or len(todo) <= 1:
-        results = []
-        for task in todo:
-            results.append(convert_shard(task))
-            bar.update(len(task.items))
-        return results
-    # spawn: a forked child would inherit TensorFlow's threads in an undefined state.
-    # multiprocessing.Pool rather than ProcessPoolExecutor: its terminate() stops the workers
-    # at once, where the executor's thread prints tracebacks when its workers are killed.
-    context, pool, results = multiprocessing.get_context("spawn"), None, []
+    sizes = {task.name: len(task.items) for task in todo}
+    pool, results = None, []
     try:
-        # SIGINT ignored while the workers are spawned (milliseconds: a Ctrl-C then is lost).
-        # They inherit that (an ignored signal stays ignored through exec), so Ctrl-C, which
-        # the terminal sends to the whole process group, reaches only this process, which stops
-        # them, instead of printing a traceback from each worker's import of TensorFlow.
-        with _handling([signal.SIGINT], signal.SIG_IGN):
-            pool = context.Pool(min(workers, len(todo)), initializer=_init_worker)
-        sizes = {task.name: len(task.items) for task in todo}
-        for result in pool.imap_unordered(convert_shard, todo):
+        if workers > 1 and len(todo) > 1:
+            # spawn: a forked child would inherit TensorFlow's threads in an undefined state.
+            # multiprocessing.Pool rather than ProcessPoolExecutor: its terminate() stops the
+            # workers at once, where the executor's thread prints tracebacks when they are killed.
+            # SIGINT ignored while the workers are spawned (milliseconds: a Ctrl-C then is lost).
+            # They inherit that (an ignored signal stays ignored through exec), so Ctrl-C, which
+            # the terminal sends to the whole process group, reaches only this process, which
+            # stops them, instead of printing a traceback from each worker's import of TensorFlow.
+            with _handling([signal.SIGINT], signal.SIG_IGN):
+                context = multiprocessing.get_context("spawn")
+                pool = context.Pool(min(workers, len(todo)), initializer=_init_worker)
+        finished = pool.imap_unordered(convert_shard, todo) if pool else map(convert_shard, todo)
+        for result in finished:
             results.append(result)
             bar.update(sizes[result.name])
-        pool.close()
+        if pool is not None:
+            pool.close()
     except BaseException:
         if pool is not None:
             pool.terminate()  # a half-written shard is discarded, written by a re-run
@@ -397,11 +365,8 @@ class _Scan:
 
     def entries(self, rel: str) -> tuple[list[str], list[str]]:
         """(sorted sub-folder names, sorted file names) of SRC/rel, listed once."""
-        if rel not in self._listed:
-            self._listed[rel] = self._list(rel)
-        return self._listed[rel]
-
-    def _list(self, rel: str) -> tuple[list[str], list[str]]:
+        if rel in self._listed:
+            return self._listed[rel]
         folder = os.path.join(self.src, rel)
         try:
             with os.scandir(folder) as it:
@@ -428,6 +393,7 @@ class _Scan:
             except OSError as err:  # a symlink that points to itself, or no permission
                 why = LOOP if err.errno == errno.ELOOP else f"cannot read ({err.strerror})"
                 self.note("skipped", path, why)
+        self._listed[rel] = dirs, files
         return dirs, files
 
     def files_under(self, rel: str, ancestors: frozenset = frozenset()) -> list[str]:
@@ -436,15 +402,15 @@ class _Scan:
         ancestors = ancestors | {self.real(rel)}
         dirs, files = self.entries(rel)
         found = [_join(rel, name) for name in files]
+        for path in found:  # this folder's own: a sub-folder notes its files itself
+            if not _is_utf8(os.path.basename(path)):
+                self.note("note", path, NOT_UTF8)
         for name in dirs:
             sub = _join(rel, name)
             if self.real(sub) in ancestors:
                 self.note("skipped", sub, LOOP)
             else:
                 found += self.files_under(sub, ancestors)
-        for path in found:
-            if not _is_utf8(os.path.basename(path)):
-                self.note("note", path, NOT_UTF8)
         return sorted(found)
 
     def ancestors(self, rel: str) -> frozenset:
@@ -455,13 +421,9 @@ class _Scan:
 
 def read_synset_text(path: str) -> dict[str, str]:
     """``n01440764<TAB>tench, Tinca tinca`` lines -> {synset: text}."""
-    texts = {}
-    for line in _read_lines(path, "--synset_text"):
-        synset, sep, text = line.partition("\t")
-        if not sep:
-            synset, _, text = line.partition(" ")
-        texts[synset.strip()] = text.strip()
-    return texts
+    lines = _read_lines(path, "--synset_text")
+    rows = [line.partition("\t" if "\t" in line else " ") for line in lines]
+    return {synset.strip(): text.strip() for synset, _, text in rows}
 
 
 def read_val_labels(path: str, filenames: list[str]) -> list[str]:
@@ -487,12 +449,9 @@ def read_val_labels(path: str, filenames: list[str]) -> list[str]:
         if len(row) < 2:
             raise UsageError(f"{path}: row {number} has no synset after the filename")
         by_name[os.path.splitext(row[0])[0]] = row[1]
-    labels = []
-    for name in filenames:
-        synset = by_name.get(name, by_name.get(os.path.splitext(name)[0]))
-        if synset is None:
-            raise UsageError(f"{path}: no label for {shown(name)}")
-        labels.append(synset)
+    labels = [by_name.get(name, by_name.get(os.path.splitext(name)[0])) for name in filenames]
+    if None in labels:
+        raise UsageError(f"{path}: no label for {shown(filenames[labels.index(None)])}")
     return labels
 
 
@@ -528,9 +487,7 @@ def _read_lines(path: str, flag: str) -> list[str]:
 def _split_folders(src: str, val_labels: str | None, val_fraction: float | None) -> dict:
     """{split: folder relative to SRC}: train/ and val/, or SRC itself when it has neither."""
     folders = {
-        split: name
-        for split, name in SOURCE_SPLITS.items()
-        if os.path.isdir(os.path.join(src, name))
+        s: name for s, name in SOURCE_SPLITS.items() if os.path.isdir(os.path.join(src, name))
     }
     if val_labels and "validation" not in folders:
         raise UsageError(f"{src}: no val/ folder for --val_labels {val_labels}")
@@ -554,11 +511,10 @@ def _classes(scan: _Scan, folder: str, val_labels: str | None) -> list[str]:
         hint = "; pass --val_labels FILE for a flat val/ folder" if files and folder else ""
         raise UsageError(f"{where}: no class folders (expected {layout} of images){hint}")
     for name in dirs:
+        path = shown(os.path.join(scan.src, folder, name))
         if not _is_utf8(name):
-            path = shown(os.path.join(scan.src, folder, name))
             raise UsageError(f"{path}: class folder name is not UTF-8; rename it")
         if any(c in name for c in "\t\n\r"):  # labels.txt holds a name a line, tab-separated
-            path = shown(os.path.join(scan.src, folder, name))
             path = path.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
             raise UsageError(f"{path}: class folder name holds a tab or line break; rename it")
     return [d for d in dirs if scan.real(_join(folder, d)) not in scan.ancestors(folder)]
@@ -571,8 +527,7 @@ def _split_items(scan: _Scan, folder: str, label_of: dict, val_labels: str | Non
     def item(rel: str, synset: str, where: str) -> Item:
         if synset not in label_of:
             raise UsageError(f"{where}: synset {synset} is not a class of the training folder")
-        label = label_of[synset]
-        return Item(rel, label[0], synset, label[1])
+        return Item(rel, label_of[synset][0], synset, label_of[synset][1])
 
     dirs, files = scan.entries(folder)
     if val_labels:
@@ -595,14 +550,14 @@ def _split_items(scan: _Scan, folder: str, label_of: dict, val_labels: str | Non
             scan.note("skipped", rel, LOOP)
             continue
         found = scan.files_under(rel, scan.ancestors(folder))
+        where = shown(os.path.join(scan.src, rel))
         if not found and defines:
             raise UsageError(
-                f"{shown(os.path.join(scan.src, rel))}: empty class folder (no image files); "
-                "remove it or add images"
+                f"{where}: empty class folder (no image files); remove it or add images"
             )
         if not found:
             scan.note("note", rel, "empty class folder: the class has no images here")
-        items += [item(path, synset, shown(os.path.join(scan.src, rel))) for path in found]
+        items += [item(path, synset, where) for path in found]
     return items
 
 
@@ -757,9 +712,8 @@ def convert(
     warning = _warn_without_validation(source, src)
     tasks = [
         task
-        for split in SPLIT_NAMES
-        if split in source.items
-        for task in plan_shards(src, out, split, source.items[split], num_shards[split])
+        for split, items in source.items.items()  # train first
+        for task in plan_shards(src, out, split, items, num_shards[split])
     ]
     writer = [storage.realpath(f) if f else None for f in (src, val_labels, synset_text)]
     info.claim(out, {"convert": writer + [num_shards, val_fraction, split_seed]}, overwrite)
@@ -785,8 +739,7 @@ def convert(
         "label_offset": 1,
         "splits": {
             split: sum(n for name, n in files.items() if name.startswith(split + "-"))
-            for split in SPLIT_NAMES
-            if split in source.items
+            for split in source.items
         },
         "synsets": source.synsets,
         "texts": source.texts,
@@ -845,7 +798,7 @@ def _parser() -> argparse.ArgumentParser:
         "src", help="folder with train/<class>/* and val/<class>/* (or val/*), or <class>/*"
     )
     parser.add_argument("out", help="output folder for the shards and dataset_info.json")
-    for split in SPLIT_NAMES:
+    for split in SOURCE_SPLITS:  # schema.SPLIT_PREFIXES' keys, without importing TF
         parser.add_argument(
             f"--{split}_shards",
             type=int,
@@ -884,16 +837,27 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signals = _StopSignals()
+    received = []
+
+    # Every stop signal (signals.STOP) raises KeyboardInterrupt in this process, so all stop
+    # the workers by one path and end in one line (SIGTERM's default action would kill this
+    # process alone, and its workers would die on broken pipes, each with a traceback).
+    def stop(signum, _frame=None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt()
+
     try:
-        with _handling(STOP, signals._raise):
+        with _handling(STOP, stop):
             from vgg_keras import compat  # noqa: F401 (TensorFlow loads here, seconds)
 
-            signals.check()
+            # The signal is remembered too: TF 1.15's import swallows a KeyboardInterrupt raised
+            # early in it (its import then completes), so it is raised again once TF is loaded.
+            if received:
+                stop(received[-1])
             result = convert(**vars(args))  # the flags are convert()'s keywords
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
-        return exit_code(signals.received or signal.SIGINT)
+        return exit_code(received[-1] if received else signal.SIGINT)
     print(
         f"{args.out}: {result['num_classes']} classes, {result['splits']} records "
         f"in {len(result['files'])} shards"
