@@ -15,7 +15,7 @@ import pytest
 
 from vgg_keras import compat, config
 from vgg_keras.compat import tf
-from vgg_keras.data import info, pipeline
+from vgg_keras.data import info, pipeline, preprocess, schema
 from vgg_keras.errors import UsageError
 
 SIZE = 32
@@ -183,6 +183,43 @@ def test_resume_with_record_sharding(data23):
     resumed = _train(split, 2, shuffle=64, start_step=4, **kwargs)
     for expected, (_, got) in zip(full[4:], resumed.take(3)):
         np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@pytest.mark.parametrize("skip_corrupt", [False, True])
+def test_each_training_image_is_train_image_of_its_record_and_place(
+    tmp_path, shard_writer, skip_corrupt
+):
+    """Records are prepared a chunk at a time (one at a time with --skip_corrupt), with 0-3
+    boxes and their own sizes side by side: each image is still preprocess.train_image of its
+    record, seeded by its place in the epoch."""
+    rng = np.random.default_rng(5)
+    count, seed = 24, 3
+    images = [
+        rng.integers(0, 256, (*rng.integers(20, 70, 2), 3), dtype=np.uint8) for _ in "x" * count
+    ]
+    boxes = [
+        [(x, y, x + 0.3, y + 0.4) for x, y in rng.uniform(0, 0.6, (n, 2))]
+        for n in rng.integers(0, 4, count)
+    ]
+    shard_writer(str(tmp_path), images, range(1, count + 1), num_shards=2, bboxes=boxes)
+    network, inp = _parts(
+        str(tmp_path), count, batch_size=6, min_object_covered=0.3, skip_corrupt=skip_corrupt
+    )
+    split = pipeline.load_split(inp, "train")
+    got = list(pipeline.train_dataset(split, network, inp, seed).take(count // 6))
+    records = {}
+    for serialized in tf.data.TFRecordDataset(list(split.files)):
+        jpeg, label, bboxes = schema.parse(serialized)
+        records[int(label)] = (jpeg, bboxes)
+    place = 0
+    for batch_images, batch_labels in got:
+        for image, label in zip(batch_images.numpy(), batch_labels.numpy()):
+            jpeg, bboxes = records[int(label)]
+            place_seed = tf.constant([seed, place], tf.int64)  # epoch 0
+            expected = preprocess.train_image(jpeg, bboxes, place_seed, network, inp)
+            np.testing.assert_array_equal(image, expected.numpy(), err_msg=f"place {place}")
+            place += 1
+    assert sorted(records) == sorted(int(y) for _, ys in got for y in ys.numpy())
 
 
 def test_load_split_counts_from_dataset_info(tmp_path, shard_writer):
