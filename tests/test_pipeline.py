@@ -189,9 +189,9 @@ def test_resume_with_record_sharding(data23):
 def test_each_training_image_is_train_image_of_its_record_and_place(
     tmp_path, shard_writer, skip_corrupt
 ):
-    """Records are prepared a chunk at a time (one at a time with --skip_corrupt), with 0-3
-    boxes and their own sizes side by side: each image is still preprocess.train_image of its
-    record, seeded by its place in the epoch."""
+    """The crop windows are drawn a chunk at a time, for records with 0-3 boxes and their own
+    sizes side by side: each image is still preprocess.train_image of its record, seeded by
+    its place in the epoch."""
     rng = np.random.default_rng(5)
     count, seed = 24, 3
     images = [

@@ -10,7 +10,6 @@ batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ AUTOTUNE = tf.data.experimental.AUTOTUNE
 # outermost function is enough: the datasets traced inside it are left as written too.
 as_written = tf.autograph.experimental.do_not_convert
 CHECKED_CHUNK = 32  # records a shard's count check covers at once (_shard_records)
-PREPARED_TOGETHER = 32  # training records a call of the input's preparation takes
+SAMPLED_TOGETHER = 32  # training images whose crop windows are drawn by one call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,41 +233,6 @@ def check_one_batch(split: Split, batch_size: int, num_workers: int, worker_inde
     return files, by_record, epoch_size
 
 
-def _prepare_chunk(serialized, epochs, indexes, *, split, network, inp, seed):
-    """A chunk of (record, epoch, place) -> (images, labels): each image is the record's
-    preprocess.train_image with its place's seed.  The records are located in turn (a JPEG's
-    shape, its boxes, its uniforms), their windows drawn together, and cropped in turn."""
-    size = serialized.shape[0]
-    seeds = tf.stack([epochs * 1_000_003 + seed, indexes], axis=1)
-    attempts = [preprocess.MAX_ATTEMPTS, 4]
-    # What each record gives: a shape each (its boxes: max(n, 1) rows, concatenated).
-    kinds = [(tf.string, []), (tf.int32, []), (tf.int32, [2]), (tf.float32, attempts)]
-    kinds += [(tf.bool, []), (tf.int32, None), (tf.int32, [])]
-    arrays = tuple(
-        tf.TensorArray(kind, size, element_shape=shape, infer_shape=shape is not None)
-        for kind, shape in kinds
-    )
-
-    def locate_record(i, arrays):
-        jpeg, label, bboxes = split.parse(serialized[i], inp.label_offset)
-        shape, boxes, uniforms, flip = preprocess.locate(jpeg, bboxes, seeds[i])
-        label = _check_label(label, network.class_num)
-        located = (jpeg, label, shape, uniforms, flip, boxes, tf.shape(boxes)[0])
-        return i + 1, tuple(a.write(i, value) for a, value in zip(arrays, located))
-
-    _, arrays = tf.while_loop(lambda i, _: i < size, locate_record, (0, arrays))
-    jpegs, labels, shapes, uniforms, flips = (a.stack() for a in arrays[:5])
-    rows = tf.reshape(arrays[5].concat(), [-1, 4])
-    boxes = tf.RaggedTensor.from_row_lengths(rows, arrays[6].stack()).to_tensor()  # 0-padded
-    windows = preprocess.sample_crops(shapes, boxes, uniforms, *preprocess.crop_ranges(inp))
-
-    def crop_record(located):
-        return preprocess.crop_flip_normalize(*located, network, inp.input_mode)
-
-    images = compat.map_fn(crop_record, (jpegs, windows, flips), tf.float32)
-    return images, labels
-
-
 def train_dataset(
     split: Split,
     network: Network,
@@ -308,17 +272,30 @@ def train_dataset(
         places = (tf.data.Dataset.from_tensors(epoch).repeat(), tf.data.Dataset.range(2**62))
         return tf.data.Dataset.zip((records, *places))
 
+    # preprocess.train_image in three steps, the crop sampler over a chunk of images at once.
+    def locate_record(serialized, epoch, index):
+        record_seed = tf.stack([epoch * 1_000_003 + seed, index])
+        jpeg, label, bboxes = split.parse(serialized, inp.label_offset)
+        located = preprocess.locate(jpeg, bboxes, record_seed)
+        return (jpeg, _check_label(label, network.class_num), *located)
+
+    def sample_windows(jpegs, labels, shapes, boxes, uniforms, flips):
+        ranges = preprocess.crop_ranges(inp)
+        return jpegs, labels, preprocess.sample_crops(shapes, boxes, uniforms, *ranges), flips
+
+    def crop_record(jpeg, label, window, flip):
+        return preprocess.crop_flip_normalize(jpeg, window, flip, network, inp.input_mode), label
+
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(as_written(one_epoch)).skip(offset)
-    # A chunk of records a call: per-record calls kept the convolutions' cores busier than
-    # their work.  With --skip_corrupt, a chunk of one: a bad record is skipped on its own.
-    together = 1 if inp.skip_corrupt else PREPARED_TOGETHER
-    ds = ds.batch(together, drop_remainder=True)
-    prepare = functools.partial(_prepare_chunk, split=split, network=network, inp=inp, seed=seed)
-    ds = ds.map(as_written(prepare), num_parallel_calls=cores.usable())
+    ds = ds.map(as_written(locate_record), num_parallel_calls=cores.usable())
+    if inp.skip_corrupt:  # before the chunks: a bad record would take its chunk with it
+        ds = compat.ignore_errors(ds)
+    located = ([], [], [2], [None, 4], [preprocess.MAX_ATTEMPTS, 4], [])
+    ds = ds.padded_batch(SAMPLED_TOGETHER, located).map(as_written(sample_windows)).unbatch()
+    ds = ds.map(as_written(crop_record), num_parallel_calls=cores.usable())
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
-    if batch_size != together:
-        ds = ds.unbatch().batch(batch_size, drop_remainder=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
     return compat.without_autotune(ds.prefetch(AUTOTUNE))
 
 
