@@ -195,7 +195,7 @@ def test_each_training_image_is_train_image_of_its_record_and_place(
     rng = np.random.default_rng(5)
     count, seed = 24, 3
     images = [
-        rng.integers(0, 256, (*rng.integers(20, 70, 2), 3), dtype=np.uint8) for _ in "x" * count
+        rng.integers(0, 256, (*rng.integers(20, 70, 2), 3), dtype=np.uint8) for _ in range(count)
     ]
     boxes = [
         [(x, y, x + 0.3, y + 0.4) for x, y in rng.uniform(0, 0.6, (n, 2))]
