@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from vgg_keras import compat
+from vgg_keras.compat import tf
 
 
 @pytest.mark.parametrize(
@@ -105,3 +106,17 @@ def test_onednn_kernels_on_every_x86_cpu_unless_the_user_chose(chosen, kernel):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert kernel in proc.stdout.split(), proc.stdout
+
+
+def test_map_fn_maps_tuples_to_the_types_given_on_both_stacks():
+    def fn(element):
+        word, number = element
+        return tf.strings.length(word), number * 2.0
+
+    graph = tf.Graph()
+    with graph.as_default():  # as in a tf.data function: a graph, on both stacks
+        elements = (tf.constant(["a", "bcd"]), tf.constant([1.5, -2.0]))
+        mapped = compat.map_fn(fn, elements, (tf.int32, tf.float32))
+        with compat.v1.Session(graph=graph) as session:
+            lengths, doubled = session.run(mapped)
+    assert lengths.tolist() == [1, 3] and doubled.tolist() == [3.0, -4.0]

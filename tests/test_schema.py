@@ -106,3 +106,64 @@ def test_parse_inside_a_dataset_map(tmp_path, shard_writer):
     paths = shard_writer(str(tmp_path), [_gradient(16, 16)] * 3, [4, 5, 6])
     ds = tf.data.TFRecordDataset(paths).map(lambda r: schema.parse(r, 1)[1])
     assert [int(x) for x in ds] == [3, 4, 5]
+
+
+def _example(jpeg: bytes, label: int, coordinates: dict) -> bytes:
+    """A serialized record with the given bbox coordinate lists (absent when not given)."""
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    for name, values in coordinates.items():
+        feature[f"image/object/bbox/{name}"] = tf.train.Feature(
+            float_list=tf.train.FloatList(value=values)
+        )
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_parse_many_gives_each_record_what_parse_gives(jpeg_encoder):
+    boxes = [[], [(0.1, 0.2, 0.6, 0.9)], [(0.0, 0.0, 1.0, 1.0)] * 2 + [(0.3, 0.1, 0.4, 0.5)]]
+    records = [
+        schema.to_example(jpeg_encoder(_gradient(16 + i, 20)), 7 + i, 16 + i, 20, bboxes=b)
+        for i, b in enumerate(boxes)
+    ]
+    records = [r.SerializeToString() for r in records]
+    records.append(_example(b"\xff\xd8not all there", 3, {}))  # no bbox features at all
+    jpegs, labels, bboxes, counts = schema.parse_many(tf.constant(records), 1)
+    assert bboxes.shape == (4, 3, 4) and bboxes.dtype == tf.float32
+    assert counts.numpy().tolist() == [0, 1, 3, 0]
+    for i, serialized in enumerate(records):
+        jpeg, label, one = schema.parse(serialized, 1)
+        assert jpegs[i].numpy() == jpeg.numpy()
+        assert int(labels[i]) == int(label) and labels.dtype == tf.int32
+        np.testing.assert_array_equal(bboxes[i, : counts[i]].numpy(), one[0].numpy())
+        np.testing.assert_array_equal(bboxes[i, counts[i] :].numpy(), 0.0)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_record_whose_box_lists_differ_in_length_is_an_error(many):
+    full = {name: [0.1, 0.5] for name in ("ymin", "xmin", "ymax", "xmax")}
+    short = dict(full, xmax=[0.5])
+    # Beside a record with two boxes, the short list would be padded: the check must see it.
+    records = [_example(b"a", 1, full), _example(b"b", 1, short)]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        if many:
+            schema.parse_many(tf.constant(records))[2].numpy()
+        else:
+            schema.parse(records[1])[2].numpy()
+
+
+def test_parse_tfds_many_gives_each_record_what_parse_tfds_gives():
+    def record(image: bytes, label: int) -> bytes:
+        feature = {
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        }
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    records = [record(b"one", 0), record(b"two", 9)]
+    jpegs, labels, bboxes, counts = schema.parse_tfds_many(tf.constant(records))
+    assert bboxes.shape == (2, 0, 4) and counts.numpy().tolist() == [0, 0]
+    for i, serialized in enumerate(records):
+        jpeg, label, _ = schema.parse_tfds(serialized)
+        assert jpegs[i].numpy() == jpeg.numpy() and int(labels[i]) == int(label)

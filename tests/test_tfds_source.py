@@ -66,6 +66,7 @@ def test_split_sizes_come_from_tfds_info(tfds_dir):
     train = _split(tfds_dir, "train")
     assert train.num_examples == TRAIN_SIZE
     assert train.parse is schema.parse_tfds
+    assert train.parse_many is schema.parse_tfds_many
     assert _split(tfds_dir, "validation").num_examples == EVAL_SIZE
 
 

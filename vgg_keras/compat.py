@@ -207,6 +207,14 @@ def without_autotune(dataset):
     return dataset.with_options(options)
 
 
+def map_fn(fn, elems, dtype):
+    """``tf.map_fn`` with its output's types (``dtype`` on TF 1.15, ``fn_output_signature``
+    on TF 2, where ``dtype`` is deprecated)."""
+    if TF1:
+        return tf.map_fn(fn, elems, dtype=dtype)
+    return tf.map_fn(fn, elems, fn_output_signature=dtype)
+
+
 def import_tfds():
     """``tensorflow_datasets``, kept off the network: TFDS 3.x (the one for TF 1.15) looks up
     any builder without a prepared folder in Google's bucket, retrying for minutes offline."""

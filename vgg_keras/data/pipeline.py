@@ -10,6 +10,7 @@ batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ AUTOTUNE = tf.data.experimental.AUTOTUNE
 # outermost function is enough: the datasets traced inside it are left as written too.
 as_written = tf.autograph.experimental.do_not_convert
 CHECKED_CHUNK = 32  # records a shard's count check covers at once (_shard_records)
-SAMPLED_TOGETHER = 32  # training images whose crop windows are drawn by one call
+PREPARED_TOGETHER = 32  # training records one call of the input's preparation takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +41,15 @@ class Split:
     """The shards of one split, their exact record counts, and how to parse a record.
 
     ``parse(serialized, label_offset)`` gives (jpeg, 0-based label, bboxes): ``schema.parse``
-    for the TF-slim ImageNet schema, ``schema.parse_tfds`` for a TFDS-prepared set.
+    for the TF-slim ImageNet schema, ``schema.parse_tfds`` for a TFDS-prepared set;
+    ``parse_many`` the same of a vector of records (``schema.parse_many``' layout).
     """
 
     name: str
     files: tuple[str, ...]
     counts: tuple[int, ...]
     parse: Callable = schema.parse
+    parse_many: Callable = schema.parse_many
 
     @property
     def num_examples(self) -> int:
@@ -126,7 +129,7 @@ def load_split(inp: Input, split: str) -> Split:
     data_dir, skip_corrupt = inp.data_dir, inp.skip_corrupt
     if data_dir.startswith(tfds_source.PREFIX):
         files, counts = tfds_source.locate(data_dir, split, inp.tfds_data_dir)
-        return Split(split, files, counts, parse=schema.parse_tfds)
+        return Split(split, files, counts, schema.parse_tfds, schema.parse_tfds_many)
     files = list_files(data_dir, split)
     if not skip_corrupt:
         info.check_sizes(data_dir, files)
@@ -233,6 +236,31 @@ def check_one_batch(split: Split, batch_size: int, num_workers: int, worker_inde
     return files, by_record, epoch_size
 
 
+def _prepare_chunk(serialized, epochs, indexes, *, split, network, inp, seed):
+    """A chunk of (record, epoch, place) -> (images, labels): each image is its record's
+    ``preprocess.train_image`` with its place's seed.  The records are parsed together,
+    located in turn (a JPEG's shape, its boxes, its uniforms), their windows drawn together,
+    and cropped in turn."""
+    jpegs, labels, bboxes, counts = split.parse_many(serialized, inp.label_offset)
+    seeds = tf.stack([epochs * 1_000_003 + seed, indexes], axis=1)
+    rows = tf.maximum(tf.shape(bboxes)[1], 1)  # every record's boxes, zero-padded to as many
+
+    def locate_record(record):
+        jpeg, boxes, count, record_seed = record
+        shape, boxes, uniforms, flip = preprocess.locate(jpeg, boxes[None, :count], record_seed)
+        return shape, tf.pad(boxes, [[0, rows - tf.shape(boxes)[0]], [0, 0]]), uniforms, flip
+
+    kinds = (tf.int32, tf.int32, tf.float32, tf.bool)
+    located = compat.map_fn(locate_record, (jpegs, bboxes, counts, seeds), kinds)
+    windows = preprocess.sample_crops(*located[:3], *preprocess.crop_ranges(inp))
+
+    def crop_record(record):
+        return preprocess.crop_flip_normalize(*record, network, inp.input_mode)
+
+    images = compat.map_fn(crop_record, (jpegs, windows, located[3]), tf.float32)
+    return images, _check_label(labels, network.class_num)
+
+
 def train_dataset(
     split: Split,
     network: Network,
@@ -272,30 +300,17 @@ def train_dataset(
         places = (tf.data.Dataset.from_tensors(epoch).repeat(), tf.data.Dataset.range(2**62))
         return tf.data.Dataset.zip((records, *places))
 
-    # preprocess.train_image in three steps, the crop sampler over a chunk of images at once.
-    def locate_record(serialized, epoch, index):
-        record_seed = tf.stack([epoch * 1_000_003 + seed, index])
-        jpeg, label, bboxes = split.parse(serialized, inp.label_offset)
-        located = preprocess.locate(jpeg, bboxes, record_seed)
-        return (jpeg, _check_label(label, network.class_num), *located)
-
-    def sample_windows(jpegs, labels, shapes, boxes, uniforms, flips):
-        ranges = preprocess.crop_ranges(inp)
-        return jpegs, labels, preprocess.sample_crops(shapes, boxes, uniforms, *ranges), flips
-
-    def crop_record(jpeg, label, window, flip):
-        return preprocess.crop_flip_normalize(jpeg, window, flip, network, inp.input_mode), label
-
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(as_written(one_epoch)).skip(offset)
-    ds = ds.map(as_written(locate_record), num_parallel_calls=cores.usable())
-    if inp.skip_corrupt:  # before the chunks: a bad record would take its chunk with it
-        ds = compat.ignore_errors(ds)
-    located = ([], [], [2], [None, 4], [preprocess.MAX_ATTEMPTS, 4], [])
-    ds = ds.padded_batch(SAMPLED_TOGETHER, located).map(as_written(sample_windows)).unbatch()
-    ds = ds.map(as_written(crop_record), num_parallel_calls=cores.usable())
+    # A chunk of records a call: one call per record kept the convolutions' cores busier than
+    # the calls' work.  With --skip_corrupt, a chunk of one: a bad record is skipped alone.
+    together = 1 if inp.skip_corrupt else PREPARED_TOGETHER
+    prepare = functools.partial(_prepare_chunk, split=split, network=network, inp=inp, seed=seed)
+    ds = ds.batch(together, drop_remainder=True)
+    ds = ds.map(as_written(prepare), num_parallel_calls=cores.usable())
     if inp.skip_corrupt:
         ds = compat.ignore_errors(ds)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    if batch_size != together:
+        ds = ds.unbatch().batch(batch_size, drop_remainder=True)
     return compat.without_autotune(ds.prefetch(AUTOTUNE))
 
 

@@ -90,6 +90,25 @@ def parse(serialized, label_offset: int = 1):
     return parsed["image/encoded"], label, bboxes
 
 
+def parse_many(serialized, label_offset: int = 1):
+    """:func:`parse` of a vector of n records in one op: (jpegs (n,), labels (n,), bboxes
+    (n, m, 4) zero-padded to the most boxes m of any record, counts (n,)): record i's boxes are
+    ``bboxes[i, :counts[i]]``.  A record whose four coordinate lists differ in length is an
+    error, as in :func:`parse`."""
+    parsed = tf.io.parse_example(serialized, _FEATURES)
+    labels = tf.cast(parsed["image/class/label"], tf.int32) - label_offset
+    sparse = [parsed[f"image/object/bbox/{k}"] for k in ("ymin", "xmin", "ymax", "xmax")]
+    same = [
+        tf.debugging.assert_equal(s.indices, sparse[0].indices, message="bbox lists differ")
+        for s in sparse[1:]
+    ]
+    with tf.control_dependencies(same):
+        bboxes = tf.stack([tf.sparse.to_dense(s) for s in sparse], axis=-1)
+    ones = tf.SparseTensor(sparse[0].indices, tf.ones_like(sparse[0].values), sparse[0].dense_shape)
+    counts = tf.cast(tf.reduce_sum(tf.sparse.to_dense(ones), axis=1), tf.int32)
+    return parsed["image/encoded"], labels, bboxes, counts
+
+
 _TFDS_FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
@@ -106,3 +125,11 @@ def parse_tfds(serialized, label_offset: int = 0):
     parsed = tf.io.parse_single_example(serialized, _TFDS_FEATURES)
     label = tf.cast(parsed["label"], tf.int32)
     return parsed["image"], label, tf.zeros([1, 0, 4], tf.float32)
+
+
+def parse_tfds_many(serialized, label_offset: int = 0):
+    """:func:`parse_tfds` of a vector of records, in the layout of :func:`parse_many`."""
+    parsed = tf.io.parse_example(serialized, _TFDS_FEATURES)
+    n = tf.shape(serialized)[0]
+    bboxes = tf.zeros([n, 0, 4], tf.float32)
+    return parsed["image"], tf.cast(parsed["label"], tf.int32), bboxes, tf.zeros([n], tf.int32)
