@@ -209,10 +209,11 @@ def without_autotune(dataset):
 
 def map_fn(fn, elems, dtype):
     """``tf.map_fn`` with its output's types (``dtype`` on TF 1.15, ``fn_output_signature``
-    on TF 2, where ``dtype`` is deprecated)."""
+    on TF 2, where ``dtype`` is deprecated), one element after another: where it maps inside
+    parallel calls (the input pipeline's), the calls are the parallelism."""
     if TF1:
-        return tf.map_fn(fn, elems, dtype=dtype)
-    return tf.map_fn(fn, elems, fn_output_signature=dtype)
+        return tf.map_fn(fn, elems, dtype=dtype, parallel_iterations=1)
+    return tf.map_fn(fn, elems, fn_output_signature=dtype, parallel_iterations=1)
 
 
 def import_tfds():
