@@ -123,3 +123,21 @@ def test_split_keeps_a_stores_top_level():
     assert storage.split("ram://export") == ("ram://", "export")
     assert storage.split("gs://bucket/runs/x") == ("gs://bucket/runs", "x")
     assert storage.split("runs/x") == ("runs", "x")
+
+
+def test_discard_staging_removes_only_the_staging_folders_of_that_file(tmp_path):
+    target = tmp_path / "train-00000-of-00004"
+    staged = tmp_path / f".train-00000-of-00004.{'ab12' * 8}.tmp"
+    staged.mkdir()
+    (staged / "train-00000-of-00004").write_bytes(b"half a shard")
+    kept = [
+        tmp_path / ".train-00000-of-00004.tmp",  # a user's: no 32-digit name
+        tmp_path / f".train-00001-of-00004.{'cd34' * 8}.tmp",  # another file's
+        tmp_path / "train-00000-of-00004.tmp",
+    ]
+    for path in kept:
+        path.mkdir()
+    target.write_bytes(b"a whole shard")
+    atomic.discard_staging(str(target))
+    assert not staged.exists()
+    assert all(path.exists() for path in kept) and target.read_bytes() == b"a whole shard"

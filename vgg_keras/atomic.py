@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 
 from vgg_keras import storage
@@ -54,3 +55,16 @@ def write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with replacing(path) as tmp, storage.open(tmp, "w") as f:
         f.write(text)
+
+
+def discard_staging(path: str) -> None:
+    """Remove what writes of ``path`` left in its staging folders: those of processes stopped
+    in their cleanup (a second signal, a kill).  Only the names ``replacing`` makes
+    (``.<name>.<32 hex digits>.tmp``) are touched; call it once every writer of ``path`` has
+    ended."""
+    parent, name = storage.split(storage.realpath(path))
+    staged = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}{re.escape(TMP_SUFFIX)}")
+    if storage.isdir(parent):
+        for entry in storage.listdir(parent):
+            if staged.fullmatch(entry):
+                storage.rmtree(os.path.join(parent, entry))

@@ -328,6 +328,11 @@ def run_tasks(todo: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResul
     except BaseException:
         if pool is not None:
             pool.terminate()  # a half-written shard is discarded, written by a re-run
+            pool.join()
+        # A worker stopped inside its own cleanup leaves its staging folder: none survives.
+        for task in todo:
+            atomic.discard_staging(os.path.join(task.out, task.name))
+            atomic.discard_staging(task.state_path)
         raise
     finally:
         if pool is not None:
