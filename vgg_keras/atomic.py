@@ -7,8 +7,9 @@ file is still never seen half-written; a folder is written in place there (``rep
 
 The temporary name lies in a staging folder made for this one write (beside the target,
 ``.<name>.<uuid4>.tmp``: 122 random bits), and only that folder is removed afterwards: a file or folder of the user's that happens to be called ``<name>.tmp`` is
-never touched.  A process killed mid-write leaves its hidden staging folder behind; nothing
-deletes it automatically, since nothing can tell it from a user's.
+never touched.  A process killed mid-write leaves its hidden staging folder behind; the one
+who started the writers removes it once they have ended (``discard_staging``: the converter,
+after an interruption).
 """
 
 from __future__ import annotations
