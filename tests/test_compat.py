@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
@@ -120,3 +121,52 @@ def test_map_fn_maps_tuples_to_the_types_given_on_both_stacks():
         with compat.v1.Session(graph=graph) as session:
             lengths, doubled = session.run(mapped)
     assert lengths.tolist() == [1, 3] and doubled.tolist() == [3.0, -4.0]
+
+
+def _counter_graph():
+    """A graph with a variable bumped by a fed amount (default 1), a flag, an op, and a check
+    that fails beyond 100."""
+    graph = tf.Graph()
+    with graph.as_default():
+        amount = compat.v1.placeholder_with_default(tf.constant(1, tf.int64), [], "amount")
+        flag = compat.v1.placeholder_with_default(False, [], "flag")
+        total = compat.v1.Variable(0, dtype=tf.int64)
+        bump = compat.v1.assign_add(total, amount)
+        with tf.control_dependencies([bump]):
+            fetches = {
+                "total": total.read_value(),
+                "half": tf.cast(total.read_value(), tf.float32) / 2,
+                "flag": tf.logical_not(flag),
+                "root": tf.debugging.check_numerics(
+                    tf.sqrt(100.0 - tf.cast(total, tf.float32)), ""
+                ),
+                "op": tf.group(bump),
+            }
+        init = compat.v1.global_variables_initializer()
+    return graph, init, fetches, [amount, flag]
+
+
+@pytest.mark.parametrize("through_run", [False, True])
+def test_session_call_returns_what_session_run_returns_with_the_same_feeds(through_run):
+    graph, init, fetches, feeds = _counter_graph()
+    with compat.v1.Session(graph=graph) as session:
+        session.run(init)
+        call = compat.SessionCall(session, fetches, feeds, through_run)
+        out = call(3, True)
+        assert set(out) == set(fetches) and out["op"] is None
+        assert (type(out["total"]), out["total"]) == (np.int64, 3)
+        assert (type(out["half"]), out["half"]) == (np.float32, 1.5)
+        assert (type(out["flag"]), out["flag"]) == (np.bool_, False)
+        by_run = session.run(fetches, dict(zip(feeds, [2, False])))
+        assert by_run["total"] == 5 and call(1, False)["total"] == 6
+        assert {k: type(v) for k, v in by_run.items()} == {k: type(v) for k, v in out.items()}
+
+
+def test_session_call_raises_the_ops_error_and_takes_values_of_the_feeds_types():
+    graph, init, fetches, feeds = _counter_graph()
+    with compat.v1.Session(graph=graph) as session:
+        session.run(init)
+        call = compat.SessionCall(session, fetches, feeds)
+        assert call(np.int32(40), 0)["total"] == 40  # converted to the placeholder's int64
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            call(200, False)

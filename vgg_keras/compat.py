@@ -22,6 +22,8 @@ import os
 import platform
 import sys
 
+import numpy as np
+
 # Must be set before TensorFlow is imported anywhere in the process.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -231,3 +233,37 @@ def import_tfds():
 def ignore_errors(dataset):
     """``dataset`` without the elements whose computation fails (both stacks' spelling)."""
     return dataset.apply(tf.data.experimental.ignore_errors())
+
+
+class SessionCall:
+    """``session.run(fetches, feed)`` for one dict of fetches and one list of fed tensors, made
+    once: a TensorFlow callable, without the Python ``run`` spends on every call resolving the
+    fetches and converting the feeds (about 0.5 ms: 7% of a small network's step on 2 cores).
+    Tensors come back as ``run`` returns them; operations as None.  ``through_run``: call
+    ``session.run`` itself (Ascend's device loop is documented for it).
+    """
+
+    def __init__(self, session: v1.Session, fetches: dict, feeds: list, through_run=False):
+        from tensorflow.core.protobuf import config_pb2
+
+        self._session, self._fetches, self._feeds = session, fetches, feeds
+        self._names = list(fetches)
+        self._tensors = [n for n in self._names if not isinstance(fetches[n], tf.Operation)]
+        self._dtypes = [t.dtype.as_numpy_dtype for t in feeds]
+        self._callable = None
+        if not through_run:
+            options = config_pb2.CallableOptions(
+                feed=[t.name for t in feeds],
+                fetch=[fetches[n].name for n in self._tensors],
+                target=[fetches[n].name for n in self._names if n not in self._tensors],
+            )
+            # The private API Keras' own graph-mode functions run on, on both stacks.
+            self._callable = session._make_callable_from_options(options)
+
+    def __call__(self, *values) -> dict:
+        feeds = [np.asarray(v, dtype) for v, dtype in zip(values, self._dtypes)]
+        if self._callable is None:
+            return self._session.run(self._fetches, dict(zip(self._feeds, feeds)))
+        # Each value as run returns it: a NumPy scalar for a scalar tensor.
+        results = dict(zip(self._tensors, (r[()] for r in self._callable(*feeds))))
+        return {n: results.get(n) for n in self._names}

@@ -258,6 +258,7 @@ class _Loop:
         self.best = rundir.read_best(self.log_dir)
         self.voting = "stop" in built.step_fetches  # several workers: a signal is put to the vote
         self._signals = None
+        self._calls = {}  # one_step -> its compat.SessionCall
 
     def run(self, signals: StopSignals) -> int:
         """Returns the exit code."""
@@ -304,20 +305,17 @@ class _Loop:
         """One session call of up to --iterations_per_loop steps, ending where the plan says
         something is due; returns its StepOutputs, and (several workers) whether any of them
         had a signal before the call: all stop after the same call."""
-        plan, built = self.plan, self.built
+        plan = self.plan
         n = plan.call_length(self.step)
-        fetches = built.step_fetches if n == 1 else built.loop_fetches
-        # Each set of fetches and fed placeholders is its own executor in the session, built
-        # and optimised at its first call: every call feeds the same placeholders.
         measure = plan.due("log", self.last["log"], self.step + n)
-        feed = {built.loop_steps: n, built.measure_grad_norm: measure}
+        values = [n, measure]
         if self.voting:  # a signal during this call stops the workers after the next one
-            feed[built.stop_requested] = self._signals.received is not None
+            values.append(self._signals.received is not None)
         else:
             self._signals.until = self.step + n
         kind = (n == 1, measure)  # the first call of each kind is counted as a warm-up
         try:
-            out = self.speed.timed(kind, lambda: self.session.run(fetches, feed), n)
+            out = self.speed.timed(kind, lambda: self._call(n == 1)(*values), n)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
             c = self.config  # (no split: --synthetic, no file to blame)
             explained = self.split and diagnose.explain(
@@ -326,7 +324,7 @@ class _Loop:
             if not isinstance(explained, UsageError):
                 raise
             # The steps before the bad batch were applied: keep them.
-            self._save(int(self.session.run(built.global_step)))
+            self._save(int(self.session.run(self.built.global_step)))
             raise UsageError(f"{explained}; the newest checkpoint is {self._newest()}") from err
         stop = bool(out.get("stop", False))
         out = StepOutputs(**{name: out[name] for name in StepOutputs._fields})
@@ -334,6 +332,23 @@ class _Loop:
         if not out.finite and self.config.optimizer.nan_policy == "stop":
             raise _NonFinite(f"loss is {out.total_loss} at step {self.step} (lr {out.lr:.6g})")
         return out, stop
+
+    def _call(self, one_step: bool) -> compat.SessionCall:
+        """The session call of one step, or of the sunk loop, made at its first use.
+
+        Each set of fetches and fed placeholders is its own executor in the session, built and
+        optimised at its first call: every call feeds the same placeholders.
+        """
+        if one_step not in self._calls:
+            built = self.built
+            fetches = built.step_fetches if one_step else built.loop_fetches
+            feeds = [built.loop_steps, built.measure_grad_norm]
+            if self.voting:
+                feeds.append(built.stop_requested)
+            # Ascend's device loop runs where session.run is called.
+            through_run = built.load_device_loop is not None
+            self._calls[one_step] = compat.SessionCall(self.session, fetches, feeds, through_run)
+        return self._calls[one_step]
 
     def _log(self, out: StepOutputs) -> None:
         """The log line, metrics.jsonl and TensorBoard: the last step's values, the interval's
