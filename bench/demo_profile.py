@@ -98,11 +98,14 @@ def trace_ops(first: int = 21, calls: int = 10) -> None:
                     OP_TIME[kind] += node.op_end_rel_micros - node.op_start_rel_micros
             return out
 
-        self.session.run = run_traced
+        # Through session.run, made for these calls (the loop's own calls are callables).
+        self.session.run, saved = run_traced, (self._calls, self.through_run)
+        self._calls, self.through_run = {}, True
         try:
             return inner(self)
         finally:
             del self.session.run
+            self._calls, self.through_run = saved
 
     training._Loop._train_call = traced
 

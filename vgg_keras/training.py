@@ -259,6 +259,8 @@ class _Loop:
         self.voting = "stop" in built.step_fetches  # several workers: a signal is put to the vote
         self._signals = None
         self._calls = {}  # one_step -> its compat.SessionCall
+        # Ascend's device loop runs where session.run is called.
+        self.through_run = built.load_device_loop is not None
 
     def run(self, signals: StopSignals) -> int:
         """Returns the exit code."""
@@ -345,9 +347,8 @@ class _Loop:
             feeds = [built.loop_steps, built.measure_grad_norm]
             if self.voting:
                 feeds.append(built.stop_requested)
-            # Ascend's device loop runs where session.run is called.
-            through_run = built.load_device_loop is not None
-            self._calls[one_step] = compat.SessionCall(self.session, fetches, feeds, through_run)
+            call = compat.SessionCall(self.session, fetches, feeds, self.through_run)
+            self._calls[one_step] = call
         return self._calls[one_step]
 
     def _log(self, out: StepOutputs) -> None:
