@@ -238,7 +238,7 @@ def ignore_errors(dataset):
 class SessionCall:
     """``session.run(fetches, feed)`` for one dict of fetches and one list of fed tensors, made
     once: a TensorFlow callable, without the Python ``run`` spends on every call resolving the
-    fetches and converting the feeds (about 0.5 ms: 7% of a small network's step on 2 cores).
+    fetches and converting the feeds (0.5-0.9 ms: 5-10% of a small network's step on 2 cores).
     Tensors come back as ``run`` returns them; operations as None.  ``through_run``: call
     ``session.run`` itself (Ascend's device loop is documented for it).
     """
