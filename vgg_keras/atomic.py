@@ -24,6 +24,11 @@ from vgg_keras import storage
 TMP_SUFFIX = ".tmp"
 
 
+def _staging_name(name: str, token: str) -> str:
+    """The staging folder of one write of ``name``, made unique by ``token`` (32 hex digits)."""
+    return f".{name}.{token}{TMP_SUFFIX}"
+
+
 @contextlib.contextmanager
 def replacing(path: str, folder: bool = False):
     """Yield a temporary name (a file, or with ``folder`` a folder, not yet existing) to write
@@ -42,7 +47,7 @@ def replacing(path: str, folder: bool = False):
     parent, name = storage.split(target)
     # Named before it is made, so that a signal between making it and the ``try`` cannot
     # leave it behind (mkdtemp's name is known only once the folder exists).
-    staging = os.path.join(parent, f".{name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    staging = os.path.join(parent, _staging_name(name, uuid.uuid4().hex))
     try:
         storage.makedirs(staging)
         tmp = os.path.join(staging, name)
@@ -64,7 +69,8 @@ def discard_staging(path: str) -> None:
     (``.<name>.<32 hex digits>.tmp``) are touched; call it once every writer of ``path`` has
     ended."""
     parent, name = storage.split(storage.realpath(path))
-    staged = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}{re.escape(TMP_SUFFIX)}")
+    before, after = _staging_name(name, "\0").split("\0")  # (no file name holds a NUL)
+    staged = re.compile(f"{re.escape(before)}[0-9a-f]{{32}}{re.escape(after)}")
     if storage.isdir(parent):
         for entry in storage.listdir(parent):
             if staged.fullmatch(entry):
