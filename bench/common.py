@@ -27,6 +27,10 @@ RUN_TRAIN = REPO / "run_train.py"
 SMALL_SETTINGS = {"image_size": 32, "class_num": 10, "width_multiplier": 0.0625}
 SMALL_NET = [arg for name, value in SMALL_SETTINGS.items() for arg in (f"--{name}", str(value))]
 SMALL_BATCH = 8
+# oneDNN's instruction-set cap (inherited by every process a benchmark starts; PyTorch's
+# oneDNN reads it too, and ATEN_CPU_CAPABILITY caps PyTorch's own kernels): the kernels another
+# CPU kind would run, timed on this one, e.g. ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2.
+KERNEL_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +80,18 @@ def ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline else float("nan")
 
 
+def bf16_kernels() -> bool:
+    """Whether the project's bf16 runs on bf16 instructions here (``compat.fast_bf16``) and
+    oneDNN may use them: a cap below AVX-512-BF16 leaves oneDNN without bf16 convolutions."""
+    from vgg_keras import compat
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    allowed = (
+        not cap or cap in ("ALL", "DEFAULT") or any(k in cap for k in ("BF16", "AMX", "AVX10"))
+    )
+    return allowed and compat.fast_bf16()
+
+
 def machine() -> dict:
     """Where the numbers were measured: CPU model, cores, load, library versions."""
     cpu = platform.processor() or platform.machine()
@@ -98,6 +114,7 @@ def machine() -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        **{cap.lower(): os.environ[cap] for cap in KERNEL_CAPS if os.environ.get(cap)},
         "load_average_1min": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         **versions,

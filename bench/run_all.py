@@ -35,8 +35,9 @@ def markdown(results: dict) -> str:
     lines = []
     for fig in figures.values():
         m = fig["machine"]
+        caps = "".join(f", {c}={m[c.lower()]}" for c in common.KERNEL_CAPS if m.get(c.lower()))
         lines += [
-            f"**{fig['title']}**: `{fig['command']}` ({fig['seconds']:.0f} s; {m['cpu']}, "
+            f"**{fig['title']}**: `{fig['command']}` ({fig['seconds']:.0f} s; {m['cpu']}{caps}, "
             f"{m['cores']} cores, load {m['load_average_1min']}, TF {m.get('tensorflow', '?')}, "
             f"{fig['measured_at']})",
             "",

@@ -15,7 +15,9 @@ other programs held the cores of this shared 2-core machine; passive waiting is 
 The VGG16 step: full VGG16 at 224 px, batch 8, fp32, ``run_train.py --synthetic`` (as figure
 2 runs it) against torchvision's VGG16 trained eagerly on one random batch (channels_last).  In
 bf16 too (PyTorch's CPU autocast against ``--precision bf16``) where the CPU has bf16
-arithmetic (avx512_bf16 or amx_bf16); elsewhere bf16 is emulated and not compared.
+arithmetic (avx512_bf16 or amx_bf16); elsewhere bf16 is emulated and not compared.  With
+``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` in the environment both sides run the kernels
+of an AVX2-only CPU (``common.KERNEL_CAPS``).
 
 Target (issue 33): the demo's whole run >= 1.3x faster than the peer, at its accuracy +- 1 point.
 """
@@ -45,16 +47,6 @@ PEER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 def torch_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "torchvision"))
-
-
-def has_bf16() -> bool:
-    """Whether the CPU has bf16 arithmetic (AVX-512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def decoded_arrays(data_dir: str, out: str) -> None:
@@ -132,7 +124,7 @@ def demo_rows(tmp: str, quick: bool, pairs: int) -> tuple[list, list]:
 
 def step_rows(tmp: str, quick: bool) -> tuple[list, str | None]:
     s = train_compute.settings(quick)
-    precisions = ["fp32", "bf16"] if has_bf16() else ["fp32"]
+    precisions = ["fp32", "bf16"] if common.bf16_kernels() else ["fp32"]
     rows = []
     for precision in precisions:
         ours, _ = train_compute.project_rates(s, precision, f"{tmp}/vgg16_{precision}")
@@ -153,7 +145,11 @@ def step_rows(tmp: str, quick: bool) -> tuple[list, str | None]:
                 "project / this",
             )
         )
-    note = None if has_bf16() else "bf16: this CPU has no bf16 arithmetic (emulated): not compared"
+    note = (
+        None
+        if common.bf16_kernels()
+        else "bf16: no bf16 kernels here (emulated or capped): not compared"
+    )
     return rows, note
 
 

@@ -138,6 +138,34 @@ def test_markdown_lists_rows_and_targets():
     assert "| x | growth <= 1.05 | 1.2 | **no** |" in text
 
 
+def test_a_kernel_cap_is_recorded_with_the_figure_and_named_in_its_header(monkeypatch):
+    """Figures timed with another CPU kind's kernels (ONEDNN_MAX_CPU_ISA) say so where read."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    fig = common.figure("x", "Figure X", False, 1.0, [], [])
+    assert fig["machine"]["onednn_max_cpu_isa"] == "AVX2"
+    assert "aten_cpu_capability" not in fig["machine"]
+    assert ", ONEDNN_MAX_CPU_ISA=AVX2, 2 cores" in run_all.markdown(
+        {"figures": {"x": {**fig, "machine": {**fig["machine"], "cores": 2}}}}
+    )
+
+
+@pytest.mark.parametrize(
+    "cap, allowed",
+    [("", True), ("ALL", True), ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True)]
+    + [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_VNNI", False)],
+)
+def test_bf16_is_timed_only_where_onednn_may_use_bf16_instructions(monkeypatch, cap, allowed):
+    """Capped below AVX-512-BF16, oneDNN has no bf16 convolution and the step would fail."""
+    from vgg_keras import compat
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.setattr(compat, "fast_bf16", lambda: True)
+    assert common.bf16_kernels() is allowed
+    monkeypatch.setattr(compat, "fast_bf16", lambda: False)
+    assert common.bf16_kernels() is False
+
+
 def test_steady_fps_weights_each_interval_by_its_images():
     # 10 steps of 8 at 80 images/s (1 s), then 30 steps at 240 images/s (1 s): 320 images, 2 s.
     records = [
