@@ -80,16 +80,19 @@ def ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline else float("nan")
 
 
+def onednn_bf16() -> bool:
+    """False when ONEDNN_MAX_CPU_ISA holds oneDNN below AVX-512-BF16: it then has no bf16
+    convolution, and a bf16 step fails at its first convolution."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return not cap or cap in ("ALL", "DEFAULT") or any(k in cap for k in ("BF16", "AMX", "AVX10"))
+
+
 def bf16_kernels() -> bool:
-    """Whether the project's bf16 runs on bf16 instructions here (``compat.fast_bf16``) and
-    oneDNN may use them: a cap below AVX-512-BF16 leaves oneDNN without bf16 convolutions."""
+    """Whether the project's bf16 runs on bf16 instructions here: the CPU has them
+    (``compat.fast_bf16``) and oneDNN may use them (``onednn_bf16``)."""
     from vgg_keras import compat
 
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    allowed = (
-        not cap or cap in ("ALL", "DEFAULT") or any(k in cap for k in ("BF16", "AMX", "AVX10"))
-    )
-    return allowed and compat.fast_bf16()
+    return onednn_bf16() and compat.fast_bf16()
 
 
 def machine() -> dict:

@@ -177,9 +177,12 @@ def run(quick: bool) -> dict:
         )
     )
     # Emulated bf16 (a CPU without AVX-512-BF16/AMX) runs the full VGG16 at well under 1 image/s:
-    # time it only where the hardware has it (--quick's tiny net is fast either way).
-    precisions = PRECISIONS if quick or common.bf16_kernels() else ("fp32",)
-    note = {} if precisions == PRECISIONS else {"not_timed": "bf16: emulated here"}
+    # time it only where the hardware has it (--quick's tiny net is fast either way, unless
+    # ONEDNN_MAX_CPU_ISA leaves oneDNN no bf16 convolution at all).
+    precisions = (
+        PRECISIONS if common.bf16_kernels() or quick and common.onednn_bf16() else ("fp32",)
+    )
+    note = {} if precisions == PRECISIONS else {"not_timed": "bf16: no bf16 kernels here"}
     if note:
         why = "TensorFlow 1.15" if compat.TF1 else "no avx512_bf16/amx_bf16, or capped"
         print(f"bench.{NAME}: {note['not_timed']} ({why}), timing fp32 only")

@@ -160,9 +160,10 @@ def test_bf16_is_timed_only_where_onednn_may_use_bf16_instructions(monkeypatch, 
     from vgg_keras import compat
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert common.onednn_bf16() is allowed
     monkeypatch.setattr(compat, "fast_bf16", lambda: True)
     assert common.bf16_kernels() is allowed
-    monkeypatch.setattr(compat, "fast_bf16", lambda: False)
+    monkeypatch.setattr(compat, "fast_bf16", lambda: False)  # emulated: not timed either
     assert common.bf16_kernels() is False
 
 
