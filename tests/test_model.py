@@ -124,6 +124,27 @@ def test_logits_are_float32_under_mixed_bfloat16():
         set_precision_policy("fp32")
 
 
+@pytest.mark.parametrize("rate", [0.5, 0.3])
+def test_dropout_runs_in_bfloat16_and_scales_what_it_keeps(rate):
+    """Under mixed_bfloat16 the masks apply to bf16 activations (TF 1.15's CPU has no bf16
+    Reciprocal, which Grappler makes of a division by a constant): kept values are x / (1 -
+    rate), the rest 0."""
+    set_precision_policy("bf16")
+    try:
+        with tf.Graph().as_default():
+            layer = model_lib.StepDropout(rate)
+            layer.seed = tf.constant([1, 2], tf.int64)
+            fed = v1.placeholder(tf.float32, [64, 256])
+            y = tf.cast(layer(tf.cast(fed, tf.bfloat16), training=True), tf.float32)
+            with v1.Session() as sess:
+                y = sess.run(y, {fed: np.ones([64, 256], np.float32)})
+    finally:
+        set_precision_policy("fp32")
+    kept = y[y != 0]
+    np.testing.assert_allclose(kept, 1 / (1 - rate), rtol=1e-2)  # bf16 has 8 bits of mantissa
+    assert abs(kept.size / y.size - (1 - rate)) < 0.05
+
+
 def _initial_weights(seed):
     with tf.Graph().as_default():
         network = _network(class_num=10, image_size=32, width_multiplier=0.125)

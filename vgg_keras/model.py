@@ -110,7 +110,10 @@ class StepDropout(keras.layers.Layer):
         if not training:
             return inputs
         keep = tf.random.stateless_uniform(tf.shape(inputs), seed=self.seed) >= self.rate
-        return inputs * tf.cast(keep, inputs.dtype) / tf.cast(1 - self.rate, inputs.dtype)
+        # Times 1 / (1 - rate), not divided by (1 - rate): Grappler turns a division by a
+        # constant into a Reciprocal, which TF 1.15's CPU has no bf16 kernel for.
+        scale = tf.cast(keep, inputs.dtype) * tf.cast(1 / (1 - self.rate), inputs.dtype)
+        return inputs * scale
 
 
 def set_dropout_seed(model: keras.Model, seed: int, step, stream) -> None:
