@@ -6,7 +6,9 @@ averaged over HCCL.  What only Ascend hardware can show is listed in docs/distri
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -16,6 +18,7 @@ from test_npu_standin import REPO_ROOT, standin_environment
 
 from vgg_keras import compat
 from vgg_keras.compat import tf
+from vgg_keras.reporting import read_metrics
 
 # npu_bridge exists for TF 1.15 only: the TF 1.15 suite runs these trainings (the stand-in's
 # own tests, test_npu_standin.py, run on both stacks).
@@ -100,8 +103,8 @@ def _flat_images(shard_writer, folder, colours_and_labels, copies: int = 32) -> 
 
 def test_two_ranks_through_the_launcher_average_their_gradients(shard_writer, train_tiny, tmp_path):
     """Rank 0 reads only images A, rank 1 only images B.  After the first step the momentum
-    (the gradient, still undamped) and the weights are the mean of one device's on A and on B;
-    both ranks end with the same weights."""
+    (the gradient, still undamped) and the weights are the mean of one device's on A and on B,
+    and so is the first step's logged loss; both ranks end with the same weights."""
     a, b = ((200, 60, 120), 4), ((30, 180, 90), 7)
     both = _flat_images(shard_writer, tmp_path / "both", [a, b])
     device = [{"device_id": str(i), "rank_id": str(i)} for i in (0, 1)]
@@ -144,3 +147,53 @@ def test_two_ranks_through_the_launcher_average_their_gradients(shard_writer, tr
         alone[0]["fc1/kernel/Momentum"], mean["fc1/kernel/Momentum"]
     )
     _assert_close(ranks, mean, "two ranks")
+    first_loss = [read_metrics(tmp_path / name)[0]["loss"] for name in ("npu", "a", "b")]
+    assert first_loss[0] == pytest.approx((first_loss[1] + first_loss[2]) / 2, rel=1e-5)
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_call_and_the_chief_saves(
+    demo_dir, tmp_path
+):
+    """SIGTERM to rank 1 alone (a scheduler preempting one process, a user's kill): the ranks
+    vote over HCCL at every session call, so all stop after the same one and rank 0 saves it.
+    Alone, rank 1 would leave and rank 0's next all-reduce would lose its partner unsaved."""
+    device = [{"device_id": str(i), "rank_id": str(i)} for i in (0, 1)]
+    (tmp_path / "2p.json").write_text(json.dumps({"server_list": [{"device": device}]}))
+    flags = [*TINY, "--data_dir", demo_dir, "--batch_size", "8", "--max_train_steps", "100000"]
+    flags += ["--iterations_per_loop", "5", "--display_every", "5"]
+    flags += ["--save_checkpoints_steps", "100000", "--distribution", "npu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vgg_keras.launch", "--npus", "2", "--rank_table"]
+        + [str(tmp_path / "2p.json"), "--rank_logs", str(tmp_path / "ranks"), "--"]
+        + ["run_train.py", *flags, "--log_dir", str(tmp_path / "npu")],
+        env=standin_environment(),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:  # rank 0's output is shown, rank 1's is in its log
+            lines.append(line)
+            if re.search(r"\[rank 0\] .* step:\s+\d+ ", line):
+                break
+        pids = [int(p) for p in re.findall(r"\[launch\] rank \d+: pid (\d+)", "".join(lines))]
+        assert len(pids) == 2, "".join(lines)
+        os.kill(pids[1], signal.SIGTERM)
+        output = "".join(lines) + proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rank_1 = (tmp_path / "ranks/rank_1/train.log").read_text()
+    chief = re.search(
+        r"another worker's signal: stopped at step (\d+), saved (\S+) \(exit 143\)$", output, re.M
+    )
+    assert chief, output[-3000:] + rank_1[-2000:]
+    step, prefix = chief.groups()
+    assert f"SIGTERM: stopped at step {step}, the chief saved it (exit 143)" in rank_1
+    assert int(step) % 5 == 0 and prefix == str(tmp_path / "npu" / f"model.ckpt-{step}")
+    assert tf.train.latest_checkpoint(str(tmp_path / "npu")) == prefix
+    for rank in (0, 1):
+        assert f"[launch] rank {rank} exited with code 143" in output

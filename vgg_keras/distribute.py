@@ -202,6 +202,13 @@ class Npu(Distribution):
         """HCCL all-reduce and the NPU's own loss scaling."""
         return npu.wrap_optimizer(optimizer, precision, self.num_workers)
 
+    def reduce(self, op: ReduceOp, value):
+        """Over the ranks by HCCL: TensorFlow's default strategy sees this process only."""
+        if self.num_workers == 1:
+            return value
+        summed = npu.all_reduce_sum(value)
+        return summed / self.num_workers if op == ReduceOp.MEAN else summed
+
     def broadcast(self, variables) -> tf.Operation | None:
         return npu.broadcast_variables(variables) if self.num_workers > 1 else None
 

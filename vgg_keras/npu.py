@@ -76,6 +76,15 @@ def wrap_optimizer(optimizer, precision: str, rank_size: int):
     return optimizer
 
 
+def all_reduce_sum(value: tf.Tensor) -> tf.Tensor:
+    """``value`` summed over every rank (an HCCL all-reduce, as a vector: ``value`` may be a
+    scalar)."""
+    from npu_bridge.hccl import hccl_ops
+
+    summed = hccl_ops.allreduce(tf.reshape(value, [-1]), "sum")
+    return tf.reshape(summed, tf.shape(value))
+
+
 def broadcast_variables(variables) -> tf.Operation:
     """Copy rank 0's values of ``variables`` to every rank (run after init or restore)."""
     from npu_bridge.hccl import hccl_ops
