@@ -31,6 +31,37 @@ def test_fast_bf16_follows_the_cpu_flags_and_gpus(monkeypatch, flags, gpus, fast
     assert compat.fast_bf16() is (fast and not compat.TF1)  # TF 1.15 emulates bf16 anywhere
 
 
+AVX512 = {"avx2", "avx512f", "avx512_bf16"}
+
+
+@pytest.mark.parametrize(
+    "cap, flags, onednn, refused",
+    [
+        ("AVX2", AVX512, "1", True),  # TensorFlow hands oneDNN bf16 ops it has no kernels for
+        ("avx2_vnni", AVX512, None, True),  # oneDNN reads the cap in any case; on by default
+        ("AVX2_VNNI_2", AVX512, "1", True),
+        ("AVX2_VNNI_2", AVX512 | {"avx_ne_convert"}, "1", False),  # its bf16 kernels exist
+        ("AVX512_CORE", AVX512, "1", False),  # emulated with AVX-512, but runs
+        ("AVX2", {"avx2", "fma"}, "1", False),  # no AVX-512: TensorFlow keeps bf16 on Eigen
+        ("AVX2", AVX512, "0", False),  # oneDNN switched off
+        ("AVX2", AVX512, "false", False),
+        ("", AVX512, "1", False),
+    ],
+)
+def test_a_onednn_cap_without_bf16_kernels_is_named(monkeypatch, cap, flags, onednn, refused):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    if onednn is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
+    monkeypatch.setattr(compat, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(compat, "gpu_count", lambda: 0)
+    expected = cap if refused and not compat.TF1 else None  # TF 1.15 has no oneDNN kernels
+    assert compat.onednn_cap_without_bf16() == expected
+    monkeypatch.setattr(compat, "gpu_count", lambda: 1)  # the GPU does the arithmetic
+    assert compat.onednn_cap_without_bf16() is None
+
+
 def test_cpu_flags_agree_with_numpys_own_cpu_detection():
     """numpy detects the CPU's features itself (cpuid, not /proc/cpuinfo): an independent
     witness for the flags that decide fast_bf16."""

@@ -49,6 +49,32 @@ def test_bad_values_exit_2_with_one_line_naming_the_flag_or_file(
     assert not rundir.list_checkpoints(str(log_dir))
 
 
+def test_bf16_under_a_onednn_cap_without_bf16_kernels_is_refused_where_it_would_fail(
+    script_runner, tmp_path
+):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 CPU: TensorFlow 2 still hands oneDNN the bf16
+    convolutions, which then fail at the first step with a oneDNN trace; the run is refused
+    with one line instead.  Elsewhere (no AVX-512: Eigen's kernels; TF 1.15) it trains."""
+    from vgg_keras import compat
+
+    would_fail = not compat.TF1 and "avx512f" in compat.cpu_flags() and not compat.gpu_count()
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+    log_dir = tmp_path / "run"
+    args = ["--synthetic", "--preset", "demo", "--max_train_steps", "1", "--log_dir", log_dir]
+    proc = script_runner("run_train.py", *args, *TINY, "--precision", "bf16", env=env)
+    if would_fail:
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.splitlines() == [
+            "error: --precision bf16: ONEDNN_MAX_CPU_ISA=AVX2 leaves oneDNN no bf16 kernels, and "
+            "TensorFlow would give it the bf16 ops all the same; unset it, set "
+            "TF_ENABLE_ONEDNN_OPTS=0, or use --precision fp32"
+        ]
+        assert not log_dir.exists()
+    else:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert rundir.list_checkpoints(str(log_dir))
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     log_dir = tmp_path / "run"

@@ -104,6 +104,28 @@ def fast_bf16() -> bool:
     return bool(gpu_count()) or not flags or any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
+# oneDNN ISAs below AVX-512: oneDNN has no bf16 convolution capped at one of them (AVX2_VNNI_2
+# has one, on a CPU with AVX-NE-CONVERT).  Measured: each of these fails, AVX512_CORE and up run.
+_ONEDNN_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
+
+
+def onednn_cap_without_bf16() -> str | None:
+    """ONEDNN_MAX_CPU_ISA where it leaves oneDNN no bf16 kernels that TensorFlow 2 hands bf16
+    ops all the same (it decides from the CPU's AVX-512, not from the cap): a bf16 graph would
+    fail at its first convolution with oneDNN's "could not create a primitive descriptor".
+    None where bf16 runs: no cap, a CPU without AVX-512 (Eigen's kernels), oneDNN switched off,
+    a GPU, TF 1.15."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip()
+    if cap.upper() not in _ONEDNN_CAPS_WITHOUT_BF16 or TF1 or gpu_count():
+        return None
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false"):
+        return None
+    flags = cpu_flags()
+    if "avx512f" not in flags or cap.upper() == "AVX2_VNNI_2" and "avx_ne_convert" in flags:
+        return None
+    return cap
+
+
 def session_config(intra_op_threads: int, inter_op_threads: int, xla: bool) -> v1.ConfigProto:
     """A ConfigProto for CPU/GPU sessions: soft placement, GPU memory growth, optional XLA."""
     config = v1.ConfigProto(

@@ -150,6 +150,13 @@ class Distribution:
 
     def precision(self, precision: str) -> str:
         """The Keras policy of every graph of a run (training, evaluation) for --precision."""
+        cap = compat.onednn_cap_without_bf16() if precision == "bf16" else None
+        if cap:
+            raise UsageError(
+                f"--precision bf16: ONEDNN_MAX_CPU_ISA={cap} leaves oneDNN no bf16 kernels, "
+                "and TensorFlow would give it the bf16 ops all the same; unset it, set "
+                "TF_ENABLE_ONEDNN_OPTS=0, or use --precision fp32"
+            )
         return precision
 
     def wrap_optimizer(self, optimizer, precision: str):
