@@ -282,22 +282,29 @@ class Launch:
 @pytest.mark.skipif(
     not compat.MULTI_WORKER, reason="multi-worker training needs TF 2 (refused on TF 1.15)"
 )
-def test_sigterm_to_the_launcher_stops_every_worker_after_the_chief_saved(demo_dir, tmp_path):
+@pytest.mark.parametrize("to", ["launcher", "worker 1"])
+def test_sigterm_stops_every_worker_after_the_same_call_and_the_chief_saves(demo_dir, tmp_path, to):
+    """To the launcher (forwarded to both, reaching them at different calls), or to worker 1
+    alone (a scheduler preempting one task): the workers vote at every call and stop together."""
     log_dir = tmp_path / "run"
     flags = [*TINY, "--data_dir", demo_dir, "--log_dir", str(log_dir), "--mode", "train"]
     flags += ["--max_train_steps", "3000", "--display_every", "10"]
     flags += ["--save_checkpoints_steps", "1000"]
     run = Launch(2, flags)
     run.wait_for(r"^\[worker 0\] \S+ \S+  step:\s+10 ")
-    run.proc.send_signal(signal.SIGTERM)
+    if to == "launcher":
+        run.proc.send_signal(signal.SIGTERM)
+    else:
+        os.kill(run.pid(1), signal.SIGTERM)
     assert run.finish(timeout=120) == 143, "\n".join(run.lines[-30:])
     # The steps are said once, by the chief; each worker says its own start and end.
     assert not [x for x in run.of(1) if "  step: " in x] and run.of(1)[0].startswith("distrib")
-    assert "[launch] SIGTERM: forwarded to worker(s) 0, 1; they save and stop, or are " in (
-        "\n".join(run.lines)
-    )
+    forwarded = "[launch] SIGTERM: forwarded to worker(s) 0, 1; they save and stop, or are "
+    assert (forwarded in "\n".join(run.lines)) is (to == "launcher")
+    chief_saw = "SIGTERM" if to == "launcher" else "another worker's signal"
     stopped = [
-        re.match(r"SIGTERM: stopped at step (\d+), saved (\S+) \(exit 143\)$", x) for x in run.of(0)
+        re.match(rf"{chief_saw}: stopped at step (\d+), saved (\S+) \(exit 143\)$", x)
+        for x in run.of(0)
     ]
     stopped = [m for m in stopped if m]
     assert len(stopped) == 1, "\n".join(run.of(0)[-10:])
@@ -310,7 +317,8 @@ def test_sigterm_to_the_launcher_stops_every_worker_after_the_chief_saved(demo_d
         "\n".join(run.of(1)[-10:])
     )
     assert "[launch] worker 0 exited with code 143" in run.lines
-    assert "[launch] stopped by SIGTERM: every worker has ended" in run.lines
+    if to == "launcher":
+        assert "[launch] stopped by SIGTERM: every worker has ended" in run.lines
     assert not [pid for pid in (run.pid(0), run.pid(1)) if _alive(pid)]
 
 
