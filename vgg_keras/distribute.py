@@ -197,8 +197,8 @@ class Npu(Distribution):
     sinks_its_own_loop = True
 
     def for_evaluation(self) -> Distribution:
-        """Every rank evaluates the whole validation set (HCCL has no all-reduce outside the
-        optimizer here)."""
+        """Every rank evaluates the whole validation set, in a session of its own: no HCCL
+        collective runs outside the training graph."""
         return dataclasses.replace(self, num_replicas=1, num_workers=1, worker_index=0)
 
     def precision(self, precision: str) -> str:
