@@ -62,6 +62,27 @@ def test_a_onednn_cap_without_bf16_kernels_is_named(monkeypatch, cap, flags, one
     assert compat.onednn_cap_without_bf16() is None
 
 
+def _xla_ops(xla: bool) -> set:
+    """The XLA ops in the graph a session with compat.session_config(xla=...) ran."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [8, 16])
+        y = tf.reduce_sum(tf.nn.relu(tf.matmul(x, tf.ones([16, 16])) + 1.0) * 2.0)
+    meta = tf.compat.v1.RunMetadata()
+    options = tf.compat.v1.RunOptions(output_partition_graphs=True)
+    with tf.compat.v1.Session(graph=graph, config=compat.session_config(1, 1, xla)) as session:
+        session.run(y, {x: np.ones((8, 16), np.float32)}, options=options, run_metadata=meta)
+    return {node.op for part in meta.partition_graphs for node in part.node if "Xla" in node.op}
+
+
+def test_xla_compiles_the_sessions_graph_on_the_cpu_too_and_only_when_asked():
+    """TensorFlow honours the session's global_jit_level on GPUs only, unless the CPU flag that
+    compat adds to TF_XLA_FLAGS is set: without it --xla did nothing here."""
+    assert "--tf_xla_cpu_global_jit" in os.environ["TF_XLA_FLAGS"].split()
+    assert {"_XlaCompile", "_XlaRun"} <= _xla_ops(True)
+    assert not _xla_ops(False)
+
+
 def test_cpu_flags_agree_with_numpys_own_cpu_detection():
     """numpy detects the CPU's features itself (cpuid, not /proc/cpuinfo): an independent
     witness for the flags that decide fast_bf16."""

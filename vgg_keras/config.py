@@ -383,7 +383,12 @@ class Runtime:
         at_most=4096,
         evaluation=True,
     )
-    xla: bool = setting(False, "XLA auto-clustering", evaluation=True)
+    xla: bool = setting(
+        False,
+        "XLA auto-clustering, on GPUs and CPUs (on CPUs it trained slower than TensorFlow 2's "
+        "oneDNN kernels and faster than TensorFlow 1.15's: docs/performance.md)",
+        evaluation=True,
+    )
     progress: bool = setting(True, "show tqdm progress bars", evaluation=True)
 
 
