@@ -82,7 +82,8 @@ def ratio(value: float, baseline: float) -> float:
 
 def onednn_bf16() -> bool:
     """False when ONEDNN_MAX_CPU_ISA holds oneDNN below AVX-512-BF16: its bf16 is then
-    emulated (capped at AVX-512) or absent (below it, where training refuses bf16)."""
+    emulated (capped at AVX-512) or absent (below it: on an AVX-512 CPU training refuses
+    bf16, elsewhere Eigen's kernels emulate it)."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     return not cap or cap in ("ALL", "DEFAULT") or any(k in cap for k in ("BF16", "AMX", "AVX10"))
 
