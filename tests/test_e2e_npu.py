@@ -87,6 +87,38 @@ def test_one_rank_with_the_device_loop_and_loss_scaling_trains_as_the_cpu(
     assert npu_weights["bad_steps"] == 0 and npu_weights["global_step"] == 20
 
 
+def test_the_steps_fp16_overflow_skips_count_and_the_run_ends_on_its_last_device_loop(
+    demo_dir, tmp_path
+):
+    """At the initial loss scale of 2^32 the NPU's first float16 steps overflow and are skipped
+    (the stand-in sees the scaled gradients pass float16's range).  Each skipped step still
+    takes its batch and counts: four device loops of 10 end the 40-step run at step 40, with a
+    checkpoint at every 10, rather than a loop past the end."""
+    trace = tmp_path / "device_loops"
+    flags = [*TINY, "--data_dir", demo_dir, "--batch_size", "16", "--max_train_steps", "40"]
+    flags += ["--iterations_per_loop", "10", "--display_every", "10"]
+    flags += ["--save_checkpoints_steps", "10", "--distribution", "npu", "--precision", "fp16"]
+    proc = subprocess.run(
+        [sys.executable, "run_train.py", *flags, "--log_dir", str(tmp_path / "npu")],
+        env=standin_environment(
+            RANK_ID="0", RANK_SIZE="1", NPU_STANDIN_TRACE=str(trace), NPU_STANDIN_FP16_OVERFLOW="1"
+        ),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert trace.read_text().split() == ["10"] * 4
+    assert f"done: 40 steps, checkpoint {tmp_path / 'npu' / 'model.ckpt-40'}" in proc.stdout
+    steps = [int(m) for m in re.findall(r"step:\s+(\d+) ", proc.stdout)]
+    assert steps == [10, 20, 30, 40]
+    state = _read(tmp_path / "npu/model.ckpt-40")
+    assert state["global_step"] == 40
+    assert state["loss_scale"] < 2.0**32, "no step overflowed: the test shows nothing"
+    assert state["good_steps"] > 0, "no step was applied"
+
+
 def _flat_images(shard_writer, folder, colours_and_labels, copies: int = 32) -> str:
     """``copies`` flat 32x32 images of each (colour, label), dealt into one shard per pair: a
     crop or flip of a flat image is the same image, so every batch of a shard is the same."""

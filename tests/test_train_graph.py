@@ -123,6 +123,30 @@ def test_batch_norm_moving_statistics_move_with_every_step():
     np.testing.assert_allclose(four[0], one * (1 - 0.9**4) / 0.1, rtol=0.05, atol=1e-4)
 
 
+def test_a_step_the_fp16_loss_scaling_skips_still_counts():
+    """Images 100 times too bright: the loss stays finite while the scaled float16 gradients
+    overflow, so the loss scaling skips each update.  The step still took its batch: the step
+    number counts it (a resume takes the next batch), single and sunk alike."""
+    config = demo_config(width_multiplier=0.0625, batch_size=4, precision="fp16")
+    rng = np.random.default_rng(0)
+    images = (100 * rng.standard_normal((4, 32, 32, 3))).astype(np.float32)
+    labels = np.arange(4, dtype=np.int32)
+    tg = _graph(config, lambda *_: tf.data.Dataset.from_tensors((images, labels)).repeat(), "fp16")
+    (scale,) = [v for v in tg.graph.get_collection("variables") if "loss_scale" in v.name]
+    with v1.Session(graph=tg.graph) as sess:
+        sess.run(tg.init_op)
+        sess.run(tg.iterator_init)
+        start = sess.run(tg.model.trainable_weights)
+        first_scale = sess.run(scale)
+        single = sess.run(tg.step_fetches)
+        sunk = sess.run(tg.loop_fetches, {tg.loop_steps: 2})
+        end = sess.run(tg.model.trainable_weights)
+        assert sess.run(scale) < first_scale, "no update overflowed: the test shows nothing"
+    assert np.isfinite(single["total_loss"]) and np.isfinite(sunk["total_loss"])
+    assert (single["step"], sunk["step"]) == (1, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(start, end)), "every update was skipped"
+
+
 def _weights_after(config, images, labels, steps: int, sunk: bool = False) -> list:
     tg = _graph(config, lambda *_: tf.data.Dataset.from_tensors((images, labels)).repeat())
     with v1.Session(graph=tg.graph) as sess:

@@ -167,7 +167,7 @@ class _StepBuilder:
                 [g for g, _ in grads], self.config.optimizer.clip_grad_norm, use_norm=clip_by_norm
             )
             grads = [(g, v) for g, (_, v) in zip(clipped, grads)]
-        return self.optimizer.apply_gradients(grads, self.global_step)
+        return self.optimizer.apply_gradients(grads)
 
     def __call__(self, measure_grad_norm) -> tuple[StepOutputs, tf.Operation]:
         """One update; returns (the StepOutputs after it, train op)."""
@@ -193,9 +193,15 @@ class _StepBuilder:
             return dist.group(dist.run(self.apply_on_replica, grads, clip_by_norm))
 
         def skip():
-            return tf.group(v1.assign_add(self.global_step, 1), v1.assign_add(self.skipped, 1))
+            return tf.group(v1.assign_add(self.skipped, 1))
 
-        train_op = tf.cond(finite, apply, skip) if o.nan_policy == "skip_step" else apply()
+        update = tf.cond(finite, apply, skip) if o.nan_policy == "skip_step" else apply()
+        with tf.control_dependencies([update]):
+            # Every step counts, applied or skipped (by --nan_policy skip_step, or by fp16's
+            # loss scaling, which the optimizer would not count): the step number is the
+            # number of batches taken, so a resume takes the next batch, and Ascend's device
+            # loop, which always runs --iterations_per_loop steps, ends where the plan says.
+            train_op = tf.group(v1.assign_add(self.global_step, 1))
         with tf.control_dependencies([train_op]):
             # Read after the update: the step this call ended on.  The update used the
             # learning rate of the step before it.

@@ -10,10 +10,15 @@ over the ranks (an HCCL all-reduce), so that every rank skips together.
 The device reports overflow through its float status registers (NpuAllocFloatStatus /
 NpuGetFloatStatus / NpuClearFloatStatus), set by any saturating fp16 operation.  The CPU has no
 such register and computes in float32: the stand-in's status is the number of non-finite
-values among the gradients, which is how an overflow shows there.
+values among the gradients, which is how an overflow shows there.  With
+``NPU_STANDIN_FP16_OVERFLOW=1`` it also counts the scaled gradients past float16's largest value
+(65504), which the device's float16 arithmetic would have saturated: as on the NPU, the first
+steps at the initial scale of 2^32 then overflow and are skipped until the scale has come down.
 """
 
 from __future__ import annotations
+
+import os
 
 import tensorflow as tf
 
@@ -64,6 +69,12 @@ class NPULossScaleOptimizer(v1.train.Optimizer):
         counts = [
             tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32)) for g in grads
         ]
+        if os.environ.get("NPU_STANDIN_FP16_OVERFLOW") == "1":
+            scale = self._loss_scale_manager.get_loss_scale()
+            counts += [
+                tf.reduce_sum(tf.cast(tf.abs(g) * tf.cast(scale, g.dtype) > 65504.0, tf.float32))
+                for g in grads
+            ]
         return tf.reshape(tf.add_n(counts) if counts else tf.constant(0.0), [1])
 
     def apply_gradients(self, grads_and_vars, global_step=None, name=None):
