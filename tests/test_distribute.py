@@ -123,6 +123,75 @@ def test_the_single_device_graph_has_no_replicas():
             assert session.run(total) == 6.0
 
 
+def _autotunes(iterator: tf.Operation) -> bool:
+    """Whether the dataset ``iterator`` reads autotunes: TF 2 keeps a dataset's options in its
+    OptionsDataset ops, TF 1.15 adds a ModelDataset op where it autotunes."""
+    ops, seen, switched_off = [iterator], set(), False
+    while ops:
+        op = ops.pop()
+        if op.type == "ModelDataset":
+            return True
+        if op.type == "OptionsDataset":
+            from tensorflow.core.framework import dataset_options_pb2
+
+            options = dataset_options_pb2.Options.FromString(op.get_attr("serialized_options"))
+            tune = options.autotune_options
+            switched_off |= tune.WhichOneof("optional_enabled") == "enabled" and not tune.enabled
+        # Along the datasets only: a per-device dataset names its source by a resource.
+        for tensor in op.inputs:
+            if tensor.dtype == tf.variant and tensor.op.name not in seen:
+                seen.add(tensor.op.name)
+                ops.append(tensor.op)
+    return not (compat.TF1 or switched_off)
+
+
+def autotuned_iterators(data_dir: str) -> dict[str, list[str]]:
+    """The iterators that autotune in the training and evaluation graphs of a mirrored run on
+    two CPUs, of a single-device run and of a --synthetic one (run in a fresh process: it
+    splits the CPU)."""
+    from vgg_keras import clock, evaluation, train_graph, training
+
+    found = {}
+    runs = {"mirrored": {"devices": ["cpu:0", "cpu:1"]}, "one device": {}}
+    runs["synthetic"] = {"synthetic": True}
+    for name, extra in runs.items():
+        config = demo_config(data_dir=data_dir, width_multiplier=0.0625, batch_size=8, **extra)
+        dist = distribute.create(config)
+        split = pipeline.load_split(config.input, "train")
+        plan = clock.plan(config, split.num_examples, dist.num_replicas, "fp32")
+        dataset_fn = training._dataset_fn(config, plan, split, 0, dist)
+        graphs = {"training": train_graph.build(config, dataset_fn, plan, dist).graph}
+        with evaluation.Evaluator(config, plan.steps_per_epoch, dist=dist, precision="fp32") as ev:
+            graphs["evaluation"] = ev.graph
+        for what, graph in graphs.items():
+            iterators = [
+                op
+                for op in graph.get_operations()
+                if op.type in ("MakeIterator", "MultiDeviceIteratorInit")
+            ]
+            assert iterators, what
+            found[f"{name} {what}"] = [op.name for op in iterators if _autotunes(op)]
+    return found
+
+
+def test_no_iterator_of_a_run_autotunes_so_closing_one_never_waits(demo_dir):
+    """Closing a session, or re-initialising the evaluation's iterator, waits for tf.data's
+    autotuner thread, asleep up to a minute (5-18 s at the end of a two-replica run).  The
+    strategy's per-device datasets do not inherit the input's options: they get their own."""
+    script = "import json, test_distribute as t; print(json.dumps(t.autotuned_iterators(%r)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", script % demo_dir],
+        cwd=os.path.join(REPO_ROOT, "tests"),
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(found) == 6 and not any(found.values()), found
+
+
 def _weights(log_dir, step: int) -> dict[str, np.ndarray]:
     reader = tf.train.load_checkpoint(f"{log_dir}/model.ckpt-{step}")
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}

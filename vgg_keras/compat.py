@@ -237,6 +237,29 @@ def without_autotune(dataset):
     return dataset.with_options(options)
 
 
+@contextlib.contextmanager
+def device_datasets_without_autotune():
+    """Within: the strategies' per-device datasets are made without tf.data's autotuning.
+
+    With several local replicas, a strategy's iterator prefetches each replica's batches
+    through a dataset of its own (MultiDeviceIterator), which does not inherit the input's
+    options: TF 1.15 turned its autotuning off, TF 2 leaves it on, and closing the session or
+    re-initialising the evaluation's iterator then waits for the autotuner's thread (5-18 s
+    after a two-replica run's "done" was measured).
+    """
+    if TF1:
+        yield
+        return
+    from tensorflow.python.data.ops import multi_device_iterator_ops as ops
+
+    made = ops._create_device_dataset
+    ops._create_device_dataset = lambda *args: without_autotune(made(*args))
+    try:
+        yield
+    finally:
+        ops._create_device_dataset = made
+
+
 def map_fn(fn, elems, dtype):
     """``tf.map_fn`` with its output's types (``dtype`` on TF 1.15, ``fn_output_signature``
     on TF 2, where ``dtype`` is deprecated), one element after another: where it maps inside

@@ -104,19 +104,27 @@ class Distribution:
 
         ``dataset_fn(num_workers, worker_index)`` returns this worker's dataset batched per
         replica; the strategy hands consecutive batches to the worker's local replicas.
+
+        Every iterator of a run is made here, and none autotunes: closing a session or
+        re-initialising an iterator waits for the autotuner's thread, asleep up to a minute.
         """
+
+        def untuned(num_workers: int, worker_index: int) -> tf.data.Dataset:
+            return compat.without_autotune(dataset_fn(num_workers, worker_index))
+
         if self.in_sync == 1:  # no tf.distribute replicas: an ordinary iterator
             iterator = v1.data.make_initializable_iterator(
-                dataset_fn(self.num_workers, self.worker_index)
+                untuned(self.num_workers, self.worker_index)
             )
             return iterator.initializer, iterator.get_next
         with warnings.catch_warnings():
             # The strategy reads the dataset's options in graph mode, which TensorFlow warns
             # "might not reflect the actual value"; ours are the defaults either way.
             warnings.filterwarnings("ignore", "To make it possible to preserve tf.data options")
-            iterator = self.strategy.make_input_fn_iterator(
-                lambda ctx: dataset_fn(ctx.num_input_pipelines, ctx.input_pipeline_id)
-            )
+            with compat.device_datasets_without_autotune():
+                iterator = self.strategy.make_input_fn_iterator(
+                    lambda ctx: untuned(ctx.num_input_pipelines, ctx.input_pipeline_id)
+                )
         return tf.group(iterator.initialize()), iterator.get_next
 
     def run(self, fn, *args):

@@ -24,9 +24,10 @@ from vgg_keras.errors import UsageError
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
 # Both streams run without tf.data's autotuner (compat.without_autotune, on the outermost dataset:
-# here for training, in distribute.pad_batches for evaluation), whose thread a session's close
-# waits up to a minute for.  AUTOTUNE would then mean at most 16 decoding calls: one call per
-# core the process may use (cores.usable) keeps a large machine's cores decoding.
+# here for training, in distribute.pad_batches for evaluation; the strategies' per-device
+# datasets in Distribution.input_iterator), whose thread a session's close waits up to a minute
+# for.  AUTOTUNE would then mean at most 16 decoding calls: one call per core the process may
+# use (cores.usable) keeps a large machine's cores decoding.
 
 # tf.data's functions are traced as written: their control flow is TensorFlow's already, and
 # AutoGraph's rewriting of their source would cost seconds of every start.  Wrapping the
