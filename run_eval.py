@@ -8,9 +8,7 @@
 the run's config.json; flags override them.  ``make eval`` runs it on the demo run.
 """
 
-import sys
-
 from vgg_keras import commands
 
 if __name__ == "__main__":
-    sys.exit(commands.main("eval"))  # the same program as the console script vgg-eval
+    commands.exit_now(commands.main("eval"))  # the same program as the console script vgg-eval

@@ -6,9 +6,7 @@ Formats (comma-separated): savedmodel (JPEG bytes in), keras (.h5 + .keras), fro
 vgg_keras/export.py.
 """
 
-import sys
-
 from vgg_keras import commands
 
 if __name__ == "__main__":
-    sys.exit(commands.main("export"))  # the same program as the console script vgg-export
+    commands.exit_now(commands.main("export"))  # the same program as the console script vgg-export

@@ -6,9 +6,8 @@ a SavedModel from run_export.py (--model) or a published Keras weight file (--we
 keras_imagenet:PATH).  See vgg_keras/predict.py.
 """
 
-import sys
-
 from vgg_keras import commands
 
 if __name__ == "__main__":
-    sys.exit(commands.main("predict"))  # the same program as the console script vgg-predict
+    # The same program as the console script vgg-predict.
+    commands.exit_now(commands.main("predict"))

@@ -10,7 +10,6 @@ code in ``errors.run_cli``, the one place that also handles Ctrl-C.
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -129,18 +128,19 @@ def main(program: str, argv: list[str] | None = None) -> int:
 
 def exit_now(code: int) -> None:
     """End the process with ``code`` once its output is flushed, without the interpreter's
-    teardown: freeing TensorFlow's objects there took 0.7-4 s after a demo run's "done"
-    (docs/performance.md).  Every file of the run is closed by then."""
+    teardown: freeing TensorFlow's objects there took 0.7-4 s after a demo run's "done", and
+    1.0-1.75 s of a 5-7 s run_eval.py (docs/performance.md).  Every program has closed its files
+    by the time ``main`` returns."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def train_console() -> None:
-    exit_now(main("train"))
+def _console(program: str):
+    """The console script of ``program`` (pyproject.toml), as its run_*.py runs it."""
+    return lambda: exit_now(main(program))
 
 
-# The other console scripts pyproject.toml declares.
-eval_console = functools.partial(main, "eval")
-export_console = functools.partial(main, "export")
-predict_console = functools.partial(main, "predict")
+train_console, eval_console, export_console, predict_console = map(
+    _console, ("train", "eval", "export", "predict")
+)
