@@ -30,7 +30,7 @@ import tempfile
 import time
 
 from bench import common
-from vgg_keras import compat, config, cores, train_graph
+from vgg_keras import bias_gradient, compat, config, cores, train_graph
 from vgg_keras import model as model_lib
 from vgg_keras.compat import keras, tf, v1
 
@@ -103,7 +103,8 @@ def bare_rates(cfg: config.Config, s: dict, precision: str) -> tuple[float, floa
         )
         step = v1.train.get_or_create_global_step()
         model_lib.set_dropout_seed(model, cfg.loop.seed, step, 0)  # masks per step, as training
-        logits = model(images.value(), training=True)  # a tensor: Keras casts those for bf16
+        with bias_gradient.summed_in_fp32():  # as the training step differentiates its biases
+            logits = model(images.value(), training=True)  # a tensor: Keras casts it for bf16
         o = cfg.optimizer
         loss = train_graph.cross_entropy(logits, labels, net.class_num, o.label_smoothing)
         loss += train_graph.weight_decay_loss(model, o)

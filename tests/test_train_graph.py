@@ -87,12 +87,20 @@ def test_mixed_precision_graph_computes_in_half_and_keeps_float32_logits(
         lambda *_worker: pipeline.train_dataset(split, config.network, config.input, 0),
         precision,
     )
+    ops = tg.graph.get_operations()
     dtypes = collections.Counter(
-        (op.type, op.outputs[0].dtype)
-        for op in tg.graph.get_operations()
-        if op.type in ("Conv2D", "MatMul")
+        (op.type, op.outputs[0].dtype) for op in ops if op.type in ("Conv2D", "MatMul")
     )
     assert dtypes[("Conv2D", compute)] > 0 and dtypes[("Conv2D", tf.float32)] == 0
+    # TensorFlow's BiasAddGrad sums bf16 in bf16; the step sums bf16 biases' gradients in fp32.
+    graph_def = tg.graph.as_graph_def()  # the step's gradients live in its loop's functions
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    bias_sums = collections.Counter(
+        tf.as_dtype(n.attr["T"].type) for n in nodes if n.op == "BiasAddGrad"
+    )
+    # (The classifier computes in fp32: its float32 logits.)
+    want = {tf.float32: 1} if compute == tf.bfloat16 else {compute: 15, tf.float32: 1}
+    assert bias_sums == want
     assert tg.model.output.dtype == tf.float32
     assert all(v.dtype == tf.float32 for v in tg.model.weights), "variables stay float32"
     assert tg.step_fetches["loss"].dtype == tf.float32

@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from collections.abc import Callable
 
-from vgg_keras import compat, distribute, schedules
+from vgg_keras import bias_gradient, compat, distribute, schedules
 from vgg_keras import model as model_lib
 from vgg_keras.clock import Plan
 from vgg_keras.compat import keras, tf, v1
@@ -124,7 +124,8 @@ class _StepBuilder:
         network, o = self.config.network, self.config.optimizer
         step = self.global_step.read_value()
         model_lib.set_dropout_seed(self.model, self.config.loop.seed, step, stream)
-        logits = self.model(images, training=True)
+        with bias_gradient.summed_in_fp32():
+            logits = self.model(images, training=True)
         loss = cross_entropy(logits, labels, network.class_num, o.label_smoothing)
         total_loss = loss + weight_decay_loss(self.model, o)
         # The strategy sums gradients over replicas: the sum of these is the gradient of the
