@@ -5,8 +5,8 @@ TensorFlow's CPU kernel for ``BiasAddGrad`` sums a bf16 gradient in bf16 (Tensor
 VGG16's first layers at batch 32, so once the partial sum is large each new row is rounded
 away, and the bias gradient can be off by most of its value.  The same sum as a product with a
 row of ones is a bf16 matmul, which accumulates in fp32 (oneDNN's on TensorFlow 2, Eigen's on
-1.15): the error is the output's bf16 rounding, and on AMX cores it took a third of the time.  fp32 and fp16 keep TensorFlow's
-kernel, which sums them accurately.
+1.15): the error is the output's bf16 rounding, and on AMX cores it took a third of the time.
+fp32 and fp16 keep TensorFlow's kernel, which sums them accurately.
 """
 
 from __future__ import annotations
