@@ -31,7 +31,7 @@ import tempfile
 import time
 
 from bench import common
-from vgg_keras import bias_gradient, compat, config, cores, train_graph
+from vgg_keras import bias_gradient, compat, config, cores, op_parallelism, train_graph
 from vgg_keras import model as model_lib
 from vgg_keras.compat import keras, tf, v1
 
@@ -62,15 +62,7 @@ def settings(quick: bool) -> dict:
 
 def training_flops_per_image(model: keras.Model) -> float:
     """3 x the forward pass's 2*MACs (forward, input gradients, weight gradients)."""
-    macs = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            kh, kw = layer.kernel_size
-            macs += h * w * kh * kw * layer.input.shape[-1] * c_out
-        elif isinstance(layer, keras.layers.Dense):
-            macs += layer.input.shape[-1] * layer.units
-    return 3 * 2 * macs
+    return 3 * op_parallelism.forward_flops_per_image(model)
 
 
 def project_rates(s: dict, precision: str, log_dir: str) -> tuple[float, float | None]:

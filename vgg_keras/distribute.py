@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable
 from typing import ClassVar
 
-from vgg_keras import compat, npu
+from vgg_keras import compat, cores, npu, op_parallelism
 from vgg_keras.compat import tf, v1
 from vgg_keras.config import Config, Runtime
 from vgg_keras.data import pipeline
@@ -91,13 +91,21 @@ class Distribution:
         """Where variables, the model and the optimizer must be created."""
         return self.strategy.scope()
 
-    def session(self, graph: tf.Graph, runtime: Runtime) -> v1.Session:
-        """A session for ``graph`` with --intra_op_threads, --inter_op_threads and --xla; every
-        graph of the project (training, evaluation, export, prediction) gets one here."""
-        proto = compat.session_config(
-            runtime.intra_op_threads, runtime.inter_op_threads, runtime.xla
-        )
-        return v1.Session(target=self.target, graph=graph, config=self.configure_session(proto))
+    def session(self, graph: tf.Graph, runtime: Runtime, step_flops: float = 0.0) -> v1.Session:
+        """A session for ``graph``; every graph of the project (training, evaluation, export,
+        prediction) gets one here.  ``step_flops``: one replica's work in a training step."""
+        config = self.session_config(runtime, step_flops)
+        return v1.Session(target=self.target, graph=graph, config=config)
+
+    def session_config(self, runtime: Runtime, step_flops: float = 0.0) -> v1.ConfigProto:
+        """--intra_op_threads, --inter_op_threads (for 0 on one CPU device, one op at a time
+        when each step's ops fill the cores: ``op_parallelism``) and --xla."""
+        inter_op = runtime.inter_op_threads
+        if self.kind == "none" and not compat.gpu_count():
+            cores_used = runtime.intra_op_threads or cores.usable()
+            inter_op = op_parallelism.inter_op_threads(inter_op, step_flops, cores_used)
+        proto = compat.session_config(runtime.intra_op_threads, inter_op, runtime.xla)
+        return self.configure_session(proto)
 
     def input_iterator(self, dataset_fn: Callable[[int, int], tf.data.Dataset]):
         """(initializer op, get_next function) over per-replica batches.

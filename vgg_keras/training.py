@@ -17,7 +17,16 @@ import signal
 
 import numpy as np
 
-from vgg_keras import checkpoints, clock, compat, distribute, evaluation, rundir, train_graph
+from vgg_keras import (
+    checkpoints,
+    clock,
+    compat,
+    distribute,
+    evaluation,
+    op_parallelism,
+    rundir,
+    train_graph,
+)
 from vgg_keras.compat import tf
 from vgg_keras.config import Config
 from vgg_keras.data import pipeline
@@ -57,7 +66,9 @@ def train(config: Config) -> int:
                     config, plan.steps_per_epoch, dist=dist, precision=plan.precision
                 )
             )
-        session = stack.enter_context(contextlib.closing(dist.session(built.graph, config.runtime)))
+        per_image = 3 * op_parallelism.forward_flops_per_image(built.model)  # with the backward
+        session = dist.session(built.graph, config.runtime, per_image * config.input.batch_size)
+        stack.enter_context(contextlib.closing(session))
         reporter = Reporter(
             config.loop.log_dir,
             config.loop.log_name,
