@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from vgg_keras import compat
-from vgg_keras.compat import tf
+from vgg_keras.compat import tf, v1
 
 
 @pytest.mark.parametrize(
@@ -222,3 +222,34 @@ def test_session_call_raises_the_ops_error_and_takes_values_of_the_feeds_types()
         assert call(np.int32(40), 0)["total"] == 40  # converted to the placeholder's int64
         with pytest.raises(tf.errors.InvalidArgumentError):
             call(200, False)
+
+
+def _threads_started_by(action) -> int:
+    """Threads of this process that ``action`` started (and that still run after it)."""
+    before = set(os.listdir("/proc/self/task"))
+    action()
+    return len(set(os.listdir("/proc/self/task")) - before)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_each_session_gets_the_thread_pools_its_config_names():
+    """--intra_op_threads and --inter_op_threads reach every session of a run, not only the
+    first, and not only before TF 2's eager context has made its devices (building a graph
+    with control flow makes them)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [])
+        y = tf.cond(x > 0, lambda: x * 2, lambda: x)
+    sessions = []
+
+    def run(intra: int, inter: int):
+        session = v1.Session(graph=graph, config=compat.session_config(intra, inter, False))
+        sessions.append(session)
+        session.run(y, {x: 1.0})
+
+    try:
+        assert _threads_started_by(lambda: run(2, 3)) >= 2 + 3
+        assert _threads_started_by(lambda: run(1, 4)) >= 1 + 4
+    finally:
+        for session in sessions:
+            session.close()
