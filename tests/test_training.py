@@ -16,7 +16,7 @@ import pytest
 from conftest import demo_config, stack_neutral, write_reference_checkpoint
 
 from vgg_keras import arch, rundir, training
-from vgg_keras.compat import tf, v1
+from vgg_keras.compat import gpu_count, tf, v1
 from vgg_keras.errors import UsageError
 from vgg_keras.reporting import read_metrics
 
@@ -415,3 +415,25 @@ def test_a_shard_shorter_than_listed_stops_a_sunk_run_in_one_line(tmp_path, shar
     assert last.startswith(f"error: {shard}: 40 records, its dataset lists 3200: not the shard"), (
         last
     )
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="with a GPU, TensorFlow's choice stays")
+def test_the_log_says_when_a_large_step_runs_one_op_at_a_time():
+    from vgg_keras import clock, distribute, op_parallelism
+
+    config = demo_config("imagenet", synthetic=True, intra_op_threads=2)
+    plan = clock.plan(config, None, 1, "fp32")
+    one_device = distribute.single_device()
+    large = 2 * 2 * op_parallelism.ONE_AT_A_TIME_GFLOP * 1e9  # twice the threshold on 2 cores
+
+    def noted(step_flops, **runtime):
+        runtime_config = demo_config("imagenet", synthetic=True, intra_op_threads=2, **runtime)
+        notes = training._start_notes(runtime_config, one_device, plan, step_flops)
+        return [note for note in notes if "one at a time" in note]
+
+    assert noted(large) == [
+        "note: a training step is 2,000 GFLOP, enough to fill the cores op by op: its ops run "
+        "one at a time (--inter_op_threads sets how many at once)"
+    ]
+    assert noted(large / 100) == []  # TensorFlow's choice, nothing to say
+    assert noted(large, inter_op_threads=1) == []  # the user's own choice

@@ -67,7 +67,8 @@ def train(config: Config) -> int:
                 )
             )
         per_image = 3 * op_parallelism.forward_flops_per_image(built.model)  # with the backward
-        session = dist.session(built.graph, config.runtime, per_image * config.input.batch_size)
+        step_flops = per_image * config.input.batch_size
+        session = dist.session(built.graph, config.runtime, step_flops)
         stack.enter_context(contextlib.closing(session))
         reporter = Reporter(
             config.loop.log_dir,
@@ -82,6 +83,8 @@ def train(config: Config) -> int:
             # From the first line on, a signal is answered (a restore can take a while).
             with StopSignals() as signals:
                 signals.until = None if dist.num_workers > 1 else start_step
+                for line in _start_notes(config, dist, plan, step_flops):
+                    reporter.print(line)
                 _initialise(config, dist, built, session, reporter, start, weights, plan)
                 if split is not None and dist.num_workers > 1:
                     reporter.print(_describe_shard(split, dist.num_workers, dist.worker_index))
@@ -143,8 +146,6 @@ def _initial_weights(config: Config, start) -> str | None:
 def _initialise(config, dist, built: TrainGraph, session, reporter, start, weights, plan):
     """Initial weights (a resumed checkpoint, ``weights``: --restore_path's or --weights' file,
     or fresh ones), the same on every worker; the input iterator at its start."""
-    for line in _start_notes(config, dist, plan):
-        reporter.print(line)
     session.run(built.init_op)
     loop = config.loop
     if start.checkpoint:
@@ -167,8 +168,14 @@ def _initialise(config, dist, built: TrainGraph, session, reporter, start, weigh
     session.run(built.iterator_init)
 
 
-def _start_notes(config: Config, dist, plan) -> list[str]:
+def _start_notes(config: Config, dist, plan, step_flops: float) -> list[str]:
     notes = [dist.describe()] if dist.kind != "none" else []
+    chosen = dist.session_config(config.runtime, step_flops).inter_op_parallelism_threads
+    if not config.runtime.inter_op_threads and chosen == 1:
+        notes.append(
+            f"note: a training step is {step_flops / 1e9:,.0f} GFLOP, enough to fill the cores "
+            "op by op: its ops run one at a time (--inter_op_threads sets how many at once)"
+        )
     if plan.precision == "bf16" and not compat.fast_bf16():
         notes.append(
             "warning: --precision bf16 is emulated here (a CPU without avx512_bf16 or amx_bf16 "
