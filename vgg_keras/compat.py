@@ -33,15 +33,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # (TF_ENABLE_ONEDNN_OPTS=0 still selects Eigen); TF 1.15 has no such switch.
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-# --xla sets the session config's global_jit_level, which TensorFlow honours for GPUs only: on the
-# CPU it also needs this flag (both stacks), read once, at import.  Where the level is off (no
-# --xla) the flag changes nothing; it is added to the user's own TF_XLA_FLAGS.
 # TensorFlow 2 gives every CPU device of the process one intra-op pool, sized by the first
 # device made: the eager context's, which building a graph with control flow initialises, so
-# a session's intra_op_parallelism_threads (--intra_op_threads) changed nothing.  With this each
+# a session's intra_op_parallelism_threads (--intra_op_threads) would change nothing.  With this each
 # session's devices get a pool of the size its config names.  TF 1.15 sizes it by the first
 # session's, which is a run's own.
 os.environ.setdefault("TF_OVERRIDE_GLOBAL_THREADPOOL", "1")
+# --xla sets the session config's global_jit_level, which TensorFlow honours for GPUs only: on the
+# CPU it also needs this flag (both stacks), read once, at import.  Where the level is off (no
+# --xla) the flag changes nothing; it is added to the user's own TF_XLA_FLAGS.
 _XLA_FLAGS = os.environ.get("TF_XLA_FLAGS", "")
 if "--tf_xla_cpu_global_jit" not in _XLA_FLAGS:
     os.environ["TF_XLA_FLAGS"] = f"{_XLA_FLAGS} --tf_xla_cpu_global_jit".strip()
