@@ -31,9 +31,10 @@ import tempfile
 import time
 
 from bench import common
-from vgg_keras import bias_gradient, compat, config, cores, op_parallelism, train_graph
+from vgg_keras import bias_gradient, compat, config, cores, train_graph
 from vgg_keras import model as model_lib
-from vgg_keras.compat import keras, tf, v1
+from vgg_keras.compat import tf, v1
+from vgg_keras.op_parallelism import training_flops_per_image
 
 NAME = "train_compute"
 PRECISIONS = ("fp32", "bf16")
@@ -58,11 +59,6 @@ def settings(quick: bool) -> dict:
         }
     return {"image_size": 224, "width_multiplier": 1.0, "batch_size": 8, "class_num": 1000,
             "warmup": 2, "steps": 12, "matmul": 4096, "user_batches": (32, 64)}  # fmt: skip
-
-
-def training_flops_per_image(model: keras.Model) -> float:
-    """3 x the forward pass's 2*MACs (forward, input gradients, weight gradients)."""
-    return 3 * op_parallelism.forward_flops_per_image(model)
 
 
 def project_rates(s: dict, precision: str, log_dir: str) -> tuple[float, float | None]:

@@ -66,7 +66,7 @@ def test_the_demo_keeps_tensorflows_choice_and_vgg16_at_224_px_batch_64_goes_one
     def per_core(preset="imagenet", **settings):
         config = _config(preset, **settings)
         with tf.Graph().as_default():
-            flops = 3 * op_parallelism.forward_flops_per_image(model_lib.build(config.network))
+            flops = op_parallelism.training_flops_per_image(model_lib.build(config.network))
         return flops * config.input.batch_size / 2
 
     assert per_core("demo") < ONE_AT_A_TIME / 100

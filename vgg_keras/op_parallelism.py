@@ -35,6 +35,12 @@ def forward_flops_per_image(model: keras.Model) -> float:
     return 2.0 * macs
 
 
+def training_flops_per_image(model: keras.Model) -> float:
+    """A training step's work per image: the forward pass, the inputs' gradients and the
+    weights' gradients, each as much as the forward pass."""
+    return 3 * forward_flops_per_image(model)
+
+
 def inter_op_threads(requested: int, step_flops: float, cores: int) -> int:
     """``requested`` (--inter_op_threads) unless 0; then 1 where one session step's ops
     (``step_flops``, one replica's) come to ONE_AT_A_TIME_GFLOP a core or more, else 0

@@ -66,7 +66,7 @@ def train(config: Config) -> int:
                     config, plan.steps_per_epoch, dist=dist, precision=plan.precision
                 )
             )
-        per_image = 3 * op_parallelism.forward_flops_per_image(built.model)  # with the backward
+        per_image = op_parallelism.training_flops_per_image(built.model)
         step_flops = per_image * config.input.batch_size
         session = dist.session(built.graph, config.runtime, step_flops)
         stack.enter_context(contextlib.closing(session))
